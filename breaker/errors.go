@@ -1,0 +1,59 @@
+package breaker
+
+import (
+	"errors"
+	"time"
+)
+
+// ErrOpen is the sentinel matched (with errors.Is) by every rejection of a
+// Breaker: open, half-open with all probe slots taken, or forced open.
+var ErrOpen = errors.New("breaker: open")
+
+// OpenError is the error Allow returns when it rejects a call. It is built
+// once per open (or half-open) period and the same pointer is returned for
+// every rejection of that period, so a rejection allocates nothing.
+type OpenError struct {
+	name  string
+	state State
+	until time.Time // zero for ForcedOpen
+}
+
+// Error returns a message such as "breaker: open (payments), retry in 3.2s".
+func (e *OpenError) Error() string {
+	msg := "breaker: " + e.state.String()
+	if e.name != "" {
+		msg += " (" + e.name + ")"
+	}
+	if e.state == HalfOpen {
+		msg += ", probe slots full"
+	}
+	if !e.until.IsZero() {
+		msg += ", retry in " + e.RetryAfter().Round(100*time.Millisecond).String()
+	}
+	return msg
+}
+
+// Is reports whether target is ErrOpen.
+func (e *OpenError) Is(target error) bool { return target == ErrOpen }
+
+// Name returns the name of the breaker that rejected the call.
+func (e *OpenError) Name() string { return e.name }
+
+// State returns the state that caused the rejection: Open, HalfOpen (all
+// probe slots taken) or ForcedOpen.
+func (e *OpenError) State() State { return e.state }
+
+// RetryAfter returns the time until the breaker will admit a probe, computed
+// when called; it is never negative. For ForcedOpen it returns 0, meaning
+// unknown. For HalfOpen it is the time until the oldest outstanding probe
+// permit is reclaimed (at the latest).
+func (e *OpenError) RetryAfter() time.Duration {
+	if e.until.IsZero() {
+		return 0
+	}
+	d := time.Until(e.until)
+	if d < 0 {
+		return 0
+	}
+	return d
+}
