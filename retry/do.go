@@ -1,0 +1,116 @@
+package retry
+
+import (
+	"context"
+	"time"
+)
+
+// Option configures Do and DoValue.
+type Option interface{ apply(*options) }
+
+type options struct {
+	budget  *Budget
+	onRetry func(attempt int, delay time.Duration, err error)
+}
+
+type budgetOption struct{ b *Budget }
+
+func (o budgetOption) apply(opts *options) { opts.budget = o.b }
+
+type onRetryOption struct {
+	f func(attempt int, delay time.Duration, err error)
+}
+
+func (o onRetryOption) apply(opts *options) { opts.onRetry = o.f }
+
+// WithBudget makes every retry ask b first (Budget.Allow) and reports each call's outcome to
+// it. A nil b means no budget.
+func WithBudget(b *Budget) Option { return budgetOption{b} }
+
+// WithOnRetry calls f before each wait: attempt is the number of the attempt that just failed
+// (1 for the first), delay the wait before the next one, err its error. f runs on the caller's
+// goroutine.
+func WithOnRetry(f func(attempt int, delay time.Duration, err error)) Option {
+	return onRetryOption{f}
+}
+
+// collect applies opts. The package's own options are applied by a type switch so that the
+// options value does not escape to the heap.
+func collect(opts []Option) options {
+	var o options
+	for _, opt := range opts {
+		switch x := opt.(type) {
+		case budgetOption:
+			o.budget = x.b
+		case onRetryOption:
+			o.onRetry = x.f
+		case nil:
+		default: // a type embedding an Option: apply it to a heap copy
+			h := new(options)
+			*h = o
+			x.apply(h)
+			o = *h
+		}
+	}
+	return o
+}
+
+// Do is the Khive @with_retry / retry_with_backoff: it runs op until it succeeds or a stop
+// reason ends the loop, and then returns nil or an *Error wrapping op's last error.
+//
+// classify maps op's error to a Decision; nil classify retries every error with Backoff.
+// Each attempt gets ctx bounded by p.AttemptTimeout (Policy.AttemptContext). An invalid p
+// returns the validation error without calling op. The first attempt is made even if ctx is
+// already done (op sees ctx); retries never are. Do allocates nothing when op succeeds at once.
+func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, classify func(error) Decision, opts ...Option) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	var o options
+	if len(opts) > 0 {
+		o = collect(opts)
+	}
+	c := p.NewCall(o.budget)
+	for {
+		c.Begin()
+		actx, cancel := c.p.AttemptContext(ctx)
+		err := op(actx)
+		cancel()
+		if err == nil {
+			c.Done(nil, false)
+			return nil
+		}
+		d := Backoff
+		if classify != nil {
+			d = classify(err)
+		}
+		delay, stop := c.Next(ctx, err, d, time.Now())
+		if stop != nil {
+			c.Done(err, d.Retryable())
+			return stop
+		}
+		if o.onRetry != nil {
+			o.onRetry(c.attempts, delay, err)
+		}
+		if Wait(ctx, delay) != nil {
+			c.Done(err, d.Retryable())
+			return c.stop(err, Canceled)
+		}
+	}
+}
+
+// DoValue is Do for an op that returns a value: it returns op's value from the successful
+// attempt, or the zero T and Do's error.
+func DoValue[T any](ctx context.Context, p Policy, op func(ctx context.Context) (T, error), classify func(error) Decision, opts ...Option) (T, error) {
+	var v T
+	err := Do(ctx, p, func(ctx context.Context) error {
+		var err error
+		v, err = op(ctx)
+		return err
+	}, classify, opts...)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return v, nil
+}

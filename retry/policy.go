@@ -1,0 +1,204 @@
+package retry
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Jitter selects how Policy.Backoff randomizes the capped exponential delay.
+type Jitter uint8
+
+const (
+	// FullJitter draws the delay uniformly from [0, d) (the default).
+	FullJitter Jitter = iota
+	// ProportionalJitter multiplies d by U(1-JitterFactor, 1+JitterFactor)
+	// (gRFC A6 and Khive, factor 0.2 by default) and clamps the result to MaxBackoff.
+	ProportionalJitter
+	// NoJitter uses d as is.
+	NoJitter
+)
+
+// String returns "full", "proportional" or "none".
+func (j Jitter) String() string {
+	switch j {
+	case FullJitter:
+		return "full"
+	case ProportionalJitter:
+		return "proportional"
+	case NoJitter:
+		return "none"
+	}
+	return fmt.Sprintf("Jitter(%d)", uint8(j))
+}
+
+// Defaults applied to the zero fields of a Policy.
+const (
+	DefaultMaxAttempts    = 4
+	DefaultInitialBackoff = 50 * time.Millisecond
+	DefaultMaxBackoff     = 5 * time.Second
+	DefaultMultiplier     = 2.0
+	DefaultJitterFactor   = 0.2
+	DefaultMinAttemptTime = time.Millisecond
+	DefaultMaxPushback    = 30 * time.Second
+)
+
+// Policy configures the retries of one logical call. The zero value is usable: every zero
+// field takes the documented default. A Policy is a plain value; copy it freely.
+type Policy struct {
+	// MaxAttempts counts the first call: 1 means no retries. 0 = default 4 (Khive
+	// max_retries=3). There is no hidden cap. Negative is an error.
+	MaxAttempts int
+	// InitialBackoff is the delay before the first retry, before jitter. 0 = default 50ms.
+	// Negative is an error.
+	InitialBackoff time.Duration
+	// MaxBackoff caps the exponential delay (applied before jitter). 0 = default 5s. It must
+	// be >= InitialBackoff once defaults are applied.
+	MaxBackoff time.Duration
+	// Multiplier grows the delay per retry. 0 = default 2; otherwise it must be finite and >= 1.
+	Multiplier float64
+	// Jitter selects the randomization; the zero value is FullJitter.
+	Jitter Jitter
+	// JitterFactor is used by ProportionalJitter only. 0 = default 0.2; must be in [0, 1].
+	// (A factor of exactly 0 cannot be asked for; use NoJitter.)
+	JitterFactor float64
+	// AttemptTimeout bounds each attempt (see AttemptContext). 0 = none. It never extends the
+	// caller's deadline. Negative is an error.
+	AttemptTimeout time.Duration
+	// MinAttemptTime is the least time an attempt needs: a retry is not started unless the
+	// caller's remaining deadline is >= delay + MinAttemptTime. 0 = default 1ms. Negative is an error.
+	MinAttemptTime time.Duration
+	// MaxPushback caps server-given delays (After). 0 = default 30s. Negative is an error.
+	MaxPushback time.Duration
+}
+
+// withDefaults returns p with every zero field replaced by its default.
+func (p Policy) withDefaults() Policy {
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = DefaultMaxAttempts
+	}
+	if p.InitialBackoff == 0 {
+		p.InitialBackoff = DefaultInitialBackoff
+	}
+	if p.MaxBackoff == 0 {
+		p.MaxBackoff = DefaultMaxBackoff
+	}
+	if p.Multiplier == 0 {
+		p.Multiplier = DefaultMultiplier
+	}
+	if p.JitterFactor == 0 {
+		p.JitterFactor = DefaultJitterFactor
+	}
+	if p.MinAttemptTime == 0 {
+		p.MinAttemptTime = DefaultMinAttemptTime
+	}
+	if p.MaxPushback == 0 {
+		p.MaxPushback = DefaultMaxPushback
+	}
+	return p
+}
+
+// Validate reports the first invalid field, naming it:
+//
+//	retry: Policy.MaxAttempts: must be at least 1, got -2
+//
+// It never panics.
+func (p Policy) Validate() error {
+	switch {
+	case p.MaxAttempts < 0:
+		return fieldError("MaxAttempts", "must be at least 1, got %d", p.MaxAttempts)
+	case p.InitialBackoff < 0:
+		return fieldError("InitialBackoff", "must not be negative, got %v", p.InitialBackoff)
+	case p.MaxBackoff < 0:
+		return fieldError("MaxBackoff", "must not be negative, got %v", p.MaxBackoff)
+	case math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0) || (p.Multiplier != 0 && p.Multiplier < 1):
+		return fieldError("Multiplier", "must be finite and at least 1, got %v", p.Multiplier)
+	case p.Jitter > NoJitter:
+		return fieldError("Jitter", "unknown mode %d", uint8(p.Jitter))
+	case math.IsNaN(p.JitterFactor) || p.JitterFactor < 0 || p.JitterFactor > 1:
+		return fieldError("JitterFactor", "must be in [0, 1], got %v", p.JitterFactor)
+	case p.AttemptTimeout < 0:
+		return fieldError("AttemptTimeout", "must not be negative, got %v", p.AttemptTimeout)
+	case p.MinAttemptTime < 0:
+		return fieldError("MinAttemptTime", "must not be negative, got %v", p.MinAttemptTime)
+	case p.MaxPushback < 0:
+		return fieldError("MaxPushback", "must not be negative, got %v", p.MaxPushback)
+	}
+	if d := p.withDefaults(); d.MaxBackoff < d.InitialBackoff {
+		return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", d.InitialBackoff, d.MaxBackoff)
+	}
+	return nil
+}
+
+func fieldError(field, format string, args ...any) error {
+	return fmt.Errorf("retry: Policy."+field+": "+format, args...)
+}
+
+// Backoff is the pure delay before retry n (n = 0 for the first retry), given a uniform
+// sample u in [0, 1):
+//
+//	d = min(MaxBackoff, InitialBackoff × Multiplier^n)
+//	FullJitter:         d × u
+//	ProportionalJitter: min(MaxBackoff, d × (1 - JitterFactor + 2 × JitterFactor × u))
+//	NoJitter:           d
+//
+// Zero fields take their defaults. The exponential is computed in float64 and clamped, so no n
+// overflows (Multiplier^n may be +Inf). The result is never negative and never above MaxBackoff.
+// A negative n counts as 0; u outside [0, 1) (or NaN) is clamped into it.
+func (p Policy) Backoff(n int, u float64) time.Duration {
+	p = p.withDefaults()
+	maxB := p.MaxBackoff
+	if maxB <= 0 {
+		return 0
+	}
+	if n < 0 {
+		n = 0
+	}
+	d := float64(p.InitialBackoff) * math.Pow(p.Multiplier, float64(n))
+	if !(d >= 0) { // NaN or negative (invalid configs only)
+		d = 0
+	}
+	fmax := float64(maxB)
+	if d > fmax {
+		d = fmax
+	}
+	if !(u >= 0) { // NaN or negative
+		u = 0
+	} else if u >= 1 {
+		u = math.Nextafter(1, 0)
+	}
+	switch p.Jitter {
+	case NoJitter:
+	case ProportionalJitter:
+		f := p.JitterFactor
+		if !(f >= 0) {
+			f = 0
+		} else if f > 1 {
+			f = 1
+		}
+		d *= 1 - f + 2*f*u
+	default:
+		d *= u
+	}
+	if d >= fmax { // float64(maxB) may round up past math.MaxInt64: return the exact cap
+		return maxB
+	}
+	if d <= 0 {
+		return 0
+	}
+	return time.Duration(d)
+}
+
+// noCancel is the CancelFunc returned when there is nothing to cancel.
+func noCancel() {}
+
+// AttemptContext derives the context for one attempt: ctx bounded by AttemptTimeout, never
+// beyond the caller's deadline (context.WithTimeout keeps the earlier of the two). When
+// AttemptTimeout is 0 it returns ctx itself and a no-op cancel, without allocating.
+func (p *Policy) AttemptContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if p.AttemptTimeout <= 0 {
+		return ctx, noCancel
+	}
+	return context.WithTimeout(ctx, p.AttemptTimeout)
+}
