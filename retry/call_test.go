@@ -64,7 +64,7 @@ func TestCallNextAfter(t *testing.T) {
 	}
 	assert.Equal(t, []time.Duration{
 		100 * time.Millisecond, 200 * time.Millisecond,
-		7 * time.Millisecond, // exact, no jitter
+		7 * time.Millisecond,                           // exact, no jitter
 		100 * time.Millisecond, 200 * time.Millisecond, // exponent reset
 		2 * time.Second,        // capped at MaxPushback
 		100 * time.Millisecond, // reset again
