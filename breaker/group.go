@@ -1,6 +1,9 @@
 package breaker
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
 // Group holds one Breaker per key (for example one per gRPC method), all
 // with the same Config except Name, which is set to the key. It is safe for
@@ -39,7 +42,20 @@ func (g *Group) Get(key string) *Breaker {
 
 // Range calls f for each Breaker of the group, in key order, until f
 // returns false.
-func (g *Group) Range(f func(key string, b *Breaker) bool) {}
+func (g *Group) Range(f func(key string, b *Breaker) bool) {
+	var keys []string
+	g.breakers.Range(func(k, _ any) bool {
+		keys = append(keys, k.(string))
+		return true
+	})
+	slices.Sort(keys)
+	for _, k := range keys {
+		b, _ := g.breakers.Load(k)
+		if !f(k, b.(*Breaker)) {
+			return
+		}
+	}
+}
 
 // Config returns the Config the group was created with.
 func (g *Group) Config() Config { return g.cfg }
