@@ -178,6 +178,9 @@ func Wait(ctx context.Context, d time.Duration) error {
 		return err
 	}
 	t := time.NewTimer(d)
+	if waitTimerHook != nil {
+		defer waitTimerHook(t)
+	}
 	select {
 	case <-ctx.Done():
 		t.Stop()
@@ -187,3 +190,6 @@ func Wait(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// waitTimerHook, when set by a test, sees every timer Wait created once Wait is done with it.
+var waitTimerHook func(*time.Timer)
