@@ -1,0 +1,340 @@
+package retry
+
+import (
+	"math"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// newTestBudget returns a ratio budget whose origin and flush clock are t0 + *clock.
+func newTestBudget(t testing.TB, cfg BudgetConfig, clock *time.Time) *Budget {
+	t.Helper()
+	b, err := NewBudget(cfg)
+	require.NoError(t, err)
+	b.origin = *clock
+	b.clock = func() time.Time { return *clock }
+	return b
+}
+
+func TestBudgetConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  BudgetConfig
+		want string
+	}{
+		{BudgetConfig{}, ""},
+		{BudgetConfig{Ratio: 1000, MinRetriesPerSecond: 1e6, Window: 10 * time.Millisecond}, ""},
+		{BudgetConfig{Ratio: 1e-300}, ""},
+		{BudgetConfig{Ratio: -0.1}, "retry: BudgetConfig.Ratio: must be in (0, 1000], got -0.1"},
+		{BudgetConfig{Ratio: 1000.5}, "retry: BudgetConfig.Ratio: must be in (0, 1000], got 1000.5"},
+		{BudgetConfig{Ratio: math.NaN()}, "retry: BudgetConfig.Ratio: must be in (0, 1000], got NaN"},
+		{BudgetConfig{MinRetriesPerSecond: -1}, "retry: BudgetConfig.MinRetriesPerSecond: must be finite and not negative, got -1"},
+		{BudgetConfig{MinRetriesPerSecond: math.Inf(1)}, "retry: BudgetConfig.MinRetriesPerSecond: must be finite and not negative, got +Inf"},
+		{BudgetConfig{Window: -time.Second}, "retry: BudgetConfig.Window: must be at least 10ms, got -1s"},
+		{BudgetConfig{Window: time.Millisecond}, "retry: BudgetConfig.Window: must be at least 10ms, got 1ms"},
+	} {
+		err := tc.cfg.Validate()
+		_, nerr := NewBudget(tc.cfg)
+		if tc.want == "" {
+			assert.NoError(t, err, "%+v", tc.cfg)
+			assert.NoError(t, nerr, "%+v", tc.cfg)
+			continue
+		}
+		assert.EqualError(t, err, tc.want)
+		assert.EqualError(t, nerr, tc.want)
+	}
+}
+
+func TestNewTokenBucketValidate(t *testing.T) {
+	for _, tc := range []struct {
+		max, ratio float64
+		ok         bool
+	}{
+		{10, 0.1, true}, {1000, 1000, true}, {0.001, 0.001, true}, {1, 1e300, true},
+		{0, 0.1, false}, {-1, 0.1, false}, {1000.1, 0.1, false}, {math.NaN(), 0.1, false}, {math.Inf(1), 0.1, false},
+		{10, 0, false}, {10, -1, false}, {10, 0.0009, false}, {10, math.NaN(), false}, {10, math.Inf(1), false},
+	} {
+		b, err := NewTokenBucket(tc.max, tc.ratio)
+		if tc.ok {
+			require.NoError(t, err, "%v %v", tc.max, tc.ratio)
+			assert.Equal(t, TokenBucketMode, b.Mode())
+			continue
+		}
+		assert.Error(t, err, "%v %v", tc.max, tc.ratio)
+	}
+	_, err := NewTokenBucket(0, 1)
+	assert.EqualError(t, err, "retry: NewTokenBucket maxTokens: must be in (0, 1000], got 0")
+	_, err = NewTokenBucket(1, 0)
+	assert.EqualError(t, err, "retry: NewTokenBucket tokenRatio: must be finite and at least 0.001, got 0")
+}
+
+func TestBudgetModeString(t *testing.T) {
+	assert.Equal(t, "ratio", RatioMode.String())
+	assert.Equal(t, "token-bucket", TokenBucketMode.String())
+	assert.Equal(t, "BudgetMode(0)", BudgetMode(0).String())
+}
+
+func TestNilBudget(t *testing.T) {
+	var b *Budget
+	assert.True(t, b.Allow(t0))
+	assert.True(t, b.wouldAllow(t0))
+	b.Failed(t0)
+	b.Succeeded(true)
+	b.NotRetryable()
+	b.refund()
+	assert.Equal(t, BudgetSnapshot{}, b.Snapshot())
+}
+
+func TestBudgetRatioArithmetic(t *testing.T) {
+	now := t0
+	b := newTestBudget(t, BudgetConfig{}, &now) // 0.2, 1/s, 10s: reserve 10 retries
+	s := b.Snapshot()
+	assert.Equal(t, RatioMode, s.Mode)
+	assert.Equal(t, 10.0, s.Reserve)
+	assert.Equal(t, 10.0, s.Balance)
+
+	for range 10 {
+		require.True(t, b.Allow(now))
+	}
+	assert.False(t, b.Allow(now), "reserve spent")
+	for range 4 {
+		b.Succeeded(false)
+	}
+	assert.False(t, b.Allow(now), "4 deposits = 0.8 retry")
+	b.NotRetryable()
+	assert.True(t, b.Allow(now), "5 deposits = 1 retry; Allow flushes pending deposits")
+	assert.False(t, b.Allow(now))
+
+	b.Succeeded(true) // a retried success: deposit + refund of one retry
+	assert.InDelta(t, 1.2, b.Snapshot().Balance, 1e-9)
+	s = b.Snapshot()
+	assert.Equal(t, uint64(11), s.Allowed)
+	assert.Equal(t, uint64(3), s.Refused)
+
+	// Withdrawals expire with their slot: after one Window, the reserve is whole again and
+	// the deposits are gone.
+	now = now.Add(10 * time.Second)
+	assert.InDelta(t, 10.0, b.Snapshot().Balance, 1e-9)
+}
+
+func TestBudgetSlotsExpire(t *testing.T) {
+	now := t0
+	b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9, Window: 10 * time.Second}, &now)
+	deposit := func(n int) {
+		for range n {
+			b.Succeeded(false)
+		}
+	}
+	deposit(3)
+	assert.InDelta(t, 3.0, b.Snapshot().Balance, 1e-6, "Snapshot flushes into slot 0")
+	now = t0.Add(4500 * time.Millisecond)
+	deposit(2) // slot 4
+	assert.InDelta(t, 5.0, b.Snapshot().Balance, 1e-6)
+	now = t0.Add(9999 * time.Millisecond)
+	assert.InDelta(t, 5.0, b.Snapshot().Balance, 1e-6, "slot 0 lives until 10s")
+	now = t0.Add(10 * time.Second)
+	assert.InDelta(t, 2.0, b.Snapshot().Balance, 1e-6, "slot 0 expired")
+	require.True(t, b.Allow(now))
+	now = t0.Add(13999 * time.Millisecond)
+	assert.InDelta(t, 1.0, b.Snapshot().Balance, 1e-6)
+	now = t0.Add(14 * time.Second)
+	assert.InDelta(t, -1.0, b.Snapshot().Balance, 1e-6, "slot 4 expired; the withdrawal in slot 10 lives on")
+	assert.False(t, b.Allow(now))
+	now = t0.Add(20 * time.Second)
+	assert.InDelta(t, 0.0, b.Snapshot().Balance, 1e-6)
+	now = t0.Add(time.Hour)
+	assert.InDelta(t, 0.0, b.Snapshot().Balance, 1e-6)
+
+	// A time before the last rotation counts as the current slot.
+	deposit(1)
+	assert.True(t, b.Allow(t0))
+	assert.InDelta(t, 0.0, b.Snapshot().Balance, 1e-6)
+	// Times before the origin do not panic.
+	b2 := newTestBudget(t, BudgetConfig{}, &now)
+	assert.True(t, b2.Allow(now.Add(-time.Hour-time.Nanosecond)))
+}
+
+func TestBudgetSucceededLazyFlush(t *testing.T) {
+	now := t0
+	b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
+	var reads atomic.Int32
+	b.clock = func() time.Time { reads.Add(1); return now }
+
+	for range 15 {
+		b.Succeeded(false)
+	}
+	assert.Zero(t, reads.Load(), "no clock read on the first 15 deposits")
+	assert.Equal(t, int64(15), b.pend.Load())
+	b.Succeeded(true)
+	assert.Equal(t, int32(1), reads.Load(), "the 16th deposit flushes")
+	assert.Zero(t, b.pend.Load())
+	for range 160 {
+		b.NotRetryable()
+	}
+	assert.Equal(t, int32(11), reads.Load(), "one clock read per 16 deposits")
+	assert.InDelta(t, 16+1+160, float64(b.total.Load())/float64(b.withdraw), 1e-6)
+
+	// Allow flushes whatever is pending, so the pending count restarts.
+	b.Succeeded(false)
+	b.Allow(now)
+	assert.Zero(t, b.pend.Load())
+	assert.Zero(t, testing.AllocsPerRun(100, func() { b.Succeeded(false) }))
+	assert.Zero(t, testing.AllocsPerRun(100, func() { b.Allow(now) }))
+}
+
+func TestBudgetTokenBucketA6(t *testing.T) {
+	b, err := NewTokenBucket(10, 0.1)
+	require.NoError(t, err)
+	tokens := func() float64 { return b.Snapshot().Balance }
+	assert.Equal(t, 10.0, tokens(), "starts full")
+	b.Succeeded(false)
+	assert.Equal(t, 10.0, tokens(), "clamped at maxTokens")
+
+	for i := 1; i <= 4; i++ {
+		b.Failed(t0)
+		assert.True(t, b.Allow(t0), "after %d failures: %v tokens > 5", i, tokens())
+	}
+	b.Failed(t0)
+	assert.Equal(t, 5.0, tokens())
+	assert.False(t, b.Allow(t0), "after 5 retryable failures from full, retries stop (5 is not > 5)")
+	b.Succeeded(false)
+	assert.Equal(t, 5.1, tokens())
+	assert.True(t, b.Allow(t0), "5.1 > 5")
+	assert.Equal(t, 5.1, tokens(), "Allow charges nothing in A6 mode")
+
+	for range 20 {
+		b.Failed(t0)
+	}
+	assert.Equal(t, 0.0, tokens(), "clamped at 0")
+	for range 50 {
+		b.Succeeded(true)
+	}
+	assert.Equal(t, 5.0, tokens(), "exact: thousandths")
+	assert.False(t, b.Allow(t0), "50 successes from 0 are not enough")
+	b.Succeeded(false)
+	assert.True(t, b.Allow(t0), "the 51st re-enables retries")
+
+	b.NotRetryable() // A6: nothing
+	b.refund()
+	assert.Equal(t, 5.1, tokens())
+	s := b.Snapshot()
+	assert.Equal(t, TokenBucketMode, s.Mode)
+	assert.Equal(t, 10.0, s.MaxTokens)
+	assert.Equal(t, uint64(6), s.Allowed)
+	assert.Equal(t, uint64(2), s.Refused)
+}
+
+// TestBudgetConcurrent hammers a Budget from many goroutines (run it with -race) and checks the
+// accounting afterwards.
+func TestBudgetConcurrent(t *testing.T) {
+	const goroutines, ops = 16, 4000
+
+	t.Run("ratio/one slot", func(t *testing.T) {
+		now := t0
+		b := newTestBudget(t, BudgetConfig{Ratio: 0.5, MinRetriesPerSecond: 2}, &now)
+		var deposits, refunds, allowed, refused atomic.Int64
+		var wg sync.WaitGroup
+		for g := range goroutines {
+			wg.Go(func() {
+				for i := range ops {
+					switch (g + i) % 5 {
+					case 0, 1:
+						if b.Allow(now) {
+							allowed.Add(1)
+						} else {
+							refused.Add(1)
+						}
+					case 2:
+						b.Succeeded(false)
+						deposits.Add(1)
+					case 3:
+						b.Succeeded(true)
+						deposits.Add(1)
+						refunds.Add(1)
+					case 4:
+						b.NotRetryable()
+						b.Failed(now)
+						deposits.Add(1)
+						if i%50 == 0 {
+							_ = b.Snapshot()
+						}
+					}
+				}
+			})
+		}
+		wg.Wait()
+		b.sync(now, true)
+		want := b.reserve + deposits.Load()*depositUnits + (refunds.Load()-allowed.Load())*b.withdraw
+		assert.Equal(t, want, b.total.Load(), "every deposit, refund and withdrawal accounted for")
+		assert.GreaterOrEqual(t, b.total.Load(), int64(0), "never overdrawn")
+		s := b.Snapshot()
+		assert.Equal(t, uint64(allowed.Load()), s.Allowed)
+		assert.Equal(t, uint64(refused.Load()), s.Refused)
+	})
+
+	t.Run("ratio/rotating", func(t *testing.T) {
+		b, err := NewBudget(BudgetConfig{Ratio: 0.2, Window: 10 * time.Millisecond})
+		require.NoError(t, err)
+		var clock atomic.Int64 // nanoseconds after the origin; every goroutine moves it on
+		origin := b.origin
+		b.clock = func() time.Time { return origin.Add(time.Duration(clock.Load())) }
+		var wg sync.WaitGroup
+		for g := range goroutines {
+			wg.Go(func() {
+				for i := range ops {
+					now := origin.Add(time.Duration(clock.Add(int64(time.Microsecond))))
+					switch (g + i) % 3 {
+					case 0:
+						b.Allow(now)
+					case 1:
+						b.Succeeded(i%2 == 0)
+					case 2:
+						b.NotRetryable()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		b.sync(b.clock(), true)
+		var sum int64
+		for i := range b.slots {
+			sum += b.slots[i].Load()
+		}
+		assert.Equal(t, b.reserve+sum, b.total.Load(), "total = reserve + slots at rest")
+	})
+
+	t.Run("token bucket", func(t *testing.T) {
+		b, err := NewTokenBucket(1000, 0.5)
+		require.NoError(t, err)
+		var allows atomic.Int64
+		var wg sync.WaitGroup
+		for range goroutines {
+			wg.Go(func() {
+				for i := range ops {
+					switch i % 3 {
+					case 0:
+						b.Failed(t0)
+					case 1:
+						b.Succeeded(false)
+					case 2:
+						b.Allow(t0)
+						allows.Add(1)
+					}
+					if tk := b.tokens.Load(); tk < 0 || tk > b.maxTokens {
+						t.Errorf("tokens out of range: %d", tk)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		s := b.Snapshot()
+		assert.Equal(t, uint64(allows.Load()), s.Allowed+s.Refused)
+		assert.GreaterOrEqual(t, s.Balance, 0.0)
+		assert.LessOrEqual(t, s.Balance, 1000.0)
+	})
+}
