@@ -1,0 +1,144 @@
+package interceptors
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/retry"
+)
+
+// pushbackKey is the gRFC A6 trailer with the server's retry delay.
+const pushbackKey = "grpc-retry-pushback-ms"
+
+// grpcStatus is implemented by grpc's status errors and by the suite's.
+type grpcStatus interface{ GRPCStatus() *status.Status }
+
+// statusOf returns the status of err (non-nil). A status error is read
+// without allocating; a wrapped or foreign error goes through status.Convert.
+func statusOf(err error) *status.Status {
+	if gs, ok := err.(grpcStatus); ok {
+		if st := gs.GRPCStatus(); st != nil {
+			return st
+		}
+	}
+	return status.Convert(err)
+}
+
+// isLocalRejection reports whether err is a circuit-breaker rejection (ours,
+// or of another suite inside this one).
+func isLocalRejection(err error) bool {
+	if _, ok := err.(*rejectError); ok {
+		return true
+	}
+	return errors.Is(err, breaker.ErrOpen)
+}
+
+// classify maps the result of one attempt to the breaker outcome. ctx is the
+// caller's context (not the attempt's). The rules:
+//
+//   - nil: Success;
+//   - CANCELED, DEADLINE_EXCEEDED once ctx is done, and local rejections:
+//     Ignored;
+//   - a code in the policy's FailureCodes: Failure (DEADLINE_EXCEEDED only
+//     while ctx is live: an attempt timeout or the server's deadline);
+//   - any other code: Success (the server answered).
+//
+// Streams call it with the stream's final error (io.EOF counts as nil) and
+// record Ignored themselves for a stream the caller abandoned.
+func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
+	if err == nil {
+		return breaker.Success
+	}
+	c := statusOf(err).Code()
+	switch {
+	case c == codes.Canceled:
+		return breaker.Ignored
+	case c == codes.DeadlineExceeded && ctx.Err() != nil:
+		return breaker.Ignored
+	case c == codes.Unavailable && isLocalRejection(err):
+		return breaker.Ignored
+	case e.pol.failure.has(c):
+		return breaker.Failure
+	}
+	return breaker.Success
+}
+
+// decide says whether a failed attempt may be retried and after what delay
+// (the retry.Call then applies MaxAttempts, the budget and the deadline).
+// ctx is the caller's context; committed reports that the attempt received
+// response headers or a message (gRFC A6: never retried); trailer is the
+// attempt's trailer metadata (nil if none). The rules, in order:
+//
+//  1. committed, ctx done, or a local rejection: Stop;
+//  2. the code must be retryable: in RetryableCodes (default UNAVAILABLE),
+//     or RESOURCE_EXHAUSTED with a server delay hint (listed or not);
+//     DEADLINE_EXCEEDED only if listed (ctx is live here, so it came from
+//     an attempt timeout or the server); otherwise Stop;
+//  3. grpc-retry-pushback-ms as gRFC A6: one value >= 0 means
+//     retry.After(that many ms); a negative or unparsable value, or more
+//     than one value, means Stop;
+//  4. else a google.rpc.RetryInfo detail means retry.After(its delay);
+//  5. else retry.Backoff.
+//
+// retry.After is capped by Retry.MaxPushback (and by the deadline) in
+// retry.Call.Next.
+func (e *entry) decide(ctx context.Context, err error, committed bool, trailer metadata.MD) retry.Decision {
+	if committed || ctx.Err() != nil {
+		return retry.Stop
+	}
+	st := statusOf(err)
+	c := st.Code()
+	listed := c != codes.ResourceExhausted && e.pol.retryable.has(c)
+	if !listed && c != codes.ResourceExhausted {
+		return retry.Stop
+	}
+	if c == codes.Unavailable && isLocalRejection(err) {
+		return retry.Stop
+	}
+	if vals := trailer[pushbackKey]; len(vals) > 0 {
+		if len(vals) != 1 {
+			return retry.Stop
+		}
+		ms, perr := strconv.Atoi(vals[0])
+		if perr != nil || ms < 0 {
+			return retry.Stop
+		}
+		return retry.After(msDuration(ms))
+	}
+	if d, ok := retryInfo(st); ok {
+		return retry.After(d)
+	}
+	if !listed { // RESOURCE_EXHAUSTED without a hint
+		return retry.Stop
+	}
+	return retry.Backoff
+}
+
+// msDuration converts milliseconds to a Duration, saturating.
+func msDuration(ms int) time.Duration {
+	const maxMs = int(^uint64(0)>>1) / int(time.Millisecond)
+	if ms > maxMs {
+		return time.Duration(^uint64(0) >> 1)
+	}
+	return time.Duration(ms) * time.Millisecond
+}
+
+// retryInfo returns the delay of the first google.rpc.RetryInfo detail of st.
+func retryInfo(st *status.Status) (time.Duration, bool) {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			if rd := ri.GetRetryDelay(); rd != nil && rd.IsValid() {
+				return max(rd.AsDuration(), 0), true
+			}
+		}
+	}
+	return 0, false
+}

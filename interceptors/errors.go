@@ -1,0 +1,197 @@
+package interceptors
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/retry"
+)
+
+// ErrorInfo domain and reasons of the suite's errors.
+const (
+	ErrorDomain = "khive.grpc-resilience"
+
+	ReasonCircuitOpen       = "CIRCUIT_OPEN"
+	ReasonRetriesExhausted  = "RETRIES_EXHAUSTED"
+	ReasonBudgetExhausted   = "RETRY_BUDGET_EXHAUSTED"
+	ReasonDeadlineTooShort  = "DEADLINE_TOO_SHORT"
+	ReasonNotRetryable      = "NOT_RETRYABLE"
+	ReasonCanceledWhileWait = "CANCELED_WHILE_RETRYING"
+)
+
+// rejectError is the error of a call the breaker rejected before any
+// attempt: codes.Unavailable with an ErrorInfo (reason CIRCUIT_OPEN, domain
+// ErrorDomain, metadata {"method": m}) and a RetryInfo detail. It unwraps to
+// the breaker's *breaker.OpenError, so errors.Is(err, breaker.ErrOpen) holds.
+// One is built per *breaker.OpenError (per open period) and returned for
+// every rejection of that period, so a rejection allocates nothing; its
+// RetryInfo is the time left when it was built, an upper bound later on.
+type rejectError struct {
+	oe  *breaker.OpenError
+	st  *status.Status
+	msg string
+}
+
+func (e *rejectError) Error() string              { return e.msg }
+func (e *rejectError) GRPCStatus() *status.Status { return e.st }
+func (e *rejectError) Unwrap() error              { return e.oe }
+
+func newRejectError(method string, oe *breaker.OpenError) *rejectError {
+	st := status.New(codes.Unavailable, oe.Error())
+	info := &errdetails.ErrorInfo{Reason: ReasonCircuitOpen, Domain: ErrorDomain, Metadata: map[string]string{"method": method}}
+	if name := oe.Name(); name != method {
+		info.Metadata["breaker"] = name
+	}
+	if withDetails, err := st.WithDetails(info, &errdetails.RetryInfo{RetryDelay: durationpb.New(oe.RetryAfter())}); err == nil {
+		st = withDetails
+	}
+	return &rejectError{oe: oe, st: st, msg: "rpc error: code = Unavailable desc = " + st.Message()}
+}
+
+// admit asks the entry's breaker for a permit for one attempt. On rejection
+// it returns the prebuilt rejection error (see rejectError; zero allocations
+// after the first rejection of an open period) and a zero Permit, whose Done
+// is a no-op. Every attempt, first or retry, unary or stream, must pass
+// admit; record its outcome with p.Done(e.classify(ctx, err)).
+func (e *entry) admit() (breaker.Permit, error) {
+	p, err := e.brk.Allow()
+	if err == nil {
+		return p, nil
+	}
+	oe, ok := err.(*breaker.OpenError)
+	if !ok {
+		return p, err
+	}
+	if r := e.rej.Load(); r != nil && r.oe == oe {
+		return p, r
+	}
+	r := newRejectError(e.method, oe)
+	e.rej.Store(r)
+	return p, r
+}
+
+// giveUpError is the error of a call whose retries stopped: the last
+// attempt's status (code and details kept) with the message annotated with
+// the attempts and the reason, plus an ErrorInfo detail. It unwraps to the
+// *retry.Error, which unwraps to the last attempt's error; errors.Is(err,
+// breaker.ErrOpen) holds when an open breaker ended the retries. The status
+// is built on first use (GRPCStatus, Error), not on the failure path.
+type giveUpError struct {
+	re   *retry.Error
+	code codes.Code // the code the caller sees
+	st   atomic.Pointer[status.Status]
+}
+
+func (e *giveUpError) Unwrap() error { return e.re }
+
+func (e *giveUpError) Is(target error) bool {
+	return target == breaker.ErrOpen && e.re.Reason == retry.BreakerOpen
+}
+
+func (e *giveUpError) Error() string {
+	return "rpc error: code = " + e.code.String() + " desc = " + e.GRPCStatus().Message()
+}
+
+// GRPCStatus returns the annotated status.
+func (e *giveUpError) GRPCStatus() *status.Status {
+	if st := e.st.Load(); st != nil {
+		return st
+	}
+	last := statusOf(e.re.Err)
+	p := last.Proto()
+	p.Code = int32(e.code)
+	p.Message = annotation(e.re) + ": " + p.GetMessage()
+	if a, err := anypb.New(&errdetails.ErrorInfo{
+		Reason:   reasonOf(e.re.Reason),
+		Domain:   ErrorDomain,
+		Metadata: map[string]string{"attempts": strconv.Itoa(e.re.Attempts), "reason": e.re.Reason.String()},
+	}); err == nil {
+		p.Details = append(p.Details, a)
+	}
+	st := status.FromProto(p)
+	e.st.CompareAndSwap(nil, st)
+	return e.st.Load()
+}
+
+// annotation returns "gave up after 3 attempts (exhausted)".
+func annotation(re *retry.Error) string {
+	s := "gave up after " + strconv.Itoa(re.Attempts) + " attempt"
+	if re.Attempts != 1 {
+		s += "s"
+	}
+	return s + " (" + re.Reason.String() + ")"
+}
+
+func reasonOf(r retry.Reason) string {
+	switch r {
+	case retry.Exhausted:
+		return ReasonRetriesExhausted
+	case retry.BudgetExhausted:
+		return ReasonBudgetExhausted
+	case retry.Deadline:
+		return ReasonDeadlineTooShort
+	case retry.BreakerOpen:
+		return ReasonCircuitOpen
+	case retry.Canceled:
+		return ReasonCanceledWhileWait
+	}
+	return ReasonNotRetryable
+}
+
+// giveUp turns the retry.Error that ended a call (from retry.Call.Next, or
+// built by the caller for retry.BreakerOpen and retry.Canceled) into the
+// error the caller gets, and reports it (WithOnGiveUp, WithLogger):
+//
+//   - a single attempt that stopped as NotRetryable, Exhausted (retries
+//     off) or Canceled returns re.Err unchanged, and reports nothing;
+//   - otherwise a *giveUpError: the last status's code (for Canceled, the
+//     code of ctx's error: CANCELED or DEADLINE_EXCEEDED), its details, the
+//     message annotated, and an ErrorInfo with the reason.
+//
+// ctx is the caller's context.
+func (e *entry) giveUp(ctx context.Context, re *retry.Error) error {
+	if re.Attempts <= 1 {
+		switch re.Reason {
+		case retry.NotRetryable, retry.Exhausted, retry.Canceled:
+			return re.Err
+		}
+	}
+	code := statusOf(re.Err).Code()
+	if re.Reason == retry.Canceled && ctx.Err() != nil {
+		code = status.FromContextError(ctx.Err()).Code()
+	}
+	err := &giveUpError{re: re, code: code}
+	o := &e.s.o
+	if o.onGiveUp != nil {
+		o.onGiveUp(GiveUpEvent{Method: e.method, Attempts: re.Attempts, Reason: re.Reason, Err: err})
+	}
+	if o.logger != nil {
+		o.logger.Log(ctx, logging.LevelWarn, "retries gave up", "grpc.method", e.method, "grpc.attempt", re.Attempts,
+			"retry.reason", re.Reason.String(), "grpc.code", code.String(), "error", re.Err.Error())
+	}
+	return err
+}
+
+// retrying reports a retry about to wait delay after attempt (1-based)
+// failed with err (WithOnRetry, WithLogger). Call it after retry.Call.Next
+// granted the retry and before retry.Wait. Free when no hook is set.
+func (e *entry) retrying(ctx context.Context, attempt int, delay time.Duration, err error) {
+	o := &e.s.o
+	if o.onRetry != nil {
+		o.onRetry(RetryEvent{Method: e.method, Attempt: attempt, Delay: delay, Err: err})
+	}
+	if o.logger != nil {
+		o.logger.Log(ctx, logging.LevelDebug, "retrying", "grpc.method", e.method, "grpc.attempt", attempt,
+			"retry.delay", delay.String(), "grpc.code", statusOf(err).Code().String(), "error", err.Error())
+	}
+}

@@ -1,0 +1,199 @@
+package interceptors
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+
+	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/retry"
+)
+
+// DefaultReplayBuffer is the default limit, per call, of the messages a
+// client or bidi stream buffers for replay before it commits (as grpc-go).
+const DefaultReplayBuffer = 256 << 10
+
+// DefaultAttemptHeader is the default name of the outgoing metadata entry
+// that tells the server how many attempts preceded this one (gRFC A6).
+const DefaultAttemptHeader = "grpc-previous-rpc-attempts"
+
+// Option configures a Suite.
+type Option interface{ apply(*options) }
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+type budgetMode uint8
+
+const (
+	budgetRatio budgetMode = iota
+	budgetTokens
+	budgetNone
+)
+
+type options struct {
+	budget      budgetMode
+	budgetCfg   retry.BudgetConfig
+	maxTokens   float64
+	tokenRatio  float64
+	replayBytes int
+	header      string
+	breakerKey  func(target, method string) string
+
+	onRetry       func(RetryEvent)
+	onGiveUp      func(GiveUpEvent)
+	onStateChange func(method string, from, to breaker.State)
+	logger        logging.Logger
+}
+
+func defaultOptions() options {
+	return options{replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader}
+}
+
+func (o *options) validate() error {
+	switch o.budget {
+	case budgetRatio:
+		if err := o.budgetCfg.Validate(); err != nil {
+			return &configError{msg: "interceptors: WithBudget: " + err.Error(), err: err}
+		}
+	case budgetTokens:
+		if _, err := retry.NewTokenBucket(o.maxTokens, o.tokenRatio); err != nil {
+			return &configError{msg: "interceptors: WithTokenBucket: " + err.Error(), err: err}
+		}
+	}
+	if o.replayBytes < 0 {
+		return errors.New("interceptors: WithReplayBuffer: must not be negative")
+	}
+	return nil
+}
+
+// newBudget returns a new budget as configured (the configuration was
+// validated by New).
+func (o *options) newBudget() *retry.Budget {
+	var b *retry.Budget
+	if o.budget == budgetTokens {
+		b, _ = retry.NewTokenBucket(o.maxTokens, o.tokenRatio)
+	} else {
+		b, _ = retry.NewBudget(o.budgetCfg)
+	}
+	return b
+}
+
+// WithBudget gives each target (cc.Target()) a ratio retry budget configured
+// by cfg, shared by every method, unary calls and streams. This is the
+// default, with the zero BudgetConfig: retries stay within 20% of calls plus
+// one per second, and a retry that succeeds refunds its cost.
+func WithBudget(cfg retry.BudgetConfig) Option {
+	return optionFunc(func(o *options) { o.budget, o.budgetCfg = budgetRatio, cfg })
+}
+
+// WithTokenBucket gives each target a gRFC A6 retryThrottling token bucket
+// (maxTokens in (0, 1000], tokenRatio at least 0.001) instead of the ratio
+// budget.
+func WithTokenBucket(maxTokens, tokenRatio float64) Option {
+	return optionFunc(func(o *options) { o.budget, o.maxTokens, o.tokenRatio = budgetTokens, maxTokens, tokenRatio })
+}
+
+// WithoutBudget turns the retry budget off: only MaxAttempts and the
+// deadline limit retries.
+func WithoutBudget() Option {
+	return optionFunc(func(o *options) { o.budget = budgetNone })
+}
+
+// WithReplayBuffer sets how many bytes of sent messages a client or bidi
+// stream buffers for replay (per call, default 256 KiB); a stream that sends
+// more commits and is no longer retried. A grpc.MaxRetryRPCBufferSize call
+// option, if present (also as a default call option), wins.
+func WithReplayBuffer(bytes int) Option {
+	return optionFunc(func(o *options) { o.replayBytes = bytes })
+}
+
+// WithAttemptHeader sets the name of the outgoing metadata entry set on
+// retries to the number of preceding attempts (default
+// "grpc-previous-rpc-attempts", as gRFC A6); "" turns it off.
+func WithAttemptHeader(name string) Option {
+	return optionFunc(func(o *options) { o.header = strings.ToLower(name) })
+}
+
+// WithBreakerKey sets the function that names the breaker of a call: calls
+// with the same key (within one policy) share a breaker. The default key is
+// the method, so one breaker serves a method on every target; use
+// func(t, m string) string { return t + m } for one per target and method.
+func WithBreakerKey(f func(target, method string) string) Option {
+	return optionFunc(func(o *options) { o.breakerKey = f })
+}
+
+// WithOnRetry calls f before each retry's wait, on the caller's goroutine.
+func WithOnRetry(f func(RetryEvent)) Option {
+	return optionFunc(func(o *options) { o.onRetry = f })
+}
+
+// WithOnGiveUp calls f when retrying stops and the call fails with a retry
+// annotation (see GiveUpEvent), on the caller's goroutine.
+func WithOnGiveUp(f func(GiveUpEvent)) Option {
+	return optionFunc(func(o *options) { o.onGiveUp = f })
+}
+
+// WithOnStateChange calls f on every state change of every breaker of the
+// suite; method is the breaker's key (the method, by default). It runs
+// after the breaker's lock is released, in transition order, never
+// concurrently for one breaker.
+func WithOnStateChange(f func(method string, from, to breaker.State)) Option {
+	return optionFunc(func(o *options) { o.onStateChange = f })
+}
+
+// WithLogger logs retries (debug), give-ups (warn) and breaker state changes
+// (warn when a breaker opens, info otherwise) to l, a go-grpc-middleware v2
+// logging.Logger (adapters exist for slog, zap, zerolog, logrus, ...).
+// Fields: "grpc.method", "grpc.attempt", "retry.delay", "retry.reason",
+// "breaker.from", "breaker.to", "grpc.code", "error".
+func WithLogger(l logging.Logger) Option {
+	return optionFunc(func(o *options) { o.logger = l })
+}
+
+// RetryEvent describes a retry about to happen.
+type RetryEvent struct {
+	Method  string
+	Attempt int           // the attempt that failed, 1-based
+	Delay   time.Duration // the wait before the next attempt
+	Err     error         // the failed attempt's error
+}
+
+// GiveUpEvent describes a call that failed after retrying stopped for
+// Reason: RETRIES exhausted, the budget, the deadline, an open breaker after
+// at least one attempt, a non-retryable error after a retry, or the caller
+// canceling during the retries. A first attempt that fails with a
+// non-retryable error, or a call with retries off, is not a give-up; neither
+// is a call the breaker rejects before any attempt.
+type GiveUpEvent struct {
+	Method   string
+	Attempts int
+	Reason   retry.Reason
+	Err      error // the error the caller gets
+}
+
+// stateChangeHook returns the function wired into every breaker's
+// OnStateChange, or nil if no hook or logger wants state changes.
+func (o *options) stateChangeHook() func(name string, from, to breaker.State) {
+	f, l := o.onStateChange, o.logger
+	if f == nil && l == nil {
+		return nil
+	}
+	return func(name string, from, to breaker.State) {
+		if l != nil {
+			lvl := logging.LevelInfo
+			if to == breaker.Open || to == breaker.ForcedOpen {
+				lvl = logging.LevelWarn
+			}
+			l.Log(context.Background(), lvl, "circuit breaker state change",
+				"grpc.method", name, "breaker.from", from.String(), "breaker.to", to.String())
+		}
+		if f != nil {
+			f(name, from, to)
+		}
+	}
+}

@@ -1,0 +1,174 @@
+package interceptors
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/retry"
+)
+
+// Policy is what one method, one service or every method ("*") gets: a retry
+// policy, a circuit breaker configuration, classification overrides and an
+// optional fallback. The zero Policy means retry and breaker defaults.
+type Policy struct {
+	// Retry configures the retries of a call. The zero value means the retry
+	// package defaults (4 attempts, 50ms full-jitter backoff capped at 5s);
+	// MaxAttempts 1 means no retries.
+	Retry retry.Policy
+	// Breaker configures the breaker of each method the policy covers (one
+	// breaker per method, or per key of WithBreakerKey). The zero value means
+	// the breaker defaults; Mode breaker.Disabled turns the breaker off.
+	// Breaker.Name is ignored (each breaker is named after its key).
+	Breaker breaker.Config
+
+	// RetryableCodes are the codes retried with backoff. nil means
+	// {Unavailable}. RESOURCE_EXHAUSTED is retried only when the server gave a
+	// delay hint (grpc-retry-pushback-ms or google.rpc.RetryInfo), whether or
+	// not it is listed; DEADLINE_EXCEEDED only if listed and only while the
+	// caller's context is live (that is, when an attempt timeout expired).
+	RetryableCodes []codes.Code
+	// FailureCodes are the codes the breaker counts as failures. nil means
+	// {Unavailable, Internal, Unknown, DataLoss, ResourceExhausted,
+	// DeadlineExceeded}. DEADLINE_EXCEEDED and CANCELED are ignored once the
+	// caller's context is done; every code not listed counts as a success
+	// (the server answered).
+	FailureCodes []codes.Code
+
+	// Fallback, if set, answers a unary call that failed because the method
+	// is unhealthy: the breaker rejected it, or its last attempt failed with
+	// a failure code (FailureCodes) and retrying stopped, while the caller's
+	// context is live. It gets the error the caller would see; it may fill
+	// reply and return nil (the call succeeds), or return an error, which the
+	// caller sees instead. It is not called for application errors (such as
+	// NOT_FOUND) nor for calls the caller canceled. Streams never use it.
+	Fallback func(ctx context.Context, method string, req, reply any, err error) error
+}
+
+// codeSet is a set of status codes below 64.
+type codeSet uint64
+
+func (s codeSet) has(c codes.Code) bool { return c < 64 && s&(1<<c) != 0 }
+
+func setOf(cs ...codes.Code) codeSet {
+	var s codeSet
+	for _, c := range cs {
+		s |= 1 << c
+	}
+	return s
+}
+
+var (
+	defaultRetryable = setOf(codes.Unavailable)
+	defaultFailure   = setOf(codes.Unavailable, codes.Internal, codes.Unknown, codes.DataLoss,
+		codes.ResourceExhausted, codes.DeadlineExceeded)
+)
+
+// policy is a validated Policy, shared by every method it covers.
+type policy struct {
+	key         string         // the policy map key
+	retry       retry.Policy   // as given (retry.Call applies the defaults)
+	maxAttempts int            // retry.MaxAttempts with its default applied
+	group       *breaker.Group // one breaker per key; Config.OnStateChange wired to the suite's hooks
+	retryable   codeSet
+	failure     codeSet
+	fallback    func(ctx context.Context, method string, req, reply any, err error) error
+}
+
+// configError is a validation error of New: it names the policy key and the
+// field, and unwraps to the breaker or retry validation error if any.
+type configError struct {
+	msg string
+	err error
+}
+
+func (e *configError) Error() string { return e.msg }
+func (e *configError) Unwrap() error { return e.err }
+
+func policyError(key, field string, err error) error {
+	return &configError{msg: fmt.Sprintf("interceptors: policy %q: %s", key, field), err: err}
+}
+
+// checkKey validates a policy map key: "/pkg.Svc/Method", "/pkg.Svc/*" or "*".
+func checkKey(key string) error {
+	if key == "*" {
+		return nil
+	}
+	svc, m, ok := strings.Cut(strings.TrimPrefix(key, "/"), "/")
+	switch {
+	case !strings.HasPrefix(key, "/") || !ok:
+		return fmt.Errorf("interceptors: policy %q: key must be \"/pkg.Service/Method\", \"/pkg.Service/*\" or \"*\"", key)
+	case svc == "" || svc == "*" || strings.Contains(svc, "*"):
+		return fmt.Errorf("interceptors: policy %q: key has no service name", key)
+	case m == "" || strings.Contains(m, "/") || (m != "*" && strings.Contains(m, "*")):
+		return fmt.Errorf("interceptors: policy %q: key must name one method or \"*\"", key)
+	}
+	return nil
+}
+
+// resolvePolicy validates p (under key) and builds its breaker group.
+// onChange, if not nil, is called on each state change of the group's
+// breakers, after p.Breaker.OnStateChange.
+func resolvePolicy(key string, p Policy, onChange func(name string, from, to breaker.State)) (*policy, error) {
+	if err := checkKey(key); err != nil {
+		return nil, err
+	}
+	if err := p.Retry.Validate(); err != nil {
+		return nil, policyError(key, "Retry."+trimPrefix(err.Error(), "retry: Policy."), err)
+	}
+	cfg := p.Breaker
+	if user := cfg.OnStateChange; user != nil && onChange != nil {
+		cfg.OnStateChange = func(name string, from, to breaker.State) {
+			user(name, from, to)
+			onChange(name, from, to)
+		}
+	} else if onChange != nil {
+		cfg.OnStateChange = onChange
+	}
+	g, err := breaker.NewGroup(cfg)
+	if err != nil {
+		return nil, policyError(key, "Breaker."+trimPrefix(err.Error(), "breaker: Config."), err)
+	}
+	pol := &policy{
+		key:         key,
+		retry:       p.Retry,
+		maxAttempts: p.Retry.MaxAttempts,
+		group:       g,
+		retryable:   defaultRetryable,
+		failure:     defaultFailure,
+		fallback:    p.Fallback,
+	}
+	if pol.maxAttempts == 0 {
+		pol.maxAttempts = retry.DefaultMaxAttempts
+	}
+	if p.RetryableCodes != nil {
+		if pol.retryable, err = codeList(key, "RetryableCodes", p.RetryableCodes); err != nil {
+			return nil, err
+		}
+	}
+	if p.FailureCodes != nil {
+		if pol.failure, err = codeList(key, "FailureCodes", p.FailureCodes); err != nil {
+			return nil, err
+		}
+	}
+	return pol, nil
+}
+
+func codeList(key, field string, cs []codes.Code) (codeSet, error) {
+	for i, c := range cs {
+		if c == codes.OK || c >= 64 {
+			return 0, policyError(key, fmt.Sprintf("%s[%d]: must be a non-OK code below 64, got %v", field, i, c), nil)
+		}
+	}
+	return setOf(cs...), nil
+}
+
+func trimPrefix(s, prefix string) string {
+	if t, ok := strings.CutPrefix(s, prefix); ok {
+		return t
+	}
+	return s
+}
