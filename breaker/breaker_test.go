@@ -658,3 +658,50 @@ func TestStrings(t *testing.T) {
 		assert.Equal(t, want, o.String())
 	}
 }
+
+// TestHotPathsReadNoClockAndAllocateNothing pins the cost contract: the
+// closed admit+success path and an open rejection read no clock and
+// allocate nothing.
+func TestHotPathsReadNoClockAndAllocateNothing(t *testing.T) {
+	clk := newFakeClock()
+	var reads int
+	b, err := newBreaker(Config{}, func() time.Time { reads++; return clk.Now() }, clk.AfterFunc, constRand(0.5))
+	require.NoError(t, err)
+
+	reads = 0
+	for range 63 {
+		p, err := b.Allow()
+		require.NoError(t, err)
+		p.Done(Success)
+		p.Done(Ignored)
+	}
+	assert.Zero(t, reads, "closed Allow + Done(Success|Ignored)")
+	b.Reset()
+	allocs := testing.AllocsPerRun(1000, func() {
+		p, _ := b.Allow()
+		p.Done(Success)
+	})
+	assert.Zero(t, allocs)
+
+	for range 12 {
+		p, _ := b.Allow()
+		p.Done(Failure)
+	}
+	require.Equal(t, Open, b.State())
+	reads = 0
+	allocs = testing.AllocsPerRun(1000, func() {
+		_, err := b.Allow()
+		if err == nil {
+			t.Fatal("admitted")
+		}
+	})
+	assert.Zero(t, allocs)
+	assert.Zero(t, reads, "open rejection")
+
+	ctx := context.Background()
+	b.Reset()
+	allocs = testing.AllocsPerRun(1000, func() {
+		_ = b.Do(ctx, func(context.Context) error { return nil }, nil)
+	})
+	assert.Zero(t, allocs, "Do on success")
+}

@@ -10,8 +10,9 @@ import (
 var ErrOpen = errors.New("breaker: open")
 
 // OpenError is the error Allow returns when it rejects a call. It is built
-// once per open (or half-open) period and the same pointer is returned for
-// every rejection of that period, so a rejection allocates nothing.
+// once per open period and the same pointer is returned for every rejection
+// of that period, so a rejection allocates nothing. In HalfOpen it is reused
+// for as long as the earliest probe deadline (see RetryAfter) is unchanged.
 type OpenError struct {
 	name  string
 	state State
