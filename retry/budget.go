@@ -128,16 +128,20 @@ type Budget struct {
 	pend atomic.Int64 // pending deposits (low 32 bits) and refunds (high 32 bits)
 	_    pad
 
-	total atomic.Int64 // reserve + sum(slots), in units
-	epoch atomic.Int64 // slot epoch the slots were last rotated to
-	slots [budgetSlots]atomic.Int64
-	_     pad
+	total  atomic.Int64              // reserve + sum(slots) - withdraw × sum(wslots), in units
+	epoch  atomic.Int64              // slot epoch the slots were last rotated to
+	next   atomic.Int64              // offset from origin (ns) where the epoch after it begins
+	slots  [budgetSlots]atomic.Int64 // deposits and refunds per slot, in units
+	wslots [budgetSlots]atomic.Int64 // retries allowed (withdrawals) per slot
+	_      pad
 
 	tokens atomic.Int64 // TokenBucketMode: thousandths of a token
 	_      pad
 
-	allowed, refused atomic.Uint64
-	_                pad
+	allowed atomic.Uint64 // TokenBucketMode; RatioMode: retired + sum(wslots)
+	refused atomic.Uint64
+	retired atomic.Uint64 // withdrawals of expired slots
+	_       pad
 
 	mu       sync.Mutex // serializes slot rotation
 	withdraw int64      // units per retry
@@ -167,6 +171,7 @@ func NewBudget(cfg BudgetConfig) (*Budget, error) {
 	}
 	b.origin = b.clock()
 	b.total.Store(b.reserve)
+	b.next.Store(int64(b.slot))
 	return b, nil
 }
 
@@ -222,8 +227,7 @@ func (b *Budget) Allow(now time.Time) bool {
 			break
 		}
 	}
-	b.slots[e%budgetSlots].Add(-b.withdraw)
-	b.allowed.Add(1)
+	b.wslots[e%budgetSlots].Add(1)
 	return true
 }
 
@@ -311,9 +315,8 @@ func (b *Budget) refund() {
 	b.pend.Add(refundOne)
 }
 
-// epochOf returns the slot epoch of now (floor of (now-origin)/slot).
-func (b *Budget) epochOf(now time.Time) int64 {
-	off := now.Sub(b.origin)
+// epochOf returns the slot epoch of an offset from the origin: floor(off / slot).
+func (b *Budget) epochOf(off time.Duration) int64 {
 	e := int64(off / b.slot)
 	if off < 0 && off%b.slot != 0 {
 		e--
@@ -324,15 +327,15 @@ func (b *Budget) epochOf(now time.Time) int64 {
 // sync rotates the slots to now's epoch (a now older than the last rotation counts as that
 // epoch) and moves the pending deposits and refunds into the current slot. With block false it
 // never waits for the rotation lock: if another goroutine is rotating, it skips the rotation.
-// It returns the current epoch.
+// It returns the current epoch. Within an epoch it costs a subtraction and two atomic loads.
 func (b *Budget) sync(now time.Time, block bool) int64 {
-	if e := b.epochOf(now); e > b.epoch.Load() {
+	if off := now.Sub(b.origin); int64(off) >= b.next.Load() {
 		if block {
 			b.mu.Lock()
-			b.rotate(e)
+			b.rotate(b.epochOf(off))
 			b.mu.Unlock()
 		} else if b.mu.TryLock() {
-			b.rotate(e)
+			b.rotate(b.epochOf(off))
 			b.mu.Unlock()
 		}
 	}
@@ -347,7 +350,8 @@ func (b *Budget) sync(now time.Time, block bool) int64 {
 }
 
 // rotate clears the slots of the epochs after the current one up to e (at most all 10), then
-// publishes e. Callers hold b.mu.
+// publishes e (epoch first, then next, so that a reader who skips the rotation on the new
+// next sees the new epoch). Callers hold b.mu.
 func (b *Budget) rotate(e int64) {
 	cur := b.epoch.Load()
 	if e <= cur {
@@ -355,10 +359,18 @@ func (b *Budget) rotate(e int64) {
 	}
 	n := min(e-cur, budgetSlots)
 	for k := int64(1); k <= n; k++ {
-		v := b.slots[(cur+k)%budgetSlots].Swap(0)
-		b.total.Add(-v)
+		i := (cur + k) % budgetSlots
+		v := b.slots[i].Swap(0)
+		w := b.wslots[i].Swap(0)
+		b.total.Add(w*b.withdraw - v)
+		b.retired.Add(uint64(w))
 	}
 	b.epoch.Store(e)
+	next := int64(math.MaxInt64)
+	if e < math.MaxInt64/int64(b.slot)-1 {
+		next = (e + 1) * int64(b.slot)
+	}
+	b.next.Store(next)
 }
 
 // Snapshot returns the budget's current state (it reads the clock and flushes pending deposits).
@@ -376,6 +388,12 @@ func (b *Budget) Snapshot() BudgetSnapshot {
 		s.Reserve = float64(b.reserve) / float64(b.withdraw)
 	}
 	s.Allowed = b.allowed.Load()
+	if b.mode == RatioMode {
+		s.Allowed = b.retired.Load()
+		for i := range b.wslots {
+			s.Allowed += uint64(b.wslots[i].Load())
+		}
+	}
 	s.Refused = b.refused.Load()
 	return s
 }

@@ -302,7 +302,7 @@ func TestBudgetConcurrent(t *testing.T) {
 		b.sync(b.clock(), true)
 		var sum int64
 		for i := range b.slots {
-			sum += b.slots[i].Load()
+			sum += b.slots[i].Load() - b.wslots[i].Load()*b.withdraw
 		}
 		assert.Equal(t, b.reserve+sum, b.total.Load(), "total = reserve + slots at rest")
 	})

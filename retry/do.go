@@ -63,23 +63,36 @@ func collect(opts []Option) options {
 // returns the validation error without calling op. The first attempt is made even if ctx is
 // already done (op sees ctx); retries never are. Do allocates nothing when op succeeds at once.
 func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, classify func(error) Decision, opts ...Option) error {
-	if err := p.Validate(); err != nil {
-		return err
+	if !p.valid() {
+		return p.explain()
 	}
+	// The first attempt, without a Call: the common case stays cheap.
+	var err error
+	if p.AttemptTimeout > 0 {
+		actx, cancel := context.WithTimeout(ctx, p.AttemptTimeout)
+		err = op(actx)
+		cancel()
+	} else {
+		err = op(ctx)
+	}
+	if err == nil {
+		if len(opts) > 0 {
+			collect(opts).budget.Succeeded(false)
+		}
+		return nil
+	}
+	return retryLoop(ctx, &p, op, classify, opts, err)
+}
+
+// retryLoop continues Do after a failed first attempt.
+func retryLoop(ctx context.Context, p *Policy, op func(ctx context.Context) error, classify func(error) Decision, opts []Option, err error) error {
 	var o options
 	if len(opts) > 0 {
 		o = collect(opts)
 	}
 	c := p.NewCall(o.budget)
+	c.Begin()
 	for {
-		c.Begin()
-		actx, cancel := c.p.AttemptContext(ctx)
-		err := op(actx)
-		cancel()
-		if err == nil {
-			c.Done(nil, false)
-			return nil
-		}
 		d := Backoff
 		if classify != nil {
 			d = classify(err)
@@ -95,6 +108,14 @@ func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, class
 		if Wait(ctx, delay) != nil {
 			c.Done(err, d.Retryable())
 			return c.stop(err, Canceled)
+		}
+		c.Begin()
+		actx, cancel := c.p.AttemptContext(ctx)
+		err = op(actx)
+		cancel()
+		if err == nil {
+			c.Done(nil, false)
+			return nil
 		}
 	}
 }

@@ -105,6 +105,29 @@ func (p Policy) withDefaults() Policy {
 //
 // It never panics.
 func (p Policy) Validate() error {
+	if p.valid() {
+		return nil
+	}
+	return p.explain()
+}
+
+// valid is the cheap form of Validate, for Do's fast path; explain says why it is false.
+// FuzzPolicyValidate checks that the two agree.
+func (p *Policy) valid() bool {
+	initial, maxB := p.InitialBackoff, p.MaxBackoff
+	if initial == 0 {
+		initial = DefaultInitialBackoff
+	}
+	if maxB == 0 {
+		maxB = DefaultMaxBackoff
+	}
+	return p.MaxAttempts >= 0 && p.InitialBackoff >= 0 && p.MaxBackoff >= 0 && maxB >= initial &&
+		(p.Multiplier == 0 || (p.Multiplier >= 1 && p.Multiplier <= math.MaxFloat64)) &&
+		p.Jitter <= NoJitter && p.JitterFactor >= 0 && p.JitterFactor <= 1 &&
+		p.AttemptTimeout >= 0 && p.MinAttemptTime >= 0 && p.MaxPushback >= 0
+}
+
+func (p *Policy) explain() error {
 	switch {
 	case p.MaxAttempts < 0:
 		return fieldError("MaxAttempts", "must be at least 1, got %d", p.MaxAttempts)
@@ -147,19 +170,34 @@ func fieldError(field, format string, args ...any) error {
 // overflows (Multiplier^n may be +Inf). The result is never negative and never above MaxBackoff.
 // A negative n counts as 0; u outside [0, 1) (or NaN) is clamped into it.
 func (p Policy) Backoff(n int, u float64) time.Duration {
-	p = p.withDefaults()
-	maxB := p.MaxBackoff
+	maxB, initial, mult := p.MaxBackoff, p.InitialBackoff, p.Multiplier
+	if maxB == 0 {
+		maxB = DefaultMaxBackoff
+	}
+	if initial == 0 {
+		initial = DefaultInitialBackoff
+	}
+	if mult == 0 {
+		mult = DefaultMultiplier
+	}
 	if maxB <= 0 {
 		return 0
 	}
-	if n < 0 {
-		n = 0
+	fmax := float64(maxB)
+	d := float64(initial)
+	// Repeated multiplication, stopping at the cap (usually after a few steps): exact for
+	// the usual multipliers and cheaper than math.Pow. Past 32 steps math.Pow takes the rest
+	// (+Inf for a large n is clamped below).
+	for k := 0; k < 32 && n > 0 && d < fmax; k++ {
+		d *= mult
+		n--
 	}
-	d := float64(p.InitialBackoff) * math.Pow(p.Multiplier, float64(n))
+	if n > 0 && d < fmax {
+		d *= math.Pow(mult, float64(n))
+	}
 	if !(d >= 0) { // NaN or negative (invalid configs only)
 		d = 0
 	}
-	fmax := float64(maxB)
 	if d > fmax {
 		d = fmax
 	}
@@ -172,6 +210,9 @@ func (p Policy) Backoff(n int, u float64) time.Duration {
 	case NoJitter:
 	case ProportionalJitter:
 		f := p.JitterFactor
+		if f == 0 {
+			f = DefaultJitterFactor
+		}
 		if !(f >= 0) {
 			f = 0
 		} else if f > 1 {

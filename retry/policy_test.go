@@ -231,6 +231,9 @@ func FuzzPolicyValidate(f *testing.F) {
 			MinAttemptTime: time.Duration(minAttempt),
 			MaxPushback:    time.Duration(pushback),
 		}
+		if p.valid() != (p.explain() == nil) {
+			t.Fatalf("valid() = %v but explain() = %v for %+v", p.valid(), p.explain(), p)
+		}
 		if err := p.Validate(); err != nil {
 			if len(err.Error()) < len("retry: Policy.X: ") {
 				t.Fatalf("error too short: %q", err)
