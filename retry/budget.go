@@ -9,12 +9,14 @@ import (
 	"time"
 )
 
-// Budget defaults and fixed parameters.
+// Defaults applied to the zero fields of a BudgetConfig.
 const (
 	DefaultBudgetRatio         = 0.2
 	DefaultMinRetriesPerSecond = 1.0
 	DefaultBudgetWindow        = 10 * time.Second
+)
 
+const (
 	budgetSlots  = 10        // a deposit expires after 9 to 10 slots, i.e. 0.9 to 1 Window
 	depositUnits = 1_000_000 // fixed-point scale of one deposit (Finagle's ScaleFactor, finer)
 	maxWithdraw  = 1 << 40   // Ratio below ~1e-6 acts as 1e-6 (no retries beyond the reserve)
@@ -118,7 +120,10 @@ type pad [64]byte
 // always available. Deposits are counted lazily: Succeeded and NotRetryable only add to a
 // pending counter (atomic, no clock, no mutex) and every 16th one, like every Allow, flushes
 // the pending deposits into the current slot; so up to 15 deposits are counted late and may
-// outlive their Window.
+// outlive their Window. Under concurrency, a deposit or withdrawal that races a slot rotation
+// may land in the neighbouring slot, and a few more deposits (one per racing goroutine) may be
+// pending at a flush; the balance itself stays exact (every deposit, refund and withdrawal is
+// counted once).
 //
 // TokenBucketMode (NewTokenBucket): gRFC A6 retryThrottling; see NewTokenBucket.
 type Budget struct {

@@ -61,7 +61,8 @@ func collect(opts []Option) options {
 // classify maps op's error to a Decision; nil classify retries every error with Backoff.
 // Each attempt gets ctx bounded by p.AttemptTimeout (Policy.AttemptContext). An invalid p
 // returns the validation error without calling op. The first attempt is made even if ctx is
-// already done (op sees ctx); retries never are. Do allocates nothing when op succeeds at once.
+// already done (op sees ctx); retries never are. Do allocates nothing and reads no clock when op
+// succeeds at once and AttemptTimeout is 0 (an attempt timeout needs a context.WithTimeout).
 func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, classify func(error) Decision, opts ...Option) error {
 	if !p.valid() {
 		return p.explain()
