@@ -1,0 +1,748 @@
+package interceptors
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/retry"
+)
+
+// Stream returns the stream client interceptor of the suite. It serves the
+// three streaming kinds (server-, client- and bidi-streaming) with the same
+// per-attempt step as Unary: every attempt passes the method's breaker,
+// every failed attempt is classified and decided on, and retry.Call applies
+// MaxAttempts, the retry budget and the deadline. A method without a policy
+// passes through untouched.
+//
+// # Commit
+//
+// A stream is retried only until it commits (gRFC A6). It commits when
+//
+//   - a response message arrives, or the attempt turns out to have received
+//     response headers (a failure after headers is never retried, even if
+//     no message came: the server may have acted on the request);
+//   - the caller calls Header (once headers arrive), Trailer or Context;
+//   - the messages sent so far exceed the replay buffer (WithReplayBuffer,
+//     256 KiB by default; a grpc.MaxRetryRPCBufferSize call option wins).
+//     A message counts its proto.Size plus gRPC's 5-byte message header, as
+//     grpc-go counts MaxRetryRPCBufferSize; a message that is not a proto
+//     message cannot be measured and commits the stream.
+//
+// Before the commit, the stream keeps every sent message. When an attempt
+// fails before committing and the failure is retryable, the stream opens a
+// new attempt and replays the messages in order, then CloseSend if the
+// caller had called it, and carries on: the caller sees neither the failed
+// attempt nor a duplicate. A server stream therefore resends its request
+// only until the first response header or message. After the commit the
+// buffer is dropped and the stream is a thin wrapper.
+//
+// Context commits, as the grpc.ClientStream contract says ("Once called,
+// subsequent client-side retries are disabled") and as grpc-go's own retry
+// does: the context it returns is the current attempt's (it carries the
+// attempt's peer and ends with it), so it must not change afterwards. gRFC
+// A6 does not require this; code that wants retries should call Context
+// only after Header or RecvMsg, as the contract asks.
+//
+// # Attempt timeout
+//
+// Retry.AttemptTimeout bounds each attempt until it commits, not the whole
+// stream: a long-lived stream is not cut once it is answering. An attempt
+// that has not committed within AttemptTimeout is cancelled and fails with
+// DEADLINE_EXCEEDED (a failure for the breaker; retried only if the policy
+// lists DEADLINE_EXCEEDED). The server is not told about it (no
+// grpc-timeout from it), and it never extends the caller's deadline: when
+// the caller's deadline comes first the timer is not armed. Response
+// headers are observed only when the caller calls Header or when a message
+// or the end arrives, so an attempt that received headers but no message
+// when the timer fires is cancelled too; having headers, it is then not
+// retried.
+//
+// # Outcomes
+//
+// Each attempt's outcome is recorded in the breaker once, when the attempt
+// ends: io.EOF (or a client-streaming response) is a success, a failure is
+// classified as for unary calls (a replaced attempt records its
+// classified failure), a stream the caller canceled or abandoned (its
+// context ended with no RecvMsg in progress) is ignored, and so is an
+// error SendMsg generated locally (such as a message too large).
+//
+// # Concurrency
+//
+// SendMsg and RecvMsg may run concurrently (bidi streaming). The stream
+// starts no goroutine: the retry runs on the goroutine that observes the
+// failure, RecvMsg's, or SendMsg's when no RecvMsg is in progress (it then
+// reads the attempt's status itself); the other side waits for the new
+// attempt. The replay runs while no receive is in progress, as grpc-go's
+// own retry, so a bidi server that echoes more than the flow-control
+// windows hold (about 64 KiB each way) before the replay ends can stall it
+// until the deadline; keep the replay buffer below that for such servers.
+func (s *Suite) Stream() grpc.StreamClientInterceptor { return s.stream }
+
+// stream is the stream client interceptor (Suite.Stream).
+func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	e := s.lookup(cc, method)
+	if e == nil {
+		return streamer(ctx, desc, cc, method, opts...)
+	}
+	ov, opts := splitCallOptions(opts)
+	p, rej := e.admit()
+	if rej != nil {
+		return nil, rej
+	}
+	maxAttempts := ov.attempts(e.pol.maxAttempts)
+	r := &retryStream{
+		e:        e,
+		ctx:      ctx,
+		desc:     desc,
+		cc:       cc,
+		streamer: streamer,
+		opts:     opts,
+		limit:    ov.replay(s.o.replayBytes),
+		nobuf:    maxAttempts == 1,
+		call:     e.newCall(maxAttempts),
+	}
+	r.cond.L = &r.mu
+	r.buf = r.one[:0]
+	a := &r.first
+	a.permit = p
+	r.cur = a
+	r.call.Begin()
+	cs, err := streamer(r.attemptContext(a, 1), desc, cc, method, opts...)
+	if err != nil {
+		// Nobody else sees r yet: resolve the failure as the receiver would.
+		if err := r.end(a, err); err != nil {
+			return nil, err
+		}
+	} else {
+		a.cs = cs
+	}
+	if ctx.Done() != nil {
+		r.unwatch = context.AfterFunc(ctx, r.abandoned)
+	}
+	return r, nil
+}
+
+// errAttemptTimeout is the cancellation cause of a stream attempt whose
+// AttemptTimeout elapsed before it committed.
+var errAttemptTimeout = errors.New("interceptors: stream attempt timeout")
+
+// errAttemptTimedOut is the error such an attempt counts as.
+var errAttemptTimedOut = status.Error(codes.DeadlineExceeded, "interceptors: stream attempt timed out before it committed (Retry.AttemptTimeout)")
+
+// attempt is one attempt of a retrying stream.
+type attempt struct {
+	cs       grpc.ClientStream // nil if opening the stream failed
+	permit   breaker.Permit
+	ctx      context.Context         // with an AttemptTimeout timer: the attempt's context
+	cancel   context.CancelCauseFunc // and its cancel
+	timer    *time.Timer
+	recorded bool // permit.Done was called (or is about to be)
+	received bool // a response message arrived
+}
+
+// claim reports whether the caller is the one to record a's outcome (once
+// per permit). Called with the stream's mu held.
+func (a *attempt) claim() bool {
+	if a.recorded {
+		return false
+	}
+	a.recorded = true
+	return true
+}
+
+// stopTimer disarms the AttemptTimeout timer: the attempt committed.
+func (a *attempt) stopTimer() {
+	if a.timer != nil {
+		a.timer.Stop()
+	}
+}
+
+// release frees the attempt's context once its stream is over.
+func (a *attempt) release() {
+	a.stopTimer()
+	if a.cancel != nil {
+		a.cancel(nil)
+	}
+}
+
+// timedOut reports whether AttemptTimeout cancelled the attempt.
+func (a *attempt) timedOut() bool {
+	return a.ctx != nil && context.Cause(a.ctx) == errAttemptTimeout
+}
+
+// retryStream is the grpc.ClientStream of a stream that has a policy: the
+// current attempt's stream, replaced by a new attempt with the buffered
+// messages replayed when an attempt fails before the stream commits.
+//
+// Locking: mu guards every field below it. No inner stream method is called
+// with mu held. Three roles coordinate through mu and cond:
+//
+//   - the sender (SendMsg, CloseSend: never concurrent with each other, by
+//     the grpc.ClientStream contract) sets sending while it is inside the
+//     current attempt's SendMsg or CloseSend;
+//   - the receive token (recvBusy) is held by whoever calls the current
+//     attempt's RecvMsg: RecvMsg, or SendMsg or Header when they find the
+//     attempt over and nobody receiving (they then read its status);
+//   - the token holder that finds the attempt failed sets resolving while
+//     it decides, waits, opens the next attempt and replays; everyone else
+//     waits for resolving to clear. The replay waits for sending to clear,
+//     so the replayed messages never race a send on the old attempt, and a
+//     message the sender buffered before the swap is replayed exactly once.
+//
+// A swap happens only while the stream is uncommitted and only after the
+// old attempt's stream is over, so the old attempt's pending calls return
+// promptly.
+type retryStream struct {
+	e        *entry
+	ctx      context.Context // the caller's
+	desc     *grpc.StreamDesc
+	cc       *grpc.ClientConn
+	streamer grpc.Streamer
+	opts     []grpc.CallOption
+	limit    int  // replay-buffer bytes
+	nobuf    bool // a single attempt: nothing to replay, nothing to buffer
+
+	rctx    context.Context // the retries' context (Suite.retryContext), nil before the first; token holder only
+	unwatch func() bool     // stops the abandonment callback
+	first   attempt         // the first attempt, allocated with the stream
+	one     [1]any          // the first buffered message's slot (a server stream's request)
+
+	mu        sync.Mutex
+	cond      sync.Cond // on mu: broadcast when sending, recvBusy or resolving clears, or final is set
+	cur       *attempt  // the current attempt (after a failure: the last one)
+	call      retry.Call
+	committed bool
+	buf       []any // sent messages, while uncommitted
+	bufSize   int
+	closeSent bool
+	sending   bool
+	recvBusy  bool
+	resolving bool
+	final     error // once set, the stream is over and RecvMsg returns it
+}
+
+// attemptContext returns the context of attempt n (1-based) of the stream:
+// the caller's context, with the attempt header on retries, and cancelled
+// by AttemptTimeout unless the attempt commits first.
+func (r *retryStream) attemptContext(a *attempt, n int) context.Context {
+	ctx := r.ctx
+	if n > 1 {
+		r.rctx = r.e.s.retryContext(r.ctx, r.rctx, n)
+		ctx = r.rctx
+	}
+	t := r.e.pol.retry.AttemptTimeout
+	if t <= 0 {
+		return ctx
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= t {
+		return ctx // the caller's deadline comes first
+	}
+	actx, cancel := context.WithCancelCause(ctx)
+	a.ctx, a.cancel = actx, cancel
+	a.timer = time.AfterFunc(t, func() { cancel(errAttemptTimeout) })
+	return actx
+}
+
+// commitLocked commits the stream: no more retries, no more buffering.
+func (r *retryStream) commitLocked() {
+	r.committed = true
+	clear(r.buf)
+	r.buf, r.bufSize = nil, 0
+	r.cur.stopTimer()
+}
+
+// bufferLocked keeps m for replay, or commits the stream if the buffer
+// would exceed its limit.
+func (r *retryStream) bufferLocked(m any) {
+	n := replaySize(m)
+	if n < 0 || r.bufSize+n > r.limit {
+		r.commitLocked()
+		return
+	}
+	r.buf = append(r.buf, m)
+	r.bufSize += n
+}
+
+// replaySize is what m counts against the replay buffer: its encoded size
+// plus gRPC's 5-byte message header (as grpc-go counts
+// MaxRetryRPCBufferSize), or -1 if m is not a protobuf message.
+func replaySize(m any) int {
+	switch m := m.(type) {
+	case proto.Message:
+		return proto.Size(m) + 5
+	case protoadapt.MessageV1:
+		return proto.Size(protoadapt.MessageV2Of(m)) + 5
+	}
+	return -1
+}
+
+// finishLocked ends the stream with err (io.EOF: success).
+func (r *retryStream) finishLocked(err error) {
+	r.final = err
+	r.resolving = false
+	clear(r.buf)
+	r.buf, r.bufSize = nil, 0
+	r.cur.release()
+	if r.unwatch != nil {
+		r.unwatch()
+	}
+	r.cond.Broadcast()
+}
+
+// finish is finishLocked for a caller not holding mu; it returns err.
+func (r *retryStream) finish(err error) error {
+	r.mu.Lock()
+	r.finishLocked(err)
+	r.mu.Unlock()
+	return err
+}
+
+// release gives the receive token back.
+func (r *retryStream) release() {
+	r.mu.Lock()
+	r.recvBusy = false
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+// abandoned runs when the caller's context ends. If nobody is receiving,
+// nobody may ever read the current attempt's end: record it as ignored, so
+// that a half-open breaker gets its probe back at once. A RecvMsg that comes
+// later reads the stream's end as usual (and records nothing more).
+func (r *retryStream) abandoned() {
+	r.mu.Lock()
+	a := r.cur
+	rec := r.final == nil && !r.recvBusy && !r.resolving && a.claim()
+	r.mu.Unlock()
+	if rec {
+		a.permit.Done(breaker.Ignored)
+	}
+}
+
+// end resolves the end of attempt a, the current one, which ended with err
+// (io.EOF: success). The caller holds the receive token, not mu. end
+// returns nil when a new attempt replaced a (the caller then retries its
+// operation on r.cur), or the stream's final error, which RecvMsg returns
+// from then on.
+func (r *retryStream) end(a *attempt, err error) error {
+	for {
+		// A failure after response headers is committed (A6). Header does
+		// not block here: a's stream is over.
+		headers := false
+		if err != io.EOF && a.cs != nil && !a.received {
+			md, _ := a.cs.Header()
+			headers = md != nil
+		}
+		r.mu.Lock()
+		if r.final != nil {
+			f := r.final
+			r.mu.Unlock()
+			return f
+		}
+		r.cur = a
+		if err == io.EOF {
+			rec := a.claim()
+			r.call.Done(nil, false)
+			r.finishLocked(io.EOF)
+			r.mu.Unlock()
+			if rec {
+				a.permit.Done(breaker.Success)
+			}
+			return io.EOF
+		}
+		if a.timedOut() && r.ctx.Err() == nil {
+			err = errAttemptTimedOut
+		}
+		committed := r.committed || a.received || headers
+		r.resolving = true
+		rec := a.claim()
+		r.mu.Unlock()
+
+		if rec {
+			a.permit.Done(r.e.classify(r.ctx, err))
+		}
+		var tlr metadata.MD
+		if !committed && a.cs != nil {
+			tlr = a.cs.Trailer()
+		}
+		d := r.e.decide(r.ctx, err, committed, tlr)
+		r.mu.Lock()
+		delay, stop := r.call.Next(r.ctx, err, d, time.Now())
+		if stop != nil {
+			r.call.Done(err, d.Retryable())
+		}
+		n := r.call.Attempts()
+		r.mu.Unlock()
+		if stop != nil {
+			return r.finish(r.e.giveUp(r.ctx, stop))
+		}
+		a.release()
+
+		r.e.retrying(r.ctx, n, delay, err)
+		if retry.Wait(r.ctx, delay) != nil {
+			r.mu.Lock()
+			r.call.Done(err, d.Retryable())
+			r.mu.Unlock()
+			return r.finish(r.e.giveUp(r.ctx, &retry.Error{Err: err, Attempts: n, Reason: retry.Canceled}))
+		}
+		p, rej := r.e.admit()
+		if rej != nil {
+			r.mu.Lock()
+			r.call.Done(err, true)
+			r.mu.Unlock()
+			return r.finish(r.e.giveUp(r.ctx, &retry.Error{Err: err, Attempts: n, Reason: retry.BreakerOpen}))
+		}
+		r.mu.Lock()
+		r.call.Begin()
+		n = r.call.Attempts()
+		r.mu.Unlock()
+
+		b := &attempt{permit: p}
+		cs, cerr := r.streamer(r.attemptContext(b, n), r.desc, r.cc, r.e.method, r.opts...)
+		if cerr != nil {
+			a, err = b, cerr
+			continue
+		}
+		b.cs = cs
+		var done bool
+		if done, err = r.replay(b); done {
+			return err
+		}
+		a = b // b ended during the replay, with err
+	}
+}
+
+// replay sends the buffered messages, then CloseSend if the caller called
+// it, on b, a new attempt, and makes b the current attempt. done reports
+// that the resolution is over, with err nil (b is current) or the final
+// error; otherwise b ended during the replay with err, not committed.
+func (r *retryStream) replay(b *attempt) (done bool, err error) {
+	r.mu.Lock()
+	for r.sending {
+		r.cond.Wait()
+	}
+	msgs, closeSent := r.buf, r.closeSent
+	r.mu.Unlock()
+	for _, m := range msgs {
+		serr := b.cs.SendMsg(m)
+		if serr == nil {
+			continue
+		}
+		if serr != io.EOF {
+			// A local error: the message cannot be sent at all.
+			r.mu.Lock()
+			r.cur = b
+			rec := b.claim()
+			r.call.Done(serr, false)
+			r.finishLocked(serr)
+			r.mu.Unlock()
+			if rec {
+				b.permit.Done(breaker.Ignored)
+			}
+			return true, serr
+		}
+		headers, st := drain(b.cs)
+		if !headers {
+			return false, st
+		}
+		// Committed by headers: its messages and status are for RecvMsg.
+		r.mu.Lock()
+		r.cur = b
+		r.commitLocked()
+		r.resolving = false
+		r.cond.Broadcast()
+		r.mu.Unlock()
+		return true, nil
+	}
+	if closeSent {
+		_ = b.cs.CloseSend()
+	}
+	r.mu.Lock()
+	r.cur = b
+	r.resolving = false
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	return true, nil
+}
+
+// drain finds out how a stream whose SendMsg returned io.EOF ended. headers
+// reports that response headers arrived: the attempt is committed, and its
+// messages and status are left for RecvMsg. Otherwise err is the stream's
+// status, read with RecvMsg (which cannot consume a message: no message
+// comes without headers).
+func drain(cs grpc.ClientStream) (headers bool, err error) {
+	if md, _ := cs.Header(); md != nil {
+		return true, nil
+	}
+	if err = cs.RecvMsg(new(emptypb.Empty)); err == nil {
+		return true, nil // unreachable (a message without headers)
+	}
+	return false, err
+}
+
+// SendMsg sends m on the current attempt and, until the stream commits,
+// keeps it for replay. If the attempt turns out to have failed and is
+// retried, SendMsg waits for the new attempt (m included in the replay) and
+// returns nil; otherwise it returns io.EOF as grpc does, and RecvMsg
+// returns the status.
+func (r *retryStream) SendMsg(m any) error {
+	r.mu.Lock()
+	for r.resolving {
+		r.cond.Wait()
+	}
+	if r.final != nil {
+		r.mu.Unlock()
+		return io.EOF
+	}
+	if !r.committed && !r.nobuf {
+		r.bufferLocked(m)
+	}
+	a := r.cur
+	r.sending = true
+	r.mu.Unlock()
+
+	err := a.cs.SendMsg(m)
+
+	r.mu.Lock()
+	r.sending = false
+	r.cond.Broadcast()
+	if err == nil {
+		r.mu.Unlock()
+		return nil
+	}
+	if err != io.EOF {
+		return r.sendFailedLocked(a, err)
+	}
+	// The attempt is over: find out whether it is retried.
+	for {
+		switch {
+		case r.final != nil:
+			r.mu.Unlock()
+			return io.EOF
+		case r.resolving:
+			r.cond.Wait()
+			continue
+		case r.cur != a:
+			r.mu.Unlock()
+			return nil // replaced: m was buffered before the send, and replayed
+		case r.committed:
+			r.mu.Unlock()
+			return io.EOF
+		case r.recvBusy:
+			r.cond.Wait() // the receiver will see the end
+			continue
+		}
+		break
+	}
+	r.recvBusy = true
+	r.mu.Unlock()
+	headers, st := drain(a.cs)
+	if headers {
+		r.mu.Lock()
+		if r.final == nil && !r.committed {
+			r.commitLocked()
+		}
+		r.recvBusy = false
+		r.cond.Broadcast()
+		r.mu.Unlock()
+		return io.EOF
+	}
+	err = r.end(a, st)
+	r.release()
+	if err != nil {
+		return io.EOF
+	}
+	return nil
+}
+
+// sendFailedLocked handles an error SendMsg generated locally (such as a
+// message too large): grpc has aborted the attempt; the stream ends with
+// err, and the attempt's outcome is ignored (it says nothing about the
+// server). Called with mu held; releases it.
+func (r *retryStream) sendFailedLocked(a *attempt, err error) error {
+	for r.resolving {
+		r.cond.Wait()
+	}
+	var rec bool
+	if r.final == nil && r.cur == a {
+		rec = a.claim()
+		r.call.Done(err, false)
+		r.finishLocked(err)
+	}
+	r.mu.Unlock()
+	if rec {
+		a.permit.Done(breaker.Ignored)
+	}
+	return err
+}
+
+// CloseSend closes the send direction of the current attempt, and of every
+// later attempt (it is replayed).
+func (r *retryStream) CloseSend() error {
+	r.mu.Lock()
+	for r.resolving {
+		r.cond.Wait()
+	}
+	if r.closeSent || r.final != nil {
+		r.closeSent = true
+		r.mu.Unlock()
+		return nil
+	}
+	r.closeSent = true
+	a := r.cur
+	r.sending = true
+	r.mu.Unlock()
+	_ = a.cs.CloseSend()
+	r.mu.Lock()
+	r.sending = false
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	return nil
+}
+
+// RecvMsg receives the next message. When the current attempt fails before
+// the stream commits and the failure is retryable, RecvMsg opens a new
+// attempt, replays the sent messages and receives from it.
+func (r *retryStream) RecvMsg(m any) error {
+	r.mu.Lock()
+	for r.final == nil && (r.recvBusy || r.resolving) {
+		r.cond.Wait()
+	}
+	if r.final != nil {
+		err := r.final
+		r.mu.Unlock()
+		return err
+	}
+	r.recvBusy = true
+	a := r.cur
+	r.mu.Unlock()
+	for {
+		err := a.cs.RecvMsg(m)
+		if err == nil {
+			r.received(a)
+			return nil
+		}
+		if err = r.end(a, err); err != nil {
+			r.release()
+			return err
+		}
+		r.mu.Lock()
+		a = r.cur
+		r.mu.Unlock()
+	}
+}
+
+// received notes a message received on a (which commits the stream) and
+// gives the receive token back. A stream that is not server-streaming is
+// over: grpc returns its single response only with an OK status.
+func (r *retryStream) received(a *attempt) {
+	r.mu.Lock()
+	a.received = true
+	if !r.committed {
+		r.commitLocked()
+	}
+	var rec bool
+	if !r.desc.ServerStreams && r.final == nil {
+		rec = a.claim()
+		r.call.Done(nil, false)
+		r.finishLocked(io.EOF)
+	}
+	r.recvBusy = false
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	if rec {
+		a.permit.Done(breaker.Success)
+	}
+}
+
+// Header returns the response headers. It waits for them as grpc does; an
+// attempt that ends without headers and is retried is replaced, and Header
+// waits for the new attempt's. Headers commit the stream.
+func (r *retryStream) Header() (metadata.MD, error) {
+	r.mu.Lock()
+	for {
+		for r.resolving {
+			r.cond.Wait()
+		}
+		a := r.cur
+		if r.final != nil || r.committed {
+			r.mu.Unlock()
+			if a.cs == nil {
+				return nil, nil
+			}
+			return a.cs.Header()
+		}
+		r.mu.Unlock()
+		md, err := a.cs.Header()
+		r.mu.Lock()
+		if md != nil {
+			if r.cur == a && r.final == nil && !r.resolving && !r.committed {
+				r.commitLocked()
+			}
+			r.mu.Unlock()
+			return md, err
+		}
+		// a ended without headers: read its status, unless someone is.
+		for r.final == nil && r.cur == a && (r.resolving || r.recvBusy) {
+			r.cond.Wait()
+		}
+		if r.final != nil || r.cur != a || r.committed {
+			continue
+		}
+		r.recvBusy = true
+		r.mu.Unlock()
+		if headers, st := drain(a.cs); !headers {
+			_ = r.end(a, st)
+		}
+		r.mu.Lock()
+		r.recvBusy = false
+		r.cond.Broadcast()
+	}
+}
+
+// Trailer returns the current attempt's trailers (after RecvMsg returned an
+// error, the last attempt's). It commits the stream.
+func (r *retryStream) Trailer() metadata.MD {
+	a := r.commit()
+	if a.cs == nil {
+		return nil
+	}
+	return a.cs.Trailer()
+}
+
+// Context returns the current attempt's context and commits the stream (see
+// Suite.Stream).
+func (r *retryStream) Context() context.Context {
+	a := r.commit()
+	if a.cs == nil {
+		return r.ctx
+	}
+	return a.cs.Context()
+}
+
+// commit commits the stream (once no retry is in progress) and returns the
+// current attempt.
+func (r *retryStream) commit() *attempt {
+	r.mu.Lock()
+	for r.resolving {
+		r.cond.Wait()
+	}
+	if r.final == nil && !r.committed {
+		r.commitLocked()
+	}
+	a := r.cur
+	r.mu.Unlock()
+	return a
+}
