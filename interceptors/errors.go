@@ -152,21 +152,27 @@ func reasonOf(r retry.Reason) string {
 // built by the caller for retry.BreakerOpen and retry.Canceled) into the
 // error the caller gets, and reports it (WithOnGiveUp, WithLogger):
 //
-//   - a single attempt that stopped as NotRetryable, Exhausted (retries
-//     off) or Canceled returns re.Err unchanged, and reports nothing;
+//   - a single attempt that stopped as NotRetryable or Exhausted (retries
+//     off), or that itself ended with the caller's context (CANCELED or
+//     DEADLINE_EXCEEDED, reason Canceled), returns re.Err unchanged and
+//     reports nothing;
 //   - otherwise a *giveUpError: the last status's code (for Canceled, the
 //     code of ctx's error: CANCELED or DEADLINE_EXCEEDED), its details, the
 //     message annotated, and an ErrorInfo with the reason.
 //
 // ctx is the caller's context.
 func (e *entry) giveUp(ctx context.Context, re *retry.Error) error {
+	code := statusOf(re.Err).Code()
 	if re.Attempts <= 1 {
 		switch re.Reason {
-		case retry.NotRetryable, retry.Exhausted, retry.Canceled:
+		case retry.NotRetryable, retry.Exhausted:
 			return re.Err
+		case retry.Canceled:
+			if code == codes.Canceled || code == codes.DeadlineExceeded {
+				return re.Err // the attempt itself ended with the caller's context
+			}
 		}
 	}
-	code := statusOf(re.Err).Code()
 	if re.Reason == retry.Canceled && ctx.Err() != nil {
 		code = status.FromContextError(ctx.Err()).Code()
 	}
