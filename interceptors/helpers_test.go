@@ -42,8 +42,8 @@ type env struct {
 	health healthpb.HealthClient
 
 	mu          sync.Mutex
-	transitions []string   // "method: from -> to", from WithOnStateChange
-	headers     [][]string // the attempt header values of each unary request the server saw
+	transitions []string      // "method: from -> to", from WithOnStateChange
+	requests    []metadata.MD // the incoming metadata of each unary request the server saw
 }
 
 type envConfig struct {
@@ -116,9 +116,8 @@ func (e *env) recordTransition(method string, from, to breaker.State) {
 
 func (e *env) recordHeaders(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	vals := slices.Clone(md.Get(attemptsName))
 	e.mu.Lock()
-	e.headers = append(e.headers, vals)
+	e.requests = append(e.requests, md.Copy())
 	e.mu.Unlock()
 	return h(ctx, req)
 }
@@ -129,10 +128,16 @@ func (e *env) transitionLog() []string {
 	return slices.Clone(e.transitions)
 }
 
-func (e *env) headerLog() [][]string {
+// headerLog returns the values of metadata key in each request the server
+// saw, in order.
+func (e *env) headerLog(key string) [][]string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return slices.Clone(e.headers)
+	out := make([][]string, len(e.requests))
+	for i, md := range e.requests {
+		out[i] = md.Get(key)
+	}
+	return out
 }
 
 // unary calls Unary with message "m" and fault f.
