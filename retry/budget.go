@@ -127,17 +127,25 @@ type pad [64]byte
 //
 // TokenBucketMode (NewTokenBucket): gRFC A6 retryThrottling; see NewTokenBucket.
 type Budget struct {
-	mode BudgetMode
+	// Read-mostly: configuration, and the rotation state (written once per slot).
+	mode                  BudgetMode
+	withdraw              int64 // units per retry
+	reserve               int64
+	origin                time.Time
+	slot                  time.Duration
+	clock                 func() time.Time // time.Now; tests replace it
+	maxTokens, tokenRatio int64            // TokenBucketMode, thousandths
+	epoch                 atomic.Int64     // slot epoch the slots were last rotated to
+	next                  atomic.Int64     // offset from origin (ns) where the epoch after it begins
+	_                     pad
 
-	_    pad
 	pend atomic.Int64 // pending deposits (low 32 bits) and refunds (high 32 bits)
 	_    pad
 
 	total  atomic.Int64              // reserve + sum(slots) - withdraw × sum(wslots), in units
-	epoch  atomic.Int64              // slot epoch the slots were last rotated to
-	next   atomic.Int64              // offset from origin (ns) where the epoch after it begins
-	slots  [budgetSlots]atomic.Int64 // deposits and refunds per slot, in units
 	wslots [budgetSlots]atomic.Int64 // retries allowed (withdrawals) per slot
+	_      pad
+	slots  [budgetSlots]atomic.Int64 // deposits and refunds per slot, in units
 	_      pad
 
 	tokens atomic.Int64 // TokenBucketMode: thousandths of a token
@@ -146,16 +154,7 @@ type Budget struct {
 	allowed atomic.Uint64 // TokenBucketMode; RatioMode: retired + sum(wslots)
 	refused atomic.Uint64
 	retired atomic.Uint64 // withdrawals of expired slots
-	_       pad
-
-	mu       sync.Mutex // serializes slot rotation
-	withdraw int64      // units per retry
-	reserve  int64
-	origin   time.Time
-	slot     time.Duration
-	clock    func() time.Time // time.Now; tests replace it
-
-	maxTokens, tokenRatio int64 // TokenBucketMode, thousandths
+	mu      sync.Mutex    // serializes slot rotation
 }
 
 // NewBudget returns a ratio-mode Budget. It returns an error naming the field if cfg is invalid.
