@@ -1,0 +1,104 @@
+package config
+
+import (
+	"maps"
+
+	"github.com/khive/grpc-resilience/interceptors"
+	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
+)
+
+// Config is a loaded and validated policy document, converted for the
+// interceptors package.
+type Config struct {
+	// Policies maps policy keys to policies: "/pkg.Svc/Method" for a name
+	// with a method, "/pkg.Svc/*" for a service, "*" for the default. Pass it
+	// to interceptors.New or Suite.Update (NewSuite and Apply do).
+	Policies map[string]interceptors.Policy
+	// Budget is the retry budget of the document (retryThrottling or
+	// retryBudget).
+	Budget Budget
+	// Ignored lists the paths of the grpc fields present in the document that
+	// this library does not act on, such as "methodConfig[0].timeout" or
+	// "loadBalancingConfig", so that a caller can log them.
+	Ignored []string
+}
+
+// LoadJSON reads a JSON document. See the package documentation for the
+// schema and the checks.
+func LoadJSON(data []byte) (*Config, error) { return Load(data, JSON) }
+
+// LoadYAML reads a YAML document (one document; YAML 1.2 core schema). The
+// document has the same fields as its JSON form.
+func LoadYAML(data []byte) (*Config, error) { return Load(data, YAML) }
+
+// Load reads a document in format f. It never panics; a rejected document
+// returns an *Error listing each problem with its path.
+func Load(data []byte, f Format) (*Config, error) {
+	doc, err := decode(data, f)
+	if err != nil {
+		return nil, err
+	}
+	return FromProto(doc)
+}
+
+// LoadFile reads a document from a file: JSON for a ".json" name, YAML for
+// ".yaml" or ".yml", otherwise JSON if the content starts with "{" and YAML
+// if not.
+func LoadFile(name string) (*Config, error) {
+	data, f, err := readFile(name)
+	if err != nil {
+		return nil, err
+	}
+	return Load(data, f)
+}
+
+// FromProto validates and converts a document already in its schema form
+// (built in Go, or decoded by the caller).
+func FromProto(doc *resiliencev1.ServiceConfig) (*Config, error) {
+	d, err := validate(doc)
+	if err != nil {
+		return nil, err
+	}
+	c := &Config{
+		Policies: make(map[string]interceptors.Policy, len(d.keys)),
+		Budget:   d.budget,
+		Ignored:  d.ignored,
+	}
+	for _, key := range d.keys {
+		m := d.methods[key]
+		c.Policies[key] = interceptors.Policy{
+			Retry:          m.retry,
+			Breaker:        m.breaker,
+			RetryableCodes: m.retryable,
+			FailureCodes:   m.failure,
+		}
+	}
+	return c, nil
+}
+
+// Option returns the interceptors option that installs the budget: WithBudget
+// (the zero BudgetConfig for DefaultBudget), WithTokenBucket or
+// WithoutBudget.
+func (b Budget) Option() interceptors.Option {
+	switch b.Mode {
+	case TokenBucket:
+		return interceptors.WithTokenBucket(b.MaxTokens, b.TokenRatio)
+	case NoBudget:
+		return interceptors.WithoutBudget()
+	default:
+		return interceptors.WithBudget(b.Ratio)
+	}
+}
+
+// NewSuite builds an interceptors.Suite from the document: its policies and
+// its budget, then opts (which may override the budget).
+func (c *Config) NewSuite(opts ...interceptors.Option) (*interceptors.Suite, error) {
+	all := append([]interceptors.Option{c.Budget.Option()}, opts...)
+	return interceptors.New(c.policies(), all...)
+}
+
+// policies returns a copy of c.Policies, so that a Suite never shares the
+// caller's map.
+func (c *Config) policies() map[string]interceptors.Policy {
+	return maps.Clone(c.Policies)
+}

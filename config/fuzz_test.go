@@ -1,0 +1,62 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+// fuzzSeeds are valid and invalid documents, JSON and YAML.
+var fuzzSeeds = []string{
+	`{}`,
+	`{"methodConfig": [{"name": [{"service": "a.B", "method": "M"}, {"service": "a.B"}, {}], "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE", 14]}}], "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}`,
+	`{"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "5s", "backoffMultiplier": 1.5, "retryableStatusCodes": [14, 4], "jitter": "full", "perAttemptTimeout": "1s", "minAttemptTime": "0.01s", "maxPushback": "3s"}, "circuitBreaker": {"mode": "metrics-only", "consecutiveFailures": 0, "failureRate": 0.3, "minimumCalls": 0, "window": "20s", "recoveryTime": "1s", "maxRecoveryTime": "8s", "recoveryJitter": 0.1, "halfOpenMaxCalls": 2, "failureStatusCodes": ["INTERNAL"]}}], "retryBudget": {"ratio": 0.3, "minRetriesPerSecond": 2, "window": "1s"}}`,
+	`{"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}, "methodConfig": [{"name": [{"service": "x.Y"}], "timeout": "1.5s", "waitForReady": true, "hedgingPolicy": {}}]}`,
+	`{"retryBudget": {"disabled": true}}`,
+	`{"methodConfig": [{"name": [{"service": "a.B"}], "retryPolicy": {"maxAttempts": 1}}]}`,
+	`{"methodConfig": [{"name": [{"method": "M"}]}]}`,
+	`{"methodConfig": [{"name": [{"service": "a.B"}]}, {"name": [{"service": "a.B"}]}]}`,
+	`{"retryThrottling": {"maxTokens": 0, "tokenRatio": -1}}`,
+	`{"methodConfig": [{"name": [{"service": "a.B"}], "circuitBreaker": {"recoveryTime": "100s", "maxRecoveryTime": "1s"}}]}`,
+	`{"methodConfig": [{"name": [{"service": "a.B"}], "retryPolicy": {"maxAttempts": 2, "initialBackoff": "315576000000s", "maxBackoff": "-315576000000.999999999s", "backoffMultiplier": 1e308, "retryableStatusCodes": [16, "DATA_LOSS"]}}]}`,
+	`{"a": [1, 2, {"b": null}], "methodConfig": "x"}`,
+	`{"methodConfig" [}`,
+	`[]`,
+	"methodConfig:\n  - name: [{service: a.B}]\n    retryPolicy: {maxAttempts: 3, initialBackoff: 0.1s, maxBackoff: 1s, backoffMultiplier: 2, retryableStatusCodes: [UNAVAILABLE]}\nretryThrottling: {maxTokens: 10, tokenRatio: 0.1}\n",
+	"a: &a [1, 2]\nb: *a\n",
+	"methodConfig:\n  - name: [{}]\n    circuitBreaker: {mode: disabled}\n---\n{}\n",
+	"? [x]\n: y\n",
+}
+
+// FuzzLoad: any input, read as JSON and as YAML, gives either an *Error with
+// at least one problem or a Config that interceptors.New accepts. Never a
+// panic.
+func FuzzLoad(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, format := range []Format{JSON, YAML} {
+			c, err := Load(data, format)
+			if err != nil {
+				var e *Error
+				if !errors.As(err, &e) || len(e.Problems) == 0 {
+					t.Fatalf("%v: error is not a config.Error with problems: %v", format, err)
+				}
+				if c != nil {
+					t.Fatalf("%v: both a Config and an error", format)
+				}
+				if m := e.Problems[0].Msg; e.Problems[0].Path == "" && strings.HasPrefix(m, "proto:") {
+					t.Fatalf("%v: protojson rejected what the checks let through (no path): %v", format, err)
+				}
+				continue
+			}
+			if c == nil {
+				t.Fatalf("%v: neither a Config nor an error", format)
+			}
+			if _, err := c.NewSuite(); err != nil {
+				t.Fatalf("%v: loaded, but interceptors.New rejects it: %v", format, err)
+			}
+		}
+	})
+}

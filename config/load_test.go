@@ -1,0 +1,396 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+
+	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/interceptors"
+	"github.com/khive/grpc-resilience/retry"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// problemsOf returns "path: msg" of every problem of a Load error.
+func problemsOf(t *testing.T, err error) []string {
+	t.Helper()
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	out := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		out[i] = p.Error()
+	}
+	return out
+}
+
+// retryDoc wraps a retryPolicy body in a document with one method.
+func retryDoc(body string) string {
+	return `{"methodConfig": [{"name": [{"service": "s.S"}], "retryPolicy": {` + body + `}}]}`
+}
+
+const validRetry = `"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]`
+
+func breakerDoc(body string) string {
+	return `{"methodConfig": [{"name": [{"service": "s.S"}], "circuitBreaker": {` + body + `}}]}`
+}
+
+// TestLoadInvalid: every kind of invalid document, with the path of each
+// problem (the message's start after the path, or a part of it).
+func TestLoadInvalid(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		doc  string
+		want []string // each problem, "path: message prefix"
+	}{
+		// Syntax.
+		{"empty", ``, []string{"the document is empty"}},
+		{"spaces", "  \n ", []string{"the document is empty"}},
+		{"truncated", `{"methodConfig": [`, []string{"invalid JSON: unexpected end"}},
+		{"syntax", `{"methodConfig" [}`, []string{"invalid JSON at line 1, column 17"}},
+		{"trailing value", `{} {}`, []string{"invalid JSON: more than one JSON value"}},
+		{"not utf-8", "{\"a\xff\": 1}", []string{"the document is not valid UTF-8"}},
+		{"duplicate field", `{"methodConfig": [], "methodConfig": []}`, []string{"methodConfig: duplicate field"}},
+		{"deep", strings.Repeat("[", 100) + strings.Repeat("]", 100), []string{"[0][0][0]"}},
+
+		// Shape (unknown fields, wrong kinds).
+		{"top is a list", `[]`, []string{"the document must be an object, got a list"}},
+		{"top is a string", `"x"`, []string{"the document must be an object, got a string"}},
+		{"unknown top field", `{"methodConfigs": []}`, []string{`methodConfigs: unknown field (did you mean "methodConfig"?)`}},
+		{"unknown field far away", `{"oops": 1}`, []string{"oops: unknown field"}},
+		{"wrong case", `{"MethodConfig": []}`, []string{`MethodConfig: unknown field (did you mean "methodConfig"?)`}},
+		{"typo in retryPolicy", retryDoc(`"maxAttemps": 3`), []string{`methodConfig[0].retryPolicy.maxAttemps: unknown field (did you mean "maxAttempts"?)`}},
+		{"methodConfig not a list", `{"methodConfig": {}}`, []string{"methodConfig: must be a list, got an object"}},
+		{"name not a list", `{"methodConfig": [{"name": {"service": "a"}}]}`, []string{"methodConfig[0].name: must be a list, got an object"}},
+		{"null name entry", `{"methodConfig": [{"name": [null]}]}`, []string{"methodConfig[0].name[0]: must not be null"}},
+		{"service not a string", `{"methodConfig": [{"name": [{"service": 5}]}]}`, []string{"methodConfig[0].name[0].service: must be a string, got a number"}},
+		{"maxAttempts as string", retryDoc(`"maxAttempts": "3"`), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got a string"}},
+		{"maxAttempts fraction", retryDoc(`"maxAttempts": 2.5`), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got 2.5"}},
+		{"maxAttempts too big", retryDoc(`"maxAttempts": 3000000000`), []string{"methodConfig[0].retryPolicy.maxAttempts: integer 3000000000 is out of range"}},
+		{"multiplier as string", retryDoc(`"backoffMultiplier": "2"`), []string{"methodConfig[0].retryPolicy.backoffMultiplier: must be a number, got a string"}},
+		{"multiplier huge", retryDoc(`"backoffMultiplier": 1e999`), []string{"methodConfig[0].retryPolicy.backoffMultiplier: number 1e999 is out of range"}},
+		{"duration as number", retryDoc(`"initialBackoff": 0.1`), []string{`methodConfig[0].retryPolicy.initialBackoff: must be a duration string such as "0.1s", got a number`}},
+		{"duration without unit", retryDoc(`"initialBackoff": "100ms"`), []string{`methodConfig[0].retryPolicy.initialBackoff: invalid duration "100ms"`}},
+		{"duration exponent", retryDoc(`"maxBackoff": "1e3s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "1e3s"`}},
+		{"codes not a list", retryDoc(`"retryableStatusCodes": "UNAVAILABLE"`), []string{"methodConfig[0].retryPolicy.retryableStatusCodes: must be a list, got a string"}},
+		{"wait for ready not bool", `{"methodConfig": [{"name": [{}], "waitForReady": "yes"}]}`, []string{"methodConfig[0].waitForReady: must be true or false, got a string"}},
+		{"lb config not a list", `{"loadBalancingConfig": {"round_robin": {}}}`, []string{"loadBalancingConfig: must be a list, got an object"}},
+		{"health check not an object", `{"healthCheckConfig": "x"}`, []string{"healthCheckConfig: must be an object, got a string"}},
+		{"several shape problems", `{"a": 1, "methodConfig": [{"b": 2}]}`, []string{"a: unknown field", "methodConfig[0].b: unknown field"}},
+
+		// Names.
+		{"method without service", `{"methodConfig": [{"name": [{"method": "M"}]}]}`, []string{`methodConfig[0].name[0].method: "M" needs a service`}},
+		{"slash in service", `{"methodConfig": [{"name": [{"service": "a/b"}]}]}`, []string{`methodConfig[0].name[0].service: invalid service name "a/b"`}},
+		{"star method", `{"methodConfig": [{"name": [{"service": "a.B", "method": "*"}]}]}`, []string{`methodConfig[0].name[0].method: invalid method name "*"`}},
+		{"duplicate name", `{"methodConfig": [{"name": [{"service": "a.B"}]}, {"name": [{"service": "c.D"}, {"service": "a.B", "method": ""}]}]}`,
+			[]string{`methodConfig[1].name[1]: duplicate name {service: "a.B"} (also at methodConfig[0].name[0])`}},
+		{"duplicate default", `{"methodConfig": [{"name": [{}]}, {"name": [{"service": ""}]}]}`,
+			[]string{`methodConfig[1].name[0]: duplicate name {} (the default) (also at methodConfig[0].name[0])`}},
+		{"duplicate method in one entry", `{"methodConfig": [{"name": [{"service": "a.B", "method": "M"}, {"service": "a.B", "method": "M"}]}]}`,
+			[]string{`methodConfig[0].name[1]: duplicate name {service: "a.B", method: "M"}`}},
+
+		// retryPolicy, as grpc-go checks it.
+		{"empty retryPolicy", retryDoc(``), []string{
+			"methodConfig[0].retryPolicy.maxAttempts: required",
+			"methodConfig[0].retryPolicy.initialBackoff: required",
+			"methodConfig[0].retryPolicy.maxBackoff: required",
+			"methodConfig[0].retryPolicy.backoffMultiplier: required",
+			"methodConfig[0].retryPolicy.retryableStatusCodes: required and must not be empty",
+		}},
+		{"maxAttempts 1", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 1`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got 1"}},
+		{"maxAttempts 0", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 0`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got 0"}},
+		{"maxAttempts negative", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": -1`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got -1"}},
+		{"zero initialBackoff", retryDoc(strings.Replace(validRetry, `"0.1s"`, `"0s"`, 1)), []string{"methodConfig[0].retryPolicy.initialBackoff: must be greater than zero, got 0s"}},
+		{"negative maxBackoff", retryDoc(strings.Replace(validRetry, `"1s"`, `"-1s"`, 1)), []string{"methodConfig[0].retryPolicy.maxBackoff: must be greater than zero, got -1s"}},
+		{"maxBackoff below initial", retryDoc(strings.Replace(validRetry, `"1s"`, `"0.05s"`, 1)), []string{"methodConfig[0].retryPolicy.maxBackoff: must be at least initialBackoff (100ms), got 50ms"}},
+		{"huge duration", retryDoc(strings.Replace(validRetry, `"1s"`, `"315576000000s"`, 1)), []string{"methodConfig[0].retryPolicy.maxBackoff: duration 315576000000s is out of range"}},
+		{"zero multiplier", retryDoc(strings.Replace(validRetry, `"backoffMultiplier": 2`, `"backoffMultiplier": 0`, 1)), []string{"methodConfig[0].retryPolicy.backoffMultiplier: must be greater than zero, got 0"}},
+		{"shrinking multiplier", retryDoc(strings.Replace(validRetry, `"backoffMultiplier": 2`, `"backoffMultiplier": 0.5`, 1)), []string{"methodConfig[0].retryPolicy.backoffMultiplier: must be at least 1, got 0.5"}},
+		{"empty codes", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `[]`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes: required and must not be empty"}},
+		{"unknown code name", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `["UNAVAILABLE", "BUSY"]`, 1)), []string{`methodConfig[0].retryPolicy.retryableStatusCodes[1]: unknown status code "BUSY"`}},
+		{"lower-case code", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `["unavailable"]`, 1)), []string{`methodConfig[0].retryPolicy.retryableStatusCodes[0]: unknown status code "unavailable" (names are upper case, as grpc spells them: "UNAVAILABLE")`}},
+		{"canceled spelling", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `["CANCELED"]`, 1)), []string{`methodConfig[0].retryPolicy.retryableStatusCodes[0]: unknown status code "CANCELED" (names are upper case, as grpc spells them: "CANCELLED")`}},
+		{"code out of range", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `[17]`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: unknown status code 17"}},
+		{"code fraction", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `[14.5]`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: unknown status code 14.5"}},
+		{"code as numeric string", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `["14"]`, 1)), []string{`methodConfig[0].retryPolicy.retryableStatusCodes[0]: unknown status code "14"`}},
+		{"code OK", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `["OK"]`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: OK is not a failure"}},
+		{"code null", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `[null]`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: must be a status code name"}},
+		{"code object", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `[{"code": 14}]`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: must be a status code name such as \"UNAVAILABLE\" or a number such as 14, got an object"}},
+		{"third entry", `{"methodConfig": [{"name": [{"service": "a.A"}]}, {"name": [{"service": "b.B"}]}, {"name": [{"service": "c.C"}], "retryPolicy": {` +
+			strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 1`, 1) + `}}]}`, []string{"methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1"}},
+		{"nameless entry is still checked", `{"methodConfig": [{"retryPolicy": {` + strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 1`, 1) + `}}]}`, []string{"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got 1"}},
+
+		// Our retry fields.
+		{"unknown jitter", retryDoc(validRetry + `, "jitter": "equal"`), []string{`methodConfig[0].retryPolicy.jitter: must be "proportional", "full" or "none", got "equal"`}},
+		{"jitter factor with full jitter", retryDoc(validRetry + `, "jitter": "full", "jitterFactor": 0.1`), []string{`methodConfig[0].retryPolicy.jitterFactor: applies to proportional jitter only, not "full"`}},
+		{"jitter factor zero", retryDoc(validRetry + `, "jitterFactor": 0`), []string{"methodConfig[0].retryPolicy.jitterFactor: must be in (0, 1], got 0"}},
+		{"jitter factor above one", retryDoc(validRetry + `, "jitterFactor": 1.5`), []string{"methodConfig[0].retryPolicy.jitterFactor: must be in (0, 1], got 1.5"}},
+		{"zero per-attempt timeout", retryDoc(validRetry + `, "perAttemptTimeout": "0s"`), []string{"methodConfig[0].retryPolicy.perAttemptTimeout: must be greater than zero, got 0s"}},
+		{"negative min attempt time", retryDoc(validRetry + `, "minAttemptTime": "-0.001s"`), []string{"methodConfig[0].retryPolicy.minAttemptTime: must be greater than zero, got -1ms"}},
+		{"zero max pushback", retryDoc(validRetry + `, "maxPushback": "0s"`), []string{"methodConfig[0].retryPolicy.maxPushback: must be greater than zero, got 0s"}},
+
+		// circuitBreaker.
+		{"unknown mode", breakerDoc(`"mode": "open"`), []string{`methodConfig[0].circuitBreaker.mode: must be "closed", "disabled" or "metrics-only", got "open"`}},
+		{"negative streak", breakerDoc(`"consecutiveFailures": -1`), []string{"methodConfig[0].circuitBreaker.consecutiveFailures: must not be negative (0 turns the rule off), got -1"}},
+		{"rate zero", breakerDoc(`"failureRate": 0`), []string{"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 0"}},
+		{"rate above one", breakerDoc(`"failureRate": 1.5`), []string{"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 1.5"}},
+		{"negative minimum calls", breakerDoc(`"minimumCalls": -5`), []string{"methodConfig[0].circuitBreaker.minimumCalls: must not be negative"}},
+		{"zero window", breakerDoc(`"window": "0s"`), []string{"methodConfig[0].circuitBreaker.window: must be greater than zero, got 0s"}},
+		{"tiny window", breakerDoc(`"window": "0.000000005s"`), []string{"methodConfig[0].circuitBreaker.window: must be at least 10ns, got 5ns"}},
+		{"zero recovery", breakerDoc(`"recoveryTime": "0s"`), []string{"methodConfig[0].circuitBreaker.recoveryTime: must be greater than zero, got 0s"}},
+		{"max recovery below recovery", breakerDoc(`"recoveryTime": "10s", "maxRecoveryTime": "5s"`), []string{"methodConfig[0].circuitBreaker.maxRecoveryTime: must be at least recoveryTime (10s), got 5s"}},
+		{"max recovery below default recovery", breakerDoc(`"maxRecoveryTime": "1s"`), []string{"methodConfig[0].circuitBreaker.maxRecoveryTime: must be at least recoveryTime (5s), got 1s"}},
+		{"jitter one", breakerDoc(`"recoveryJitter": 1`), []string{"methodConfig[0].circuitBreaker.recoveryJitter: must be in [0, 1), got 1"}},
+		{"zero probes", breakerDoc(`"halfOpenMaxCalls": 0`), []string{"methodConfig[0].circuitBreaker.halfOpenMaxCalls: must be at least 1, got 0"}},
+		{"empty failure codes", breakerDoc(`"failureStatusCodes": []`), []string{"methodConfig[0].circuitBreaker.failureStatusCodes: must not be empty"}},
+		{"bad failure code", breakerDoc(`"failureStatusCodes": ["UNAVAILABLE", 99]`), []string{"methodConfig[0].circuitBreaker.failureStatusCodes[1]: unknown status code 99"}},
+		{"failure codes not a list", breakerDoc(`"failureStatusCodes": "UNAVAILABLE"`), []string{"methodConfig[0].circuitBreaker.failureStatusCodes: must be a list, got a string"}},
+
+		// retryThrottling, as grpc-go checks it, and retryBudget.
+		{"throttling empty", `{"retryThrottling": {}}`, []string{"retryThrottling.maxTokens: required", "retryThrottling.tokenRatio: required"}},
+		{"maxTokens zero", `{"retryThrottling": {"maxTokens": 0, "tokenRatio": 0.1}}`, []string{"retryThrottling.maxTokens: must be in (0, 1000], got 0"}},
+		{"maxTokens too big", `{"retryThrottling": {"maxTokens": 1001, "tokenRatio": 0.1}}`, []string{"retryThrottling.maxTokens: must be in (0, 1000], got 1001"}},
+		{"tokenRatio zero", `{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0}}`, []string{"retryThrottling.tokenRatio: must be greater than zero, got 0"}},
+		{"tokenRatio negative", `{"retryThrottling": {"maxTokens": 10, "tokenRatio": -1}}`, []string{"retryThrottling.tokenRatio: must be greater than zero, got -1"}},
+		{"tokenRatio too fine", `{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.0001}}`, []string{"retryThrottling.tokenRatio: must be at least 0.001"}},
+		{"throttling and budget", `{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}, "retryBudget": {}}`, []string{"retryBudget: cannot be combined with retryThrottling"}},
+		{"budget disabled with ratio", `{"retryBudget": {"disabled": true, "ratio": 0.1}}`, []string{"retryBudget.disabled: no other retryBudget field may be set with it"}},
+		{"budget ratio zero", `{"retryBudget": {"ratio": 0}}`, []string{"retryBudget.ratio: must be in (0, 1000], got 0"}},
+		{"budget reserve zero", `{"retryBudget": {"minRetriesPerSecond": 0}}`, []string{"retryBudget.minRetriesPerSecond: must be greater than zero, got 0"}},
+		{"budget window short", `{"retryBudget": {"window": "0.001s"}}`, []string{"retryBudget.window: must be at least 10ms, got 1ms"}},
+
+		// Several problems at once, in document order.
+		{"many", `{"methodConfig": [{"name": [{"service": "a.A"}], "retryPolicy": {` +
+			strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 1`, 1) + `}, "circuitBreaker": {"failureRate": 2}}], "retryThrottling": {"maxTokens": 0, "tokenRatio": 1}}`,
+			[]string{
+				"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got 1",
+				"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 2",
+				"retryThrottling.maxTokens: must be in (0, 1000], got 0",
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := LoadJSON([]byte(tc.doc))
+			require.Error(t, err)
+			assert.Nil(t, c)
+			got := problemsOf(t, err)
+			require.Len(t, got, len(tc.want), "problems: %q", got)
+			for i, w := range tc.want {
+				assert.Contains(t, got[i], w)
+			}
+			assert.True(t, strings.HasPrefix(err.Error(), "config: "), err.Error())
+			var fe *FieldError
+			assert.True(t, errors.As(err, &fe))
+		})
+	}
+}
+
+func TestErrorLimit(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"methodConfig": [`)
+	for i := range 30 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(`{"name": [], "retryPolicy": {"maxAttempts": 1, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": [14]}}`)
+	}
+	b.WriteString(`]}`)
+	_, err := LoadJSON([]byte(b.String()))
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Len(t, e.Problems, maxProblems)
+	assert.Equal(t, 10, e.More)
+	assert.True(t, strings.HasSuffix(err.Error(), "; and 10 more"), err.Error())
+}
+
+// TestLoadServiceConfig: a grpc-go service config as grpc's documentation
+// writes it, with every field grpc-go reads, loads as it is.
+func TestLoadServiceConfig(t *testing.T) {
+	const doc = `{
+	  "loadBalancingPolicy": "round_robin",
+	  "loadBalancingConfig": [{"round_robin": {}}],
+	  "healthCheckConfig": {"serviceName": "echo"},
+	  "methodConfig": [
+	    {
+	      "name": [{"service": "khive.echo.v1.EchoService", "method": "Unary"}],
+	      "waitForReady": true,
+	      "timeout": "2.5s",
+	      "maxRequestMessageBytes": 1024,
+	      "maxResponseMessageBytes": 2048,
+	      "retryPolicy": {
+	        "maxAttempts": 4,
+	        "initialBackoff": "0.1s",
+	        "maxBackoff": "1s",
+	        "backoffMultiplier": 2,
+	        "retryableStatusCodes": ["UNAVAILABLE", 4, "CANCELLED", "UNAVAILABLE"]
+	      }
+	    },
+	    {
+	      "name": [{"service": "khive.echo.v1.EchoService"}, {"service": "other.v1.Other", "method": null}],
+	      "retryPolicy": {
+	        "maxAttempts": 7, "initialBackoff": ".5s", "maxBackoff": "10.s", "backoffMultiplier": 1.5,
+	        "retryableStatusCodes": [14]
+	      }
+	    },
+	    {"name": [{}], "timeout": "1s"},
+	    {"name": [], "hedgingPolicy": {"maxAttempts": 3, "hedgingDelay": "0.1s"}}
+	  ],
+	  "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}
+	}`
+	c, err := LoadJSON([]byte(doc))
+	require.NoError(t, err)
+
+	a6 := func(attempts int, initial, maxB time.Duration, mult float64) retry.Policy {
+		return retry.Policy{MaxAttempts: attempts, InitialBackoff: initial, MaxBackoff: maxB, Multiplier: mult, Jitter: retry.ProportionalJitter}
+	}
+	assert.Equal(t, map[string]interceptors.Policy{
+		"/khive.echo.v1.EchoService/Unary": {
+			Retry:          a6(4, 100*time.Millisecond, time.Second, 2),
+			RetryableCodes: []codes.Code{codes.Unavailable, codes.DeadlineExceeded, codes.Canceled},
+		},
+		"/khive.echo.v1.EchoService/*": {
+			Retry:          a6(7, 500*time.Millisecond, 10*time.Second, 1.5), // 7: not capped at 5
+			RetryableCodes: []codes.Code{codes.Unavailable},
+		},
+		"/other.v1.Other/*": {
+			Retry:          a6(7, 500*time.Millisecond, 10*time.Second, 1.5),
+			RetryableCodes: []codes.Code{codes.Unavailable},
+		},
+		"*": {Retry: retry.Policy{MaxAttempts: 1}}, // no retryPolicy: one attempt, default breaker
+	}, c.Policies)
+	assert.Equal(t, Budget{Mode: TokenBucket, MaxTokens: 10, TokenRatio: 0.1}, c.Budget)
+	assert.Equal(t, []string{
+		"loadBalancingPolicy", "loadBalancingConfig", "healthCheckConfig",
+		"methodConfig[0].waitForReady", "methodConfig[0].timeout",
+		"methodConfig[0].maxRequestMessageBytes", "methodConfig[0].maxResponseMessageBytes",
+		"methodConfig[2].timeout", "methodConfig[3].hedgingPolicy",
+	}, c.Ignored)
+
+	s, err := c.NewSuite()
+	require.NoError(t, err)
+	require.NotNil(t, s)
+}
+
+// TestLoadOurFields: every field of ours maps to the library's settings.
+func TestLoadOurFields(t *testing.T) {
+	const doc = `{
+	  "methodConfig": [{
+	    "name": [{"service": "a.v1.A", "method": "Get"}],
+	    "retryPolicy": {
+	      "maxAttempts": 3, "initialBackoff": "0.02s", "maxBackoff": "0.5s", "backoffMultiplier": 3,
+	      "retryableStatusCodes": ["UNAVAILABLE", "DEADLINE_EXCEEDED"],
+	      "jitterFactor": 0.5, "perAttemptTimeout": "0.25s", "minAttemptTime": "0.01s", "maxPushback": "2s"
+	    },
+	    "circuitBreaker": {
+	      "consecutiveFailures": 0, "failureRate": 0.25, "minimumCalls": 50, "window": "30s",
+	      "recoveryTime": "90s", "recoveryJitter": 0, "halfOpenMaxCalls": 3,
+	      "failureStatusCodes": ["UNAVAILABLE", 13]
+	    }
+	  }, {
+	    "name": [{"service": "a.v1.A"}],
+	    "retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1,
+	      "retryableStatusCodes": ["UNAVAILABLE"], "jitter": "none"},
+	    "circuitBreaker": {"mode": "metrics-only", "minimumCalls": 0, "maxRecoveryTime": "120s"}
+	  }, {
+	    "name": [{}],
+	    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "5s", "backoffMultiplier": 2,
+	      "retryableStatusCodes": ["UNAVAILABLE"], "jitter": "full"},
+	    "circuitBreaker": {"mode": "disabled"}
+	  }],
+	  "retryBudget": {"ratio": 0.1, "minRetriesPerSecond": 2, "window": "5s"}
+	}`
+	c, err := LoadJSON([]byte(doc))
+	require.NoError(t, err)
+	assert.Equal(t, interceptors.Policy{
+		Retry: retry.Policy{
+			MaxAttempts: 3, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Multiplier: 3,
+			Jitter: retry.ProportionalJitter, JitterFactor: 0.5,
+			AttemptTimeout: 250 * time.Millisecond, MinAttemptTime: 10 * time.Millisecond, MaxPushback: 2 * time.Second,
+		},
+		Breaker: breaker.Config{
+			ConsecutiveFailures: -1, FailureRate: 0.25, MinimumCalls: 50, Window: 30 * time.Second,
+			RecoveryTime: 90 * time.Second, MaxRecoveryTime: 90 * time.Second, // default cap raised to recoveryTime
+			RecoveryJitter: -1, HalfOpenMaxCalls: 3,
+		},
+		RetryableCodes: []codes.Code{codes.Unavailable, codes.DeadlineExceeded},
+		FailureCodes:   []codes.Code{codes.Unavailable, codes.Internal},
+	}, c.Policies["/a.v1.A/Get"])
+	assert.Equal(t, interceptors.Policy{
+		Retry: retry.Policy{MaxAttempts: 2, InitialBackoff: time.Second, MaxBackoff: time.Second, Multiplier: 1,
+			Jitter: retry.NoJitter},
+		Breaker:        breaker.Config{Mode: breaker.MetricsOnly, MinimumCalls: -1, MaxRecoveryTime: 120 * time.Second},
+		RetryableCodes: []codes.Code{codes.Unavailable},
+	}, c.Policies["/a.v1.A/*"])
+	assert.Equal(t, interceptors.Policy{
+		Retry: retry.Policy{MaxAttempts: 5, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 5 * time.Second, Multiplier: 2,
+			Jitter: retry.FullJitter},
+		Breaker:        breaker.Config{Mode: breaker.Disabled},
+		RetryableCodes: []codes.Code{codes.Unavailable},
+	}, c.Policies["*"])
+	assert.Equal(t, Budget{Mode: RatioBudget, Ratio: retry.BudgetConfig{Ratio: 0.1, MinRetriesPerSecond: 2, Window: 5 * time.Second}}, c.Budget)
+	assert.Empty(t, c.Ignored)
+
+	_, err = c.NewSuite()
+	require.NoError(t, err)
+}
+
+func TestLoadBudgets(t *testing.T) {
+	for _, tc := range []struct {
+		doc  string
+		want Budget
+	}{
+		{`{}`, Budget{Mode: DefaultBudget}},
+		{`{"retryBudget": {}}`, Budget{Mode: RatioBudget}},
+		{`{"retryBudget": {"disabled": true}}`, Budget{Mode: NoBudget}},
+		{`{"retryBudget": {"disabled": false, "ratio": 0.5}}`, Budget{Mode: RatioBudget, Ratio: retry.BudgetConfig{Ratio: 0.5}}},
+		{`{"retryThrottling": {"maxTokens": 1000, "tokenRatio": 0.001}}`, Budget{Mode: TokenBucket, MaxTokens: 1000, TokenRatio: 0.001}},
+		{`{"retryThrottling": null}`, Budget{Mode: DefaultBudget}},
+	} {
+		c, err := LoadJSON([]byte(tc.doc))
+		require.NoError(t, err, tc.doc)
+		assert.Equal(t, tc.want, c.Budget, tc.doc)
+		assert.Empty(t, c.Policies)
+		_, err = c.NewSuite()
+		require.NoError(t, err, tc.doc)
+	}
+}
+
+// TestLoadNames: how grpc names become policy keys; snake_case proto names
+// and null are accepted as protojson accepts them.
+func TestLoadNames(t *testing.T) {
+	c, err := LoadJSON([]byte(`{"method_config": [
+	  {"name": [{"service": "p.S", "method": "M"}, {"service": "p.S", "method": ""}, {"service": "q.T", "method": null}, {"service": null}]},
+	  {"name": []}
+	]}`))
+	require.NoError(t, err)
+	keys := make([]string, 0, len(c.Policies))
+	for k := range c.Policies {
+		keys = append(keys, k)
+	}
+	assert.ElementsMatch(t, []string{"/p.S/M", "/p.S/*", "/q.T/*", "*"}, keys)
+}
+
+func TestFormatStrings(t *testing.T) {
+	assert.Equal(t, "json", JSON.String())
+	assert.Equal(t, "yaml", YAML.String())
+	assert.Equal(t, "Format(9)", Format(9).String())
+	assert.Equal(t, "default", DefaultBudget.String())
+	assert.Equal(t, "ratio", RatioBudget.String())
+	assert.Equal(t, "token-bucket", TokenBucket.String())
+	assert.Equal(t, "none", NoBudget.String())
+	assert.Equal(t, "BudgetMode(9)", BudgetMode(9).String())
+	_, err := Load([]byte(`{}`), Format(9))
+	require.Error(t, err)
+}
+
+func TestFromProtoNil(t *testing.T) {
+	_, err := FromProto(nil)
+	require.Error(t, err)
+}

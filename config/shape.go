@@ -1,0 +1,199 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// checkShape walks the generic tree against the schema and reports, with
+// paths, what protojson would reject with a line number only: unknown
+// fields, values of the wrong kind, integers out of range, malformed
+// durations. It is stricter than protojson where grpc-go is: numbers must be
+// JSON numbers (not strings) and integers must be written as integers.
+func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *problems) {
+	switch md.FullName() {
+	case "google.protobuf.Value":
+		return // any JSON value; the validator checks what it must hold
+	case "google.protobuf.Struct":
+		if _, ok := v.(*object); !ok {
+			p.addf(path, "must be an object, got %s", kindOf(v))
+		}
+		return
+	case "google.protobuf.ListValue":
+		if _, ok := v.([]any); !ok {
+			p.addf(path, "must be a list, got %s", kindOf(v))
+		}
+		return
+	case "google.protobuf.Duration":
+		checkDuration(v, path, p)
+		return
+	}
+	obj, ok := v.(*object)
+	if !ok {
+		if path == "" {
+			p.addf(path, "the document must be an object, got %s", kindOf(v))
+		} else {
+			p.addf(path, "must be an object, got %s", kindOf(v))
+		}
+		return
+	}
+	fields := md.Fields()
+	for i, key := range obj.keys {
+		child := join(path, key)
+		fd := fields.ByJSONName(key)
+		if fd == nil {
+			fd = fields.ByTextName(key)
+		}
+		if fd == nil {
+			p.add(child, "unknown field"+suggest(key, fields))
+			continue
+		}
+		val := obj.vals[i]
+		if val == nil && !isValue(fd) {
+			continue // protojson: null is the same as absent
+		}
+		if fd.IsList() {
+			list, ok := val.([]any)
+			if !ok {
+				p.addf(child, "must be a list, got %s", kindOf(val))
+				continue
+			}
+			for j, e := range list {
+				if e == nil && !isValue(fd) {
+					p.add(index(child, j), "must not be null")
+					continue
+				}
+				checkField(e, fd, index(child, j), p)
+			}
+			continue
+		}
+		checkField(val, fd, child, p)
+	}
+}
+
+func isValue(fd protoreflect.FieldDescriptor) bool {
+	return fd.Kind() == protoreflect.MessageKind && fd.Message().FullName() == "google.protobuf.Value"
+}
+
+// checkField checks one (non-list) value of field fd.
+func checkField(v any, fd protoreflect.FieldDescriptor, path string, p *problems) {
+	switch fd.Kind() {
+	case protoreflect.MessageKind:
+		checkShape(v, fd.Message(), path, p)
+	case protoreflect.StringKind:
+		if _, ok := v.(string); !ok {
+			p.addf(path, "must be a string, got %s", kindOf(v))
+		}
+	case protoreflect.BoolKind:
+		if _, ok := v.(bool); !ok {
+			p.addf(path, "must be true or false, got %s", kindOf(v))
+		}
+	case protoreflect.DoubleKind, protoreflect.FloatKind:
+		n, ok := v.(json.Number)
+		if !ok {
+			p.addf(path, "must be a number, got %s", kindOf(v))
+			return
+		}
+		f, err := strconv.ParseFloat(string(n), 64)
+		if err != nil || math.IsInf(f, 0) {
+			p.addf(path, "number %s is out of range", n)
+		}
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		checkInt(v, path, math.MinInt32, math.MaxInt32, p)
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		checkInt(v, path, math.MinInt64, math.MaxInt64, p)
+	default:
+		// The schema uses no other kinds; let protojson judge.
+	}
+}
+
+func checkInt(v any, path string, lo, hi int64, p *problems) {
+	n, ok := v.(json.Number)
+	if !ok {
+		p.addf(path, "must be an integer, got %s", kindOf(v))
+		return
+	}
+	i, err := strconv.ParseInt(string(n), 10, 64)
+	if err != nil {
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+			p.addf(path, "integer %s is out of range", n)
+			return
+		}
+		p.addf(path, "must be an integer, got %s", n)
+		return
+	}
+	if i < lo || i > hi {
+		p.addf(path, "integer %s is out of range", n)
+	}
+}
+
+// checkDuration accepts what both protojson and grpc-go accept: a string
+// holding a decimal number of seconds with an "s" suffix ("0.1s", "1.5s",
+// "30s"), at most nine fractional digits.
+func checkDuration(v any, path string, p *problems) {
+	s, ok := v.(string)
+	if !ok {
+		p.addf(path, `must be a duration string such as "0.1s", got %s`, kindOf(v))
+		return
+	}
+	b, _ := json.Marshal(s)
+	if err := protojson.Unmarshal(b, &durationpb.Duration{}); err != nil {
+		p.addf(path, `invalid duration %q: want seconds with an "s" suffix, such as "0.1s" or "2s"`, s)
+	}
+}
+
+// suggest returns " (did you mean "x"?)" for a near miss of a field name:
+// the same name in another case or with underscores, or one or two letters
+// off.
+func suggest(key string, fields protoreflect.FieldDescriptors) string {
+	norm := func(s string) string { return strings.ToLower(strings.ReplaceAll(s, "_", "")) }
+	best, bestDist := "", 3
+	for i := range fields.Len() {
+		name := fields.Get(i).JSONName()
+		if norm(name) == norm(key) {
+			return fmt.Sprintf(" (did you mean %q?)", name)
+		}
+		if d := editDistance(strings.ToLower(key), strings.ToLower(name), bestDist); d < bestDist {
+			best, bestDist = name, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+// editDistance is the Levenshtein distance of a and b, or limit when it is
+// at least limit (long keys are not compared).
+func editDistance(a, b string, limit int) int {
+	if len(a) > 64 || len(b) > 64 {
+		return limit
+	}
+	if d := len(a) - len(b); d >= limit || -d >= limit {
+		return limit
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return min(prev[len(b)], limit)
+}

@@ -1,0 +1,355 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"unicode/utf8"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// A document is first read into a generic tree, from JSON or from YAML, so
+// that both formats get the same checks and every problem can be reported
+// with its path. The tree's values are:
+//
+//	nil, bool, string, json.Number, []any, *object
+//
+// The tree is then written back as JSON for protojson.
+
+// object is a JSON object whose members keep their document order.
+type object struct {
+	keys []string
+	vals []any
+}
+
+// Limits of the generic tree (a valid document is far smaller).
+const (
+	maxDepth = 64
+	maxNodes = 100_000 // after YAML aliases are expanded
+)
+
+// parseJSON reads a JSON document. Duplicate keys are errors (protojson also
+// rejects them; encoding/json would keep the last one).
+func parseJSON(data []byte) (any, error) {
+	if !utf8.Valid(data) {
+		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, &FieldError{Msg: "the document is empty"}
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	v, err := readJSON(dec, "", 0)
+	if err != nil {
+		return nil, jsonError(data, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		if err == nil {
+			err = errors.New("more than one JSON value")
+		}
+		return nil, jsonError(data, err)
+	}
+	return v, nil
+}
+
+func readJSON(dec *json.Decoder, path string, depth int) (any, error) {
+	if depth > maxDepth {
+		return nil, &FieldError{Path: path, Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	d, ok := tok.(json.Delim)
+	if !ok {
+		return tok, nil // nil, bool, string or json.Number
+	}
+	switch d {
+	case '{':
+		obj := &object{}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				return nil, err
+			}
+			key, _ := tok.(string) // the decoder only returns string keys
+			child := join(path, key)
+			if obj.has(key) {
+				return nil, &FieldError{Path: child, Msg: "duplicate field"}
+			}
+			v, err := readJSON(dec, child, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			obj.keys = append(obj.keys, key)
+			obj.vals = append(obj.vals, v)
+		}
+		_, err := dec.Token() // '}'
+		return obj, err
+	case '[':
+		list := []any{}
+		for dec.More() {
+			v, err := readJSON(dec, index(path, len(list)), depth+1)
+			if err != nil {
+				return nil, err
+			}
+			list = append(list, v)
+		}
+		_, err := dec.Token() // ']'
+		return list, err
+	}
+	return nil, fmt.Errorf("unexpected %q", rune(d))
+}
+
+func (o *object) has(key string) bool {
+	for _, k := range o.keys {
+		if k == key {
+			return true
+		}
+	}
+	return false
+}
+
+// jsonError turns a decoding error into a *FieldError, with the line and
+// column of a syntax error.
+func jsonError(data []byte, err error) *FieldError {
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		return fe
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		line, col := position(data, se.Offset)
+		return &FieldError{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %v", line, col, se)}
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return &FieldError{Msg: "invalid JSON: unexpected end of the document"}
+	}
+	return &FieldError{Msg: "invalid JSON: " + err.Error()}
+}
+
+// position converts a byte offset into a 1-based line and column.
+func position(data []byte, off int64) (line, col int) {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	line, col = 1, 1
+	for _, c := range data[:off] {
+		if c == '\n' {
+			line, col = line+1, 1
+		} else {
+			col++
+		}
+	}
+	return line, col
+}
+
+// parseYAML reads a YAML document (one only) into the generic tree. Mapping
+// keys must be strings; duplicate keys, merge keys (<<), non-finite numbers
+// and custom tags are errors; aliases are expanded (within maxNodes).
+func parseYAML(data []byte) (v any, err error) {
+	if !utf8.Valid(data) {
+		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
+	}
+	defer func() {
+		// The YAML parser reports errors by panicking internally and recovering;
+		// this is a second net so that no input can panic Load.
+		if r := recover(); r != nil {
+			v, err = nil, &FieldError{Msg: fmt.Sprintf("invalid YAML: %v", r)}
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if err == io.EOF {
+			return nil, &FieldError{Msg: "the document is empty"}
+		}
+		return nil, &FieldError{Msg: "invalid YAML: " + err.Error()}
+	}
+	var next yaml.Node
+	switch err := dec.Decode(&next); {
+	case err == nil:
+		return nil, &FieldError{Msg: "the YAML stream holds more than one document"}
+	case err != io.EOF:
+		return nil, &FieldError{Msg: "invalid YAML: " + err.Error()}
+	}
+	c := yamlConverter{nodes: maxNodes}
+	return c.convert(&doc, "", 0)
+}
+
+type yamlConverter struct {
+	nodes int // left to visit
+}
+
+func (c *yamlConverter) convert(n *yaml.Node, path string, depth int) (any, error) {
+	c.nodes--
+	if c.nodes < 0 {
+		return nil, &FieldError{Msg: fmt.Sprintf("the document has more than %d values (after expanding aliases)", maxNodes)}
+	}
+	if depth > maxDepth {
+		return nil, &FieldError{Path: path, Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
+	}
+	if n.Kind == yaml.MappingNode && n.ShortTag() != "!!map" || n.Kind == yaml.SequenceNode && n.ShortTag() != "!!seq" {
+		return nil, &FieldError{Path: path, Msg: fmt.Sprintf("line %d: unsupported YAML tag %s", n.Line, n.Tag)}
+	}
+	switch n.Kind {
+	case yaml.DocumentNode:
+		if len(n.Content) == 0 {
+			return nil, &FieldError{Msg: "the document is empty"}
+		}
+		return c.convert(n.Content[0], path, depth)
+	case yaml.AliasNode:
+		if n.Alias == nil {
+			return nil, &FieldError{Path: path, Msg: "unresolved YAML alias"}
+		}
+		return c.convert(n.Alias, path, depth+1)
+	case yaml.SequenceNode:
+		list := make([]any, 0, len(n.Content))
+		for _, e := range n.Content {
+			v, err := c.convert(e, index(path, len(list)), depth+1)
+			if err != nil {
+				return nil, err
+			}
+			list = append(list, v)
+		}
+		return list, nil
+	case yaml.MappingNode:
+		obj := &object{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			if k.Kind == yaml.AliasNode && k.Alias != nil {
+				k = k.Alias
+			}
+			if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
+				if k.ShortTag() == "!!merge" {
+					return nil, &FieldError{Path: path, Msg: fmt.Sprintf("line %d: YAML merge keys (<<) are not supported", k.Line)}
+				}
+				return nil, &FieldError{Path: path, Msg: fmt.Sprintf("line %d: mapping keys must be strings, got %s", k.Line, describeYAML(k))}
+			}
+			child := join(path, k.Value)
+			if obj.has(k.Value) {
+				return nil, &FieldError{Path: child, Msg: fmt.Sprintf("line %d: duplicate field", k.Line)}
+			}
+			v, err := c.convert(n.Content[i+1], child, depth+1)
+			if err != nil {
+				return nil, err
+			}
+			obj.keys = append(obj.keys, k.Value)
+			obj.vals = append(obj.vals, v)
+		}
+		return obj, nil
+	case yaml.ScalarNode:
+		return scalarYAML(n, path)
+	}
+	return nil, &FieldError{Path: path, Msg: fmt.Sprintf("line %d: unsupported YAML node", n.Line)}
+}
+
+func scalarYAML(n *yaml.Node, path string) (any, error) {
+	bad := func(format string, args ...any) error {
+		return &FieldError{Path: path, Msg: fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}
+	}
+	switch tag := n.ShortTag(); tag {
+	case "!!null":
+		return nil, nil
+	case "!!str", "!!timestamp":
+		return n.Value, nil
+	case "!!bool":
+		var b bool
+		if err := n.Decode(&b); err != nil {
+			return nil, bad("invalid boolean %q", n.Value)
+		}
+		return b, nil
+	case "!!int":
+		var i int64
+		if err := n.Decode(&i); err == nil {
+			return json.Number(strconv.FormatInt(i, 10)), nil
+		}
+		var u uint64
+		if err := n.Decode(&u); err == nil {
+			return json.Number(strconv.FormatUint(u, 10)), nil
+		}
+		return nil, bad("integer %s is out of range", n.Value)
+	case "!!float":
+		var f float64
+		if err := n.Decode(&f); err != nil {
+			return nil, bad("invalid number %q", n.Value)
+		}
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, bad("must be a finite number, got %s", n.Value)
+		}
+		return json.Number(strconv.FormatFloat(f, 'g', -1, 64)), nil
+	default:
+		return nil, bad("unsupported YAML tag %s", tag)
+	}
+}
+
+func describeYAML(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a sequence"
+	case yaml.ScalarNode:
+		return fmt.Sprintf("%s %q", n.ShortTag(), n.Value)
+	}
+	return "a complex key"
+}
+
+// encodeJSON writes the tree as JSON.
+func encodeJSON(buf *bytes.Buffer, v any) {
+	switch v := v.(type) {
+	case nil:
+		buf.WriteString("null")
+	case bool:
+		buf.WriteString(strconv.FormatBool(v))
+	case json.Number:
+		buf.WriteString(string(v))
+	case string:
+		b, _ := json.Marshal(v) // a Go string always marshals
+		buf.Write(b)
+	case []any:
+		buf.WriteByte('[')
+		for i, e := range v {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			encodeJSON(buf, e)
+		}
+		buf.WriteByte(']')
+	case *object:
+		buf.WriteByte('{')
+		for i, k := range v.keys {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			encodeJSON(buf, k)
+			buf.WriteByte(':')
+			encodeJSON(buf, v.vals[i])
+		}
+		buf.WriteByte('}')
+	}
+}
+
+// kindOf names a tree value's JSON kind for messages.
+func kindOf(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "a boolean"
+	case json.Number:
+		return "a number"
+	case string:
+		return "a string"
+	case []any:
+		return "a list"
+	case *object:
+		return "an object"
+	}
+	return fmt.Sprintf("%T", v)
+}

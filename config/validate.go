@@ -1,0 +1,547 @@
+package config
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/khive/grpc-resilience/breaker"
+	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
+	"github.com/khive/grpc-resilience/retry"
+)
+
+// method is one validated methodConfig entry, before it becomes an
+// interceptors.Policy.
+type method struct {
+	retry     retry.Policy
+	breaker   breaker.Config
+	retryable []codes.Code // nil: the interceptors' default
+	failure   []codes.Code // nil: the interceptors' default
+}
+
+// document is a validated document.
+type document struct {
+	keys    []string          // policy keys in document order
+	methods map[string]method // by policy key
+	budget  Budget
+	ignored []string
+}
+
+// validate checks doc, mirroring grpc-go's service config checks where they
+// apply and the breaker, retry and budget rules for our fields, and converts
+// it. Every problem is reported with its path.
+func validate(doc *resiliencev1.ServiceConfig) (*document, error) {
+	var p problems
+	d := &document{methods: map[string]method{}}
+	if doc == nil {
+		p.add("", "no document")
+		return nil, p.err()
+	}
+	d.ignored = ignoredTop(doc)
+
+	seen := map[string]string{} // policy key -> path of its name
+	for i, mc := range doc.GetMethodConfig() {
+		path := index("methodConfig", i)
+		if mc == nil {
+			p.add(path, "must not be null")
+			continue
+		}
+		d.ignored = append(d.ignored, ignoredMethod(mc, path)...)
+		m := validateMethod(mc, path, &p)
+		for j, n := range mc.GetName() {
+			npath := index(join(path, "name"), j)
+			key, ok := policyKey(n, npath, &p)
+			if !ok {
+				continue
+			}
+			if prev, dup := seen[key]; dup {
+				p.addf(npath, "duplicate name %s (also at %s); each name may appear once in the document", describeKey(key), prev)
+				continue
+			}
+			seen[key] = npath
+			d.keys = append(d.keys, key)
+			d.methods[key] = m
+		}
+	}
+	d.budget = validateBudget(doc, &p)
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// policyKey maps a grpc name to the interceptors' policy key.
+func policyKey(n *resiliencev1.MethodConfig_Name, path string, p *problems) (string, bool) {
+	if n == nil {
+		p.add(path, "must not be null")
+		return "", false
+	}
+	svc, m := n.GetService(), n.GetMethod()
+	ok := true
+	if svc == "" && m != "" {
+		p.addf(join(path, "method"), "%q needs a service (grpc: cannot combine an empty service with a method)", m)
+		return "", false
+	}
+	if svc != "" && !validName(svc) {
+		p.addf(join(path, "service"), `invalid service name %q: must not contain "/", "*" or spaces`, svc)
+		ok = false
+	}
+	if m != "" && !validName(m) {
+		p.addf(join(path, "method"), `invalid method name %q: must not contain "/", "*" or spaces`, m)
+		ok = false
+	}
+	switch {
+	case !ok:
+		return "", false
+	case svc == "":
+		return "*", true
+	case m == "":
+		return "/" + svc + "/*", true
+	default:
+		return "/" + svc + "/" + m, true
+	}
+}
+
+func validName(s string) bool {
+	return !strings.ContainsAny(s, "*/ \t\r\n\v\f")
+}
+
+func describeKey(key string) string {
+	switch {
+	case key == "*":
+		return "{} (the default)"
+	case strings.HasSuffix(key, "/*"):
+		return fmt.Sprintf("{service: %q}", key[1:len(key)-2])
+	default:
+		i := strings.LastIndexByte(key, '/')
+		return fmt.Sprintf("{service: %q, method: %q}", key[1:i], key[i+1:])
+	}
+}
+
+func validateMethod(mc *resiliencev1.MethodConfig, path string, p *problems) method {
+	var m method
+	if rp := mc.GetRetryPolicy(); rp != nil {
+		m.retry, m.retryable = validateRetry(rp, join(path, "retryPolicy"), p)
+	} else {
+		m.retry = retry.Policy{MaxAttempts: 1} // no retryPolicy: one attempt (A6)
+	}
+	if cb := mc.GetCircuitBreaker(); cb != nil {
+		m.breaker, m.failure = validateBreaker(cb, join(path, "circuitBreaker"), p)
+	}
+	return m
+}
+
+func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retry.Policy, []codes.Code) {
+	var r retry.Policy
+	before := len(p.list) + p.more
+
+	switch {
+	case rp.MaxAttempts == nil:
+		p.add(join(path, "maxAttempts"), "required (at least 2)")
+	case rp.GetMaxAttempts() < 2:
+		p.addf(join(path, "maxAttempts"), "must be at least 2, got %d", rp.GetMaxAttempts())
+	default:
+		r.MaxAttempts = int(rp.GetMaxAttempts())
+	}
+	r.InitialBackoff = requiredDuration(rp.GetInitialBackoff(), join(path, "initialBackoff"), p)
+	r.MaxBackoff = requiredDuration(rp.GetMaxBackoff(), join(path, "maxBackoff"), p)
+	if r.InitialBackoff > 0 && r.MaxBackoff > 0 && r.MaxBackoff < r.InitialBackoff {
+		p.addf(join(path, "maxBackoff"), "must be at least initialBackoff (%v), got %v", r.InitialBackoff, r.MaxBackoff)
+	}
+	mult := join(path, "backoffMultiplier")
+	switch f := rp.GetBackoffMultiplier(); {
+	case rp.BackoffMultiplier == nil:
+		p.add(mult, "required (at least 1)")
+	case math.IsNaN(f) || math.IsInf(f, 0) || f <= 0:
+		p.addf(mult, "must be greater than zero, got %v", f)
+	case f < 1:
+		p.addf(mult, "must be at least 1, got %v (grpc accepts values in (0, 1), which shrink the delays; this library does not)", f)
+	default:
+		r.Multiplier = f
+	}
+	codesPath := join(path, "retryableStatusCodes")
+	list := rp.GetRetryableStatusCodes()
+	if len(list) == 0 {
+		p.add(codesPath, "required and must not be empty")
+	}
+	retryable := statusCodes(list, codesPath, p)
+
+	// Ours.
+	jitterOK := true
+	switch rp.GetJitter() {
+	case "", "proportional":
+		r.Jitter = retry.ProportionalJitter // A6
+	case "full":
+		r.Jitter = retry.FullJitter
+	case "none":
+		r.Jitter = retry.NoJitter
+	default:
+		jitterOK = false
+		p.addf(join(path, "jitter"), `must be "proportional", "full" or "none", got %q`, rp.GetJitter())
+	}
+	if rp.JitterFactor != nil && jitterOK {
+		fpath := join(path, "jitterFactor")
+		switch f := rp.GetJitterFactor(); {
+		case r.Jitter != retry.ProportionalJitter:
+			p.addf(fpath, "applies to proportional jitter only, not %q", rp.GetJitter())
+		case math.IsNaN(f) || f <= 0 || f > 1:
+			p.addf(fpath, `must be in (0, 1], got %v (use jitter: "none" for no jitter)`, f)
+		default:
+			r.JitterFactor = f
+		}
+	}
+	r.AttemptTimeout = optionalDuration(rp.GetPerAttemptTimeout(), join(path, "perAttemptTimeout"), p)
+	r.MinAttemptTime = optionalDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), p)
+	r.MaxPushback = optionalDuration(rp.GetMaxPushback(), join(path, "maxPushback"), p)
+
+	if len(p.list)+p.more == before {
+		if err := r.Validate(); err != nil { // a safety net: the checks above cover the rules
+			p.add(path, err.Error())
+		}
+	}
+	return r, retryable
+}
+
+func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) (breaker.Config, []codes.Code) {
+	var c breaker.Config
+	before := len(p.list) + p.more
+
+	switch cb.GetMode() {
+	case "", "closed":
+		c.Mode = breaker.Closed
+	case "disabled":
+		c.Mode = breaker.Disabled
+	case "metrics-only":
+		c.Mode = breaker.MetricsOnly
+	default:
+		p.addf(join(path, "mode"), `must be "closed", "disabled" or "metrics-only", got %q`, cb.GetMode())
+	}
+	if cb.ConsecutiveFailures != nil {
+		switch n := cb.GetConsecutiveFailures(); {
+		case n < 0:
+			p.addf(join(path, "consecutiveFailures"), "must not be negative (0 turns the rule off), got %d", n)
+		case n == 0:
+			c.ConsecutiveFailures = -1
+		default:
+			c.ConsecutiveFailures = int(n)
+		}
+	}
+	if cb.FailureRate != nil {
+		if f := cb.GetFailureRate(); math.IsNaN(f) || f <= 0 || f > 1 {
+			p.addf(join(path, "failureRate"), "must be in (0, 1], got %v", f)
+		} else {
+			c.FailureRate = f
+		}
+	}
+	if cb.MinimumCalls != nil {
+		switch n := cb.GetMinimumCalls(); {
+		case n < 0:
+			p.addf(join(path, "minimumCalls"), "must not be negative (0 turns the rate rule off), got %d", n)
+		case n == 0:
+			c.MinimumCalls = -1
+		default:
+			c.MinimumCalls = int(n)
+		}
+	}
+	c.Window = optionalDuration(cb.GetWindow(), join(path, "window"), p)
+	if c.Window > 0 && c.Window < 10 {
+		p.addf(join(path, "window"), "must be at least 10ns, got %v", c.Window)
+	}
+	c.RecoveryTime = optionalDuration(cb.GetRecoveryTime(), join(path, "recoveryTime"), p)
+	c.MaxRecoveryTime = optionalDuration(cb.GetMaxRecoveryTime(), join(path, "maxRecoveryTime"), p)
+	recovery := c.RecoveryTime
+	if recovery == 0 {
+		recovery = breaker.DefaultRecoveryTime
+	}
+	switch {
+	case c.MaxRecoveryTime == 0 && cb.GetMaxRecoveryTime() == nil && recovery > breaker.DefaultMaxRecoveryTime:
+		c.MaxRecoveryTime = recovery // documented: the default cap is 60s or recoveryTime if larger
+	case c.MaxRecoveryTime > 0 && c.MaxRecoveryTime < recovery:
+		p.addf(join(path, "maxRecoveryTime"), "must be at least recoveryTime (%v), got %v", recovery, c.MaxRecoveryTime)
+	}
+	if cb.RecoveryJitter != nil {
+		switch j := cb.GetRecoveryJitter(); {
+		case math.IsNaN(j) || j < 0 || j >= 1:
+			p.addf(join(path, "recoveryJitter"), "must be in [0, 1), got %v", j)
+		case j == 0:
+			c.RecoveryJitter = -1 // no jitter
+		default:
+			c.RecoveryJitter = j
+		}
+	}
+	if cb.HalfOpenMaxCalls != nil {
+		if n := cb.GetHalfOpenMaxCalls(); n < 1 {
+			p.addf(join(path, "halfOpenMaxCalls"), "must be at least 1, got %d", n)
+		} else {
+			c.HalfOpenMaxCalls = int(n)
+		}
+	}
+	var failure []codes.Code
+	if l := cb.GetFailureStatusCodes(); l != nil {
+		fpath := join(path, "failureStatusCodes")
+		if len(l.GetValues()) == 0 {
+			p.add(fpath, `must not be empty (to never trip, use mode: "disabled" or "metrics-only")`)
+		}
+		failure = statusCodes(l.GetValues(), fpath, p)
+	}
+	if len(p.list)+p.more == before {
+		if err := c.Validate(); err != nil { // a safety net
+			p.add(path, err.Error())
+		}
+	}
+	return c, failure
+}
+
+func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
+	rt, rb := doc.GetRetryThrottling(), doc.GetRetryBudget()
+	if rt != nil && rb != nil {
+		p.add("retryBudget", "cannot be combined with retryThrottling; choose one")
+		return Budget{}
+	}
+	if rt != nil {
+		b := Budget{Mode: TokenBucket}
+		switch f := rt.GetMaxTokens(); {
+		case rt.MaxTokens == nil:
+			p.add("retryThrottling.maxTokens", "required, in (0, 1000]")
+		case math.IsNaN(f) || f <= 0 || f > 1000:
+			p.addf("retryThrottling.maxTokens", "must be in (0, 1000], got %v", f)
+		default:
+			b.MaxTokens = f
+		}
+		switch f := rt.GetTokenRatio(); {
+		case rt.TokenRatio == nil:
+			p.add("retryThrottling.tokenRatio", "required, greater than zero")
+		case math.IsNaN(f) || math.IsInf(f, 0) || f <= 0:
+			p.addf("retryThrottling.tokenRatio", "must be greater than zero, got %v", f)
+		case f < 0.001:
+			p.addf("retryThrottling.tokenRatio", "must be at least 0.001 (A6 keeps three decimals), got %v", f)
+		default:
+			b.TokenRatio = f
+		}
+		return b
+	}
+	if rb == nil {
+		return Budget{}
+	}
+	if rb.GetDisabled() {
+		if rb.Ratio != nil || rb.MinRetriesPerSecond != nil || rb.GetWindow() != nil {
+			p.add("retryBudget.disabled", "no other retryBudget field may be set with it")
+		}
+		return Budget{Mode: NoBudget}
+	}
+	b := Budget{Mode: RatioBudget}
+	before := len(p.list) + p.more
+	if rb.Ratio != nil {
+		if f := rb.GetRatio(); math.IsNaN(f) || f <= 0 || f > 1000 {
+			p.addf("retryBudget.ratio", "must be in (0, 1000], got %v", f)
+		} else {
+			b.Ratio.Ratio = f
+		}
+	}
+	if rb.MinRetriesPerSecond != nil {
+		if f := rb.GetMinRetriesPerSecond(); math.IsNaN(f) || math.IsInf(f, 0) || f <= 0 {
+			p.addf("retryBudget.minRetriesPerSecond", "must be greater than zero, got %v", f)
+		} else {
+			b.Ratio.MinRetriesPerSecond = f
+		}
+	}
+	b.Ratio.Window = optionalDuration(rb.GetWindow(), "retryBudget.window", p)
+	if b.Ratio.Window > 0 && b.Ratio.Window < 10*time.Millisecond {
+		p.addf("retryBudget.window", "must be at least 10ms, got %v", b.Ratio.Window)
+	}
+	if len(p.list)+p.more == before {
+		if err := b.Ratio.Validate(); err != nil { // a safety net
+			p.add("retryBudget", err.Error())
+		}
+	}
+	return b
+}
+
+// requiredDuration checks an A6 duration: present and greater than zero.
+func requiredDuration(d *durationpb.Duration, path string, p *problems) time.Duration {
+	if d == nil {
+		p.add(path, "required, greater than zero")
+		return 0
+	}
+	return positiveDuration(d, path, p)
+}
+
+// optionalDuration checks one of our durations: absent (0 = the default) or
+// greater than zero.
+func optionalDuration(d *durationpb.Duration, path string, p *problems) time.Duration {
+	if d == nil {
+		return 0
+	}
+	return positiveDuration(d, path, p)
+}
+
+func positiveDuration(d *durationpb.Duration, path string, p *problems) time.Duration {
+	if err := d.CheckValid(); err != nil {
+		p.addf(path, "invalid duration: %v", err)
+		return 0
+	}
+	const maxSeconds = math.MaxInt64 / int64(time.Second)
+	if d.GetSeconds() > maxSeconds || d.GetSeconds() < -maxSeconds {
+		p.addf(path, "duration %ds is out of range (at most about 292 years)", d.GetSeconds())
+		return 0
+	}
+	v := d.AsDuration()
+	if v <= 0 {
+		p.addf(path, "must be greater than zero, got %v", v)
+		return 0
+	}
+	return v
+}
+
+// statusCodes converts a list of status codes written as names or numbers,
+// as grpc-go reads them: a JSON number (an integer from 0 to 16) or an
+// upper-case name ("UNAVAILABLE", "CANCELLED"). OK is not accepted: it is
+// not a failure. Duplicates are dropped.
+func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code {
+	var out []codes.Code
+	for i, v := range list {
+		c, ok := statusCode(v, index(path, i), p)
+		if !ok {
+			continue
+		}
+		dup := false
+		for _, o := range out {
+			dup = dup || o == c
+		}
+		if !dup {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+var codeByName = map[string]codes.Code{}
+
+func init() {
+	for c := codes.OK; c <= codes.Unauthenticated; c++ {
+		codeByName[codeName(c)] = c
+	}
+}
+
+// codeName is the upper-case name grpc uses in service configs.
+func codeName(c codes.Code) string {
+	switch c {
+	case codes.Canceled:
+		return "CANCELLED"
+	case codes.InvalidArgument:
+		return "INVALID_ARGUMENT"
+	case codes.DeadlineExceeded:
+		return "DEADLINE_EXCEEDED"
+	case codes.NotFound:
+		return "NOT_FOUND"
+	case codes.AlreadyExists:
+		return "ALREADY_EXISTS"
+	case codes.PermissionDenied:
+		return "PERMISSION_DENIED"
+	case codes.ResourceExhausted:
+		return "RESOURCE_EXHAUSTED"
+	case codes.FailedPrecondition:
+		return "FAILED_PRECONDITION"
+	case codes.OutOfRange:
+		return "OUT_OF_RANGE"
+	case codes.DataLoss:
+		return "DATA_LOSS"
+	}
+	return strings.ToUpper(c.String()) // OK, UNKNOWN, ABORTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED
+}
+
+func statusCode(v *structpb.Value, path string, p *problems) (codes.Code, bool) {
+	var c codes.Code
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_NumberValue:
+		f := k.NumberValue
+		if f != math.Trunc(f) || f < 0 || f > float64(codes.Unauthenticated) {
+			p.addf(path, "unknown status code %v: numbers go from 1 to 16", f)
+			return 0, false
+		}
+		c = codes.Code(f)
+	case *structpb.Value_StringValue:
+		s := k.StringValue
+		var ok bool
+		if c, ok = codeByName[s]; !ok {
+			p.addf(path, "unknown status code %q%s", s, codeHint(s))
+			return 0, false
+		}
+	default:
+		p.addf(path, `must be a status code name such as "UNAVAILABLE" or a number such as 14, got %s`, valueKind(v))
+		return 0, false
+	}
+	if c == codes.OK {
+		p.add(path, "OK is not a failure and cannot be listed")
+		return 0, false
+	}
+	return c, true
+}
+
+// codeHint suggests the accepted spelling of a code name.
+func codeHint(s string) string {
+	u := strings.ToUpper(strings.TrimSpace(s))
+	if u == "CANCELED" {
+		u = "CANCELLED"
+	}
+	if _, ok := codeByName[u]; ok {
+		return fmt.Sprintf(" (names are upper case, as grpc spells them: %q)", u)
+	}
+	return ""
+}
+
+func valueKind(v *structpb.Value) string {
+	switch v.GetKind().(type) {
+	case *structpb.Value_BoolValue:
+		return "a boolean"
+	case *structpb.Value_ListValue:
+		return "a list"
+	case *structpb.Value_StructValue:
+		return "an object"
+	}
+	return "null"
+}
+
+// ignoredTop lists the grpc fields of the document that this library does
+// not act on.
+func ignoredTop(doc *resiliencev1.ServiceConfig) []string {
+	var out []string
+	if doc.GetLoadBalancingPolicy() != "" {
+		out = append(out, "loadBalancingPolicy")
+	}
+	if doc.GetLoadBalancingConfig() != nil {
+		out = append(out, "loadBalancingConfig")
+	}
+	if doc.GetHealthCheckConfig() != nil {
+		out = append(out, "healthCheckConfig")
+	}
+	if doc.GetConnectionScaling() != nil {
+		out = append(out, "connectionScaling")
+	}
+	return out
+}
+
+func ignoredMethod(mc *resiliencev1.MethodConfig, path string) []string {
+	var out []string
+	if mc.WaitForReady != nil {
+		out = append(out, join(path, "waitForReady"))
+	}
+	if mc.GetTimeout() != nil {
+		out = append(out, join(path, "timeout"))
+	}
+	if mc.MaxRequestMessageBytes != nil {
+		out = append(out, join(path, "maxRequestMessageBytes"))
+	}
+	if mc.MaxResponseMessageBytes != nil {
+		out = append(out, join(path, "maxResponseMessageBytes"))
+	}
+	if mc.GetHedgingPolicy() != nil {
+		out = append(out, join(path, "hedgingPolicy"))
+	}
+	return out
+}
