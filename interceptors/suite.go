@@ -4,6 +4,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"google.golang.org/grpc"
 
@@ -48,10 +49,25 @@ type table struct {
 // target is the per-target part of a table: the budget and the cache of the
 // entries of the methods called on that target.
 type target struct {
-	name    string
-	budget  *retry.Budget
-	entries atomic.Pointer[map[string]*entry] // copy on write; a nil *entry means pass-through
+	name   string
+	budget *retry.Budget
+	// fast is a direct-mapped cache indexed by the address of the method
+	// string's bytes: generated stubs pass the same constant string on every
+	// call, so a hit is a pointer hash, one atomic load and a string
+	// comparison that succeeds on pointer equality. A slot holds its
+	// entry's method string, so the bytes it was indexed by stay alive.
+	fast    [fastSlots]atomic.Pointer[entry]
+	entries atomic.Pointer[map[string]*entry] // copy on write, every resolved method
 	mu      sync.Mutex                        // serializes writers of entries
+}
+
+// fastSlots is the size of target.fast (a power of two).
+const fastSlots = 64
+
+// fastSlot returns the index of method in target.fast.
+func fastSlot(method string) uintptr {
+	h := uintptr(unsafe.Pointer(unsafe.StringData(method)))
+	return (h * 0x9E3779B97F4A7C15) >> (64 - 6) & (fastSlots - 1)
 }
 
 // entry is what one method on one target resolves to: the policy, the
@@ -61,7 +77,7 @@ type target struct {
 type entry struct {
 	s      *Suite
 	method string
-	pol    *policy
+	pol    *policy // nil: the method has no policy (a cached pass-through)
 	brk    *breaker.Breaker
 	budget *retry.Budget // nil: no budget
 
@@ -145,16 +161,36 @@ func targetName(cc *grpc.ClientConn) string {
 // covers the method (the caller must then pass the call through untouched:
 // the invoker or streamer called with the caller's ctx and opts).
 //
-// The common case (same target as the previous call, method seen before)
-// is three atomic loads and one map lookup; it never allocates after the
-// first call of a method.
+// The common case (same target as the previous call, the method string of a
+// generated stub) is a few atomic loads and pointer comparisons; it never
+// allocates after the first call of a method.
 func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 	tab := s.tab.Load()
 	name := targetName(cc)
 	t := tab.last.Load()
-	if t == nil || t.name != name {
+	if t == nil || !sameString(t.name, name) {
 		t = s.target(tab, name)
 	}
+	slot := &t.fast[fastSlot(method)]
+	e := slot.Load()
+	if e == nil || !sameString(e.method, method) {
+		e = s.entryOf(tab, t, method)
+		slot.Store(e)
+	}
+	if e.pol == nil {
+		return nil
+	}
+	return e
+}
+
+// sameString is a == b, with the common case of the same bytes (a constant
+// method name, a connection's target) decided without comparing them.
+func sameString(a, b string) bool {
+	return len(a) == len(b) && (unsafe.StringData(a) == unsafe.StringData(b) || a == b)
+}
+
+// entryOf returns the cached entry of method on t, resolving it on first use.
+func (s *Suite) entryOf(tab *table, t *target, method string) *entry {
 	if m := t.entries.Load(); m != nil {
 		if e, ok := (*m)[method]; ok {
 			return e
@@ -189,15 +225,16 @@ func (s *Suite) budget(name string) *retry.Budget {
 	return v.(*retry.Budget)
 }
 
-// resolveEntry resolves method on t and caches the result (nil included).
+// resolveEntry resolves method on t and caches the result (an entry without
+// policy for a pass-through).
 func (s *Suite) resolveEntry(tab *table, t *target, method string) *entry {
-	var e *entry
+	e := &entry{s: s, method: method}
 	if pol := tab.match(method); pol != nil {
 		key := method
 		if s.o.breakerKey != nil {
 			key = s.o.breakerKey(t.name, method)
 		}
-		e = &entry{s: s, method: method, pol: pol, brk: pol.group.Get(key), budget: t.budget}
+		e.pol, e.brk, e.budget = pol, pol.group.Get(key), t.budget
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -64,25 +64,25 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	if e == nil {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	ov, opts := splitCallOptions(opts)
-	maxAttempts := ov.attempts(e.pol.maxAttempts)
-	if maxAttempts == 1 {
-		return e.unaryOnce(ctx, req, reply, cc, invoker, opts)
-	}
-	st := unaryPool.Get().(*unaryState)
-	st.opts = append(append(st.opts[:0], opts...), st.hdrOpt, st.tlrOpt)
-	err := e.unaryRetry(ctx, st, maxAttempts, req, reply, cc, invoker)
-	st.release()
-	return err
-}
-
-// unaryOnce makes a call that has a single attempt: no Header or Trailer
-// options are needed.
-func (e *entry) unaryOnce(ctx context.Context, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
 	p, rej := e.admit()
 	if rej != nil {
 		return e.fallback(ctx, req, reply, rej)
 	}
+	ov, opts := splitCallOptions(opts)
+	maxAttempts := ov.attempts(e.pol.maxAttempts)
+	if maxAttempts == 1 {
+		return e.unaryOnce(ctx, p, req, reply, cc, invoker, opts)
+	}
+	st := unaryPool.Get().(*unaryState)
+	st.opts = append(append(st.opts[:0], opts...), st.hdrOpt, st.tlrOpt)
+	err := e.unaryRetry(ctx, p, st, maxAttempts, req, reply, cc, invoker)
+	st.release()
+	return err
+}
+
+// unaryOnce makes a call that has a single attempt, admitted with p: no
+// Header or Trailer options are needed.
+func (e *entry) unaryOnce(ctx context.Context, p breaker.Permit, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
 	actx, cancel := e.pol.retry.AttemptContext(ctx)
 	err := invoker(actx, e.method, req, reply, cc, opts...)
 	cancel()
@@ -104,27 +104,24 @@ func (e *entry) unaryOnce(ctx context.Context, req, reply any, cc *grpc.ClientCo
 	return err
 }
 
-// unaryRetry is the retry loop of a unary call: per attempt, admit →
-// invoke → classify → record → decide, then retry.Call.Next and
-// retry.Wait.
-func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) error {
+// unaryRetry is the retry loop of a unary call whose first attempt was
+// admitted with p: per attempt, admit → invoke → classify → record →
+// decide, then retry.Call.Next and retry.Wait.
+func (e *entry) unaryRetry(ctx context.Context, p breaker.Permit, st *unaryState, maxAttempts int, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) error {
 	var (
 		c       retry.Call
 		rctx    context.Context // the context of retries (nil before the first)
 		lastErr error
 	)
 	for attempt := 1; ; attempt++ {
-		p, rej := e.admit()
-		if rej != nil {
-			if attempt == 1 {
-				return e.fallback(ctx, req, reply, rej)
-			}
-			c.Done(lastErr, true)
-			err := e.giveUp(ctx, &retry.Error{Err: lastErr, Attempts: c.Attempts(), Reason: retry.BreakerOpen})
-			return e.fallback(ctx, req, reply, err)
-		}
 		actx := ctx
 		if attempt > 1 {
+			var rej error
+			if p, rej = e.admit(); rej != nil {
+				c.Done(lastErr, true)
+				err := e.giveUp(ctx, &retry.Error{Err: lastErr, Attempts: c.Attempts(), Reason: retry.BreakerOpen})
+				return e.fallback(ctx, req, reply, err)
+			}
 			c.Begin()
 			rctx = e.s.retryContext(ctx, rctx, attempt)
 			actx = rctx
