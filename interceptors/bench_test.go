@@ -14,8 +14,8 @@ import (
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
 	"github.com/khive/grpc-resilience/internal/echoserver"
-	"github.com/khive/grpc-resilience/retry"
 	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	"github.com/khive/grpc-resilience/retry"
 )
 
 // The micro benchmarks call the interceptor directly with a no-op invoker
@@ -126,7 +126,9 @@ func BenchmarkUnaryRejection(b *testing.B) {
 	p := interceptors.Policy{Breaker: breaker.Config{ConsecutiveFailures: 1, RecoveryTime: time.Hour, MaxRecoveryTime: time.Hour}}
 	in := mustSuite(b, map[string]interceptors.Policy{"*": p})
 	errUnavailable := status.Error(codes.Unavailable, "down")
-	failing := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return errUnavailable }
+	failing := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		return errUnavailable
+	}
 	req, reply := new(echov1.UnaryRequest), new(echov1.UnaryResponse)
 	_ = in(context.Background(), unaryMethod, req, reply, nil, failing, staticOpts...)
 	if err := in(context.Background(), unaryMethod, req, reply, nil, noopInvoker, staticOpts...); !errors.Is(err, breaker.ErrOpen) {
