@@ -1,25 +1,131 @@
 // Package interceptors adapts the breaker and retry state machines to gRPC:
 // client interceptors that give every method its own circuit breaker and
 // retries with backoff, decided on gRPC status codes and configured by a
-// per-method policy map.
+// per-method policy map. It is the only package of the module that imports
+// grpc; the backoff, budget and breaker logic live in the retry and breaker
+// packages, and the unary and stream interceptors run every attempt through
+// the same step: admit (breaker) → invoke → classify → record → decide.
 //
 // # Quick start
 //
 //	suite, err := interceptors.New(map[string]interceptors.Policy{
-//		"*": {}, // defaults: 4 attempts, 50ms full-jitter backoff, a breaker per method
+//		"/pkg.Payments/*": {Retry: retry.Policy{MaxAttempts: 3}},
+//		"*":               {}, // defaults: 4 attempts, 50ms full-jitter backoff, a breaker per method
 //	})
 //	if err != nil { ... }
 //	cc, err := grpc.NewClient(target, append(suite.DialOptions(), creds)...)
 //
+// DialOptions chains the unary and stream interceptors and adds
+// grpc.WithDisableRetry(): the suite owns retries, and grpc-go's own retries
+// would multiply the attempts (its transparent retries, of requests that
+// never left the client, stay on and are not counted as attempts).
+//
 // # Policies
 //
 // Keys are "/pkg.Svc/Method", "/pkg.Svc/*" or "*"; a call uses the most
-// specific one, and a method without a policy passes through untouched. The
-// "*" policy never covers the health check service (/grpc.health.v1.Health).
+// specific one, and a method without a policy passes through untouched
+// (the next interceptor gets the caller's context and options). The "*"
+// policy never covers the health check service (/grpc.health.v1.Health):
+// a key naming that service or one of its methods does. New validates
+// every policy and names the key and the field of the first error.
 //
-// # Attempts
+// # Classification
 //
-// Every attempt, first or retry, unary or stream, passes the method's
-// breaker, is classified by status code, and is recorded in the breaker; an
-// open breaker ends the retries at once.
+// One function decides what an attempt's status means, for the breaker and
+// the budget, with the policy's code lists as overrides:
+//
+//   - Failure: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS,
+//     RESOURCE_EXHAUSTED, and DEADLINE_EXCEEDED while the caller's context
+//     is live (an attempt timeout or the server's deadline);
+//   - Ignored: CANCELED, DEADLINE_EXCEEDED once the caller's context is
+//     done, local rejections, a stream the caller abandoned;
+//   - Success: every other code (NOT_FOUND, INVALID_ARGUMENT, ...): the
+//     server answered.
+//
+// # Retries
+//
+// Only RetryableCodes are retried (UNAVAILABLE by default).
+// RESOURCE_EXHAUSTED is retried only when the server gave a delay hint,
+// listed or not; DEADLINE_EXCEEDED only if listed and while the caller's
+// context is live. Nothing is retried after the caller's context is done.
+//
+// Server hints: the grpc-retry-pushback-ms trailer, exactly as gRFC A6
+// (one value >= 0: retry after exactly that delay, and the exponential
+// backoff starts over; a negative or unparsable value, or several values:
+// do not retry), else a google.rpc.RetryInfo detail. Both are capped by
+// Retry.MaxPushback.
+//
+// Deadlines: the caller's deadline covers all attempts and is never
+// extended; Retry.AttemptTimeout bounds each attempt within it; a retry
+// that could not start before the deadline (delay + Retry.MinAttemptTime)
+// is not made, and the call returns the last attempt's status at once.
+//
+// Budget: each target (cc.Target()) has one retry budget, shared by every
+// method, unary calls and streams: by default retries stay within 20% of
+// calls plus one per second over 10s, and a retry that succeeds refunds its
+// cost (WithBudget, WithTokenBucket for gRFC A6 throttling, WithoutBudget).
+//
+// Retries carry grpc-previous-rpc-attempts (the number of earlier attempts,
+// one value set over any the caller set; WithAttemptHeader renames or turns
+// it off), and interceptors chained after the suite, which run once per
+// attempt, can read Attempt(ctx).
+//
+// # Commit
+//
+// A unary call is not retried once response headers arrived (gRFC A6: the
+// server may have acted on it). The suite sees this through grpc.Header and
+// grpc.Trailer options it adds to each attempt (a Trailers-Only failure
+// leaves the header nil); the caller's own Header and Trailer options keep
+// working. Streams follow the rules documented on Suite.Stream.
+//
+// # Circuit breaker
+//
+// Every attempt, first or retry, passes the method's breaker (one per method
+// by default, WithBreakerKey to change that), and every outcome is recorded.
+// An open breaker ends the retries at once. A call rejected before any
+// attempt fails with codes.Unavailable, an errdetails.ErrorInfo (reason
+// CIRCUIT_OPEN, domain "khive.grpc-resilience", metadata {"method": m}) and
+// an errdetails.RetryInfo (the time until the breaker admits a probe, as of
+// the period's first rejection), and errors.Is(err, breaker.ErrOpen) holds.
+// The error is built once per open period: a rejection allocates nothing.
+//
+// # Errors
+//
+// A call that failed once with a non-retryable error (or with retries off)
+// returns the invoker's error unchanged. When retrying stops for another
+// reason, the call returns the last attempt's status with its code and
+// details, the message annotated ("gave up after 3 attempts (exhausted):
+// ...") and an ErrorInfo detail whose reason is RETRIES_EXHAUSTED,
+// RETRY_BUDGET_EXHAUSTED, DEADLINE_TOO_SHORT, CIRCUIT_OPEN, NOT_RETRYABLE
+// or CANCELED_WHILE_RETRYING (then with the caller's context's code).
+// errors.As finds the *retry.Error (attempts, reason), and through it the
+// last attempt's error.
+//
+// # Per call
+//
+// DisableRetry and MaxAttempts override a call's attempts; the suite removes
+// them before the next interceptor. A policy's Fallback can answer a unary
+// call the breaker rejected or whose last attempt failed (a cached reply,
+// for instance).
+//
+// # Hooks
+//
+// WithOnRetry, WithOnGiveUp and WithOnStateChange observe retries, give-ups
+// and breaker transitions; WithLogger logs them to a go-grpc-middleware v2
+// logging.Logger. Unset hooks cost nothing.
+//
+// # Chain order
+//
+// Interceptors chained before the suite (outer) see one call; interceptors
+// chained after it (inner) run once per attempt: put call-level logging and
+// metrics first, per-attempt ones after.
+//
+// # Cost
+//
+// The first-attempt success path reads no clock, takes no lock and
+// allocates nothing in the interceptor: a cached policy lookup, one breaker
+// admit and record, one budget deposit, and a pooled per-call state for the
+// Header and Trailer options (grpc itself then copies the response's header
+// and trailer metadata into them). A rejection by an open breaker is an
+// atomic load and a prebuilt error.
 package interceptors
