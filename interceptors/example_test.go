@@ -18,7 +18,7 @@ import (
 // The quick start: a policy map, the suite's dial options, a call. The echo
 // server fails the first two attempts with UNAVAILABLE; the suite retries
 // with backoff and the call succeeds.
-func Example() {
+func Example_quickStart() {
 	suite, err := interceptors.New(map[string]interceptors.Policy{
 		// Every method of the echo service: 3 attempts, 10ms initial backoff,
 		// a breaker per method that opens after 5 failed attempts in a row.
