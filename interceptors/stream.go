@@ -74,9 +74,12 @@ import (
 // Each attempt's outcome is recorded in the breaker once, when the attempt
 // ends: io.EOF (or a client-streaming response) is a success, a failure is
 // classified as for unary calls (a replaced attempt records its
-// classified failure), a stream the caller canceled or abandoned (its
-// context ended with no RecvMsg in progress) is ignored, and so is an
-// error SendMsg generated locally (such as a message too large).
+// classified failure), a stream the caller canceled is ignored, and so is
+// an error SendMsg generated locally (such as a message too large). A
+// half-open probe whose caller abandons it (its context ends with no
+// RecvMsg in progress, and nobody ever reads its end) is recorded as
+// ignored at once, so the breaker gets the probe back; other abandoned
+// attempts record nothing, which a closed breaker does not need.
 //
 // # Concurrency
 //
@@ -128,9 +131,7 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	} else {
 		a.cs = cs
 	}
-	if ctx.Done() != nil {
-		r.unwatch = context.AfterFunc(ctx, r.abandoned)
-	}
+	r.watch()
 	return r, nil
 }
 
@@ -215,7 +216,7 @@ type retryStream struct {
 	nobuf    bool // a single attempt: nothing to replay, nothing to buffer
 
 	rctx    context.Context // the retries' context (Suite.retryContext), nil before the first; token holder only
-	unwatch func() bool     // stops the abandonment callback
+	unwatch func() bool     // stops the abandonment callback (see watch); guarded by mu once r is shared
 	first   attempt         // the first attempt, allocated with the stream
 	one     [1]any          // the first buffered message's slot (a server stream's request)
 
@@ -317,14 +318,27 @@ func (r *retryStream) release() {
 	r.mu.Unlock()
 }
 
-// abandoned runs when the caller's context ends. If nobody is receiving,
-// nobody may ever read the current attempt's end: record it as ignored, so
-// that a half-open breaker gets its probe back at once. A RecvMsg that comes
-// later reads the stream's end as usual (and records nothing more).
+// watch arranges for abandoned to run if the caller's context ends while
+// the current attempt holds a half-open probe permit: a probe nobody reports
+// would keep its slot until the breaker reclaims it. Other permits hold
+// nothing, so the common case costs no allocation. Called with mu held (or
+// before r is shared).
+func (r *retryStream) watch() {
+	if r.unwatch == nil && r.ctx.Done() != nil && r.e.brk.State() == breaker.HalfOpen {
+		r.unwatch = context.AfterFunc(r.ctx, r.abandoned)
+	}
+}
+
+// abandoned runs when the caller's context ends: nobody may ever read the
+// current attempt's end, so record it as ignored now (what classify says of
+// an attempt whose caller's context is done), and a half-open breaker gets
+// its probe back at once. A RecvMsg that reads the end later records
+// nothing more. An attempt that a retry in progress opens is covered when
+// it is installed (see replay).
 func (r *retryStream) abandoned() {
 	r.mu.Lock()
 	a := r.cur
-	rec := r.final == nil && !r.recvBusy && !r.resolving && a.claim()
+	rec := r.final == nil && a.claim()
 	r.mu.Unlock()
 	if rec {
 		a.permit.Done(breaker.Ignored)
@@ -407,6 +421,7 @@ func (r *retryStream) end(a *attempt, err error) error {
 		r.mu.Lock()
 		r.call.Begin()
 		n = r.call.Attempts()
+		r.watch()
 		r.mu.Unlock()
 
 		b := &attempt{permit: p}
@@ -472,8 +487,12 @@ func (r *retryStream) replay(b *attempt) (done bool, err error) {
 	r.mu.Lock()
 	r.cur = b
 	r.resolving = false
+	rec := r.ctx.Err() != nil && b.claim() // abandoned while opening b
 	r.cond.Broadcast()
 	r.mu.Unlock()
+	if rec {
+		b.permit.Done(breaker.Ignored)
+	}
 	return true, nil
 }
 
