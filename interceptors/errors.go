@@ -80,6 +80,19 @@ func (e *entry) admit() (breaker.Permit, error) {
 	return p, r
 }
 
+// isOpen reports whether the entry's breaker rejects every attempt now
+// (open or forced open): one atomic load. Call it after retry.Call.Next
+// granted a retry and before retry.Wait; if true, end the call as
+// admit would after the wait: c.Done(err, true) and e.giveUp with
+// retry.BreakerOpen, without waiting.
+func (e *entry) isOpen() bool {
+	switch e.brk.State() {
+	case breaker.Open, breaker.ForcedOpen:
+		return true
+	}
+	return false
+}
+
 // giveUpError is the error of a call whose retries stopped: the last
 // attempt's status (code and details kept) with the message annotated with
 // the attempts and the reason, plus an ErrorInfo detail. It unwraps to the

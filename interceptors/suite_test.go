@@ -333,6 +333,7 @@ func TestBreakerOpeningDuringRetries(t *testing.T) {
 		f.Key = "k"
 		_, err := e.unary(t.Context(), f)
 		assert.Equal(t, 2, e.srv.Attempts("k"), "the open breaker ended the retries")
+		assert.Len(t, ev.retries, 1, "no wait for a retry the open breaker would reject")
 		assert.Equal(t, codes.Unavailable, status.Code(err))
 		assert.Equal(t, "CIRCUIT_OPEN", errorInfo(err).GetReason())
 		assert.Contains(t, status.Convert(err).Message(), "gave up after 2 attempts (breaker open): echoserver: injected fault")

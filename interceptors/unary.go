@@ -156,6 +156,13 @@ func (e *entry) unaryRetry(ctx context.Context, p breaker.Permit, st *unaryState
 			}
 			return err
 		}
+		if e.isOpen() {
+			// The breaker opened (this attempt may have tripped it): the
+			// retry would be rejected, so do not wait for it.
+			c.Done(err, true)
+			err = e.giveUp(ctx, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.BreakerOpen})
+			return e.fallback(ctx, req, reply, err)
+		}
 		e.retrying(ctx, attempt, delay, err)
 		if retry.Wait(ctx, delay) != nil {
 			c.Done(err, d.Retryable())
