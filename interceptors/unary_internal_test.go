@@ -1,0 +1,206 @@
+package interceptors
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/retry"
+)
+
+func TestSplitCallOptions(t *testing.T) {
+	static := grpc.StaticMethod()
+	buf := grpc.MaxRetryRPCBufferSize(1000)
+
+	opts := []grpc.CallOption{static, buf}
+	ov, out := splitCallOptions(opts)
+	assert.Equal(t, overrides{replayBuffer: 1000}, ov)
+	assert.Same(t, &opts[0], &out[0], "no option of ours: the same slice")
+	assert.Zero(t, testing.AllocsPerRun(100, func() { _, _ = splitCallOptions(opts) }))
+
+	ov, out = splitCallOptions([]grpc.CallOption{DisableRetry(), static, MaxAttempts(3), buf, grpc.MaxRetryRPCBufferSize(7)})
+	assert.Equal(t, overrides{maxAttempts: 3, replayBuffer: 7}, ov, "the last of a kind wins")
+	assert.Equal(t, []grpc.CallOption{static, buf, grpc.MaxRetryRPCBufferSize(7)}, out, "ours removed, order kept")
+	assert.Equal(t, 3, ov.attempts(4))
+	assert.Equal(t, 7, ov.replay(DefaultReplayBuffer))
+
+	ov, _ = splitCallOptions(nil)
+	assert.Equal(t, 4, ov.attempts(4))
+	assert.Equal(t, DefaultReplayBuffer, ov.replay(DefaultReplayBuffer))
+	ov, _ = splitCallOptions([]grpc.CallOption{MaxAttempts(-5)})
+	assert.Equal(t, 1, ov.attempts(4))
+}
+
+func testEntry(t *testing.T, p Policy) *entry {
+	t.Helper()
+	s, err := New(map[string]Policy{"*": p})
+	require.NoError(t, err)
+	e := s.lookup(nil, "/pkg.Svc/M")
+	require.NotNil(t, e)
+	return e
+}
+
+func TestClassify(t *testing.T) {
+	e := testEntry(t, Policy{})
+	live := context.Background()
+	done, cancel := context.WithCancel(live)
+	cancel()
+	rej := newRejectError("/pkg.Svc/M", mustOpenError(t))
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want breaker.Outcome
+	}{
+		{"nil", live, nil, breaker.Success},
+		{"unavailable", live, status.Error(codes.Unavailable, ""), breaker.Failure},
+		{"internal", live, status.Error(codes.Internal, ""), breaker.Failure},
+		{"unknown", live, status.Error(codes.Unknown, ""), breaker.Failure},
+		{"data loss", live, status.Error(codes.DataLoss, ""), breaker.Failure},
+		{"resource exhausted", live, status.Error(codes.ResourceExhausted, ""), breaker.Failure},
+		{"deadline, ctx live", live, status.Error(codes.DeadlineExceeded, ""), breaker.Failure},
+		{"deadline, ctx done", done, status.Error(codes.DeadlineExceeded, ""), breaker.Ignored},
+		{"canceled", live, status.Error(codes.Canceled, ""), breaker.Ignored},
+		{"local rejection", live, rej, breaker.Ignored},
+		{"not found", live, status.Error(codes.NotFound, ""), breaker.Success},
+		{"invalid argument", live, status.Error(codes.InvalidArgument, ""), breaker.Success},
+		{"permission denied", live, status.Error(codes.PermissionDenied, ""), breaker.Success},
+		{"unavailable, ctx done", done, status.Error(codes.Unavailable, ""), breaker.Failure},
+		{"a plain error is UNKNOWN", live, context.Canceled, breaker.Failure},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, e.classify(tt.ctx, tt.err), tt.name)
+	}
+	custom := testEntry(t, Policy{FailureCodes: []codes.Code{codes.NotFound}})
+	assert.Equal(t, breaker.Failure, custom.classify(live, status.Error(codes.NotFound, "")))
+	assert.Equal(t, breaker.Success, custom.classify(live, status.Error(codes.Unavailable, "")))
+}
+
+func mustOpenError(t *testing.T) *breaker.OpenError {
+	t.Helper()
+	b, err := breaker.New(breaker.Config{Name: "/pkg.Svc/M"})
+	require.NoError(t, err)
+	b.Isolate()
+	_, err = b.Allow()
+	oe, ok := err.(*breaker.OpenError)
+	require.True(t, ok)
+	return oe
+}
+
+func TestDecide(t *testing.T) {
+	e := testEntry(t, Policy{})
+	withDE := testEntry(t, Policy{RetryableCodes: []codes.Code{codes.Unavailable, codes.DeadlineExceeded}})
+	live := context.Background()
+	done, cancel := context.WithCancel(live)
+	cancel()
+	pb := func(v ...string) metadata.MD { return metadata.MD{pushbackKey: v} }
+	withInfo := func(c codes.Code, d time.Duration) error {
+		st, err := status.New(c, "").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)})
+		require.NoError(t, err)
+		return st.Err()
+	}
+	unavailable := status.Error(codes.Unavailable, "")
+	tests := []struct {
+		name      string
+		e         *entry
+		ctx       context.Context
+		err       error
+		committed bool
+		trailer   metadata.MD
+		want      retry.Decision
+	}{
+		{"unavailable", e, live, unavailable, false, nil, retry.Backoff},
+		{"committed", e, live, unavailable, true, nil, retry.Stop},
+		{"ctx done", e, done, unavailable, false, nil, retry.Stop},
+		{"not retryable", e, live, status.Error(codes.Internal, ""), false, nil, retry.Stop},
+		{"local rejection", e, live, newRejectError("m", mustOpenError(t)), false, nil, retry.Stop},
+		{"pushback 0", e, live, unavailable, false, pb("0"), retry.After(0)},
+		{"pushback 200", e, live, unavailable, false, pb("200"), retry.After(200 * time.Millisecond)},
+		{"pushback -1", e, live, unavailable, false, pb("-1"), retry.Stop},
+		{"pushback garbage", e, live, unavailable, false, pb("1s"), retry.Stop},
+		{"pushback two values", e, live, unavailable, false, pb("1", "2"), retry.Stop},
+		{"pushback huge", e, live, unavailable, false, pb("99999999999999999999"), retry.Stop},
+		{"pushback on a non-retryable code", e, live, status.Error(codes.Internal, ""), false, pb("5"), retry.Stop},
+		{"pushback wins over RetryInfo", e, live, withInfo(codes.Unavailable, time.Second), false, pb("5"), retry.After(5 * time.Millisecond)},
+		{"RetryInfo", e, live, withInfo(codes.Unavailable, time.Second), false, nil, retry.After(time.Second)},
+		{"resource exhausted without hint", e, live, status.Error(codes.ResourceExhausted, ""), false, nil, retry.Stop},
+		{"resource exhausted with pushback", e, live, status.Error(codes.ResourceExhausted, ""), false, pb("7"), retry.After(7 * time.Millisecond)},
+		{"resource exhausted with RetryInfo", e, live, withInfo(codes.ResourceExhausted, time.Second), false, nil, retry.After(time.Second)},
+		{"deadline not listed", e, live, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Stop},
+		{"deadline listed", withDE, live, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Backoff},
+		{"deadline listed, ctx done", withDE, done, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Stop},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, tt.e.decide(tt.ctx, tt.err, tt.committed, tt.trailer), tt.name)
+	}
+}
+
+func TestLookup(t *testing.T) {
+	s, err := New(map[string]Policy{
+		"/a.S/M": {},
+		"/a.S/*": {},
+		"/b.S/*": {},
+		"*":      {},
+	})
+	require.NoError(t, err)
+	tab := s.tab.Load()
+	keyOf := func(m string) string {
+		e := s.lookup(nil, m)
+		if e == nil {
+			return ""
+		}
+		return e.pol.key
+	}
+	assert.Equal(t, "/a.S/M", keyOf("/a.S/M"))
+	assert.Equal(t, "/a.S/*", keyOf("/a.S/N"))
+	assert.Equal(t, "/b.S/*", keyOf("/b.S/M"))
+	assert.Equal(t, "*", keyOf("/c.S/M"))
+	assert.Equal(t, "", keyOf("/grpc.health.v1.Health/Check"), "excluded from *")
+	assert.Nil(t, tab.match("/grpc.health.v1.Health/Watch"))
+
+	// The fast cache is keyed by the string's address: equal strings at
+	// other addresses, and different strings, still resolve correctly.
+	for range 3 {
+		for _, m := range []string{"/a.S/M", "/a.S/N", "/c.S/M"} {
+			clone := strings.Clone(m)
+			assert.Same(t, s.lookup(nil, m), s.lookup(nil, clone), m)
+		}
+	}
+	// One breaker per method, shared by the entries of every target.
+	assert.Same(t, s.lookup(nil, "/a.S/N").brk, s.lookup(nil, strings.Clone("/a.S/N")).brk)
+	assert.NotSame(t, s.lookup(nil, "/a.S/N").brk, s.lookup(nil, "/a.S/O").brk)
+
+	// WithBreakerKey: one breaker per key.
+	s2, err := New(map[string]Policy{"*": {}}, WithBreakerKey(func(_, m string) string { return "all" }))
+	require.NoError(t, err)
+	assert.Same(t, s2.lookup(nil, "/a.S/M").brk, s2.lookup(nil, "/b.S/M").brk)
+	assert.Equal(t, "all", s2.lookup(nil, "/a.S/M").brk.Name())
+}
+
+func TestHotPathsAllocateNothing(t *testing.T) {
+	s, err := New(map[string]Policy{"*": {Breaker: breaker.Config{ConsecutiveFailures: 1, RecoveryTime: time.Hour, MaxRecoveryTime: time.Hour}}})
+	require.NoError(t, err)
+	in := s.Unary()
+	ctx := context.Background()
+	opts := []grpc.CallOption{grpc.StaticMethod()}
+	ok := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	fail := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		return status.Error(codes.Unavailable, "")
+	}
+	const m = "/pkg.Svc/M"
+	assert.Zero(t, testing.AllocsPerRun(1000, func() { _ = in(ctx, m, nil, nil, nil, ok, opts...) }), "success")
+	_ = in(ctx, m, nil, nil, nil, fail, DisableRetry())
+	require.ErrorIs(t, in(ctx, m, nil, nil, nil, ok, opts...), breaker.ErrOpen)
+	assert.Zero(t, testing.AllocsPerRun(1000, func() { _ = in(ctx, m, nil, nil, nil, ok, opts...) }), "rejection")
+}
