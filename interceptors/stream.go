@@ -473,27 +473,31 @@ func (r *retryStream) replay(b *attempt) (done bool, err error) {
 			return false, st
 		}
 		// Committed by headers: its messages and status are for RecvMsg.
-		r.mu.Lock()
-		r.cur = b
-		r.commitLocked()
-		r.resolving = false
-		r.cond.Broadcast()
-		r.mu.Unlock()
+		r.install(b, true)
 		return true, nil
 	}
 	if closeSent {
 		_ = b.cs.CloseSend()
 	}
+	r.install(b, false)
+	return true, nil
+}
+
+// install makes b, whose replay is over, the current attempt, committed or
+// not, and ends the resolution.
+func (r *retryStream) install(b *attempt, committed bool) {
 	r.mu.Lock()
 	r.cur = b
+	if committed {
+		r.commitLocked()
+	}
 	r.resolving = false
-	rec := r.ctx.Err() != nil && b.claim() // abandoned while opening b
+	rec := r.ctx.Err() != nil && b.claim() // abandoned while b opened: see abandoned
 	r.cond.Broadcast()
 	r.mu.Unlock()
 	if rec {
 		b.permit.Done(breaker.Ignored)
 	}
-	return true, nil
 }
 
 // drain finds out how a stream whose SendMsg returned io.EOF ended. headers

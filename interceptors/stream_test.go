@@ -589,6 +589,26 @@ func TestStreamRetryInfo(t *testing.T) {
 	})
 }
 
+func TestStreamNoAttemptThatCannotFinish(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newStreamEnv(t, interceptors.Policy{})
+		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		defer cancel()
+		f := streamFault("k", codes.Unavailable, 1, 0)
+		f.Pushback = []string{"500"}
+		start := time.Now()
+		st, err := e.client.ServerStream(ctx, &echov1.ServerStreamRequest{Count: 1, Fault: f})
+		require.NoError(t, err)
+		_, err = recvServer(st)
+		require.Equal(t, codes.Unavailable, status.Code(err), "the server's error, not the deadline's")
+		var re *retry.Error
+		require.ErrorAs(t, err, &re)
+		assert.Equal(t, retry.Deadline, re.Reason)
+		assert.Equal(t, 1, e.srv.Attempts("k"))
+		assert.Zero(t, time.Since(start), "fake clock: gave up at once instead of waiting")
+	})
+}
+
 func TestStreamContextCommits(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := newStreamEnv(t, interceptors.Policy{})
