@@ -1,4 +1,123 @@
 // Package config loads resilience policies from a document: a gRPC service
-// config (JSON or YAML) with this library's additions, checked field by field
-// and converted into the policy map of package interceptors.
+// config (the JSON that grpc-go reads, gRFC A2/A6) with this library's
+// additions, in JSON or YAML, checked field by field and converted into the
+// policy map of package interceptors. It also swaps the policies of a live
+// client (Config.Apply, WatchFile).
+//
+//	cfg, err := config.LoadFile("policy.yaml")
+//	if err != nil { ... } // config: methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1
+//	suite, err := cfg.NewSuite()
+//	cc, err := grpc.NewClient(target, append(suite.DialOptions(), creds)...)
+//
+// The schema is the protobuf message khive.resilience.v1.ServiceConfig
+// (proto/khive/resilience/v1/resilience.proto, whose comments describe every
+// field); FromProto takes it directly.
+//
+// # The document
+//
+//	{
+//	  "methodConfig": [{
+//	    "name": [{"service": "pkg.v1.Svc", "method": "Get"}, {"service": "pkg.v1.Other"}],
+//	    "retryPolicy": {
+//	      "maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+//	      "retryableStatusCodes": ["UNAVAILABLE", 10],
+//	      "jitter": "proportional", "jitterFactor": 0.2,              ours, all optional
+//	      "perAttemptTimeout": "0.5s", "minAttemptTime": "0.001s", "maxPushback": "30s"
+//	    },
+//	    "circuitBreaker": {                                          ours, optional
+//	      "mode": "closed", "consecutiveFailures": 12, "failureRate": 0.5, "minimumCalls": 20,
+//	      "window": "10s", "recoveryTime": "5s", "maxRecoveryTime": "60s", "recoveryJitter": 0.2,
+//	      "halfOpenMaxCalls": 1, "failureStatusCodes": ["UNAVAILABLE", "INTERNAL"]
+//	    }
+//	  }],
+//	  "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+//	  "retryBudget": {"ratio": 0.2, "minRetriesPerSecond": 1, "window": "10s"}   ours; or "disabled": true
+//	}
+//
+// A name with a method becomes the policy key "/pkg.v1.Svc/Get", a name
+// with a service only "/pkg.v1.Svc/*", the empty name {} the default "*";
+// a call uses the most specific key, as grpc does. Each name may appear
+// once in the document.
+//
+// # What grpc-go accepts, and what this package checks
+//
+// A grpc-go service config loads as it is: status codes are upper-case
+// names as grpc spells them ("UNAVAILABLE", "CANCELLED") or numbers (14),
+// durations are strings of seconds ("0.1s", "2.5s"), and the grpc fields
+// this library does not act on are accepted and listed in Config.Ignored:
+// loadBalancingPolicy, loadBalancingConfig, healthCheckConfig,
+// connectionScaling, and in a methodConfig waitForReady, timeout,
+// maxRequestMessageBytes, maxResponseMessageBytes and hedgingPolicy. Any
+// other unknown field is an error (with a "did you mean" for near misses).
+//
+// Validation mirrors grpc-go's, which rejects the whole document on a bad
+// retryPolicy: maxAttempts at least 2, initialBackoff and maxBackoff present
+// and positive, backoffMultiplier positive, retryableStatusCodes not empty;
+// retryThrottling.maxTokens in (0, 1000] and tokenRatio positive. It is
+// stricter in a few places, each reported as an error, never silently
+// adjusted:
+//
+//   - backoffMultiplier must be at least 1 (grpc accepts (0, 1), which
+//     shrinks the delays) and maxBackoff at least initialBackoff;
+//   - OK may not be listed as a status code; codes must be JSON numbers or
+//     names, never numeric strings such as "14";
+//   - numbers must be JSON numbers, integers must be written as integers;
+//   - tokenRatio must be at least 0.001 (A6 keeps three decimals);
+//   - field names are matched exactly (lowerCamelCase, or the snake_case
+//     proto names), where grpc-go's encoding/json ignores case;
+//   - a methodConfig without names is still checked (grpc skips it);
+//   - duplicate JSON or YAML keys are errors.
+//
+// Every problem is reported with its path, all of them at once (up to 20),
+// in an *Error whose problems are *FieldError values:
+//
+//	config: methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1; retryThrottling.maxTokens: required, in (0, 1000]
+//
+// Load never panics (FuzzLoad checks it) and never returns a Config that
+// interceptors.New rejects.
+//
+// # Mapping to this library
+//
+// A retryPolicy maps to retry.Policy with A6's semantics: proportional
+// jitter of ±20% (jitter and jitterFactor change it), the delay capped at
+// maxBackoff before jitter and the jittered delay clamped to maxBackoff
+// (A6 may exceed it by 20%). A methodConfig without retryPolicy tries its
+// methods once, as in grpc. Where this library differs from grpc-go on the
+// same document:
+//
+//   - maxAttempts is not capped: grpc-go treats values above 5 as 5 (unless
+//     grpc.WithMaxCallAttempts raises the cap); here 7 means 7;
+//   - RESOURCE_EXHAUSTED is retried only when the server sent a delay hint
+//     (grpc-retry-pushback-ms or RetryInfo), even when listed;
+//   - every method with a policy gets a circuit breaker (the library's
+//     defaults unless circuitBreaker says otherwise; mode "disabled" turns it
+//     off), and the "*" default does not cover the standard health check;
+//   - without retryThrottling or retryBudget, retries are bounded by the
+//     library's default ratio budget (20% of calls plus 1 per second, per
+//     target); use "retryBudget": {"disabled": true} for none, as in grpc;
+//   - retryThrottling is one token bucket per target (cc.Target()), as
+//     grpc-go keeps one per ClientConn.
+//
+// In circuitBreaker, 0 turns a trip rule off (consecutiveFailures,
+// minimumCalls) and recoveryJitter 0 means no jitter; maxRecoveryTime
+// defaults to 60s, or to recoveryTime if that is larger.
+//
+// # YAML
+//
+// A YAML document (one per stream, YAML 1.2 core schema) has the fields of
+// the JSON form. Durations and code names need no quotes ("initialBackoff:
+// 0.1s"); anchors and aliases work (expanded within a bound); merge keys
+// (<<), custom tags, non-string keys and non-finite numbers are errors.
+//
+// # Hot reload
+//
+// Config.Apply installs a document's policies on a live suite with
+// interceptors.Suite.Update: atomically, without failing calls in flight,
+// keeping the breakers of the policy keys whose breaker settings did not
+// change and every retry budget. The budget settings are fixed when the
+// suite is built, so Apply refuses a document whose retryThrottling or
+// retryBudget differs. WatchFile polls a file and applies each new content;
+// a content that fails to load is reported and skipped. Suite.Snapshot shows
+// the effective policies, the breaker of every method called and the
+// budgets, as JSON with the field names of this document.
 package config
