@@ -164,9 +164,9 @@ type RetryEvent struct {
 }
 
 // GiveUpEvent describes a call that failed after retrying stopped for
-// Reason: RETRIES exhausted, the budget, the deadline, an open breaker after
-// at least one attempt, a non-retryable error after a retry, or the caller
-// canceling during the retries. A first attempt that fails with a
+// Reason: the attempts exhausted, the budget, the deadline, an open breaker
+// after at least one attempt, a non-retryable error after a retry, or the
+// caller canceling during the retries. A first attempt that fails with a
 // non-retryable error, or a call with retries off, is not a give-up; neither
 // is a call the breaker rejects before any attempt.
 type GiveUpEvent struct {
