@@ -402,21 +402,20 @@ func (r *retryStream) end(a *attempt, err error) error {
 		if stop != nil {
 			return r.finish(r.e.giveUp(r.ctx, stop))
 		}
+		if r.e.isOpen() {
+			// The breaker opened (maybe at this attempt): the retry would
+			// be rejected, so do not wait for it.
+			return r.stop(err, true, retry.BreakerOpen)
+		}
 		a.release()
 
 		r.e.retrying(r.ctx, n, delay, err)
 		if retry.Wait(r.ctx, delay) != nil {
-			r.mu.Lock()
-			r.call.Done(err, d.Retryable())
-			r.mu.Unlock()
-			return r.finish(r.e.giveUp(r.ctx, &retry.Error{Err: err, Attempts: n, Reason: retry.Canceled}))
+			return r.stop(err, d.Retryable(), retry.Canceled)
 		}
 		p, rej := r.e.admit()
 		if rej != nil {
-			r.mu.Lock()
-			r.call.Done(err, true)
-			r.mu.Unlock()
-			return r.finish(r.e.giveUp(r.ctx, &retry.Error{Err: err, Attempts: n, Reason: retry.BreakerOpen}))
+			return r.stop(err, true, retry.BreakerOpen)
 		}
 		r.mu.Lock()
 		r.call.Begin()
@@ -437,6 +436,17 @@ func (r *retryStream) end(a *attempt, err error) error {
 		}
 		a = b // b ended during the replay, with err
 	}
+}
+
+// stop ends the stream after a retry was granted but cannot happen (the
+// breaker is open, or the caller's context ended during the wait): err is
+// the last attempt's error.
+func (r *retryStream) stop(err error, retryable bool, reason retry.Reason) error {
+	r.mu.Lock()
+	r.call.Done(err, retryable)
+	re := &retry.Error{Err: err, Attempts: r.call.Attempts(), Reason: reason}
+	r.mu.Unlock()
+	return r.finish(r.e.giveUp(r.ctx, re))
 }
 
 // replay sends the buffered messages, then CloseSend if the caller called

@@ -515,11 +515,13 @@ func TestStreamAttemptsEachPassTheBreaker(t *testing.T) {
 
 func TestStreamOpenBreakerEndsTheRetries(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
+		retries := 0
 		e := newStreamEnv(t, interceptors.Policy{
 			Retry:   retry.Policy{MaxAttempts: 5},
 			Breaker: breaker.Config{ConsecutiveFailures: 2, RecoveryTime: time.Minute},
-		})
+		}, interceptors.WithOnRetry(func(interceptors.RetryEvent) { retries++ }))
 		e.srv.SetDown(true)
+		start := time.Now()
 		bs, err := e.client.BidiStream(t.Context())
 		require.NoError(t, err)
 		_, _, _, err = bidiRun(bs, words(3), nil)
@@ -531,6 +533,8 @@ func TestStreamOpenBreakerEndsTheRetries(t *testing.T) {
 		assert.Equal(t, 2, re.Attempts)
 		assert.Contains(t, err.Error(), "echoserver: down", "the last real error, annotated")
 		assert.Equal(t, 2, e.srv.Calls(echoserver.BidiStream))
+		assert.Equal(t, 1, retries, "no retry after the second failure opened the breaker")
+		assert.Less(t, time.Since(start), 100*time.Millisecond, "fake clock: one backoff (at most 50ms), no wait after the breaker opened")
 	})
 }
 
