@@ -102,7 +102,8 @@ func streamProperty(t *testing.T, e *streamEnv) func(*rapid.T) {
 			bs, serr := e.client.BidiStream(ctx, opts...)
 			require.NoError(rt, serr)
 			var sendErr error
-			got, idx, sendErr, err = bidiRun(bs, msgs, f)
+			headerFirst := rapid.Bool().Draw(rt, "headerFirst") // commits only what is committed anyway
+			got, idx, sendErr, err = bidiRunHeader(bs, msgs, f, headerFirst)
 			if sendErr != nil {
 				require.ErrorIs(rt, sendErr, io.EOF, "Send fails only with io.EOF")
 			}

@@ -134,6 +134,14 @@ func sendClient(t require.TestingT, cs grpc.ClientStreamingClient[echov1.ClientS
 func bidiRun(bs grpc.BidiStreamingClient[echov1.BidiStreamRequest, echov1.BidiStreamResponse],
 	msgs []string, f *echov1.Fault,
 ) (got []string, idx []int32, sendErr, recvErr error) {
+	return bidiRunHeader(bs, msgs, f, false)
+}
+
+// bidiRunHeader is bidiRun whose receiver first waits for the response
+// headers if headerFirst.
+func bidiRunHeader(bs grpc.BidiStreamingClient[echov1.BidiStreamRequest, echov1.BidiStreamResponse],
+	msgs []string, f *echov1.Fault, headerFirst bool,
+) (got []string, idx []int32, sendErr, recvErr error) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for i, m := range msgs {
@@ -147,6 +155,9 @@ func bidiRun(bs grpc.BidiStreamingClient[echov1.BidiStreamRequest, echov1.BidiSt
 		}
 		_ = bs.CloseSend()
 	})
+	if headerFirst {
+		_, _ = bs.Header()
+	}
 	for {
 		m, err := bs.Recv()
 		if err != nil {
