@@ -529,8 +529,18 @@ func drain(cs grpc.ClientStream) (headers bool, err error) {
 // keeps it for replay. If the attempt turns out to have failed and is
 // retried, SendMsg waits for the new attempt (m included in the replay) and
 // returns nil; otherwise it returns io.EOF as grpc does, and RecvMsg
-// returns the status.
+// returns the status. As grpc, a stream that is not client-streaming
+// returns nil instead of io.EOF (generated code treats any error of its
+// single send as the call's).
 func (r *retryStream) SendMsg(m any) error {
+	err := r.sendMsg(m)
+	if err == io.EOF && !r.desc.ClientStreams {
+		return nil
+	}
+	return err
+}
+
+func (r *retryStream) sendMsg(m any) error {
 	r.mu.Lock()
 	for r.resolving {
 		r.cond.Wait()

@@ -974,3 +974,17 @@ func TestScriptedLocalErrorDuringTheReplayEndsTheStream(t *testing.T) {
 		assert.Empty(t, changes, "one failure, and the local error does not count: the breaker stays closed")
 	})
 }
+
+func TestScriptedServerStreamSendNeverReturnsEOF(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s, err := interceptors.New(map[string]interceptors.Policy{"*": {}})
+		require.NoError(t, err)
+		unavailable := status.Error(codes.Unavailable, "down")
+		a1 := &scripted{sendFailAt: 0, header: metadata.MD{}, status: unavailable} // answered with headers, then failed
+		cs, err := s.Stream()(t.Context(), &grpc.StreamDesc{ServerStreams: true}, nil, "/x.Y/Z", scriptedStreamer(a1))
+		require.NoError(t, err)
+		require.NoError(t, cs.SendMsg(&echov1.ClientStreamRequest{Message: "a"}), "as grpc: the status comes from RecvMsg")
+		require.NoError(t, cs.CloseSend())
+		assert.Equal(t, unavailable, cs.RecvMsg(nil), "committed by the headers: returned unchanged")
+	})
+}
