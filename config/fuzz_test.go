@@ -29,8 +29,10 @@ var fuzzSeeds = []string{
 }
 
 // FuzzLoad: any input, read as JSON and as YAML, gives either an *Error with
-// at least one problem or a Config that interceptors.New accepts. Never a
-// panic.
+// at least one problem, each with a path or a document-level message, or a
+// Config that interceptors.New accepts and, for JSON, that grpc-go accepts
+// as a service config (unless it holds loadBalancingConfig or
+// healthCheckConfig, which Load ignores without checking). Never a panic.
 func FuzzLoad(f *testing.F) {
 	for _, s := range fuzzSeeds {
 		f.Add([]byte(s))
@@ -56,6 +58,11 @@ func FuzzLoad(f *testing.F) {
 			}
 			if _, err := c.NewSuite(); err != nil {
 				t.Fatalf("%v: loaded, but interceptors.New rejects it: %v", format, err)
+			}
+			if format == JSON && grpcChecked(c) {
+				if err := grpcParse(string(data)); err != nil {
+					t.Fatalf("loaded, but grpc-go rejects it as a service config: %v", err)
+				}
 			}
 		}
 	})

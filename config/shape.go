@@ -45,6 +45,7 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *proble
 		return
 	}
 	fields := md.Fields()
+	seen := map[protoreflect.FieldNumber]string{}
 	for i, key := range obj.keys {
 		child := join(path, key)
 		fd := fields.ByJSONName(key)
@@ -54,6 +55,14 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *proble
 		if fd == nil {
 			p.add(child, "unknown field"+suggest(key, fields))
 			continue
+		}
+		if other, dup := seen[fd.Number()]; dup {
+			p.addf(child, "duplicate field (also written as %q)", other)
+			continue
+		}
+		seen[fd.Number()] = key
+		if statusCodeFields[fd.Name()] {
+			checkCodes(obj.vals[i], child, p)
 		}
 		val := obj.vals[i]
 		if val == nil && !isValue(fd) {
@@ -75,6 +84,29 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *proble
 			continue
 		}
 		checkField(val, fd, child, p)
+	}
+}
+
+// statusCodeFields are the lists of status codes, names or numbers.
+var statusCodeFields = map[protoreflect.Name]bool{
+	"retryable_status_codes": true,
+	"failure_status_codes":   true,
+}
+
+// checkCodes rejects status code numbers that grpc-go would not parse: a
+// code number must be written as an unsigned integer ("14", not "14.0" or
+// "1.4e1"). Names are checked by the validator.
+func checkCodes(v any, path string, p *problems) {
+	list, ok := v.([]any)
+	if !ok {
+		return // reported by the kind check
+	}
+	for j, e := range list {
+		if n, ok := e.(json.Number); ok {
+			if _, err := strconv.ParseUint(string(n), 10, 32); err != nil {
+				p.addf(index(path, j), "status code numbers are integers from 1 to 16, got %s", n)
+			}
+		}
 	}
 }
 
