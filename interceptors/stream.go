@@ -36,9 +36,8 @@ import (
 //   - the caller calls Header (once headers arrive), Trailer or Context;
 //   - the messages sent so far exceed the replay buffer (WithReplayBuffer,
 //     256 KiB by default; a grpc.MaxRetryRPCBufferSize call option wins).
-//     A message counts its proto.Size plus gRPC's 5-byte message header, as
-//     grpc-go counts MaxRetryRPCBufferSize; a message that is not a proto
-//     message cannot be measured and commits the stream.
+//     A message counts its proto.Size (at least one byte); a message that
+//     is not a protobuf message cannot be measured and commits the stream.
 //
 // Before the commit, the stream keeps every sent message. When an attempt
 // fails before committing and the failure is retryable, the stream opens a
@@ -58,7 +57,10 @@ import (
 // # Attempt timeout
 //
 // Retry.AttemptTimeout bounds each attempt until it commits, not the whole
-// stream: a long-lived stream is not cut once it is answering. An attempt
+// stream: a long-lived stream is not cut once it is answering. The time
+// counts from the attempt's start, so for client and bidi streams it
+// includes the caller's own sending up to the first response (as a unary
+// attempt includes its request); give slow uploads a policy without it. An attempt
 // that has not committed within AttemptTimeout is cancelled and fails with
 // DEADLINE_EXCEEDED (a failure for the breaker; retried only if the policy
 // lists DEADLINE_EXCEEDED). The server is not told about it (no
@@ -277,14 +279,14 @@ func (r *retryStream) bufferLocked(m any) {
 }
 
 // replaySize is what m counts against the replay buffer: its encoded size
-// plus gRPC's 5-byte message header (as grpc-go counts
-// MaxRetryRPCBufferSize), or -1 if m is not a protobuf message.
+// (proto.Size), at least 1 so that empty messages are bounded too, or -1 if
+// m is not a protobuf message.
 func replaySize(m any) int {
 	switch m := m.(type) {
 	case proto.Message:
-		return proto.Size(m) + 5
+		return max(proto.Size(m), 1)
 	case protoadapt.MessageV1:
-		return proto.Size(protoadapt.MessageV2Of(m)) + 5
+		return max(proto.Size(protoadapt.MessageV2Of(m)), 1)
 	}
 	return -1
 }

@@ -82,7 +82,7 @@ func streamProperty(t *testing.T, e *streamEnv) func(*rapid.T) {
 		total := 0
 		for i := range msgs {
 			msgs[i] = fmt.Sprintf("%02d-%s", i, strings.Repeat("p", pad))
-			total += proto.Size(&echov1.ClientStreamRequest{Message: msgs[i]}) + 5
+			total += max(proto.Size(&echov1.ClientStreamRequest{Message: msgs[i]}), 1)
 		}
 		f := &echov1.Fault{Code: uint32(code), Key: key, FailAttempts: int32(failAttempts), AfterMessages: int32(after), SendHeader: sendHeader}
 		total += proto.Size(&echov1.ClientStreamRequest{Fault: f}) // the first message carries the fault

@@ -412,7 +412,7 @@ func TestBidiConcurrentSendRecvUnderRace(t *testing.T) {
 }
 
 func TestReplayBufferOverflowCommits(t *testing.T) {
-	big := strings.Repeat("x", 30) // 32 bytes encoded + 5: three messages exceed 100 bytes
+	big := strings.Repeat("x", 30) // 32 bytes encoded: the first (with its fault) and two more exceed 100 bytes
 	msgs := []string{big, big, big, big, big, big}
 	t.Run("WithReplayBuffer", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
