@@ -60,9 +60,9 @@ import (
 // stream: a long-lived stream is not cut once it is answering. The time
 // counts from the attempt's start, so for client and bidi streams it
 // includes the caller's own sending up to the first response (as a unary
-// attempt includes its request); give slow uploads a policy without it. An attempt
-// that has not committed within AttemptTimeout is cancelled and fails with
-// DEADLINE_EXCEEDED (a failure for the breaker; retried only if the policy
+// attempt includes its request); give slow uploads a policy without it.
+// An attempt that has not committed within AttemptTimeout is cancelled and
+// fails with DEADLINE_EXCEEDED (a failure for the breaker; retried only if the policy
 // lists DEADLINE_EXCEEDED). The server is not told about it (no
 // grpc-timeout from it), and it never extends the caller's deadline: when
 // the caller's deadline comes first the timer is not armed. Response
@@ -77,18 +77,19 @@ import (
 // ends: io.EOF (or a client-streaming response) is a success, a failure is
 // classified as for unary calls (a replaced attempt records its
 // classified failure), a stream the caller canceled is ignored, and so is
-// an error SendMsg generated locally (such as a message too large). A
-// half-open probe whose caller abandons it (its context ends with no
-// RecvMsg in progress, and nobody ever reads its end) is recorded as
-// ignored at once, so the breaker gets the probe back; other abandoned
-// attempts record nothing, which a closed breaker does not need.
+// an error SendMsg generated locally (such as a message too large). When
+// the caller's context ends while the attempt holds a half-open probe, the
+// attempt is recorded as ignored at once (what its end would count as), so
+// the breaker gets its probe back even if nobody reads the stream's end;
+// other permits of an abandoned stream hold nothing and record nothing.
 //
 // # Concurrency
 //
 // SendMsg and RecvMsg may run concurrently (bidi streaming). The stream
 // starts no goroutine: the retry runs on the goroutine that observes the
-// failure, RecvMsg's, or SendMsg's when no RecvMsg is in progress (it then
-// reads the attempt's status itself); the other side waits for the new
+// failure (RecvMsg's, or SendMsg's when no RecvMsg is in progress: it then
+// reads the attempt's status itself), and so do the OnRetry and OnGiveUp
+// hooks, which must not call the stream; the other side waits for the new
 // attempt. The replay runs while no receive is in progress, as grpc-go's
 // own retry, so a bidi server that echoes more than the flow-control
 // windows hold (about 64 KiB each way) before the replay ends can stall it
