@@ -2,6 +2,7 @@ package config
 
 import (
 	"maps"
+	"slices"
 
 	"github.com/khive/grpc-resilience/interceptors"
 	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
@@ -69,8 +70,8 @@ func FromProto(doc *resiliencev1.ServiceConfig) (*Config, error) {
 		c.Policies[key] = interceptors.Policy{
 			Retry:          m.retry,
 			Breaker:        m.breaker,
-			RetryableCodes: m.retryable,
-			FailureCodes:   m.failure,
+			RetryableCodes: slices.Clone(m.retryable), // each key its own slice
+			FailureCodes:   slices.Clone(m.failure),
 		}
 	}
 	return c, nil

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -90,7 +91,11 @@ func decode(data []byte, f Format) (*resiliencev1.ServiceConfig, error) {
 		return nil, fmt.Errorf("config: unknown format %v", f)
 	}
 	if err != nil {
-		return nil, &Error{Problems: []*FieldError{err.(*FieldError)}}
+		var fe *FieldError
+		if !errors.As(err, &fe) {
+			fe = &FieldError{Msg: err.Error()}
+		}
+		return nil, &Error{Problems: []*FieldError{fe}}
 	}
 	var p problems
 	checkShape(tree, (&resiliencev1.ServiceConfig{}).ProtoReflect().Descriptor(), "", &p)

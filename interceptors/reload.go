@@ -27,7 +27,10 @@ import (
 //     breaker settings changed, starts with fresh (closed) breakers. A method
 //     that moves to another key gets the breaker of that key. A policy whose
 //     Breaker.OnStateChange is set always gets fresh breakers (functions
-//     cannot be compared).
+//     cannot be compared). (One case is not detected yet: on a suite with
+//     WithOnStateChange or WithLogger, a key whose previous policy had its
+//     own OnStateChange and whose new policy has none may keep the previous
+//     breakers, callback included.)
 //   - Retry budgets are never reset: the budget settings (WithBudget,
 //     WithTokenBucket, WithoutBudget) are fixed at New, and each target's
 //     budget, with its deposits or tokens, outlives every Update. To change
@@ -43,7 +46,7 @@ func (s *Suite) Update(policies map[string]Policy) error {
 			return err
 		}
 		for key, p := range policies {
-			if prev := old.policy(key); prev != nil && sameBreaker(prev, p) {
+			if prev := old.policy(key); prev != nil && s.sameBreaker(prev, p) {
 				tab.policy(key).group = prev.group
 			}
 		}
@@ -66,9 +69,12 @@ func (t *table) policy(key string) *policy {
 }
 
 // sameBreaker reports whether p asks for the breaker settings prev has.
-func sameBreaker(prev *policy, p Policy) bool {
+func (s *Suite) sameBreaker(prev *policy, p Policy) bool {
 	if p.Breaker.OnStateChange != nil {
 		return false
+	}
+	if s.o.onStateChange == nil && s.o.logger == nil && prev.group.Config().OnStateChange != nil {
+		return false // without suite hooks, a callback on the group is the previous policy's own
 	}
 	failure := defaultFailure
 	if p.FailureCodes != nil {

@@ -251,6 +251,17 @@ func TestUpdateWithCallbackRebuilds(t *testing.T) {
 		require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: pol}))
 		require.NoError(t, e.unary(ctx, nil))
 		assert.Equal(t, int32(1), changes.Load())
+
+		// Dropping the callback also rebuilds (on a suite without hooks of its
+		// own, the callback on the old breakers is the old policy's).
+		require.Error(t, e.unary(ctx, rlDown()))
+		rlCircuitOpen(t, e.unary(ctx, nil))
+		assert.Equal(t, int32(2), changes.Load())
+		quiet := pol
+		quiet.Breaker.OnStateChange = nil
+		require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: quiet}))
+		require.NoError(t, e.unary(ctx, nil))
+		assert.Equal(t, int32(2), changes.Load())
 	})
 }
 
