@@ -208,7 +208,14 @@ func run(d *demo) error {
 	d.step(5, "Half-open probing and recovery")
 	srv.SetDown(false)
 	d.logf("the server is back; the breaker waits out its open time")
-	time.Sleep(recoveryTime + 50*time.Millisecond)
+	time.Sleep(recoveryTime)
+	// The breaker's timer moves it to half-open; on a loaded machine it may
+	// run a little late, so wait for it (generously) rather than guess.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if slices.Contains(d.transitionLog(), "open -> half-open") {
+			break
+		}
+	}
 	resp, err = unary("hello", nil)
 	d.expect(err == nil, "the probe failed: %v", err)
 	d.logf("call Unary(\"hello\"): the probe: ok: %q", resp.GetMessage())
