@@ -636,6 +636,18 @@ func TestStreamContextCommits(t *testing.T) {
 	})
 }
 
+func TestStreamTrailerCommits(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newStreamEnv(t, interceptors.Policy{})
+		st, err := e.client.ServerStream(t.Context(), &echov1.ServerStreamRequest{Count: 2, Fault: streamFault("k", codes.Unavailable, 1, 0)})
+		require.NoError(t, err)
+		_ = st.Trailer() // early, against the contract: it commits, as in grpc-go
+		_, err = recvServer(st)
+		require.Equal(t, codes.Unavailable, status.Code(err), "no retry after Trailer()")
+		assert.Equal(t, 1, e.srv.Attempts("k"))
+	})
+}
+
 func TestStreamHeaderWaitsForTheRetriedAttempt(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := newStreamEnv(t, interceptors.Policy{})
