@@ -156,26 +156,32 @@ func TestConcurrentManualControl(t *testing.T) {
 }
 
 func TestGroupFirstUseRace(t *testing.T) {
-	g, err := NewGroup(Config{ConsecutiveFailures: 5})
-	require.NoError(t, err)
-	const goroutines = 100
+	const goroutines, rounds = 100, 20
 	keys := []string{"/pkg.Svc/A", "/pkg.Svc/B", "/pkg.Svc/C"}
-	got := make([][]*Breaker, goroutines)
-	start := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range goroutines {
-		wg.Go(func() {
-			<-start
-			for _, k := range keys {
-				got[i] = append(got[i], g.Get(k))
+	var g *Group
+	// Several rounds, each on a fresh group: one round rarely makes two
+	// goroutines meet on a key's first use.
+	for range rounds {
+		var err error
+		g, err = NewGroup(Config{ConsecutiveFailures: 5})
+		require.NoError(t, err)
+		got := make([][]*Breaker, goroutines)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range goroutines {
+			wg.Go(func() {
+				<-start
+				for _, k := range keys {
+					got[i] = append(got[i], g.Get(k))
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		for i := range got {
+			for j, k := range keys {
+				require.Same(t, got[0][j], got[i][j], "goroutine %d key %s", i, k)
 			}
-		})
-	}
-	close(start)
-	wg.Wait()
-	for i := range got {
-		for j, k := range keys {
-			require.Same(t, got[0][j], got[i][j], "goroutine %d key %s", i, k)
 		}
 	}
 	var seen []string

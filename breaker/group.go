@@ -8,11 +8,10 @@ import (
 // Group holds one Breaker per key (for example one per gRPC method), all
 // with the same Config except Name, which is set to the key. It is safe for
 // concurrent use, including the first use of a key: however many goroutines
-// race, exactly one Breaker is created per key.
+// race, they all get the same Breaker for a key.
 type Group struct {
 	cfg      Config
-	mu       sync.Mutex // serializes creation
-	breakers sync.Map   // string -> *Breaker
+	breakers sync.Map // string -> *Breaker
 }
 
 // NewGroup returns a Group, or the validation error of cfg.
@@ -28,16 +27,14 @@ func (g *Group) Get(key string) *Breaker {
 	if b, ok := g.breakers.Load(key); ok {
 		return b.(*Breaker)
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if b, ok := g.breakers.Load(key); ok {
-		return b.(*Breaker)
-	}
 	cfg := g.cfg
 	cfg.Name = key
-	b, _ := New(cfg) // cfg was validated by NewGroup
-	g.breakers.Store(key, b)
-	return b
+	nb, _ := New(cfg) // cfg was validated by NewGroup
+	// Goroutines racing on a new key each build a Breaker, but only the
+	// first one stored is ever returned; the others are garbage before
+	// anyone can use them (a new Breaker holds no timer).
+	b, _ := g.breakers.LoadOrStore(key, nb)
+	return b.(*Breaker)
 }
 
 // Range calls f for each Breaker of the group, in key order, until f
