@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -548,17 +549,25 @@ func TestStateChangeCallbacks(t *testing.T) {
 }
 
 func TestCallbackReentrancyKeepsOrder(t *testing.T) {
-	var got []State
+	var got []string
 	var b *Breaker
 	b, err := New(Config{OnStateChange: func(_ string, from, to State) {
-		got = append(got, to)
+		got = append(got, "enter "+to.String())
 		if to == ForcedOpen {
-			b.Disable() // queued; delivered by the running dispatcher, after this one
+			// Both are queued and delivered by the running dispatcher once
+			// this callback has returned, in transition order.
+			b.Disable()
+			b.MetricsOnly()
 		}
+		got = append(got, "exit "+to.String())
 	}})
 	require.NoError(t, err)
 	b.Isolate()
-	assert.Equal(t, []State{ForcedOpen, Disabled}, got)
+	assert.Equal(t, []string{
+		"enter forced-open", "exit forced-open",
+		"enter disabled", "exit disabled",
+		"enter metrics-only", "exit metrics-only",
+	}, got)
 }
 
 func TestCallbackPanicDoesNotWedge(t *testing.T) {
@@ -633,18 +642,23 @@ func TestZeroPermit(t *testing.T) {
 }
 
 func TestOpenError(t *testing.T) {
-	e := &OpenError{name: "pay", state: ForcedOpen}
-	assert.Equal(t, "breaker: forced-open (pay)", e.Error())
-	assert.Equal(t, "pay", e.Name())
-	assert.Zero(t, e.RetryAfter())
-	assert.ErrorIs(t, e, ErrOpen)
-	assert.NotErrorIs(t, e, errors.New("breaker: open"))
-	past := &OpenError{state: Open, until: time.Now().Add(-time.Second)}
-	assert.Zero(t, past.RetryAfter())
-	assert.Equal(t, "breaker: open, retry in 0s", past.Error())
-	future := &OpenError{name: "x", state: HalfOpen, until: time.Now().Add(time.Hour)}
-	assert.InDelta(t, float64(time.Hour), float64(future.RetryAfter()), float64(time.Second))
-	assert.Equal(t, "breaker: half-open (x), probe slots full, retry in 1h0m0s", future.Error())
+	// In a bubble, time.Now stands still: RetryAfter is exact.
+	synctest.Test(t, func(t *testing.T) {
+		e := &OpenError{name: "pay", state: ForcedOpen}
+		assert.Equal(t, "breaker: forced-open (pay)", e.Error())
+		assert.Equal(t, "pay", e.Name())
+		assert.Zero(t, e.RetryAfter())
+		assert.ErrorIs(t, e, ErrOpen)
+		assert.NotErrorIs(t, e, errors.New("breaker: open"))
+		past := &OpenError{state: Open, until: time.Now().Add(-time.Second)}
+		assert.Zero(t, past.RetryAfter())
+		assert.Equal(t, "breaker: open, retry in 0s", past.Error())
+		future := &OpenError{name: "x", state: HalfOpen, until: time.Now().Add(time.Hour)}
+		assert.Equal(t, time.Hour, future.RetryAfter())
+		assert.Equal(t, "breaker: half-open (x), probe slots full, retry in 1h0m0s", future.Error())
+		time.Sleep(20 * time.Minute)
+		assert.Equal(t, 40*time.Minute, future.RetryAfter(), "computed when called")
+	})
 }
 
 func TestStrings(t *testing.T) {
