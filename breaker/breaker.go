@@ -339,6 +339,8 @@ func (b *Breaker) tripped(streak uint64, now time.Time) bool {
 // openDuration returns RecoveryTime doubled b.reopens times, capped at
 // MaxRecoveryTime, multiplied by the jitter factor.
 func (b *Breaker) openDuration() time.Duration {
+	// Doubling step by step, the cap checked before each step, cannot
+	// overflow and stops after at most 63 steps whatever b.reopens is.
 	d, maxD := b.cfg.RecoveryTime, b.cfg.MaxRecoveryTime
 	for i := 0; i < b.reopens && d < maxD; i++ {
 		if d > maxD/2 {
@@ -347,7 +349,6 @@ func (b *Breaker) openDuration() time.Duration {
 			d *= 2
 		}
 	}
-	d = min(d, maxD)
 	if j := b.cfg.RecoveryJitter; j > 0 {
 		f := float64(d) * (1 - j + 2*j*b.rnd())
 		if f >= math.MaxInt64 {
@@ -374,7 +375,6 @@ func (b *Breaker) open(now time.Time) {
 func (b *Breaker) endOpen(gen uint64) {
 	b.mu.Lock()
 	if b.gen == gen && b.state == Open {
-		b.timer = nil
 		b.transition(HalfOpen, nil)
 	}
 	b.unlockAndDispatch()
