@@ -3,6 +3,7 @@ package interceptors
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strconv"
 	"time"
 
@@ -35,11 +36,22 @@ func statusOf(err error) *status.Status {
 // isLocalRejection reports whether err is a circuit-breaker rejection (ours,
 // or of another suite inside this one).
 func isLocalRejection(err error) bool {
-	if _, ok := err.(*rejectError); ok {
+	switch {
+	case reflect.TypeOf(err) == statusErrorType:
+		return false // grpc's own status error wraps nothing: skip errors.Is
+	case isReject(err):
 		return true
 	}
 	return errors.Is(err, breaker.ErrOpen)
 }
+
+func isReject(err error) bool {
+	_, ok := err.(*rejectError)
+	return ok
+}
+
+// statusErrorType is the dynamic type of grpc's status errors.
+var statusErrorType = reflect.TypeOf(status.Error(codes.Unknown, ""))
 
 // classify maps the result of one attempt to the breaker outcome. ctx is the
 // caller's context (not the attempt's). The rules:
