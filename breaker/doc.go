@@ -58,13 +58,14 @@
 // interceptor reports each attempt). The default streak of 12 is chosen with
 // that in view. With 30% independent attempt failures (one bad replica of
 // three) a given attempt completes a run of 12 failures with probability
-// 0.3^12 ≈ 5.3e-7, and a new run of 12 starts about once per 2.7 million
-// attempts, while a run of 5 starts about once per 400. In a full outage
-// every attempt fails: at 5 calls/s with 4 attempts per call (20 attempts/s)
-// the 12th failed attempt comes after about 0.6 s (11 gaps of 50 ms), and at
-// 200 calls/s well within 30 ms (17 ms with small backoffs; 37 ms on
-// average, 45 ms at most, with the retry package's default full-jitter
-// backoff starting at 50 ms). The rate rule catches partial outages at
+// 0.3^12 ≈ 5.3e-7, and a new run of 12 starts (0.7 × 0.3^12) about once per
+// 2.7 million attempts, while a run of 5 starts about once per 590. In a
+// full outage every attempt fails and the 12th failed attempt opens the
+// breaker. With 4 attempts per call, at 200 calls/s that is after 17 ms with
+// small backoffs (2, 4, 8 ms), and after 37 ms on average (50 ms at most)
+// with the retry package's default full-jitter backoff from 50 ms; at 5
+// calls/s, after 0.41 s with small backoffs and 0.56 s on average (0.6 s at
+// most) with the default backoff. The rate rule catches partial outages at
 // higher volume, where the window holds MinimumCalls within Window.
 //
 // Rare trips remain rare, not impossible: at 30% attempt failures and 200
@@ -103,12 +104,15 @@
 // every 64th success (counter&63 == 0), every failure and every Counts call
 // take the mutex, read the clock and fold the successes counted since the
 // last fold into the current bucket. When the rate rule is evaluated (after
-// a failure) every success is therefore counted; only its bucket can be late
-// (a success is attributed at most 63 successes late), so a success may stay
-// in the window slightly longer than Window. Counts.WindowCalls and
-// Counts.WindowFailures are approximate in the same way. A Success racing a
-// transition by nanoseconds may land in the new generation's window; it can
-// never cause a transition.
+// a failure) every success is therefore counted; only its bucket can be
+// late: a success is stamped at the next fold, which comes at most 63
+// successes later. At high volume that is a fraction of a bucket; at low
+// volume with no failures the next fold can come long after the success,
+// which then counts as recent for up to Window after that fold.
+// Counts.WindowCalls and Counts.WindowFailures are approximate in the same
+// way. A Success racing a transition by nanoseconds may land in the new
+// generation's window (and reset its streak); it can never cause a
+// transition.
 //
 // # Callbacks
 //
