@@ -170,37 +170,25 @@ func fieldError(field, format string, args ...any) error {
 // overflows (Multiplier^n may be +Inf). The result is never negative and never above MaxBackoff.
 // A negative n counts as 0; u outside [0, 1) (or NaN) is clamped into it.
 func (p Policy) Backoff(n int, u float64) time.Duration {
-	maxB, initial, mult := p.MaxBackoff, p.InitialBackoff, p.Multiplier
-	if maxB == 0 {
-		maxB = DefaultMaxBackoff
+	// The defaults one by one: p.withDefaults() would copy the whole Policy (twice the cost).
+	if p.MaxBackoff == 0 {
+		p.MaxBackoff = DefaultMaxBackoff
 	}
-	if initial == 0 {
-		initial = DefaultInitialBackoff
+	if p.InitialBackoff == 0 {
+		p.InitialBackoff = DefaultInitialBackoff
 	}
-	if mult == 0 {
-		mult = DefaultMultiplier
+	if p.Multiplier == 0 {
+		p.Multiplier = DefaultMultiplier
 	}
-	if maxB <= 0 {
+	if p.MaxBackoff < 0 { // invalid
 		return 0
 	}
-	fmax := float64(maxB)
-	d := float64(initial)
-	// Repeated multiplication, stopping at the cap (usually after a few steps): exact for
-	// the usual multipliers and cheaper than math.Pow. Past 32 steps math.Pow takes the rest
-	// (+Inf for a large n is clamped below).
-	for k := 0; k < 32 && n > 0 && d < fmax; k++ {
-		d *= mult
-		n--
-	}
-	if n > 0 && d < fmax {
-		d *= math.Pow(mult, float64(n))
-	}
-	if !(d >= 0) { // NaN or negative (invalid configs only)
+	fmax := float64(p.MaxBackoff)
+	d := float64(p.InitialBackoff) * math.Pow(p.Multiplier, float64(max(n, 0)))
+	if !(d >= 0) { // NaN or negative (invalid policies only)
 		d = 0
 	}
-	if d > fmax {
-		d = fmax
-	}
+	d = min(d, fmax)
 	if !(u >= 0) { // NaN or negative
 		u = 0
 	} else if u >= 1 {
@@ -222,8 +210,8 @@ func (p Policy) Backoff(n int, u float64) time.Duration {
 	default:
 		d *= u
 	}
-	if d >= fmax { // float64(maxB) may round up past math.MaxInt64: return the exact cap
-		return maxB
+	if d >= fmax { // float64(MaxBackoff) may round up past math.MaxInt64: return the exact cap
+		return p.MaxBackoff
 	}
 	if d <= 0 {
 		return 0

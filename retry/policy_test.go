@@ -128,6 +128,14 @@ func TestBackoffExtremes(t *testing.T) {
 	one := Policy{Jitter: NoJitter, Multiplier: 1, InitialBackoff: time.Second, MaxBackoff: time.Hour}
 	assert.Equal(t, time.Second, one.Backoff(math.MaxInt, 0))
 
+	// A multiplier close to 1 takes many retries to reach the cap: the formula holds at any n.
+	slow := Policy{Jitter: NoJitter, Multiplier: 1.01, InitialBackoff: time.Millisecond, MaxBackoff: time.Second}
+	for _, n := range []int{10, 40, 100, 500, 694} {
+		want := float64(time.Millisecond) * math.Pow(1.01, float64(n))
+		assert.InDelta(t, want, float64(slow.Backoff(n, 0)), want*1e-12+1, "n=%d", n)
+	}
+	assert.Equal(t, time.Second, slow.Backoff(695, 0), "1.01^695 > 1000")
+
 	tiny := Policy{Jitter: NoJitter, InitialBackoff: 1, MaxBackoff: 1}
 	assert.Equal(t, time.Duration(1), tiny.Backoff(0, 0))
 
