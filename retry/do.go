@@ -68,14 +68,9 @@ func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, class
 		return p.explain()
 	}
 	// The first attempt, without a Call: the common case stays cheap.
-	var err error
-	if p.AttemptTimeout > 0 {
-		actx, cancel := context.WithTimeout(ctx, p.AttemptTimeout)
-		err = op(actx)
-		cancel()
-	} else {
-		err = op(ctx)
-	}
+	actx, cancel := p.AttemptContext(ctx)
+	err := op(actx)
+	cancel()
 	if err == nil {
 		if len(opts) > 0 {
 			collect(opts).budget.Succeeded(false)
