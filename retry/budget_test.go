@@ -158,6 +158,25 @@ func TestBudgetSlotsExpire(t *testing.T) {
 	assert.True(t, b2.Allow(now.Add(-time.Hour-time.Nanosecond)))
 }
 
+// Two goroutines can both find a slot boundary passed and queue for the rotation lock; the one
+// with the older time comes second and must not move the epoch back (which would clear the
+// current slot again at the next rotation).
+func TestBudgetRotateNeverGoesBack(t *testing.T) {
+	now := t0.Add(5 * time.Second)
+	b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
+	b.origin = t0
+	b.NotRetryable()
+	assert.InDelta(t, 1.0, b.Snapshot().Balance, 1e-6, "deposited in slot 5")
+	b.mu.Lock()
+	b.rotate(3) // the late goroutine, with a time in slot 3
+	b.mu.Unlock()
+	assert.Equal(t, int64(5), b.epoch.Load())
+	now = t0.Add(5500 * time.Millisecond)
+	assert.InDelta(t, 1.0, b.Snapshot().Balance, 1e-6, "the deposit lives until 15s")
+	now = t0.Add(15 * time.Second)
+	assert.InDelta(t, 0.0, b.Snapshot().Balance, 1e-6)
+}
+
 func TestBudgetSucceededLazyFlush(t *testing.T) {
 	now := t0
 	b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
