@@ -93,9 +93,11 @@ func (m BudgetMode) String() string {
 
 // BudgetSnapshot is a point-in-time view of a Budget, for introspection.
 type BudgetSnapshot struct {
+	// Mode is RatioMode or TokenBucketMode.
 	Mode BudgetMode
 	// Balance is, in RatioMode, the number of retries the budget would allow now (reserve
-	// included); in TokenBucketMode, the current token count.
+	// included; it is negative while retries withdrawn against deposits that have since
+	// expired are still in the window); in TokenBucketMode, the current token count.
 	Balance float64
 	// Reserve is the standing RatioMode reserve in retries per Window (MinRetriesPerSecond ×
 	// Window seconds); 0 in TokenBucketMode.
@@ -103,8 +105,9 @@ type BudgetSnapshot struct {
 	// MaxTokens is the TokenBucketMode capacity; retries are allowed while Balance > MaxTokens/2.
 	// 0 in RatioMode.
 	MaxTokens float64
-	// Allowed and Refused count Allow's answers (and retries refused on the way to a Deadline
-	// verdict) over the budget's life.
+	// Allowed and Refused count Allow's answers over the budget's life. Refused also counts
+	// the retries Call.Next reports as BudgetExhausted without calling Allow (when the
+	// deadline rules the retry out as well).
 	Allowed, Refused uint64
 }
 
@@ -382,22 +385,20 @@ func (b *Budget) Snapshot() BudgetSnapshot {
 	if b == nil {
 		return BudgetSnapshot{}
 	}
-	s := BudgetSnapshot{Mode: b.mode}
+	s := BudgetSnapshot{Mode: b.mode, Refused: b.refused.Load()}
 	if b.mode == TokenBucketMode {
 		s.Balance = float64(b.tokens.Load()) / 1000
 		s.MaxTokens = float64(b.maxTokens) / 1000
-	} else {
-		b.sync(b.clock(), true)
-		s.Balance = float64(b.total.Load()) / float64(b.withdraw)
-		s.Reserve = float64(b.reserve) / float64(b.withdraw)
+		s.Allowed = b.allowed.Load()
+		return s
 	}
-	s.Allowed = b.allowed.Load()
-	if b.mode == RatioMode {
-		s.Allowed = b.retired.Load()
-		for i := range b.wslots {
-			s.Allowed += uint64(b.wslots[i].Load())
-		}
+	b.sync(b.clock(), true)
+	s.Balance = float64(b.total.Load()) / float64(b.withdraw)
+	s.Reserve = float64(b.reserve) / float64(b.withdraw)
+	// Ratio mode keeps no allowed counter of its own: Allow's withdrawals are counted per slot.
+	s.Allowed = b.retired.Load()
+	for i := range b.wslots {
+		s.Allowed += uint64(b.wslots[i].Load())
 	}
-	s.Refused = b.refused.Load()
 	return s
 }
