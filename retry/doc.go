@@ -20,7 +20,9 @@
 //
 // Policy.Backoff computes it in float64 and clamps, so it never overflows, never goes negative
 // and never exceeds MaxBackoff, for any n (fuzzed). Capping before jitter keeps full jitter
-// spread over [0, MaxBackoff) once the cap is reached instead of collapsing onto it.
+// spread over [0, MaxBackoff) once the cap is reached instead of collapsing onto it. The final
+// clamp of ProportionalJitter does collapse the upper half of its range onto MaxBackoff once the
+// cap is reached (gRFC A6 lets such a delay reach 1.2 × maxBackoff instead).
 //
 // # Decisions and stop reasons
 //
