@@ -719,3 +719,48 @@ func TestHotPathsReadNoClockAndAllocateNothing(t *testing.T) {
 	})
 	assert.Zero(t, allocs, "Do on success")
 }
+
+// TestHotPathsTakeNoMutex runs the closed admit+success path (63 successes,
+// short of the 64th, which stamps the window under the mutex), Done(Ignored)
+// and open rejections while the test holds the breaker's mutex: a hot path
+// that took it would block.
+func TestHotPathsTakeNoMutex(t *testing.T) {
+	b, err := New(Config{ConsecutiveFailures: 1})
+	require.NoError(t, err)
+	defer b.Reset() // stop the open timer
+	withMutexHeld := func(name string, f func()) {
+		t.Helper()
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		done := make(chan struct{})
+		go func() { defer close(done); f() }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second): // waited for only if the hot path blocks
+			t.Fatalf("%s blocked on the breaker's mutex", name)
+		}
+	}
+	var admitted, rejected int
+	withMutexHeld("closed Allow + Done(Success|Ignored)", func() {
+		for range 63 {
+			if p, err := b.Allow(); err == nil {
+				admitted++
+				p.Done(Success)
+				p.Done(Ignored)
+			}
+		}
+	})
+	assert.Equal(t, 63, admitted)
+	p, err := b.Allow()
+	require.NoError(t, err)
+	p.Done(Failure)
+	require.Equal(t, Open, b.State())
+	withMutexHeld("open rejection", func() {
+		for range 100 {
+			if _, err := b.Allow(); err != nil {
+				rejected++
+			}
+		}
+	})
+	assert.Equal(t, 100, rejected)
+}

@@ -1,6 +1,7 @@
 package retry
 
 import (
+	"context"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -356,4 +357,30 @@ func TestBudgetConcurrent(t *testing.T) {
 		assert.GreaterOrEqual(t, s.Balance, 0.0)
 		assert.LessOrEqual(t, s.Balance, 1000.0)
 	})
+}
+
+// TestBudgetDepositsTakeNoMutex: Succeeded and NotRetryable (and so Do's first-attempt success
+// with a budget) never wait for the rotation lock, even when their flush finds a slot rotation
+// due: they leave the rotation to the lock's holder.
+func TestBudgetDepositsTakeNoMutex(t *testing.T) {
+	now := t0
+	b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
+	now = t0.Add(5 * time.Second) // a rotation is due
+	b.mu.Lock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 40 {
+			b.Succeeded(false)
+			b.NotRetryable()
+		}
+		_ = Do(context.Background(), Policy{}, func(context.Context) error { return nil }, nil, WithBudget(b))
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second): // waited for only if a deposit blocks
+		t.Fatal("a deposit blocked on the rotation lock")
+	}
+	b.mu.Unlock()
+	assert.InDelta(t, 81.0, b.Snapshot().Balance, 1e-6, "every deposit counted")
 }
