@@ -85,12 +85,13 @@ func (c *Call) AttemptContext(ctx context.Context) (context.Context, context.Can
 // After; u from math/rand/v2) and min(d, MaxPushback) for After, which also resets n to 0.
 // Next charges the budget (Budget.Allow) only when it returns a delay: a retry that the
 // deadline rules out costs nothing, and is reported as BudgetExhausted only if the budget
-// would also have refused it. If Begin was never called, the failed attempt counts as the first.
+// would also have refused it. If Begin was never called, the failed attempt counts as the first;
+// a retry granted by an earlier Next that never began is given back to the budget.
 func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (time.Duration, *Error) {
 	if c.attempts < 1 {
 		c.attempts = 1
 	}
-	c.charged = false
+	c.release()
 	if d.Retryable() {
 		c.budget.Failed(now)
 	}
@@ -147,15 +148,20 @@ func (c *Call) Done(err error, retryable bool) {
 	if b == nil {
 		return
 	}
-	if c.charged {
-		c.charged = false
-		b.refund()
-	}
+	c.release()
 	switch {
 	case err == nil:
 		b.Succeeded(c.attempts > 1)
 	case !retryable:
 		b.NotRetryable()
+	}
+}
+
+// release gives back the withdrawal of a retry that Next granted and that never began.
+func (c *Call) release() {
+	if c.charged {
+		c.charged = false
+		c.budget.refund()
 	}
 }
 

@@ -222,6 +222,27 @@ func TestCallDoneInformsBudget(t *testing.T) {
 	c.Done(errors.New("x"), false)
 }
 
+// A retry that Next granted is given back if Next is called again before the retry began.
+func TestCallNextAgainBeforeBeginRefunds(t *testing.T) {
+	clock := t0
+	b, err := NewBudget(BudgetConfig{Ratio: 1, MinRetriesPerSecond: 0.2}) // reserve 2 retries
+	require.NoError(t, err)
+	b.origin, b.clock = clock, func() time.Time { return clock }
+	ctx := context.Background()
+	p := Policy{Jitter: NoJitter}
+	c := p.NewCall(b)
+	c.Begin()
+	_, stop := c.Next(ctx, errSentinel, Backoff, clock)
+	require.Nil(t, stop)
+	assert.InDelta(t, 1.0, b.Snapshot().Balance, 1e-9)
+	_, stop = c.Next(ctx, errSentinel, Backoff, clock)
+	require.Nil(t, stop)
+	assert.InDelta(t, 1.0, b.Snapshot().Balance, 1e-9, "one retry charged, not two")
+	c.Begin()
+	c.Done(nil, false)
+	assert.InDelta(t, 3.0, b.Snapshot().Balance, 1e-9, "a deposit and the refund of the retry that ran")
+}
+
 func TestCallTokenBucketFailedOnRetryableOnly(t *testing.T) {
 	b, err := NewTokenBucket(10, 0.1)
 	require.NoError(t, err)
