@@ -72,6 +72,7 @@ type policy struct {
 	key         string         // the policy map key
 	retry       retry.Policy   // as given (retry.Call applies the defaults)
 	maxAttempts int            // retry.MaxAttempts with its default applied
+	given       breaker.Config // Policy.Breaker as given, before the suite's hooks were wired in (Update compares it)
 	group       *breaker.Group // one breaker per key; Config.OnStateChange wired to the suite's hooks
 	retryable   codeSet
 	failure     codeSet
@@ -136,6 +137,7 @@ func resolvePolicy(key string, p Policy, onChange func(name string, from, to bre
 		key:         key,
 		retry:       p.Retry,
 		maxAttempts: p.Retry.MaxAttempts,
+		given:       p.Breaker,
 		group:       g,
 		retryable:   defaultRetryable,
 		failure:     defaultFailure,

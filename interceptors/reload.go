@@ -25,12 +25,10 @@ import (
 //     settings (Breaker, with defaults applied, and FailureCodes) keeps its
 //     breakers, open or closed, with their counts. A new key, or a key whose
 //     breaker settings changed, starts with fresh (closed) breakers. A method
-//     that moves to another key gets the breaker of that key. A policy whose
-//     Breaker.OnStateChange is set always gets fresh breakers (functions
-//     cannot be compared). (One case is not detected yet: on a suite with
-//     WithOnStateChange or WithLogger, a key whose previous policy had its
-//     own OnStateChange and whose new policy has none may keep the previous
-//     breakers, callback included.)
+//     that moves to another key gets the breaker of that key. A key whose old or
+//     new policy sets Breaker.OnStateChange always gets fresh breakers
+//     (functions cannot be compared, and kept breakers would keep calling
+//     the old callback).
 //   - Retry budgets are never reset: the budget settings (WithBudget,
 //     WithTokenBucket, WithoutBudget) are fixed at New, and each target's
 //     budget, with its deposits or tokens, outlives every Update. To change
@@ -46,7 +44,7 @@ func (s *Suite) Update(policies map[string]Policy) error {
 			return err
 		}
 		for key, p := range policies {
-			if prev := old.policy(key); prev != nil && s.sameBreaker(prev, p) {
+			if prev := old.policy(key); prev != nil && sameBreaker(prev, p) {
 				tab.policy(key).group = prev.group
 			}
 		}
@@ -68,19 +66,19 @@ func (t *table) policy(key string) *policy {
 	}
 }
 
-// sameBreaker reports whether p asks for the breaker settings prev has.
-func (s *Suite) sameBreaker(prev *policy, p Policy) bool {
-	if p.Breaker.OnStateChange != nil {
+// sameBreaker reports whether p asks for the breaker settings prev was
+// given. It compares prev.given, the settings as the user wrote them: the
+// group's Config has the suite's hooks wired into OnStateChange, so it
+// cannot tell whether the user set a callback.
+func sameBreaker(prev *policy, p Policy) bool {
+	if p.Breaker.OnStateChange != nil || prev.given.OnStateChange != nil {
 		return false
-	}
-	if s.o.onStateChange == nil && s.o.logger == nil && prev.group.Config().OnStateChange != nil {
-		return false // without suite hooks, a callback on the group is the previous policy's own
 	}
 	failure := defaultFailure
 	if p.FailureCodes != nil {
 		failure = setOf(p.FailureCodes...)
 	}
-	return failure == prev.failure && reflect.DeepEqual(breakerView(p.Breaker), breakerView(prev.group.Config()))
+	return failure == prev.failure && reflect.DeepEqual(breakerView(p.Breaker), breakerView(prev.given))
 }
 
 // Snapshot is a point-in-time view of a Suite, for dashboards and debugging:

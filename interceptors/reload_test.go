@@ -235,34 +235,52 @@ func TestUpdateRejectsInvalidPolicies(t *testing.T) {
 	assert.Empty(t, e.suite.Snapshot().Methods)
 }
 
-// TestUpdateWithCallbackRebuilds: a policy with its own OnStateChange always
-// gets fresh breakers (functions cannot be compared).
+// TestUpdateWithCallbackRebuilds: a key whose old or new policy has its own
+// OnStateChange always gets fresh breakers (functions cannot be compared),
+// whether or not the suite has state-change hooks of its own.
 func TestUpdateWithCallbackRebuilds(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var changes atomic.Int32
-		pol := interceptors.Policy{
-			Retry:   retry.Policy{MaxAttempts: 1},
-			Breaker: breaker.Config{ConsecutiveFailures: 1, OnStateChange: func(string, breaker.State, breaker.State) { changes.Add(1) }},
-		}
-		e := newRLEnv(t, map[string]interceptors.Policy{rlSvc: pol})
-		ctx := t.Context()
-		require.Error(t, e.unary(ctx, rlDown()))
-		rlCircuitOpen(t, e.unary(ctx, nil))
-		require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: pol}))
-		require.NoError(t, e.unary(ctx, nil))
-		assert.Equal(t, int32(1), changes.Load())
+	for _, tc := range []struct {
+		name string
+		opts []interceptors.Option
+	}{
+		{"suite without hooks", nil},
+		{"suite with hooks", []interceptors.Option{interceptors.WithOnStateChange(func(string, breaker.State, breaker.State) {})}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var changes atomic.Int32
+				pol := interceptors.Policy{
+					Retry:   retry.Policy{MaxAttempts: 1},
+					Breaker: breaker.Config{ConsecutiveFailures: 1, OnStateChange: func(string, breaker.State, breaker.State) { changes.Add(1) }},
+				}
+				e := newRLEnv(t, map[string]interceptors.Policy{rlSvc: pol}, tc.opts...)
+				ctx := t.Context()
+				require.Error(t, e.unary(ctx, rlDown()))
+				rlCircuitOpen(t, e.unary(ctx, nil))
+				require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: pol}))
+				require.NoError(t, e.unary(ctx, nil), "a policy with a callback gets a fresh breaker")
+				assert.Equal(t, int32(1), changes.Load())
 
-		// Dropping the callback also rebuilds (on a suite without hooks of its
-		// own, the callback on the old breakers is the old policy's).
-		require.Error(t, e.unary(ctx, rlDown()))
-		rlCircuitOpen(t, e.unary(ctx, nil))
-		assert.Equal(t, int32(2), changes.Load())
-		quiet := pol
-		quiet.Breaker.OnStateChange = nil
-		require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: quiet}))
-		require.NoError(t, e.unary(ctx, nil))
-		assert.Equal(t, int32(2), changes.Load())
-	})
+				// Dropping the callback also rebuilds: a kept breaker would
+				// still be open and would keep calling the old callback.
+				require.Error(t, e.unary(ctx, rlDown()))
+				rlCircuitOpen(t, e.unary(ctx, nil))
+				assert.Equal(t, int32(2), changes.Load())
+				quiet := pol
+				quiet.Breaker.OnStateChange = nil
+				require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: quiet}))
+				require.NoError(t, e.unary(ctx, nil), "the old policy had a callback: a fresh breaker")
+				assert.Equal(t, int32(2), changes.Load())
+
+				// Neither has one: the breaker is kept.
+				require.Error(t, e.unary(ctx, rlDown()))
+				rlCircuitOpen(t, e.unary(ctx, nil))
+				require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: quiet}))
+				rlCircuitOpen(t, e.unary(ctx, nil))
+				assert.Equal(t, int32(2), changes.Load())
+			})
+		})
+	}
 }
 
 // TestUpdateMovedMethod: a method that moves from its service's key to its
