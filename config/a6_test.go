@@ -332,14 +332,17 @@ func TestA6MostSpecificNameWins(t *testing.T) {
 }
 
 // TestA6Throttling: retryThrottling stops retries where A6's token bucket
-// does, across calls, and refills with successful calls.
+// does, across calls, and refills with successful calls. The retryPolicy is
+// written as grpc-go's own retry tests write it (test/retry_test.go), with
+// upper-case field names, which grpc-go's encoding/json accepts.
 func TestA6Throttling(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := load(t, `{
 		  "methodConfig": [{
 		    "name": [{}],
-		    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.01s", "maxBackoff": "0.01s",
-		      "backoffMultiplier": 1, "retryableStatusCodes": ["UNAVAILABLE"]}
+		    "waitForReady": true,
+		    "retryPolicy": {"MaxAttempts": 5, "InitialBackoff": ".01s", "MaxBackoff": ".01s",
+		      "BackoffMultiplier": 1.0, "RetryableStatusCodes": [ "UNAVAILABLE" ]}
 		  }],
 		  "retryThrottling": {"maxTokens": 6, "tokenRatio": 0.5}
 		}`)

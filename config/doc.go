@@ -41,32 +41,39 @@
 //
 // # What grpc-go accepts, and what this package checks
 //
-// A grpc-go service config loads as it is: status codes are upper-case
+// A grpc-go service config loads as it is: field names are matched as
+// grpc-go's encoding/json matches them, ignoring case ("MaxAttempts" is
+// maxAttempts, as in grpc-go's own examples), status codes are upper-case
 // names as grpc spells them ("UNAVAILABLE", "CANCELLED") or numbers (14),
-// durations are strings of seconds ("0.1s", "2.5s"), and the grpc fields
-// this library does not act on are accepted and listed in Config.Ignored:
-// loadBalancingPolicy, loadBalancingConfig, healthCheckConfig,
-// connectionScaling, and in a methodConfig waitForReady, timeout,
-// maxRequestMessageBytes, maxResponseMessageBytes and hedgingPolicy. Any
-// other unknown field is an error (with a "did you mean" for near misses).
+// durations are strings of seconds ("0.1s", "2.5s", ".5s"), and the grpc
+// fields this library does not act on are accepted and listed in
+// Config.Ignored: loadBalancingPolicy, loadBalancingConfig,
+// healthCheckConfig, connectionScaling, and in a methodConfig waitForReady,
+// timeout, maxRequestMessageBytes, maxResponseMessageBytes and
+// hedgingPolicy. Any other unknown field is an error (with a "did you mean"
+// for near misses), including the snake_case proto names such as
+// "max_attempts", which grpc-go would ignore.
 //
 // Validation mirrors grpc-go's, which rejects the whole document on a bad
 // retryPolicy: maxAttempts at least 2, initialBackoff and maxBackoff present
 // and positive, backoffMultiplier positive, retryableStatusCodes not empty;
-// retryThrottling.maxTokens in (0, 1000] and tokenRatio positive. It is
-// stricter in a few places, each reported as an error, never silently
-// adjusted:
+// retryThrottling.maxTokens in (0, 1000] and tokenRatio positive; numbers
+// are JSON numbers, integers written as integers, codes never numeric
+// strings such as "14". It is stricter in a few places, each reported as an
+// error, never silently adjusted:
 //
 //   - backoffMultiplier must be at least 1 (grpc accepts (0, 1), which
 //     shrinks the delays) and maxBackoff at least initialBackoff;
-//   - OK may not be listed as a status code; codes must be JSON numbers or
-//     names, never numeric strings such as "14";
-//   - numbers must be JSON numbers, integers must be written as integers;
+//   - OK may not be listed as a status code;
 //   - tokenRatio must be at least 0.001 (A6 keeps three decimals);
-//   - field names are matched exactly (lowerCamelCase, or the snake_case
-//     proto names), where grpc-go's encoding/json ignores case;
-//   - a methodConfig without names is still checked (grpc skips it);
-//   - duplicate JSON or YAML keys are errors.
+//   - maxAttempts must fit in 32 bits, and durations in time.Duration
+//     (about 292 years), where grpc-go clamps larger values;
+//   - service and method names may not contain "/", "*" or white space
+//     (grpc would build a name no call ever has);
+//   - a methodConfig without names is still checked (grpc skips it), and
+//     null is not accepted as a methodConfig or a name;
+//   - a field written twice, even in two spellings ("maxAttempts" and
+//     "MaxAttempts"), is an error, where grpc-go keeps the last.
 //
 // Every problem is reported with its path, all of them at once (up to 20),
 // in an *Error whose problems are *FieldError values:

@@ -46,6 +46,10 @@ func TestDocumentsAreGRPCServiceConfigs(t *testing.T) {
 		retryDoc(validRetry + `, "jitter": "full", "perAttemptTimeout": "1s", "minAttemptTime": "0.01s", "maxPushback": "3s"`),
 		breakerDoc(`"mode": "metrics-only", "consecutiveFailures": 0, "failureStatusCodes": ["INTERNAL", 14]`),
 		`{"retryBudget": {"ratio": 0.5, "window": "1s"}}`,
+		// As grpc-go's own tests write it: field names in another case.
+		`{"methodConfig": [{"name": [{"service": "grpc.testing.TestService"}], "waitForReady": true,
+		  "retryPolicy": {"MaxAttempts": 4, "InitialBackoff": ".01s", "MaxBackoff": ".01s", "BackoffMultiplier": 1.0,
+		    "RetryableStatusCodes": [ "UNAVAILABLE" ]}}], "RetryThrottling": {"maxTokens": 10, "TOKENRATIO": 0.5}}`,
 	}
 	for _, s := range fuzzSeeds {
 		if _, err := LoadJSON([]byte(s)); err == nil {
@@ -84,6 +88,7 @@ func TestGRPCRejectsWhatWeRejectAsGRPCDoes(t *testing.T) {
 		`{"methodConfig": [], "retryThrottling": {"maxTokens": 1001, "tokenRatio": 0.1}}`,
 		`{"methodConfig": [], "retryThrottling": {"maxTokens": 10, "tokenRatio": 0}}`,
 		`{"methodConfig": [{"name": [{}], "timeout": "1"}]}`,
+		retryDoc(strings.ReplaceAll(validRetry, `"maxAttempts"`, `"max_attempts"`)), // grpc-go: an unknown field, so no maxAttempts
 		`{"methodConfig" [}`,
 	} {
 		_, err := LoadJSON([]byte(doc))

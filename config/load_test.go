@@ -66,7 +66,9 @@ func TestLoadInvalid(t *testing.T) {
 		{"top is a string", `"x"`, []string{"the document must be an object, got a string"}},
 		{"unknown top field", `{"methodConfigs": []}`, []string{`methodConfigs: unknown field (did you mean "methodConfig"?)`}},
 		{"unknown field far away", `{"oops": 1}`, []string{"oops: unknown field"}},
-		{"wrong case", `{"MethodConfig": []}`, []string{`MethodConfig: unknown field (did you mean "methodConfig"?)`}},
+		{"snake_case proto name", `{"method_config": []}`, []string{`method_config: unknown field (did you mean "methodConfig"?)`}},
+		{"snake_case in retryPolicy", retryDoc(strings.Replace(validRetry, `"maxAttempts"`, `"max_attempts"`, 1)), []string{
+			`methodConfig[0].retryPolicy.max_attempts: unknown field (did you mean "maxAttempts"?)`}},
 		{"typo in retryPolicy", retryDoc(`"maxAttemps": 3`), []string{`methodConfig[0].retryPolicy.maxAttemps: unknown field (did you mean "maxAttempts"?)`}},
 		{"methodConfig not a list", `{"methodConfig": {}}`, []string{"methodConfig: must be a list, got an object"}},
 		{"name not a list", `{"methodConfig": [{"name": {"service": "a"}}]}`, []string{"methodConfig[0].name: must be a list, got an object"}},
@@ -125,7 +127,7 @@ func TestLoadInvalid(t *testing.T) {
 			"methodConfig[0].retryPolicy.retryableStatusCodes[1]: status code numbers are integers from 1 to 16, got 1.4e1",
 		}},
 		{"negative code", breakerDoc(`"failureStatusCodes": [-1]`), []string{"methodConfig[0].circuitBreaker.failureStatusCodes[0]: status code numbers are integers from 1 to 16, got -1"}},
-		{"field under both names", retryDoc(validRetry + `, "max_attempts": 4`), []string{`methodConfig[0].retryPolicy.max_attempts: duplicate field (also written as "maxAttempts")`}},
+		{"field in two cases", retryDoc(validRetry + `, "MaxAttempts": 4`), []string{`methodConfig[0].retryPolicy.MaxAttempts: duplicate field (also written as "maxAttempts")`}},
 		{"code as numeric string", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `["14"]`, 1)), []string{`methodConfig[0].retryPolicy.retryableStatusCodes[0]: unknown status code "14"`}},
 		{"code OK", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `["OK"]`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: OK is not a failure"}},
 		{"code null", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `[null]`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: must be a status code name"}},
@@ -368,11 +370,11 @@ func TestLoadBudgets(t *testing.T) {
 	}
 }
 
-// TestLoadNames: how grpc names become policy keys; snake_case proto names
-// and null are accepted as protojson accepts them.
+// TestLoadNames: how grpc names become policy keys; field names in any
+// case and null are accepted as grpc-go accepts them.
 func TestLoadNames(t *testing.T) {
-	c, err := LoadJSON([]byte(`{"method_config": [
-	  {"name": [{"service": "p.S", "method": "M"}, {"service": "p.S", "method": ""}, {"service": "q.T", "method": null}, {"service": null}]},
+	c, err := LoadJSON([]byte(`{"MethodConfig": [
+	  {"NAME": [{"service": "p.S", "Method": "M"}, {"Service": "p.S", "method": ""}, {"service": "q.T", "method": null}, {"service": null}]},
 	  {"name": []}
 	]}`))
 	require.NoError(t, err)

@@ -15,8 +15,10 @@ import (
 // checkShape walks the generic tree against the schema and reports, with
 // paths, what protojson would reject with a line number only: unknown
 // fields, values of the wrong kind, integers out of range, malformed
-// durations. It is stricter than protojson where grpc-go is: numbers must be
-// JSON numbers (not strings) and integers must be written as integers.
+// durations. It reads names as grpc-go does (fieldByName) and rewrites each
+// key to its JSON name for protojson. It is stricter than protojson where
+// grpc-go is: numbers must be JSON numbers (not strings) and integers must
+// be written as integers.
 func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *problems) {
 	switch md.FullName() {
 	case "google.protobuf.Value":
@@ -48,10 +50,7 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *proble
 	seen := map[protoreflect.FieldNumber]string{}
 	for i, key := range obj.keys {
 		child := join(path, key)
-		fd := fields.ByJSONName(key)
-		if fd == nil {
-			fd = fields.ByTextName(key)
-		}
+		fd := fieldByName(fields, key)
 		if fd == nil {
 			p.add(child, "unknown field"+suggest(key, fields))
 			continue
@@ -61,6 +60,7 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *proble
 			continue
 		}
 		seen[fd.Number()] = key
+		obj.keys[i] = fd.JSONName() // the name protojson reads
 		if statusCodeFields[fd.Name()] {
 			checkCodes(obj.vals[i], child, p)
 		}
@@ -85,6 +85,24 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *proble
 		}
 		checkField(val, fd, child, p)
 	}
+}
+
+// fieldByName finds the field a document's key names as grpc-go's
+// encoding/json does: the lowerCamelCase JSON name, ignoring case
+// ("MaxAttempts" is maxAttempts, as in grpc-go's own tests). The snake_case
+// proto names, which protojson would also accept, are unknown: grpc-go
+// would ignore such a field, so the document would mean something else to
+// it.
+func fieldByName(fields protoreflect.FieldDescriptors, key string) protoreflect.FieldDescriptor {
+	if fd := fields.ByJSONName(key); fd != nil {
+		return fd
+	}
+	for i := range fields.Len() {
+		if fd := fields.Get(i); strings.EqualFold(fd.JSONName(), key) {
+			return fd
+		}
+	}
+	return nil
 }
 
 // statusCodeFields are the lists of status codes, names or numbers.

@@ -8,9 +8,10 @@
 // gRPC service config (the JSON of gRFC A2/A6 that grpc-go reads) plus the
 // circuit breaker, retry budget and retry refinements of this library.
 //
-// The document is read as JSON (protojson) or YAML. Field names are the
-// lowerCamelCase JSON names used below (methodConfig, retryPolicy,
-// maxAttempts, ...); protojson also accepts the snake_case proto names.
+// The document is read as JSON or YAML. Field names are the
+// lowerCamelCase JSON names of the fields below (methodConfig, retryPolicy,
+// maxAttempts, ...), matched ignoring case as grpc-go matches them; the
+// snake_case proto names are not accepted (grpc-go would ignore them).
 // A grpc-go service config parses as it is: status codes may be names
 // ("UNAVAILABLE") or numbers (14), durations are strings such as "0.1s".
 // The grpc fields this library does not act on (load balancing, health
