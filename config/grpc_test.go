@@ -88,6 +88,9 @@ func TestGRPCRejectsWhatWeRejectAsGRPCDoes(t *testing.T) {
 		`{"methodConfig": [], "retryThrottling": {"maxTokens": 1001, "tokenRatio": 0.1}}`,
 		`{"methodConfig": [], "retryThrottling": {"maxTokens": 10, "tokenRatio": 0}}`,
 		`{"methodConfig": [{"name": [{}], "timeout": "1"}]}`,
+		`{"methodConfig": [{"name": [{}], "timeout": "+.5s"}]}`,
+		`{"methodConfig": [{"name": [{}], "timeout": ".s"}]}`,
+		`{"methodConfig": [{"name": [{}], "timeout": "1.0000000001s"}]}`,
 		retryDoc(strings.ReplaceAll(validRetry, `"maxAttempts"`, `"max_attempts"`)), // grpc-go: an unknown field, so no maxAttempts
 		`{"methodConfig" [}`,
 	} {

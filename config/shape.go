@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -184,18 +185,26 @@ func checkInt(v any, path string, lo, hi int64, p *problems) {
 	}
 }
 
-// checkDuration accepts what both protojson and grpc-go accept: a string
-// holding a decimal number of seconds with an "s" suffix ("0.1s", "1.5s",
-// "30s"), at most nine fractional digits.
+// durationSyntax is what both grpc-go and protojson read as a duration: a
+// decimal number of seconds with an "s" suffix and at most nine fractional
+// digits ("0.1s", "1.5s", "30s", ".5s", "1.s", "-1s"). protojson alone also
+// takes "+.5s" and ".s", grpc-go alone "01s".
+var durationSyntax = regexp.MustCompile(`^([-+]?(0|[1-9][0-9]*)(\.[0-9]{0,9})?|-?\.[0-9]{1,9})s$`)
+
+// checkDuration accepts what both protojson and grpc-go accept.
 func checkDuration(v any, path string, p *problems) {
 	s, ok := v.(string)
 	if !ok {
 		p.addf(path, `must be a duration string such as "0.1s", got %s`, kindOf(v))
 		return
 	}
+	if !durationSyntax.MatchString(s) {
+		p.addf(path, `invalid duration %q: want seconds with an "s" suffix, such as "0.1s" or "2s"`, s)
+		return
+	}
 	b, _ := json.Marshal(s)
 	if err := protojson.Unmarshal(b, &durationpb.Duration{}); err != nil {
-		p.addf(path, `invalid duration %q: want seconds with an "s" suffix, such as "0.1s" or "2s"`, s)
+		p.addf(path, "duration %s is out of range", s)
 	}
 }
 
