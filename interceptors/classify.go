@@ -96,12 +96,14 @@ func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 //     an attempt timeout or the server); otherwise Stop;
 //  3. grpc-retry-pushback-ms as gRFC A6: one value >= 0 means
 //     retry.After(that many ms); a negative or unparsable value, or more
-//     than one value, means Stop;
+//     than one value, means Stop, and counts as a failed attempt for the
+//     budget (Budget.Failed: the A6 token bucket's -1, as grpc-go);
 //  4. else a google.rpc.RetryInfo detail means retry.After(its delay);
 //  5. else retry.Backoff.
 //
 // retry.After is capped by Retry.MaxPushback (and by the deadline) in
-// retry.Call.Next.
+// retry.Call.Next. Call decide once per failed attempt, as its answer goes
+// to Next: rule 3 reports to the budget.
 func (e *entry) decide(ctx context.Context, err error, committed bool, trailer metadata.MD) retry.Decision {
 	if committed || ctx.Err() != nil {
 		return retry.Stop
@@ -116,11 +118,13 @@ func (e *entry) decide(ctx context.Context, err error, committed bool, trailer m
 		return retry.Stop
 	}
 	if vals := trailer[pushbackKey]; len(vals) > 0 {
-		if len(vals) != 1 {
-			return retry.Stop
-		}
-		ms, perr := strconv.Atoi(vals[0])
-		if perr != nil || ms < 0 {
+		ms, ok := pushback(vals)
+		if !ok {
+			// gRFC A6 (grpc-go's throttle()): the server's "do not retry"
+			// still counts as a failed attempt for the token bucket. Next
+			// reports only retryable decisions to the budget, so report
+			// this one here.
+			e.budget.Failed(time.Now())
 			return retry.Stop
 		}
 		return retry.After(msDuration(ms))
@@ -132,6 +136,18 @@ func (e *entry) decide(ctx context.Context, err error, committed bool, trailer m
 		return retry.Stop
 	}
 	return retry.Backoff
+}
+
+// pushback parses the values of grpc-retry-pushback-ms as gRFC A6 and
+// grpc-go do: exactly one value, a non-negative integer (strconv.Atoi), is a
+// delay in milliseconds; a negative or unparsable value, or several values,
+// mean "do not retry" (ok false).
+func pushback(vals []string) (ms int, ok bool) {
+	if len(vals) != 1 {
+		return 0, false
+	}
+	ms, err := strconv.Atoi(vals[0])
+	return ms, err == nil && ms >= 0
 }
 
 // msDuration converts milliseconds to a Duration, saturating.

@@ -161,6 +161,41 @@ func TestPushback(t *testing.T) {
 	}
 }
 
+// TestPushbackThatStopsChargesTheTokenBucket: with the gRFC A6 token bucket,
+// a pushback that says "do not retry" counts as a failed attempt (grpc-go
+// throttles before giving up), like any retryable failure; a committed
+// attempt or a non-retryable code costs nothing.
+func TestPushbackThatStopsChargesTheTokenBucket(t *testing.T) {
+	tests := []struct {
+		name     string
+		code     codes.Code
+		pushback []string
+		header   bool
+		want     float64 // tokens after the call (10 at first)
+	}{
+		{"negative", codes.Unavailable, []string{"-1"}, false, 9},
+		{"garbage", codes.Unavailable, []string{"soon"}, false, 9},
+		{"two values", codes.Unavailable, []string{"10", "20"}, false, 9},
+		{"resource exhausted", codes.ResourceExhausted, []string{"-1"}, false, 9},
+		{"valid: one failure, then a success", codes.Unavailable, []string{"0"}, false, 9.1},
+		{"not retryable", codes.InvalidArgument, []string{"-1"}, false, 10},
+		{"committed", codes.Unavailable, []string{"-1"}, true, 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				e := newEnv(t, map[string]interceptors.Policy{"*": {}}, withOptions(interceptors.WithTokenBucket(10, 0.1)))
+				f := failFirst("k", 1, tt.code)
+				f.Pushback, f.SendHeader = tt.pushback, tt.header
+				_, _ = e.unary(t.Context(), f)
+				b := e.suite.Snapshot().Budget
+				require.Len(t, b.Targets, 1)
+				assert.InDelta(t, tt.want, b.Targets[0].Balance, 1e-9)
+			})
+		})
+	}
+}
+
 func TestPushbackResetsTheExponent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var ev events
