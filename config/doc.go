@@ -113,8 +113,12 @@
 //
 // A YAML document (one per stream, YAML 1.2 core schema) has the fields of
 // the JSON form. Durations and code names need no quotes ("initialBackoff:
-// 0.1s"); anchors and aliases work (expanded within a bound); merge keys
-// (<<), custom tags, non-string keys and non-finite numbers are errors.
+// 0.1s"); "yes" and "on" are strings, as in YAML 1.2; anchors and aliases
+// work (expanded within a bound). Numbers are decimal ("10", "0.5", ".5",
+// "1e3") and are checked as the same JSON number (3.0 is not an integer);
+// the forms yaml.v3 reads as YAML 1.1 does (010 as octal, 0b10, 1_000) are
+// errors, and so are 0x10 and 0o10, merge keys (<<), custom tags, non-string
+// keys and non-finite numbers.
 //
 // # Hot reload
 //

@@ -6,8 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
+	"regexp"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
@@ -257,6 +258,9 @@ func scalarYAML(n *yaml.Node, path string) (any, error) {
 	case "!!null":
 		return nil, nil
 	case "!!str", "!!timestamp":
+		if num, ok := yamlNumber(n.Value); ok && n.Style == 0 {
+			return num, nil // a plain number too large for yaml.v3, such as 1e400
+		}
 		return n.Value, nil
 	case "!!bool":
 		var b bool
@@ -264,28 +268,50 @@ func scalarYAML(n *yaml.Node, path string) (any, error) {
 			return nil, bad("invalid boolean %q", n.Value)
 		}
 		return b, nil
-	case "!!int":
-		var i int64
-		if err := n.Decode(&i); err == nil {
-			return json.Number(strconv.FormatInt(i, 10)), nil
+	case "!!int", "!!float":
+		if num, ok := yamlNumber(n.Value); ok {
+			return num, nil
 		}
-		var u uint64
-		if err := n.Decode(&u); err == nil {
-			return json.Number(strconv.FormatUint(u, 10)), nil
-		}
-		return nil, bad("integer %s is out of range", n.Value)
-	case "!!float":
-		var f float64
-		if err := n.Decode(&f); err != nil {
-			return nil, bad("invalid number %q", n.Value)
-		}
-		if math.IsNaN(f) || math.IsInf(f, 0) {
-			return nil, bad("must be a finite number, got %s", n.Value)
-		}
-		return json.Number(strconv.FormatFloat(f, 'g', -1, 64)), nil
+		return nil, bad("must be a finite decimal number such as 10 or 0.5, got %s", n.Value)
 	default:
 		return nil, bad("unsupported YAML tag %s", tag)
 	}
+}
+
+// yamlDecimal is a decimal number of the YAML 1.2 core schema.
+var yamlDecimal = regexp.MustCompile(`^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`)
+
+// yamlNumber rewrites a decimal YAML number in JSON syntax, keeping its form
+// ("3.0" stays a fraction, as in JSON; "+1" is "1", ".5" is "0.5"), so that
+// YAML and JSON documents get the same checks. It refuses what yaml.v3 reads
+// as a number outside the YAML 1.2 core schema, or differently from it: a
+// leading zero ("010", octal in YAML 1.1), 0b10, 1_000, and also 0x10 and
+// 0o10.
+func yamlNumber(s string) (json.Number, bool) {
+	if !yamlDecimal.MatchString(s) {
+		return "", false
+	}
+	sign := ""
+	switch s[0] {
+	case '-':
+		sign, s = "-", s[1:]
+	case '+':
+		s = s[1:]
+	}
+	mant, exp := s, ""
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		mant, exp = s[:i], s[i:]
+	}
+	if len(mant) > 1 && mant[0] == '0' && mant[1] != '.' {
+		return "", false // 010
+	}
+	if mant[0] == '.' {
+		mant = "0" + mant
+	}
+	if mant[len(mant)-1] == '.' {
+		mant += "0"
+	}
+	return json.Number(sign + mant + exp), true
 }
 
 func describeYAML(n *yaml.Node) string {

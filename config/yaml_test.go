@@ -87,12 +87,24 @@ func TestYAMLInvalid(t *testing.T) {
 		{"merge key", "base: &b {maxAttempts: 3}\nmethodConfig:\n  - retryPolicy:\n      <<: *b\n", []string{"methodConfig[0].retryPolicy: line 4: YAML merge keys (<<) are not supported"}},
 		{"integer key", "methodConfig:\n  - 1: x\n", []string{"methodConfig[0]: line 2: mapping keys must be strings, got !!int \"1\""}},
 		{"list key", "? [a]\n: 1\n", []string{"line 1: mapping keys must be strings, got a sequence"}},
-		{"infinity", "methodConfig:\n  - retryPolicy:\n      backoffMultiplier: .inf\n", []string{"methodConfig[0].retryPolicy.backoffMultiplier: line 3: must be a finite number, got .inf"}},
-		{"nan", "retryBudget:\n  ratio: .nan\n", []string{"retryBudget.ratio: line 2: must be a finite number, got .nan"}},
+		{"infinity", "methodConfig:\n  - retryPolicy:\n      backoffMultiplier: .inf\n", []string{"methodConfig[0].retryPolicy.backoffMultiplier: line 3: must be a finite decimal number such as 10 or 0.5, got .inf"}},
+		{"nan", "retryBudget:\n  ratio: .nan\n", []string{"retryBudget.ratio: line 2: must be a finite decimal number such as 10 or 0.5, got .nan"}},
 		{"custom tag", "retryBudget: !custom {}\n", []string{"retryBudget: line 1: unsupported YAML tag !custom"}},
 		{"custom sequence tag", "loadBalancingConfig: !list []\n", []string{"loadBalancingConfig: line 1: unsupported YAML tag !list"}},
 		{"binary", "loadBalancingPolicy: !!binary aGVsbG8=\n", []string{"loadBalancingPolicy: line 1: unsupported YAML tag !!binary"}},
-		{"huge int", "methodConfig:\n  - retryPolicy:\n      maxAttempts: 99999999999999999999999\n", []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got 1e+23"}},
+		{"huge int", "methodConfig:\n  - retryPolicy:\n      maxAttempts: 99999999999999999999999\n", []string{"methodConfig[0].retryPolicy.maxAttempts: integer 99999999999999999999999 is out of range"}},
+		{"huge float", "retryThrottling: {maxTokens: 1e400, tokenRatio: 0.1}\n", []string{"retryThrottling.maxTokens: number 1e400 is out of range"}},
+		{"leading zero", "retryThrottling: {maxTokens: 010, tokenRatio: 0.1}\n", []string{"retryThrottling.maxTokens: line 1: must be a finite decimal number such as 10 or 0.5, got 010"}},
+		{"hexadecimal", "retryThrottling: {maxTokens: 0x10, tokenRatio: 0.1}\n", []string{"retryThrottling.maxTokens: line 1: must be a finite decimal number such as 10 or 0.5, got 0x10"}},
+		{"binary", "retryThrottling: {maxTokens: 0b10, tokenRatio: 0.1}\n", []string{"retryThrottling.maxTokens: line 1: must be a finite decimal number such as 10 or 0.5, got 0b10"}},
+		{"underscores", "retryThrottling: {maxTokens: 10, tokenRatio: 1_0.5}\n", []string{"retryThrottling.tokenRatio: line 1: must be a finite decimal number such as 10 or 0.5, got 1_0.5"}},
+		{"code with a leading zero", "methodConfig:\n  - name: [{service: a.B}]\n    retryPolicy: {maxAttempts: 2, initialBackoff: 1s, maxBackoff: 1s, backoffMultiplier: 1, retryableStatusCodes: [014]}\n",
+			[]string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: line 3: must be a finite decimal number such as 10 or 0.5, got 014"}},
+		{"code written as a float", "methodConfig:\n  - name: [{service: a.B}]\n    retryPolicy: {maxAttempts: 2, initialBackoff: 1s, maxBackoff: 1s, backoffMultiplier: 1, retryableStatusCodes: [14.0]}\n",
+			[]string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: status code numbers are integers from 1 to 16, got 14.0"}},
+		{"integer written as a float", "methodConfig:\n  - retryPolicy:\n      maxAttempts: 3.0\n", []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got 3.0"}},
+		{"yes is a string", "methodConfig:\n  - waitForReady: yes\n", []string{"methodConfig[0].waitForReady: must be true or false, got a string"}},
+		{"tagged string", "methodConfig:\n  - retryPolicy:\n      maxAttempts: !!str 3\n", []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got a string"}},
 		{"unquoted number code", "methodConfig:\n  - name: [{service: a.B}]\n    retryPolicy: {maxAttempts: 2, initialBackoff: 1s, maxBackoff: 1s, backoffMultiplier: 1, retryableStatusCodes: [unavailable]}\n",
 			[]string{`methodConfig[0].retryPolicy.retryableStatusCodes[0]: unknown status code "unavailable" (names are upper case`}},
 		{"duration as YAML number", "retryBudget:\n  window: 10\n", []string{`retryBudget.window: must be a duration string such as "0.1s", got a number`}},
@@ -135,4 +147,14 @@ func TestYAMLAliasKey(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, c.Policies, "/a.B/*")
 	assert.Contains(t, c.Policies, "/a.B/M")
+}
+
+// TestYAMLNumbers: the decimal numbers of YAML 1.2 load as their JSON form.
+func TestYAMLNumbers(t *testing.T) {
+	c, err := LoadYAML([]byte("retryThrottling: {maxTokens: +1.e2, tokenRatio: .5}\n" +
+		"methodConfig:\n  - name: [{service: a.B}]\n    circuitBreaker: {consecutiveFailures: +3, failureRate: 5E-1}\n"))
+	require.NoError(t, err)
+	assert.Equal(t, Budget{Mode: TokenBucket, MaxTokens: 100, TokenRatio: 0.5}, c.Budget)
+	assert.Equal(t, 3, c.Policies["/a.B/*"].Breaker.ConsecutiveFailures)
+	assert.Equal(t, 0.5, c.Policies["/a.B/*"].Breaker.FailureRate)
 }
