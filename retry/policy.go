@@ -170,16 +170,7 @@ func fieldError(field, format string, args ...any) error {
 // overflows (Multiplier^n may be +Inf). The result is never negative and never above MaxBackoff.
 // A negative n counts as 0; u outside [0, 1) (or NaN) is clamped into it.
 func (p Policy) Backoff(n int, u float64) time.Duration {
-	// The defaults one by one: p.withDefaults() would copy the whole Policy (twice the cost).
-	if p.MaxBackoff == 0 {
-		p.MaxBackoff = DefaultMaxBackoff
-	}
-	if p.InitialBackoff == 0 {
-		p.InitialBackoff = DefaultInitialBackoff
-	}
-	if p.Multiplier == 0 {
-		p.Multiplier = DefaultMultiplier
-	}
+	p = p.withDefaults()
 	if p.MaxBackoff < 0 { // invalid
 		return 0
 	}
@@ -198,9 +189,6 @@ func (p Policy) Backoff(n int, u float64) time.Duration {
 	case NoJitter:
 	case ProportionalJitter:
 		f := p.JitterFactor
-		if f == 0 {
-			f = DefaultJitterFactor
-		}
 		if !(f >= 0) {
 			f = 0
 		} else if f > 1 {
