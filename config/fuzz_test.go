@@ -31,8 +31,8 @@ var fuzzSeeds = []string{
 // FuzzLoad: any input, read as JSON and as YAML, gives either an *Error with
 // at least one problem, each with a path or a document-level message, or a
 // Config that interceptors.New accepts and, for JSON, that grpc-go accepts
-// as a service config (unless it holds loadBalancingConfig or
-// healthCheckConfig, which Load ignores without checking). Never a panic.
+// as a service config (unless it holds loadBalancingConfig, which Load
+// ignores without checking). Never a panic.
 func FuzzLoad(f *testing.F) {
 	for _, s := range fuzzSeeds {
 		f.Add([]byte(s))

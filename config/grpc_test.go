@@ -27,10 +27,10 @@ func grpcParse(doc string) error {
 }
 
 // grpcChecked reports whether grpc-go's verdict on a document Load accepted
-// must be "valid": Load does not look into loadBalancingConfig and
-// healthCheckConfig (it ignores them), which grpc-go parses.
+// must be "valid": Load does not look into loadBalancingConfig (it ignores
+// it), which grpc-go parses against its registered balancers.
 func grpcChecked(c *Config) bool {
-	return !slices.Contains(c.Ignored, "loadBalancingConfig") && !slices.Contains(c.Ignored, "healthCheckConfig")
+	return !slices.Contains(c.Ignored, "loadBalancingConfig")
 }
 
 // TestDocumentsAreGRPCServiceConfigs: every document Load accepts in these
@@ -88,6 +88,7 @@ func TestGRPCRejectsWhatWeRejectAsGRPCDoes(t *testing.T) {
 		`{"methodConfig": [], "retryThrottling": {"maxTokens": 1001, "tokenRatio": 0.1}}`,
 		`{"methodConfig": [], "retryThrottling": {"maxTokens": 10, "tokenRatio": 0}}`,
 		`{"methodConfig": [{"name": [{}], "timeout": "1"}]}`,
+		`{"healthCheckConfig": {"serviceName": 5}}`,
 		`{"methodConfig": [{"name": [{}], "timeout": "+.5s"}]}`,
 		`{"methodConfig": [{"name": [{}], "timeout": ".s"}]}`,
 		`{"methodConfig": [{"name": [{}], "timeout": "1.0000000001s"}]}`,

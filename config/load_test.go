@@ -91,6 +91,8 @@ func TestLoadInvalid(t *testing.T) {
 		{"wait for ready not bool", `{"methodConfig": [{"name": [{}], "waitForReady": "yes"}]}`, []string{"methodConfig[0].waitForReady: must be true or false, got a string"}},
 		{"lb config not a list", `{"loadBalancingConfig": {"round_robin": {}}}`, []string{"loadBalancingConfig: must be a list, got an object"}},
 		{"health check not an object", `{"healthCheckConfig": "x"}`, []string{"healthCheckConfig: must be an object, got a string"}},
+		{"health check service not a string", `{"healthCheckConfig": {"serviceName": 5}}`, []string{"healthCheckConfig.serviceName: must be a string, got a number"}},
+		{"health check unknown field", `{"healthCheckConfig": {"serviceNme": "x"}}`, []string{`healthCheckConfig.serviceNme: unknown field (did you mean "serviceName"?)`}},
 		{"several shape problems", `{"a": 1, "methodConfig": [{"b": 2}]}`, []string{"a: unknown field", "methodConfig[0].b: unknown field"}},
 
 		// Names.

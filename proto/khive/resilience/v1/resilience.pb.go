@@ -58,7 +58,7 @@ type ServiceConfig struct {
 	// ignored.
 	LoadBalancingConfig *structpb.ListValue `protobuf:"bytes,4,opt,name=load_balancing_config,json=loadBalancingConfig,proto3" json:"load_balancing_config,omitempty"`
 	// health_check_config is a grpc field; accepted and ignored.
-	HealthCheckConfig *structpb.Struct `protobuf:"bytes,5,opt,name=health_check_config,json=healthCheckConfig,proto3" json:"health_check_config,omitempty"`
+	HealthCheckConfig *HealthCheckConfig `protobuf:"bytes,5,opt,name=health_check_config,json=healthCheckConfig,proto3" json:"health_check_config,omitempty"`
 	// connection_scaling is a grpc field; accepted and ignored.
 	ConnectionScaling *structpb.Struct `protobuf:"bytes,6,opt,name=connection_scaling,json=connectionScaling,proto3" json:"connection_scaling,omitempty"`
 	unknownFields     protoimpl.UnknownFields
@@ -130,7 +130,7 @@ func (x *ServiceConfig) GetLoadBalancingConfig() *structpb.ListValue {
 	return nil
 }
 
-func (x *ServiceConfig) GetHealthCheckConfig() *structpb.Struct {
+func (x *ServiceConfig) GetHealthCheckConfig() *HealthCheckConfig {
 	if x != nil {
 		return x.HealthCheckConfig
 	}
@@ -142,6 +142,54 @@ func (x *ServiceConfig) GetConnectionScaling() *structpb.Struct {
 		return x.ConnectionScaling
 	}
 	return nil
+}
+
+// HealthCheckConfig is grpc's client-side health checking setting, with the
+// one field grpc-go reads, so that a document whose setting grpc-go would
+// reject is rejected here too.
+type HealthCheckConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// service_name is the service named in health check requests.
+	ServiceName   string `protobuf:"bytes,1,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthCheckConfig) Reset() {
+	*x = HealthCheckConfig{}
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCheckConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCheckConfig) ProtoMessage() {}
+
+func (x *HealthCheckConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCheckConfig.ProtoReflect.Descriptor instead.
+func (*HealthCheckConfig) Descriptor() ([]byte, []int) {
+	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *HealthCheckConfig) GetServiceName() string {
+	if x != nil {
+		return x.ServiceName
+	}
+	return ""
 }
 
 // MethodConfig is the policy of the methods it names.
@@ -174,7 +222,7 @@ type MethodConfig struct {
 
 func (x *MethodConfig) Reset() {
 	*x = MethodConfig{}
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[1]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -186,7 +234,7 @@ func (x *MethodConfig) String() string {
 func (*MethodConfig) ProtoMessage() {}
 
 func (x *MethodConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[1]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -199,7 +247,7 @@ func (x *MethodConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MethodConfig.ProtoReflect.Descriptor instead.
 func (*MethodConfig) Descriptor() ([]byte, []int) {
-	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{1}
+	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *MethodConfig) GetName() []*MethodConfig_Name {
@@ -299,7 +347,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[2]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -311,7 +359,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[2]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -324,7 +372,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{2}
+	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RetryPolicy) GetMaxAttempts() int32 {
@@ -411,7 +459,7 @@ type RetryThrottling struct {
 
 func (x *RetryThrottling) Reset() {
 	*x = RetryThrottling{}
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[3]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -423,7 +471,7 @@ func (x *RetryThrottling) String() string {
 func (*RetryThrottling) ProtoMessage() {}
 
 func (x *RetryThrottling) ProtoReflect() protoreflect.Message {
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[3]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -436,7 +484,7 @@ func (x *RetryThrottling) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryThrottling.ProtoReflect.Descriptor instead.
 func (*RetryThrottling) Descriptor() ([]byte, []int) {
-	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{3}
+	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RetryThrottling) GetMaxTokens() float64 {
@@ -472,7 +520,7 @@ type RetryBudget struct {
 
 func (x *RetryBudget) Reset() {
 	*x = RetryBudget{}
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[4]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +532,7 @@ func (x *RetryBudget) String() string {
 func (*RetryBudget) ProtoMessage() {}
 
 func (x *RetryBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[4]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +545,7 @@ func (x *RetryBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
 func (*RetryBudget) Descriptor() ([]byte, []int) {
-	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{4}
+	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RetryBudget) GetDisabled() bool {
@@ -568,7 +616,7 @@ type CircuitBreaker struct {
 
 func (x *CircuitBreaker) Reset() {
 	*x = CircuitBreaker{}
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[5]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +628,7 @@ func (x *CircuitBreaker) String() string {
 func (*CircuitBreaker) ProtoMessage() {}
 
 func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[5]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +641,7 @@ func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CircuitBreaker.ProtoReflect.Descriptor instead.
 func (*CircuitBreaker) Descriptor() ([]byte, []int) {
-	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{5}
+	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CircuitBreaker) GetMode() string {
@@ -685,7 +733,7 @@ type MethodConfig_Name struct {
 
 func (x *MethodConfig_Name) Reset() {
 	*x = MethodConfig_Name{}
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[6]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +745,7 @@ func (x *MethodConfig_Name) String() string {
 func (*MethodConfig_Name) ProtoMessage() {}
 
 func (x *MethodConfig_Name) ProtoReflect() protoreflect.Message {
-	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[6]
+	mi := &file_khive_resilience_v1_resilience_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +758,7 @@ func (x *MethodConfig_Name) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MethodConfig_Name.ProtoReflect.Descriptor instead.
 func (*MethodConfig_Name) Descriptor() ([]byte, []int) {
-	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{1, 0}
+	return file_khive_resilience_v1_resilience_proto_rawDescGZIP(), []int{2, 0}
 }
 
 func (x *MethodConfig_Name) GetService() string {
@@ -731,15 +779,17 @@ var File_khive_resilience_v1_resilience_proto protoreflect.FileDescriptor
 
 const file_khive_resilience_v1_resilience_proto_rawDesc = "" +
 	"\n" +
-	"$khive/resilience/v1/resilience.proto\x12\x13khive.resilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x82\x04\n" +
+	"$khive/resilience/v1/resilience.proto\x12\x13khive.resilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x91\x04\n" +
 	"\rServiceConfig\x12F\n" +
 	"\rmethod_config\x18\x02 \x03(\v2!.khive.resilience.v1.MethodConfigR\fmethodConfig\x12O\n" +
 	"\x10retry_throttling\x18\x03 \x01(\v2$.khive.resilience.v1.RetryThrottlingR\x0fretryThrottling\x12C\n" +
 	"\fretry_budget\x18\x14 \x01(\v2 .khive.resilience.v1.RetryBudgetR\vretryBudget\x122\n" +
 	"\x15load_balancing_policy\x18\x01 \x01(\tR\x13loadBalancingPolicy\x12N\n" +
-	"\x15load_balancing_config\x18\x04 \x01(\v2\x1a.google.protobuf.ListValueR\x13loadBalancingConfig\x12G\n" +
-	"\x13health_check_config\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x11healthCheckConfig\x12F\n" +
-	"\x12connection_scaling\x18\x06 \x01(\v2\x17.google.protobuf.StructR\x11connectionScaling\"\x89\x05\n" +
+	"\x15load_balancing_config\x18\x04 \x01(\v2\x1a.google.protobuf.ListValueR\x13loadBalancingConfig\x12V\n" +
+	"\x13health_check_config\x18\x05 \x01(\v2&.khive.resilience.v1.HealthCheckConfigR\x11healthCheckConfig\x12F\n" +
+	"\x12connection_scaling\x18\x06 \x01(\v2\x17.google.protobuf.StructR\x11connectionScaling\"6\n" +
+	"\x11HealthCheckConfig\x12!\n" +
+	"\fservice_name\x18\x01 \x01(\tR\vserviceName\"\x89\x05\n" +
 	"\fMethodConfig\x12:\n" +
 	"\x04name\x18\x01 \x03(\v2&.khive.resilience.v1.MethodConfig.NameR\x04name\x12)\n" +
 	"\x0ewait_for_ready\x18\x02 \x01(\bH\x00R\fwaitForReady\x88\x01\x01\x123\n" +
@@ -814,43 +864,44 @@ func file_khive_resilience_v1_resilience_proto_rawDescGZIP() []byte {
 	return file_khive_resilience_v1_resilience_proto_rawDescData
 }
 
-var file_khive_resilience_v1_resilience_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_khive_resilience_v1_resilience_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_khive_resilience_v1_resilience_proto_goTypes = []any{
 	(*ServiceConfig)(nil),       // 0: khive.resilience.v1.ServiceConfig
-	(*MethodConfig)(nil),        // 1: khive.resilience.v1.MethodConfig
-	(*RetryPolicy)(nil),         // 2: khive.resilience.v1.RetryPolicy
-	(*RetryThrottling)(nil),     // 3: khive.resilience.v1.RetryThrottling
-	(*RetryBudget)(nil),         // 4: khive.resilience.v1.RetryBudget
-	(*CircuitBreaker)(nil),      // 5: khive.resilience.v1.CircuitBreaker
-	(*MethodConfig_Name)(nil),   // 6: khive.resilience.v1.MethodConfig.Name
-	(*structpb.ListValue)(nil),  // 7: google.protobuf.ListValue
-	(*structpb.Struct)(nil),     // 8: google.protobuf.Struct
-	(*durationpb.Duration)(nil), // 9: google.protobuf.Duration
-	(*structpb.Value)(nil),      // 10: google.protobuf.Value
+	(*HealthCheckConfig)(nil),   // 1: khive.resilience.v1.HealthCheckConfig
+	(*MethodConfig)(nil),        // 2: khive.resilience.v1.MethodConfig
+	(*RetryPolicy)(nil),         // 3: khive.resilience.v1.RetryPolicy
+	(*RetryThrottling)(nil),     // 4: khive.resilience.v1.RetryThrottling
+	(*RetryBudget)(nil),         // 5: khive.resilience.v1.RetryBudget
+	(*CircuitBreaker)(nil),      // 6: khive.resilience.v1.CircuitBreaker
+	(*MethodConfig_Name)(nil),   // 7: khive.resilience.v1.MethodConfig.Name
+	(*structpb.ListValue)(nil),  // 8: google.protobuf.ListValue
+	(*structpb.Struct)(nil),     // 9: google.protobuf.Struct
+	(*durationpb.Duration)(nil), // 10: google.protobuf.Duration
+	(*structpb.Value)(nil),      // 11: google.protobuf.Value
 }
 var file_khive_resilience_v1_resilience_proto_depIdxs = []int32{
-	1,  // 0: khive.resilience.v1.ServiceConfig.method_config:type_name -> khive.resilience.v1.MethodConfig
-	3,  // 1: khive.resilience.v1.ServiceConfig.retry_throttling:type_name -> khive.resilience.v1.RetryThrottling
-	4,  // 2: khive.resilience.v1.ServiceConfig.retry_budget:type_name -> khive.resilience.v1.RetryBudget
-	7,  // 3: khive.resilience.v1.ServiceConfig.load_balancing_config:type_name -> google.protobuf.ListValue
-	8,  // 4: khive.resilience.v1.ServiceConfig.health_check_config:type_name -> google.protobuf.Struct
-	8,  // 5: khive.resilience.v1.ServiceConfig.connection_scaling:type_name -> google.protobuf.Struct
-	6,  // 6: khive.resilience.v1.MethodConfig.name:type_name -> khive.resilience.v1.MethodConfig.Name
-	9,  // 7: khive.resilience.v1.MethodConfig.timeout:type_name -> google.protobuf.Duration
-	2,  // 8: khive.resilience.v1.MethodConfig.retry_policy:type_name -> khive.resilience.v1.RetryPolicy
-	8,  // 9: khive.resilience.v1.MethodConfig.hedging_policy:type_name -> google.protobuf.Struct
-	5,  // 10: khive.resilience.v1.MethodConfig.circuit_breaker:type_name -> khive.resilience.v1.CircuitBreaker
-	9,  // 11: khive.resilience.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	9,  // 12: khive.resilience.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	10, // 13: khive.resilience.v1.RetryPolicy.retryable_status_codes:type_name -> google.protobuf.Value
-	9,  // 14: khive.resilience.v1.RetryPolicy.per_attempt_timeout:type_name -> google.protobuf.Duration
-	9,  // 15: khive.resilience.v1.RetryPolicy.min_attempt_time:type_name -> google.protobuf.Duration
-	9,  // 16: khive.resilience.v1.RetryPolicy.max_pushback:type_name -> google.protobuf.Duration
-	9,  // 17: khive.resilience.v1.RetryBudget.window:type_name -> google.protobuf.Duration
-	9,  // 18: khive.resilience.v1.CircuitBreaker.window:type_name -> google.protobuf.Duration
-	9,  // 19: khive.resilience.v1.CircuitBreaker.recovery_time:type_name -> google.protobuf.Duration
-	9,  // 20: khive.resilience.v1.CircuitBreaker.max_recovery_time:type_name -> google.protobuf.Duration
-	7,  // 21: khive.resilience.v1.CircuitBreaker.failure_status_codes:type_name -> google.protobuf.ListValue
+	2,  // 0: khive.resilience.v1.ServiceConfig.method_config:type_name -> khive.resilience.v1.MethodConfig
+	4,  // 1: khive.resilience.v1.ServiceConfig.retry_throttling:type_name -> khive.resilience.v1.RetryThrottling
+	5,  // 2: khive.resilience.v1.ServiceConfig.retry_budget:type_name -> khive.resilience.v1.RetryBudget
+	8,  // 3: khive.resilience.v1.ServiceConfig.load_balancing_config:type_name -> google.protobuf.ListValue
+	1,  // 4: khive.resilience.v1.ServiceConfig.health_check_config:type_name -> khive.resilience.v1.HealthCheckConfig
+	9,  // 5: khive.resilience.v1.ServiceConfig.connection_scaling:type_name -> google.protobuf.Struct
+	7,  // 6: khive.resilience.v1.MethodConfig.name:type_name -> khive.resilience.v1.MethodConfig.Name
+	10, // 7: khive.resilience.v1.MethodConfig.timeout:type_name -> google.protobuf.Duration
+	3,  // 8: khive.resilience.v1.MethodConfig.retry_policy:type_name -> khive.resilience.v1.RetryPolicy
+	9,  // 9: khive.resilience.v1.MethodConfig.hedging_policy:type_name -> google.protobuf.Struct
+	6,  // 10: khive.resilience.v1.MethodConfig.circuit_breaker:type_name -> khive.resilience.v1.CircuitBreaker
+	10, // 11: khive.resilience.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	10, // 12: khive.resilience.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	11, // 13: khive.resilience.v1.RetryPolicy.retryable_status_codes:type_name -> google.protobuf.Value
+	10, // 14: khive.resilience.v1.RetryPolicy.per_attempt_timeout:type_name -> google.protobuf.Duration
+	10, // 15: khive.resilience.v1.RetryPolicy.min_attempt_time:type_name -> google.protobuf.Duration
+	10, // 16: khive.resilience.v1.RetryPolicy.max_pushback:type_name -> google.protobuf.Duration
+	10, // 17: khive.resilience.v1.RetryBudget.window:type_name -> google.protobuf.Duration
+	10, // 18: khive.resilience.v1.CircuitBreaker.window:type_name -> google.protobuf.Duration
+	10, // 19: khive.resilience.v1.CircuitBreaker.recovery_time:type_name -> google.protobuf.Duration
+	10, // 20: khive.resilience.v1.CircuitBreaker.max_recovery_time:type_name -> google.protobuf.Duration
+	8,  // 21: khive.resilience.v1.CircuitBreaker.failure_status_codes:type_name -> google.protobuf.ListValue
 	22, // [22:22] is the sub-list for method output_type
 	22, // [22:22] is the sub-list for method input_type
 	22, // [22:22] is the sub-list for extension type_name
@@ -863,18 +914,18 @@ func file_khive_resilience_v1_resilience_proto_init() {
 	if File_khive_resilience_v1_resilience_proto != nil {
 		return
 	}
-	file_khive_resilience_v1_resilience_proto_msgTypes[1].OneofWrappers = []any{}
 	file_khive_resilience_v1_resilience_proto_msgTypes[2].OneofWrappers = []any{}
 	file_khive_resilience_v1_resilience_proto_msgTypes[3].OneofWrappers = []any{}
 	file_khive_resilience_v1_resilience_proto_msgTypes[4].OneofWrappers = []any{}
 	file_khive_resilience_v1_resilience_proto_msgTypes[5].OneofWrappers = []any{}
+	file_khive_resilience_v1_resilience_proto_msgTypes[6].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_khive_resilience_v1_resilience_proto_rawDesc), len(file_khive_resilience_v1_resilience_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
