@@ -114,9 +114,17 @@ func TestHammer(t *testing.T) {
 	})
 }
 
-// TestConcurrentManualControl races manual control with traffic.
+// TestConcurrentManualControl races manual control with traffic, then checks
+// that the callbacks reported every transition once, in order (each event
+// starts where the previous one ended).
 func TestConcurrentManualControl(t *testing.T) {
-	b, err := New(Config{ConsecutiveFailures: 3})
+	var mu sync.Mutex
+	var events []event
+	b, err := New(Config{ConsecutiveFailures: 3, OnStateChange: func(_ string, from, to State) {
+		mu.Lock()
+		events = append(events, event{from, to})
+		mu.Unlock()
+	}})
 	require.NoError(t, err)
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -152,7 +160,17 @@ func TestConcurrentManualControl(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	b.Reset()
-	assert.Equal(t, Closed, b.State())
+	c := b.Counts()
+	assert.Equal(t, Closed, c.State)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, events, int(c.Transitions))
+	prev := Closed
+	for i, e := range events {
+		require.Equal(t, prev, e.from, "event %d out of order", i)
+		prev = e.to
+	}
+	assert.Equal(t, Closed, prev)
 }
 
 func TestGroupFirstUseRace(t *testing.T) {
