@@ -82,6 +82,9 @@ func (p *problems) addf(path, format string, args ...any) {
 
 func (p *problems) empty() bool { return len(p.list) == 0 }
 
+// count is the number of problems found so far, listed or not.
+func (p *problems) count() int { return len(p.list) + p.more }
+
 // err returns the collected problems as an *Error, or nil.
 func (p *problems) err() error {
 	if p.empty() {

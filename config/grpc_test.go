@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"testing"
@@ -8,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -98,5 +100,16 @@ func TestGRPCRejectsWhatWeRejectAsGRPCDoes(t *testing.T) {
 		_, err := LoadJSON([]byte(doc))
 		assert.Error(t, err, doc)
 		assert.Error(t, grpcParse(doc), doc)
+	}
+}
+
+// TestCodeNamesAreGRPCs: the status code names Load reads are grpc-go's
+// (codes.Code.UnmarshalJSON), every one of them.
+func TestCodeNamesAreGRPCs(t *testing.T) {
+	require.Len(t, codeByName, int(codes.Unauthenticated)+1)
+	for name, c := range codeByName {
+		var got codes.Code
+		require.NoError(t, json.Unmarshal([]byte(`"`+name+`"`), &got), name)
+		assert.Equal(t, c, got, name)
 	}
 }

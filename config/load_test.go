@@ -32,6 +32,23 @@ func problemsOf(t *testing.T, err error) []string {
 	return out
 }
 
+// assertProblems checks that load rejects doc with the problems want, in
+// order, each given as a part of its "path: message".
+func assertProblems(t *testing.T, load func([]byte) (*Config, error), doc string, want []string) {
+	t.Helper()
+	c, err := load([]byte(doc))
+	require.Error(t, err)
+	assert.Nil(t, c)
+	got := problemsOf(t, err)
+	require.Len(t, got, len(want), "problems: %q", got)
+	for i, w := range want {
+		assert.Contains(t, got[i], w)
+	}
+	assert.True(t, strings.HasPrefix(err.Error(), "config: "), err.Error())
+	var fe *FieldError
+	assert.True(t, errors.As(err, &fe))
+}
+
 // retryDoc wraps a retryPolicy body in a document with one method.
 func retryDoc(body string) string {
 	return `{"methodConfig": [{"name": [{"service": "s.S"}], "retryPolicy": {` + body + `}}]}`
@@ -191,19 +208,7 @@ func TestLoadInvalid(t *testing.T) {
 				"retryThrottling.maxTokens: must be in (0, 1000], got 0",
 			}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, err := LoadJSON([]byte(tc.doc))
-			require.Error(t, err)
-			assert.Nil(t, c)
-			got := problemsOf(t, err)
-			require.Len(t, got, len(tc.want), "problems: %q", got)
-			for i, w := range tc.want {
-				assert.Contains(t, got[i], w)
-			}
-			assert.True(t, strings.HasPrefix(err.Error(), "config: "), err.Error())
-			var fe *FieldError
-			assert.True(t, errors.As(err, &fe))
-		})
+		t.Run(tc.name, func(t *testing.T) { assertProblems(t, LoadJSON, tc.doc, tc.want) })
 	}
 }
 

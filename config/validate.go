@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -138,7 +139,7 @@ func validateMethod(mc *resiliencev1.MethodConfig, path string, p *problems) met
 
 func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retry.Policy, []codes.Code) {
 	var r retry.Policy
-	before := len(p.list) + p.more
+	before := p.count()
 
 	switch {
 	case rp.MaxAttempts == nil:
@@ -199,7 +200,7 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	r.MinAttemptTime = optionalDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), p)
 	r.MaxPushback = optionalDuration(rp.GetMaxPushback(), join(path, "maxPushback"), p)
 
-	if len(p.list)+p.more == before {
+	if p.count() == before {
 		if err := r.Validate(); err != nil { // a safety net: the checks above cover the rules
 			p.add(path, err.Error())
 		}
@@ -209,7 +210,7 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 
 func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) (breaker.Config, []codes.Code) {
 	var c breaker.Config
-	before := len(p.list) + p.more
+	before := p.count()
 
 	switch cb.GetMode() {
 	case "", "closed":
@@ -221,16 +222,7 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 	default:
 		p.addf(join(path, "mode"), `must be "closed", "disabled" or "metrics-only", got %q`, cb.GetMode())
 	}
-	if cb.ConsecutiveFailures != nil {
-		switch n := cb.GetConsecutiveFailures(); {
-		case n < 0:
-			p.addf(join(path, "consecutiveFailures"), "must not be negative (0 turns the rule off), got %d", n)
-		case n == 0:
-			c.ConsecutiveFailures = -1
-		default:
-			c.ConsecutiveFailures = int(n)
-		}
-	}
+	c.ConsecutiveFailures = ruleCount(cb.ConsecutiveFailures, join(path, "consecutiveFailures"), "the rule", p)
 	if cb.FailureRate != nil {
 		if f := cb.GetFailureRate(); math.IsNaN(f) || f <= 0 || f > 1 {
 			p.addf(join(path, "failureRate"), "must be in (0, 1], got %v", f)
@@ -238,16 +230,7 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 			c.FailureRate = f
 		}
 	}
-	if cb.MinimumCalls != nil {
-		switch n := cb.GetMinimumCalls(); {
-		case n < 0:
-			p.addf(join(path, "minimumCalls"), "must not be negative (0 turns the rate rule off), got %d", n)
-		case n == 0:
-			c.MinimumCalls = -1
-		default:
-			c.MinimumCalls = int(n)
-		}
-	}
+	c.MinimumCalls = ruleCount(cb.MinimumCalls, join(path, "minimumCalls"), "the rate rule", p)
 	c.Window = optionalDuration(cb.GetWindow(), join(path, "window"), p)
 	if c.Window > 0 && c.Window < 10 {
 		p.addf(join(path, "window"), "must be at least 10ns, got %v", c.Window)
@@ -289,12 +272,27 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 		}
 		failure = statusCodes(l.GetValues(), fpath, p)
 	}
-	if len(p.list)+p.more == before {
+	if p.count() == before {
 		if err := c.Validate(); err != nil { // a safety net
 			p.add(path, err.Error())
 		}
 	}
 	return c, failure
+}
+
+// ruleCount converts a count that may turn a trip rule off: absent is 0 (the
+// breaker's default), 0 is -1 (off), a negative value an error.
+func ruleCount(n *int32, path, rule string, p *problems) int {
+	switch {
+	case n == nil:
+		return 0
+	case *n < 0:
+		p.addf(path, "must not be negative (0 turns %s off), got %d", rule, *n)
+		return 0
+	case *n == 0:
+		return -1
+	}
+	return int(*n)
 }
 
 func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
@@ -335,7 +333,7 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 		return Budget{Mode: NoBudget}
 	}
 	b := Budget{Mode: RatioBudget}
-	before := len(p.list) + p.more
+	before := p.count()
 	if rb.Ratio != nil {
 		if f := rb.GetRatio(); math.IsNaN(f) || f <= 0 || f > 1000 {
 			p.addf("retryBudget.ratio", "must be in (0, 1000], got %v", f)
@@ -354,7 +352,7 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 	if b.Ratio.Window > 0 && b.Ratio.Window < 10*time.Millisecond {
 		p.addf("retryBudget.window", "must be at least 10ms, got %v", b.Ratio.Window)
 	}
-	if len(p.list)+p.more == before {
+	if p.count() == before {
 		if err := b.Ratio.Validate(); err != nil { // a safety net
 			p.add("retryBudget", err.Error())
 		}
@@ -405,54 +403,33 @@ func positiveDuration(d *durationpb.Duration, path string, p *problems) time.Dur
 func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code {
 	var out []codes.Code
 	for i, v := range list {
-		c, ok := statusCode(v, index(path, i), p)
-		if !ok {
-			continue
-		}
-		dup := false
-		for _, o := range out {
-			dup = dup || o == c
-		}
-		if !dup {
+		if c, ok := statusCode(v, index(path, i), p); ok && !slices.Contains(out, c) {
 			out = append(out, c)
 		}
 	}
 	return out
 }
 
-var codeByName = map[string]codes.Code{}
-
-func init() {
-	for c := codes.OK; c <= codes.Unauthenticated; c++ {
-		codeByName[codeName(c)] = c
-	}
-}
-
-// codeName is the upper-case name grpc uses in service configs.
-func codeName(c codes.Code) string {
-	switch c {
-	case codes.Canceled:
-		return "CANCELLED"
-	case codes.InvalidArgument:
-		return "INVALID_ARGUMENT"
-	case codes.DeadlineExceeded:
-		return "DEADLINE_EXCEEDED"
-	case codes.NotFound:
-		return "NOT_FOUND"
-	case codes.AlreadyExists:
-		return "ALREADY_EXISTS"
-	case codes.PermissionDenied:
-		return "PERMISSION_DENIED"
-	case codes.ResourceExhausted:
-		return "RESOURCE_EXHAUSTED"
-	case codes.FailedPrecondition:
-		return "FAILED_PRECONDITION"
-	case codes.OutOfRange:
-		return "OUT_OF_RANGE"
-	case codes.DataLoss:
-		return "DATA_LOSS"
-	}
-	return strings.ToUpper(c.String()) // OK, UNKNOWN, ABORTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED
+// codeByName holds the names grpc-go reads in service configs
+// (codes.Code.UnmarshalJSON): upper case, "CANCELLED" with two Ls.
+var codeByName = map[string]codes.Code{
+	"OK":                  codes.OK,
+	"CANCELLED":           codes.Canceled,
+	"UNKNOWN":             codes.Unknown,
+	"INVALID_ARGUMENT":    codes.InvalidArgument,
+	"DEADLINE_EXCEEDED":   codes.DeadlineExceeded,
+	"NOT_FOUND":           codes.NotFound,
+	"ALREADY_EXISTS":      codes.AlreadyExists,
+	"PERMISSION_DENIED":   codes.PermissionDenied,
+	"RESOURCE_EXHAUSTED":  codes.ResourceExhausted,
+	"FAILED_PRECONDITION": codes.FailedPrecondition,
+	"ABORTED":             codes.Aborted,
+	"OUT_OF_RANGE":        codes.OutOfRange,
+	"UNIMPLEMENTED":       codes.Unimplemented,
+	"INTERNAL":            codes.Internal,
+	"UNAVAILABLE":         codes.Unavailable,
+	"DATA_LOSS":           codes.DataLoss,
+	"UNAUTHENTICATED":     codes.Unauthenticated,
 }
 
 func statusCode(v *structpb.Value, path string, p *problems) (codes.Code, bool) {
