@@ -65,6 +65,9 @@ func outageDetection(t *testing.T, cfg Config, callsPerSec, attempts int, backof
 
 func TestOutageDetection(t *testing.T) {
 	small := []time.Duration{2 * time.Millisecond, 4 * time.Millisecond, 8 * time.Millisecond}
+	// The mean delays of the retry package's default backoff: full jitter
+	// over 25ms, 50ms, 100ms.
+	meanDefault := []time.Duration{12500 * time.Microsecond, 25 * time.Millisecond, 50 * time.Millisecond}
 	tests := []struct {
 		name        string
 		callsPerSec int
@@ -77,6 +80,11 @@ func TestOutageDetection(t *testing.T) {
 		{"200 calls/s, 4 attempts", 200, 4, small, 30 * time.Millisecond},
 		// 3 calls x 4 attempts: 2 call intervals plus the backoffs.
 		{"5 calls/s, 4 attempts", 5, 4, small, 600 * time.Millisecond},
+		// With the default backoff: failed attempts at 0, 5, 10, 12.5, 15,
+		// 17.5, 20, 22.5, 25, 27.5, 30 and 32.5 ms.
+		{"200 calls/s, 4 attempts, default backoff", 200, 4, meanDefault, 33 * time.Millisecond},
+		// 2 call intervals, then 12.5 + 25 + 50 ms: 487.5 ms.
+		{"5 calls/s, 4 attempts, default backoff", 5, 4, meanDefault, 500 * time.Millisecond},
 		// The same load as a uniform stream of 20 attempts/s: 11 gaps of 50 ms.
 		{"20 attempts/s stream", 20, 1, nil, 600 * time.Millisecond},
 		{"800 attempts/s stream", 800, 1, nil, 30 * time.Millisecond},

@@ -62,10 +62,12 @@
 // 2.7 million attempts, while a run of 5 starts about once per 590. In a
 // full outage every attempt fails and the 12th failed attempt opens the
 // breaker. With 4 attempts per call, at 200 calls/s that is after 17 ms with
-// small backoffs (2, 4, 8 ms), and after 37 ms on average (50 ms at most)
-// with the retry package's default full-jitter backoff from 50 ms; at 5
-// calls/s, after 0.41 s with small backoffs and 0.56 s on average (0.6 s at
-// most) with the default backoff. The rate rule catches partial outages at
+// small backoffs (2, 4, 8 ms), and with the retry package's default
+// full-jitter backoff from 25 ms after 30 ms on average (36 ms at the 99th
+// percentile, simulated); at 5 calls/s, after 0.41 s with small backoffs
+// and 0.49 s on average (0.56 s at the 99th percentile) with the default
+// backoff. The tests pin the default backoff's mean delays: 32.5 ms and
+// 487.5 ms. The rate rule catches partial outages at
 // higher volume, where the window holds MinimumCalls within Window.
 //
 // Rare trips remain rare, not impossible: at 30% attempt failures and 200

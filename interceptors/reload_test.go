@@ -429,7 +429,7 @@ func TestSnapshotJSON(t *testing.T) {
 		  "policies": [
 		    {
 		      "key": "/khive.echo.v1.EchoService/*",
-		      "retryPolicy": {"maxAttempts": 1, "initialBackoff": "0.050s", "maxBackoff": "5s", "backoffMultiplier": 2,
+		      "retryPolicy": {"maxAttempts": 1, "initialBackoff": "0.025s", "maxBackoff": "5s", "backoffMultiplier": 2,
 		        "retryableStatusCodes": ["UNAVAILABLE"], "jitter": "full", "minAttemptTime": "0.001s", "maxPushback": "30s"},
 		      "circuitBreaker": {"mode": "metrics-only", "consecutiveFailures": 0, "failureRate": 0.5, "minimumCalls": 0,
 		        "window": "10s", "recoveryTime": "5s", "maxRecoveryTime": "60s", "recoveryJitter": 0, "halfOpenMaxCalls": 1,

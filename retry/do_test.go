@@ -74,7 +74,7 @@ func TestDoSucceedsAfterRetries(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, "ok", v)
 		assert.Equal(t, 3, calls)
-		assert.Equal(t, 150*time.Millisecond, time.Since(start), "50ms + 100ms")
+		assert.Equal(t, 75*time.Millisecond, time.Since(start), "25ms + 50ms")
 
 		v, err = DoValue(t.Context(), Policy{MaxAttempts: 2, Jitter: NoJitter}, func(ctx context.Context) (string, error) {
 			return "partial", errSentinel

@@ -9,7 +9,7 @@
 //
 // # Policy and backoff
 //
-// A Policy's zero value is usable: MaxAttempts 4 (the first call included), backoff from 50ms
+// A Policy's zero value is usable: MaxAttempts 4 (the first call included), backoff from 25ms
 // doubling up to 5s, full jitter, a 1ms minimum attempt time, server delays capped at 30s.
 // Validate names the offending field. The delay before retry n (n = 0 for the first retry) is
 //

@@ -74,12 +74,12 @@ func ExampleDoValue() {
 	// Output: pong <nil> 2
 }
 
-// The delay sequence of the default policy without jitter: 50ms doubling, capped at 5s. The
-// cap comes before jitter, so FullJitter draws from [0, 5s) from the 8th retry on.
+// The delay sequence of the default policy without jitter: 25ms doubling, capped at 5s. The
+// cap comes before jitter, so FullJitter draws from [0, 5s) from the 9th retry on.
 func ExamplePolicy_Backoff() {
 	p := retry.Policy{Jitter: retry.NoJitter}
 	var delays []time.Duration
-	for n := range 9 {
+	for n := range 10 {
 		delays = append(delays, p.Backoff(n, 0))
 	}
 	fmt.Println(delays)
@@ -87,7 +87,7 @@ func ExamplePolicy_Backoff() {
 	a6 := retry.Policy{Jitter: retry.ProportionalJitter, InitialBackoff: time.Second, MaxBackoff: time.Minute}
 	fmt.Println(a6.Backoff(0, 0), a6.Backoff(0, 0.5), a6.Backoff(0, 0.75))
 	// Output:
-	// [50ms 100ms 200ms 400ms 800ms 1.6s 3.2s 5s 5s]
+	// [25ms 50ms 100ms 200ms 400ms 800ms 1.6s 3.2s 5s 5s]
 	// 800ms 1s 1.1s
 }
 

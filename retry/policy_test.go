@@ -14,7 +14,7 @@ func TestPolicyDefaults(t *testing.T) {
 	got := Policy{}.withDefaults()
 	assert.Equal(t, Policy{
 		MaxAttempts:    4,
-		InitialBackoff: 50 * time.Millisecond,
+		InitialBackoff: 25 * time.Millisecond,
 		MaxBackoff:     5 * time.Second,
 		Multiplier:     2,
 		Jitter:         FullJitter,
@@ -76,9 +76,9 @@ func TestPolicyValidate(t *testing.T) {
 }
 
 func TestBackoffNoJitterSequence(t *testing.T) {
-	p := Policy{Jitter: NoJitter} // 50ms × 2^n, capped at 5s
+	p := Policy{Jitter: NoJitter} // 25ms × 2^n, capped at 5s
 	want := []time.Duration{
-		50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond,
+		25 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond,
 		800 * time.Millisecond, 1600 * time.Millisecond, 3200 * time.Millisecond, 5 * time.Second, 5 * time.Second,
 	}
 	for n, w := range want {
@@ -87,7 +87,7 @@ func TestBackoffNoJitterSequence(t *testing.T) {
 	for _, n := range []int{63, 64, 1000, 1 << 20, math.MaxInt} {
 		assert.Equal(t, 5*time.Second, p.Backoff(n, 0.5), "n=%d", n)
 	}
-	assert.Equal(t, 50*time.Millisecond, p.Backoff(-7, 0.5), "negative n counts as 0")
+	assert.Equal(t, 25*time.Millisecond, p.Backoff(-7, 0.5), "negative n counts as 0")
 }
 
 func TestBackoffJitter(t *testing.T) {
