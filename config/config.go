@@ -1,7 +1,6 @@
 package config
 
 import (
-	"maps"
 	"slices"
 
 	"github.com/khive/grpc-resilience/interceptors"
@@ -95,11 +94,5 @@ func (b Budget) Option() interceptors.Option {
 // its budget, then opts (which may override the budget).
 func (c *Config) NewSuite(opts ...interceptors.Option) (*interceptors.Suite, error) {
 	all := append([]interceptors.Option{c.Budget.Option()}, opts...)
-	return interceptors.New(c.policies(), all...)
-}
-
-// policies returns a copy of c.Policies, so that a Suite never shares the
-// caller's map.
-func (c *Config) policies() map[string]interceptors.Policy {
-	return maps.Clone(c.Policies)
+	return interceptors.New(c.Policies, all...)
 }

@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +78,7 @@ func TestLoadInvalid(t *testing.T) {
 		{"trailing value", `{} {}`, []string{"invalid JSON: more than one JSON value"}},
 		{"not utf-8", "{\"a\xff\": 1}", []string{"the document is not valid UTF-8"}},
 		{"duplicate field", `{"methodConfig": [], "methodConfig": []}`, []string{"methodConfig: duplicate field"}},
+		{"duplicate field in a grpc object", `{"methodConfig": [{"hedgingPolicy": {"maxAttempts": 2, "maxAttempts": 3}}]}`, []string{"methodConfig[0].hedgingPolicy.maxAttempts: duplicate field"}},
 		{"deep", strings.Repeat("[", 100) + strings.Repeat("]", 100), []string{"[0][0][0]"}},
 
 		// Shape (unknown fields, wrong kinds).
@@ -397,6 +400,19 @@ func TestLoadNames(t *testing.T) {
 	assert.ElementsMatch(t, []string{"/p.S/M", "/p.S/*", "/q.T/*", "*"}, keys)
 }
 
+// TestLoadCodeSlicesPerKey: the names of one entry get equal policies, but
+// not shared code slices.
+func TestLoadCodeSlicesPerKey(t *testing.T) {
+	c, err := LoadJSON([]byte(`{"methodConfig": [{"name": [{"service": "a.A"}, {"service": "b.B"}],
+	  "retryPolicy": {` + validRetry + `}, "circuitBreaker": {"failureStatusCodes": ["INTERNAL"]}}]}`))
+	require.NoError(t, err)
+	a, b := c.Policies["/a.A/*"], c.Policies["/b.B/*"]
+	require.Equal(t, a, b)
+	a.RetryableCodes[0], a.FailureCodes[0] = codes.Aborted, codes.Aborted
+	assert.Equal(t, []codes.Code{codes.Unavailable}, b.RetryableCodes)
+	assert.Equal(t, []codes.Code{codes.Internal}, b.FailureCodes)
+}
+
 func TestFormatStrings(t *testing.T) {
 	assert.Equal(t, "json", JSON.String())
 	assert.Equal(t, "yaml", YAML.String())
@@ -413,4 +429,36 @@ func TestFormatStrings(t *testing.T) {
 func TestFromProtoNil(t *testing.T) {
 	_, err := FromProto(nil)
 	require.Error(t, err)
+}
+
+// TestLoadFile: the format comes from the extension, else from the content.
+func TestLoadFile(t *testing.T) {
+	const (
+		jsonDoc = ` {"retryBudget": {"disabled": true}}`
+		yamlDoc = "retryBudget: {disabled: true}\n"
+	)
+	dir := t.TempDir()
+	for _, tc := range []struct{ name, content, wantErr string }{
+		{"p.json", jsonDoc, ""},
+		{"p.JSON", jsonDoc, ""},
+		{"p.yaml", yamlDoc, ""},
+		{"p.yml", yamlDoc, ""},
+		{"flow.yml", "{retryBudget: {disabled: true}}", ""}, // YAML, though it starts with "{"
+		{"policy", jsonDoc, ""},
+		{"policy.conf", yamlDoc, ""},
+		{"yaml.json", yamlDoc, "invalid JSON"},
+		{"broken", "\n {\"retryBudget\": ", "invalid JSON"}, // read as JSON, not YAML
+	} {
+		name := filepath.Join(dir, tc.name)
+		require.NoError(t, os.WriteFile(name, []byte(tc.content), 0o600))
+		c, err := LoadFile(name)
+		if tc.wantErr != "" {
+			assert.ErrorContains(t, err, tc.wantErr, tc.name)
+			continue
+		}
+		require.NoError(t, err, tc.name)
+		assert.Equal(t, NoBudget, c.Budget.Mode, tc.name)
+	}
+	_, err := LoadFile(filepath.Join(dir, "missing.yaml"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
 }

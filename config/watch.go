@@ -30,7 +30,7 @@ func (c *Config) Apply(s *interceptors.Suite) error {
 		return fmt.Errorf("config: the document's retry budget (%s) differs from the suite's (%s); a suite keeps the budget it was built with, so build a new one to change it",
 			describeBudget(got), describeBudget(have))
 	}
-	if err := s.Update(c.policies()); err != nil {
+	if err := s.Update(c.Policies); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
 	return nil
