@@ -60,6 +60,9 @@ func describeBudget(b interceptors.SnapshotBudget) string {
 // force until the file changes again. A file that cannot be read is
 // reported once per distinct error. The file is read whole on every tick
 // (documents are small); the format comes from its name as in LoadFile.
+// Replace the file atomically (write another file in the same directory,
+// then rename it over this one): a poll that falls between the truncation
+// and the end of an in-place write sees a partial document and reports it.
 //
 // WatchFile returns ctx.Err() when ctx is done, and starts no goroutine of
 // its own. It returns an error at once if interval is not positive.

@@ -3,9 +3,12 @@ package config_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -172,4 +175,98 @@ func TestWatchFileArguments(t *testing.T) {
 	canceled, cancel := context.WithCancel(ctx)
 	cancel()
 	require.ErrorIs(t, config.WatchFile(canceled, filepath.Join(t.TempDir(), "missing.yaml"), time.Second, noop, nil), context.Canceled)
+}
+
+// TestReloadUnderConcurrentLoad: calls that each need one retry run while
+// WatchFile reloads a file rewritten between two versions and a second
+// goroutine applies them directly. No call fails, every call makes exactly
+// two attempts, the method's breaker (same settings in both versions) counts
+// every outcome through every reload, and the budget is never replaced.
+// Run with -race.
+func TestReloadUnderConcurrentLoad(t *testing.T) {
+	const (
+		workers = 8
+		calls   = 25 // per worker
+		// Two versions with the same breaker (both trip rules off, so the
+		// 50% failed attempts never open it) and the same budget.
+		v1 = `{"methodConfig": [{"name": [{"service": "khive.echo.v1.EchoService"}],
+		  "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.001s", "maxBackoff": "0.001s", "backoffMultiplier": 1,
+		    "retryableStatusCodes": ["UNAVAILABLE"]},
+		  "circuitBreaker": {"consecutiveFailures": 0, "minimumCalls": 0}}],
+		  "retryThrottling": {"maxTokens": 1000, "tokenRatio": 1}}`
+	)
+	v2 := strings.Replace(v1, `"maxAttempts": 3`, `"maxAttempts": 4`, 1)
+	docs := []*config.Config{load(t, v1), load(t, v2)}
+
+	synctest.Test(t, func(t *testing.T) {
+		e := newA6Env(t, docs[0])
+		ctx, cancel := context.WithCancel(t.Context())
+		name := filepath.Join(t.TempDir(), "policy.json")
+		require.NoError(t, os.WriteFile(name, []byte(v1), 0o600))
+
+		var applied, failed atomic.Int32
+		watched := make(chan error)
+		go func() {
+			watched <- config.WatchFile(ctx, name, time.Millisecond,
+				func(c *config.Config) error {
+					applied.Add(1)
+					return c.Apply(e.suite)
+				},
+				func(err error) { t.Errorf("watch: %v", err) })
+		}()
+		var wg sync.WaitGroup
+		var running atomic.Int32
+		running.Store(workers)
+		for w := range workers {
+			wg.Go(func() {
+				defer running.Add(-1)
+				for i := range calls {
+					key := fmt.Sprintf("w%d-%d", w, i)
+					if err := e.unary(ctx, key, 1, codes.Unavailable); err != nil {
+						failed.Add(1)
+						t.Errorf("%s: %v", key, err)
+					}
+				}
+			})
+		}
+		wg.Go(func() { // rewrites the file, and applies the versions itself
+			for i := 0; running.Load() > 0; i++ {
+				// Replaced as WatchFile asks: written aside, then renamed.
+				tmp := name + ".tmp"
+				if err := os.WriteFile(tmp, []byte([]string{v1, v2}[i%2]), 0o600); err != nil {
+					t.Error(err)
+				}
+				if err := os.Rename(tmp, name); err != nil {
+					t.Error(err)
+				}
+				if err := docs[(i+1)%2].Apply(e.suite); err != nil {
+					t.Errorf("apply: %v", err)
+				}
+				_ = e.suite.Snapshot()
+				time.Sleep(time.Millisecond)
+			}
+		})
+		wg.Wait()
+		cancel()
+		assert.ErrorIs(t, <-watched, context.Canceled)
+
+		assert.Zero(t, failed.Load())
+		assert.Greater(t, applied.Load(), int32(5))
+		for w := range workers {
+			for i := range calls {
+				assert.Equal(t, 2, e.attempts(fmt.Sprintf("w%d-%d", w, i)))
+			}
+		}
+		snap := e.suite.Snapshot()
+		var m interceptors.SnapshotMethod
+		for _, sm := range snap.Methods {
+			if sm.Method == "/khive.echo.v1.EchoService/Unary" {
+				m = sm
+			}
+		}
+		assert.Equal(t, uint64(workers*calls), m.Successes)
+		assert.Equal(t, uint64(workers*calls), m.Failures)
+		require.Len(t, snap.Budget.Targets, 1)
+		assert.Equal(t, uint64(workers*calls), snap.Budget.Targets[0].Allowed) // one budget since New
+	})
 }

@@ -115,7 +115,7 @@ func run() error {
 
 	fmt.Println("\n3. Edit the file (maxAttempts: 5); the watcher reloads it")
 	edited := strings.Replace(policy, "maxAttempts: 3", "maxAttempts: 5", 1)
-	if err := os.WriteFile(file, []byte(edited), 0o600); err != nil {
+	if err := replace(file, edited); err != nil {
 		return err
 	}
 	c, err := receive(applied, rejected)
@@ -136,7 +136,7 @@ func run() error {
 
 	fmt.Println("\n4. Write an invalid version (maxAttempts: 1); it is reported and skipped")
 	broken := strings.Replace(policy, "maxAttempts: 3", "maxAttempts: 1", 1)
-	if err := os.WriteFile(file, []byte(broken), 0o600); err != nil {
+	if err := replace(file, broken); err != nil {
 		return err
 	}
 	_, err = receive(applied, rejected)
@@ -156,6 +156,16 @@ func run() error {
 	}
 	fmt.Printf("   %s\n", out)
 	return nil
+}
+
+// replace writes content to file as WatchFile asks: into another file,
+// renamed over it, so that a poll never sees a half-written document.
+func replace(file, content string) error {
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
 }
 
 // call makes a unary call whose first n attempts fail with UNAVAILABLE.
