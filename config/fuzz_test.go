@@ -20,6 +20,7 @@ var fuzzSeeds = []string{
 	`{"methodConfig": [{"name": [{"service": "a.B"}], "circuitBreaker": {"recoveryTime": "100s", "maxRecoveryTime": "1s"}}]}`,
 	`{"methodConfig": [{"name": [{"service": "a.B"}], "retryPolicy": {"maxAttempts": 2, "initialBackoff": "315576000000s", "maxBackoff": "-315576000000.999999999s", "backoffMultiplier": 1e308, "retryableStatusCodes": [16, "DATA_LOSS"]}}]}`,
 	`{"a": [1, 2, {"b": null}], "methodConfig": "x"}`,
+	`{"connectionScaling": {"x": [1e400]}, "methodConfig": [{"hedgingPolicy": {"MaxAttempts": 2}}]}`,
 	`{"methodConfig" [}`,
 	`[]`,
 	"methodConfig:\n  - name: [{service: a.B}]\n    retryPolicy: {maxAttempts: 3, initialBackoff: 0.1s, maxBackoff: 1s, backoffMultiplier: 2, retryableStatusCodes: [UNAVAILABLE]}\nretryThrottling: {maxTokens: 10, tokenRatio: 0.1}\n",

@@ -113,6 +113,10 @@ func TestLoadInvalid(t *testing.T) {
 		{"health check not an object", `{"healthCheckConfig": "x"}`, []string{"healthCheckConfig: must be an object, got a string"}},
 		{"health check service not a string", `{"healthCheckConfig": {"serviceName": 5}}`, []string{"healthCheckConfig.serviceName: must be a string, got a number"}},
 		{"health check unknown field", `{"healthCheckConfig": {"serviceNme": "x"}}`, []string{`healthCheckConfig.serviceNme: unknown field (did you mean "serviceName"?)`}},
+		{"number beyond a double in a grpc object", `{"connectionScaling": {"x": [1e400]}, "loadBalancingConfig": [{"y": -1e999}]}`,
+			[]string{"connectionScaling.x[0]: number 1e400 is out of range", "loadBalancingConfig[0].y: number -1e999 is out of range"}},
+		{"number beyond a double in a code", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `[{"code": 1e400}]`, 1)),
+			[]string{"methodConfig[0].retryPolicy.retryableStatusCodes[0].code: number 1e400 is out of range"}},
 		{"several shape problems", `{"a": 1, "methodConfig": [{"b": 2}]}`, []string{"a: unknown field", "methodConfig[0].b: unknown field"}},
 
 		// Names.

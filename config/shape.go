@@ -15,24 +15,27 @@ import (
 
 // checkShape walks the generic tree against the schema and reports, with
 // paths, what protojson would reject with a line number only: unknown
-// fields, values of the wrong kind, integers out of range, malformed
-// durations. It reads names as grpc-go does (fieldByName) and rewrites each
+// fields, values of the wrong kind, integers out of range, numbers beyond
+// a double (also inside the free-form grpc objects), malformed durations. It reads names as grpc-go does (fieldByName) and rewrites each
 // key to its JSON name for protojson. It is stricter than protojson where
 // grpc-go is: numbers must be JSON numbers (not strings) and integers must
 // be written as integers.
 func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *problems) {
 	switch md.FullName() {
-	case "google.protobuf.Value":
-		return // any JSON value; the validator checks what it must hold
+	case "google.protobuf.Value": // any JSON value; the validator checks what it must hold
+		checkNumbers(v, path, p)
+		return
 	case "google.protobuf.Struct":
 		if _, ok := v.(*object); !ok {
 			p.addf(path, "must be an object, got %s", kindOf(v))
 		}
+		checkNumbers(v, path, p)
 		return
 	case "google.protobuf.ListValue":
 		if _, ok := v.([]any); !ok {
 			p.addf(path, "must be a list, got %s", kindOf(v))
 		}
+		checkNumbers(v, path, p)
 		return
 	case "google.protobuf.Duration":
 		checkDuration(v, path, p)
@@ -62,10 +65,11 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *proble
 		}
 		seen[fd.Number()] = key
 		obj.keys[i] = fd.JSONName() // the name protojson reads
-		if statusCodeFields[fd.Name()] {
-			checkCodes(obj.vals[i], child, p)
-		}
 		val := obj.vals[i]
+		if list, ok := val.([]any); ok && statusCodeFields[fd.Name()] {
+			checkCodes(list, child, p)
+			continue
+		}
 		if val == nil && !isValue(fd) {
 			continue // protojson: null is the same as absent
 		}
@@ -114,17 +118,36 @@ var statusCodeFields = map[protoreflect.Name]bool{
 
 // checkCodes rejects status code numbers that grpc-go would not parse: a
 // code number must be written as an unsigned integer ("14", not "14.0" or
-// "1.4e1"). Names are checked by the validator.
-func checkCodes(v any, path string, p *problems) {
-	list, ok := v.([]any)
-	if !ok {
-		return // reported by the kind check
-	}
+// "1.4e1"). Names, and values that are neither, are checked by the
+// validator.
+func checkCodes(list []any, path string, p *problems) {
 	for j, e := range list {
-		if n, ok := e.(json.Number); ok {
-			if _, err := strconv.ParseUint(string(n), 10, 32); err != nil {
-				p.addf(index(path, j), "status code numbers are integers from 1 to 16, got %s", n)
-			}
+		n, ok := e.(json.Number)
+		if !ok {
+			checkNumbers(e, index(path, j), p)
+			continue
+		}
+		if _, err := strconv.ParseUint(string(n), 10, 32); err != nil {
+			p.addf(index(path, j), "status code numbers are integers from 1 to 16, got %s", n)
+		}
+	}
+}
+
+// checkNumbers reports the numbers of a free-form value (Value, Struct,
+// ListValue) that protojson cannot hold, being beyond a double's range.
+func checkNumbers(v any, path string, p *problems) {
+	switch v := v.(type) {
+	case json.Number:
+		if f, err := strconv.ParseFloat(string(v), 64); err != nil || math.IsInf(f, 0) {
+			p.addf(path, "number %s is out of range", v)
+		}
+	case []any:
+		for i, e := range v {
+			checkNumbers(e, index(path, i), p)
+		}
+	case *object:
+		for i, k := range v.keys {
+			checkNumbers(v.vals[i], join(path, k), p)
 		}
 	}
 }
@@ -147,15 +170,11 @@ func checkField(v any, fd protoreflect.FieldDescriptor, path string, p *problems
 			p.addf(path, "must be true or false, got %s", kindOf(v))
 		}
 	case protoreflect.DoubleKind, protoreflect.FloatKind:
-		n, ok := v.(json.Number)
-		if !ok {
+		if _, ok := v.(json.Number); !ok {
 			p.addf(path, "must be a number, got %s", kindOf(v))
 			return
 		}
-		f, err := strconv.ParseFloat(string(n), 64)
-		if err != nil || math.IsInf(f, 0) {
-			p.addf(path, "number %s is out of range", n)
-		}
+		checkNumbers(v, path, p)
 	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
 		checkInt(v, path, math.MinInt32, math.MaxInt32, p)
 	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
