@@ -451,7 +451,8 @@ type RetryThrottling struct {
 	// max_tokens is the bucket size, in (0, 1000]; retries stop while the
 	// tokens are at or below max_tokens / 2. Required.
 	MaxTokens *float64 `protobuf:"fixed64,1,opt,name=max_tokens,json=maxTokens,proto3,oneof" json:"max_tokens,omitempty"`
-	// token_ratio is added per successful call; greater than zero. Required.
+	// token_ratio is added per successful call; at least 0.001 (grpc-go takes
+	// any value above zero; A6 keeps three decimals). Required.
 	TokenRatio    *float64 `protobuf:"fixed64,2,opt,name=token_ratio,json=tokenRatio,proto3,oneof" json:"token_ratio,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -510,7 +511,7 @@ type RetryBudget struct {
 	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
 	// ratio is the retries allowed per call, in (0, 1000]; default 0.2.
 	Ratio *float64 `protobuf:"fixed64,2,opt,name=ratio,proto3,oneof" json:"ratio,omitempty"`
-	// min_retries_per_second is the reserve, not negative; default 1.
+	// min_retries_per_second is the reserve, greater than zero; default 1.
 	MinRetriesPerSecond *float64 `protobuf:"fixed64,3,opt,name=min_retries_per_second,json=minRetriesPerSecond,proto3,oneof" json:"min_retries_per_second,omitempty"`
 	// window is how long calls count, at least 10ms; default 10s.
 	Window        *durationpb.Duration `protobuf:"bytes,4,opt,name=window,proto3" json:"window,omitempty"`
