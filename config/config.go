@@ -91,7 +91,9 @@ func (b Budget) Option() interceptors.Option {
 }
 
 // NewSuite builds an interceptors.Suite from the document: its policies and
-// its budget, then opts (which may override the budget).
+// its budget, then opts. An option may override the budget, but Apply
+// refuses any document whose budget differs from the suite's, this one
+// included.
 func (c *Config) NewSuite(opts ...interceptors.Option) (*interceptors.Suite, error) {
 	all := append([]interceptors.Option{c.Budget.Option()}, opts...)
 	return interceptors.New(c.Policies, all...)
