@@ -21,8 +21,9 @@ type Format uint8
 const (
 	// JSON is read with protojson after the checks of this package.
 	JSON Format = iota + 1
-	// YAML is read with go.yaml.in/yaml/v3 (YAML 1.2 core schema) and then
-	// handled as the equivalent JSON.
+	// YAML is read with go.yaml.in/yaml/v3, held to the YAML 1.2 core schema
+	// (yaml.v3 alone reads some numbers as YAML 1.1 does), and then handled
+	// as the equivalent JSON.
 	YAML
 )
 
