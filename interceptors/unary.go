@@ -12,32 +12,63 @@ import (
 	"github.com/khive/grpc-resilience/retry"
 )
 
-// unaryState is the pooled per-call state of a retrying unary call: the
-// header and trailer of the current attempt and the call options of every
-// attempt (the caller's, minus the suite's, plus Header and Trailer options
-// pointing at hdr and tlr). Pooling it keeps the success path free of
-// allocations.
+// unaryState is the per-call state of a unary call that may retry: the call
+// options of every attempt (the caller's, minus the suite's, followed by
+// Header and Trailer options pointing at hdr and tlr), through which grpc
+// tells what the latest attempt received. A retry needs it: headers mean the
+// attempt was committed (gRFC A6), the trailer carries the server's
+// pushback. The options must be given before the first attempt, so every
+// call that may retry takes one; it is pooled, so that the success path
+// allocates nothing.
 type unaryState struct {
-	hdr, tlr       metadata.MD
-	hdrOpt, tlrOpt grpc.CallOption
-	opts           []grpc.CallOption
+	hdr, tlr metadata.MD
+	opts     []grpc.CallOption // opts[:2] are the Header and Trailer options
 }
 
 var unaryPool = sync.Pool{New: func() any {
 	st := new(unaryState)
-	st.hdrOpt = grpc.Header(&st.hdr)
-	st.tlrOpt = grpc.Trailer(&st.tlr)
+	st.opts = append(make([]grpc.CallOption, 0, 8), grpc.Header(&st.hdr), grpc.Trailer(&st.tlr))
 	return st
 }}
 
-func (st *unaryState) release() {
-	clear(st.opts)
-	if cap(st.opts) > 64 {
-		st.opts = nil
+// newUnaryState returns a pooled state whose opts are the Header and
+// Trailer options followed by opts.
+func newUnaryState(opts []grpc.CallOption) *unaryState {
+	st := unaryPool.Get().(*unaryState)
+	// Element by element: for the one to three options of a typical call
+	// this is several times faster than append(st.opts, opts...), which
+	// goes through the runtime's typed copy.
+	for _, o := range opts {
+		st.opts = append(st.opts, o)
 	}
-	st.opts = st.opts[:0]
+	return st
+}
+
+// release clears the state (it must not keep the caller's options or
+// metadata alive) and returns it to the pool.
+func (st *unaryState) release() {
+	for i := 2; i < len(st.opts); i++ {
+		st.opts[i] = nil // a loop, not clear(): see newUnaryState
+	}
+	st.opts = st.opts[:2]
+	if cap(st.opts) > 64 {
+		st.opts = append(make([]grpc.CallOption, 0, 8), st.opts...)
+	}
 	st.hdr, st.tlr = nil, nil
 	unaryPool.Put(st)
+}
+
+// committed reports that the latest attempt received response headers (grpc
+// stores nil for a Trailers-Only response). A nil state (a call of one
+// attempt) knows nothing.
+func (st *unaryState) committed() bool { return st != nil && st.hdr != nil }
+
+// trailer returns the latest attempt's trailer (nil for a nil state).
+func (st *unaryState) trailer() metadata.MD {
+	if st == nil {
+		return nil
+	}
+	return st.tlr
 }
 
 // newCall starts the retry state machine of one call allowed maxAttempts
@@ -58,7 +89,9 @@ func (e *entry) fallback(ctx context.Context, req, reply any, err error) error {
 	return err
 }
 
-// unary is the unary client interceptor (Suite.Unary).
+// unary is the unary client interceptor (Suite.Unary). The first attempt is
+// made here; a failure goes on in unaryRetry, so the success path does only
+// what it needs: lookup, admit, invoke, record, deposit.
 func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	e := s.lookup(cc, method)
 	if e == nil {
@@ -70,83 +103,46 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	}
 	ov, opts := splitCallOptions(opts)
 	maxAttempts := ov.attempts(e.pol.maxAttempts)
-	if maxAttempts == 1 {
-		return e.unaryOnce(ctx, p, req, reply, cc, invoker, opts)
+	var st *unaryState // nil: a single attempt, nothing to learn from it
+	if maxAttempts > 1 {
+		st = newUnaryState(opts)
+		opts = st.opts
 	}
-	st := unaryPool.Get().(*unaryState)
-	st.opts = append(append(st.opts[:0], opts...), st.hdrOpt, st.tlrOpt)
-	err := e.unaryRetry(ctx, p, st, maxAttempts, req, reply, cc, invoker)
-	st.release()
+	o, err := e.unaryAttempt(ctx, ctx, p, req, reply, cc, invoker, opts)
+	if err == nil {
+		e.budget.Succeeded(false) // no retry.Call was needed
+	} else {
+		err = e.unaryRetry(ctx, st, maxAttempts, err, o, req, reply, cc, invoker)
+	}
+	if st != nil {
+		st.release()
+	}
 	return err
 }
 
-// unaryOnce makes a call that has a single attempt, admitted with p: no
-// Header or Trailer options are needed.
-func (e *entry) unaryOnce(ctx context.Context, p breaker.Permit, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) error {
-	actx, cancel := e.pol.retry.AttemptContext(ctx)
+// unaryAttempt makes one attempt, admitted with p, under actx (ctx, the
+// caller's context, for the first attempt; the retry context for the
+// others) and the policy's attempt timeout, and records its outcome in the
+// breaker.
+func (e *entry) unaryAttempt(ctx, actx context.Context, p breaker.Permit, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) (breaker.Outcome, error) {
+	actx, cancel := e.pol.retry.AttemptContext(actx)
 	err := invoker(actx, e.method, req, reply, cc, opts...)
 	cancel()
 	o := e.classify(ctx, err)
 	p.Done(o)
-	if err == nil {
-		e.budget.Succeeded(false)
-		return nil
-	}
-	c := e.newCall(1)
-	c.Begin()
-	d := e.decide(ctx, err, false, nil)
-	_, stop := c.Next(ctx, err, d, time.Now())
-	c.Done(err, d.Retryable())
-	err = e.giveUp(ctx, stop)
-	if o == breaker.Failure {
-		return e.fallback(ctx, req, reply, err)
-	}
-	return err
+	return o, err
 }
 
-// unaryRetry is the retry loop of a unary call whose first attempt was
-// admitted with p: per attempt, admit → invoke → classify → record →
-// decide, then retry.Call.Next and retry.Wait.
-func (e *entry) unaryRetry(ctx context.Context, p breaker.Permit, st *unaryState, maxAttempts int, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) error {
-	var (
-		c       retry.Call
-		rctx    context.Context // the context of retries (nil before the first)
-		lastErr error
-	)
-	for attempt := 1; ; attempt++ {
-		actx := ctx
-		if attempt > 1 {
-			var rej error
-			if p, rej = e.admit(); rej != nil {
-				c.Done(lastErr, true)
-				err := e.giveUp(ctx, &retry.Error{Err: lastErr, Attempts: c.Attempts(), Reason: retry.BreakerOpen})
-				return e.fallback(ctx, req, reply, err)
-			}
-			c.Begin()
-			rctx = e.s.retryContext(ctx, rctx, attempt)
-			actx = rctx
-		}
-		st.hdr, st.tlr = nil, nil
-		actx, cancel := e.pol.retry.AttemptContext(actx)
-		err := invoker(actx, e.method, req, reply, cc, st.opts...)
-		cancel()
-		o := e.classify(ctx, err)
-		p.Done(o)
-		if err == nil {
-			if attempt == 1 {
-				e.budget.Succeeded(false)
-			} else {
-				c.Done(nil, false)
-			}
-			return nil
-		}
-		// A6 commit: a failure after response headers is never retried
-		// (grpc.Header stores nil for a Trailers-Only response).
-		d := e.decide(ctx, err, st.hdr != nil, st.tlr)
-		if attempt == 1 {
-			c = e.newCall(maxAttempts)
-			c.Begin()
-		}
+// unaryRetry goes on with a unary call whose first attempt failed with err
+// (breaker outcome o): decide → retry.Call.Next → wait → admit → attempt,
+// until an attempt succeeds or retrying stops. st is the call's state, nil
+// for a call of a single attempt (which Next never retries).
+func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int, err error, o breaker.Outcome, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) error {
+	c := e.newCall(maxAttempts)
+	c.Begin()
+	var rctx context.Context // the context of the retries (nil before the first)
+	for {
+		d := e.decide(ctx, err, st.committed(), st.trailer())
 		delay, stop := c.Next(ctx, err, d, time.Now())
 		if stop != nil {
 			c.Done(err, d.Retryable())
@@ -157,17 +153,33 @@ func (e *entry) unaryRetry(ctx context.Context, p breaker.Permit, st *unaryState
 			return err
 		}
 		if e.isOpen() {
-			// The breaker opened (this attempt may have tripped it): the
-			// retry would be rejected, so do not wait for it.
-			c.Done(err, true)
-			err = e.giveUp(ctx, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.BreakerOpen})
-			return e.fallback(ctx, req, reply, err)
+			// The breaker opened (maybe at this attempt): the retry would be
+			// rejected, so do not wait for it.
+			return e.breakerEnded(ctx, &c, err, req, reply)
 		}
-		e.retrying(ctx, attempt, delay, err)
+		e.retrying(ctx, c.Attempts(), delay, err)
 		if retry.Wait(ctx, delay) != nil {
 			c.Done(err, d.Retryable())
 			return e.giveUp(ctx, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.Canceled})
 		}
-		lastErr = err
+		p, rej := e.admit()
+		if rej != nil {
+			return e.breakerEnded(ctx, &c, err, req, reply)
+		}
+		c.Begin() // after admit: a retry the breaker rejected is refunded by Done
+		rctx = e.s.retryContext(ctx, rctx, c.Attempts())
+		st.hdr, st.tlr = nil, nil
+		if o, err = e.unaryAttempt(ctx, rctx, p, req, reply, cc, invoker, st.opts); err == nil {
+			c.Done(nil, false)
+			return nil
+		}
 	}
+}
+
+// breakerEnded ends a call whose retry Next granted but the open breaker
+// rules out; err is the last attempt's error.
+func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, err error, req, reply any) error {
+	c.Done(err, true)
+	err = e.giveUp(ctx, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.BreakerOpen})
+	return e.fallback(ctx, req, reply, err)
 }
