@@ -23,14 +23,21 @@ const pushbackKey = "grpc-retry-pushback-ms"
 type grpcStatus interface{ GRPCStatus() *status.Status }
 
 // statusOf returns the status of err (non-nil). A status error is read
-// without allocating; a wrapped or foreign error goes through status.Convert.
+// without allocating; a wrapped one is found with status.FromError. Any
+// other error is UNKNOWN, except a context error (an interceptor chained
+// after the suite may return ctx.Err() as it is), which gets the code grpc
+// itself would give it: CANCELED or DEADLINE_EXCEEDED. So the caller's
+// cancellation is never counted as the server's failure.
 func statusOf(err error) *status.Status {
 	if gs, ok := err.(grpcStatus); ok {
 		if st := gs.GRPCStatus(); st != nil {
 			return st
 		}
 	}
-	return status.Convert(err)
+	if st, ok := status.FromError(err); ok {
+		return st
+	}
+	return status.FromContextError(err) // UNKNOWN for other errors
 }
 
 // isLocalRejection reports whether err is a circuit-breaker rejection (ours,

@@ -2,6 +2,8 @@ package interceptors
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -77,7 +79,10 @@ func TestClassify(t *testing.T) {
 		{"invalid argument", live, status.Error(codes.InvalidArgument, ""), breaker.Success},
 		{"permission denied", live, status.Error(codes.PermissionDenied, ""), breaker.Success},
 		{"unavailable, ctx done", done, status.Error(codes.Unavailable, ""), breaker.Failure},
-		{"a plain error is UNKNOWN", live, context.Canceled, breaker.Failure},
+		{"a plain error is UNKNOWN", live, errors.New("boom"), breaker.Failure},
+		{"a raw context error, ctx done", done, context.Canceled, breaker.Ignored},
+		{"a wrapped context error, ctx done", done, fmt.Errorf("waiting: %w", context.DeadlineExceeded), breaker.Ignored},
+		{"a raw attempt timeout, ctx live", live, context.DeadlineExceeded, breaker.Failure},
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, e.classify(tt.ctx, tt.err), tt.name)
@@ -140,6 +145,7 @@ func TestDecide(t *testing.T) {
 		{"deadline not listed", e, live, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Stop},
 		{"deadline listed", withDE, live, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Backoff},
 		{"deadline listed, ctx done", withDE, done, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Stop},
+		{"a raw attempt timeout, listed", withDE, live, context.DeadlineExceeded, false, nil, retry.Backoff},
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, tt.e.decide(tt.ctx, tt.err, tt.committed, tt.trailer), tt.name)
