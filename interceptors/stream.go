@@ -62,14 +62,14 @@ import (
 // includes the caller's own sending up to the first response (as a unary
 // attempt includes its request); give slow uploads a policy without it.
 // An attempt that has not committed within AttemptTimeout is cancelled and
-// fails with DEADLINE_EXCEEDED (a failure for the breaker; retried only if the policy
-// lists DEADLINE_EXCEEDED). The server is not told about it (no
-// grpc-timeout from it), and it never extends the caller's deadline: when
-// the caller's deadline comes first the timer is not armed. Response
-// headers are observed only when the caller calls Header or when a message
-// or the end arrives, so an attempt that received headers but no message
-// when the timer fires is cancelled too; having headers, it is then not
-// retried.
+// fails with DEADLINE_EXCEEDED (a failure for the breaker; retried only if
+// the policy lists DEADLINE_EXCEEDED); one that had already failed by then
+// keeps its own status. The server is not told about it (no grpc-timeout
+// from it), and it never extends the caller's deadline: when the caller's
+// deadline comes first the timer is not armed. Response headers are
+// observed only when the caller calls Header or when a message or the end
+// arrives, so an attempt that received headers but no message when the
+// timer fires is cancelled too; having headers, it is then not retried.
 //
 // # Outcomes
 //
@@ -379,7 +379,9 @@ func (r *retryStream) end(a *attempt, err error) error {
 			}
 			return io.EOF
 		}
-		if a.timedOut() && r.ctx.Err() == nil {
+		if a.timedOut() && statusOf(err).Code() == codes.Canceled && r.ctx.Err() == nil {
+			// Our timer cancelled a (an attempt that had already failed
+			// keeps its own status).
 			err = errAttemptTimedOut
 		}
 		committed := r.committed || a.received || headers

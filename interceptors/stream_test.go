@@ -1005,3 +1005,22 @@ func TestScriptedServerStreamSendNeverReturnsEOF(t *testing.T) {
 		assert.Equal(t, unavailable, cs.RecvMsg(nil), "committed by the headers: returned unchanged")
 	})
 }
+
+func TestStreamAttemptTimeoutKeepsARealFailure(t *testing.T) {
+	// The attempt fails at once with UNAVAILABLE; its AttemptTimeout timer
+	// fires while the caller is still composing its next message. The
+	// failure is the server's, not a timeout: it is retried, and the second
+	// attempt gets both messages.
+	synctest.Test(t, func(t *testing.T) {
+		e := newStreamEnv(t, interceptors.Policy{Retry: retry.Policy{AttemptTimeout: 100 * time.Millisecond}})
+		cs, err := e.client.ClientStream(t.Context())
+		require.NoError(t, err)
+		require.NoError(t, cs.Send(&echov1.ClientStreamRequest{Message: "a", Fault: streamFault("k", codes.Unavailable, 1, 1)}))
+		time.Sleep(200 * time.Millisecond)
+		require.NoError(t, cs.Send(&echov1.ClientStreamRequest{Message: "b"}))
+		resp, err := cs.CloseAndRecv()
+		require.NoError(t, err)
+		assert.Equal(t, []string{"a", "b"}, resp.GetMessages())
+		assert.Equal(t, 2, e.srv.Attempts("k"))
+	})
+}
