@@ -78,22 +78,23 @@ import (
 // classified as for unary calls (a replaced attempt records its
 // classified failure), a stream the caller canceled is ignored, and so is
 // an error SendMsg generated locally (such as a message too large). When
-// the caller's context ends while the attempt holds a half-open probe, the
-// attempt is recorded as ignored at once (what its end would count as), so
-// the breaker gets its probe back even if nobody reads the stream's end;
-// other permits of an abandoned stream hold nothing and record nothing.
+// the caller's context ends while an attempt holds a half-open probe, that
+// attempt is recorded as ignored at once (what a cancelled end counts as),
+// so the breaker gets its probe back even if nobody reads the stream's end.
 //
 // # Concurrency
 //
-// SendMsg and RecvMsg may run concurrently (bidi streaming). The stream
-// starts no goroutine: the retry runs on the goroutine that observes the
-// failure (RecvMsg's, or SendMsg's when no RecvMsg is in progress: it then
-// reads the attempt's status itself), and so do the OnRetry and OnGiveUp
-// hooks, which must not call the stream; the other side waits for the new
-// attempt. The replay runs while no receive is in progress, as grpc-go's
-// own retry, so a bidi server that echoes more than the flow-control
-// windows hold (about 64 KiB each way) before the replay ends can stall it
-// until the deadline; keep the replay buffer below that for such servers.
+// SendMsg, RecvMsg and Header may run concurrently (bidi streaming). The
+// stream starts no goroutine of its own (only the abandoned-probe callback
+// above runs on context.AfterFunc's): the retry runs on the goroutine that
+// observes the failure (RecvMsg's, or SendMsg's or Header's when no RecvMsg
+// is in progress: it then reads the attempt's status itself), and so do
+// the OnRetry and OnGiveUp hooks, which must not call the stream; the
+// other callers wait for the new attempt. The replay runs while no receive
+// is in progress, as grpc-go's own retry, so a bidi server that echoes more
+// than the flow-control windows hold (about 64 KiB each way) before the
+// replay ends can stall it until the deadline; keep the replay buffer
+// below that for such servers.
 func (s *Suite) Stream() grpc.StreamClientInterceptor { return s.stream }
 
 // stream is the stream client interceptor (Suite.Stream).
@@ -153,7 +154,6 @@ type attempt struct {
 	cancel   context.CancelCauseFunc // and its cancel
 	timer    *time.Timer
 	recorded bool // permit.Done was called (or is about to be)
-	received bool // a response message arrived
 }
 
 // claim reports whether the caller is the one to record a's outcome (once
@@ -191,23 +191,24 @@ func (a *attempt) timedOut() bool {
 // messages replayed when an attempt fails before the stream commits.
 //
 // Locking: mu guards every field below it. No inner stream method is called
-// with mu held. Three roles coordinate through mu and cond:
+// with mu held. Two flags coordinate the callers through mu and cond:
 //
-//   - the sender (SendMsg, CloseSend: never concurrent with each other, by
-//     the grpc.ClientStream contract) sets sending while it is inside the
-//     current attempt's SendMsg or CloseSend;
 //   - the receive token (recvBusy) is held by whoever calls the current
 //     attempt's RecvMsg: RecvMsg, or SendMsg or Header when they find the
 //     attempt over and nobody receiving (they then read its status);
 //   - the token holder that finds the attempt failed sets resolving while
 //     it decides, waits, opens the next attempt and replays; everyone else
-//     waits for resolving to clear. The replay waits for sending to clear,
-//     so the replayed messages never race a send on the old attempt, and a
-//     message the sender buffered before the swap is replayed exactly once.
+//     waits for resolving to clear, and nobody commits or buffers meanwhile.
+//
+// The sender buffers a message in the same critical section in which it
+// checks that no resolution is in progress, before sending it: a message is
+// therefore either sent on an attempt that is replaced later, and then in
+// the replay's snapshot of the buffer, or sent after the replay, on the new
+// attempt; never both, never neither. The same holds for CloseSend.
 //
 // A swap happens only while the stream is uncommitted and only after the
-// old attempt's stream is over, so the old attempt's pending calls return
-// promptly.
+// old attempt's stream is over, so the old attempt's pending calls (a send
+// still in flight on it) return promptly and harmlessly.
 type retryStream struct {
 	e        *entry
 	ctx      context.Context // the caller's
@@ -224,14 +225,13 @@ type retryStream struct {
 	one     [1]any          // the first buffered message's slot (a server stream's request)
 
 	mu        sync.Mutex
-	cond      sync.Cond // on mu: broadcast when sending, recvBusy or resolving clears, or final is set
+	cond      sync.Cond // on mu: broadcast when recvBusy or resolving clears, or final is set
 	cur       *attempt  // the current attempt (after a failure: the last one)
 	call      retry.Call
 	committed bool
 	buf       []any // sent messages, while uncommitted
 	bufSize   int
 	closeSent bool
-	sending   bool
 	recvBusy  bool
 	resolving bool
 	final     error // once set, the stream is over and RecvMsg returns it
@@ -261,6 +261,9 @@ func (r *retryStream) attemptContext(a *attempt, n int) context.Context {
 
 // commitLocked commits the stream: no more retries, no more buffering.
 func (r *retryStream) commitLocked() {
+	if r.committed {
+		return
+	}
 	r.committed = true
 	clear(r.buf)
 	r.buf, r.bufSize = nil, 0
@@ -355,13 +358,6 @@ func (r *retryStream) abandoned() {
 // from then on.
 func (r *retryStream) end(a *attempt, err error) error {
 	for {
-		// A failure after response headers is committed (A6). Header does
-		// not block here: a's stream is over.
-		headers := false
-		if err != io.EOF && a.cs != nil && !a.received {
-			md, _ := a.cs.Header()
-			headers = md != nil
-		}
 		r.mu.Lock()
 		if r.final != nil {
 			f := r.final
@@ -379,22 +375,26 @@ func (r *retryStream) end(a *attempt, err error) error {
 			}
 			return io.EOF
 		}
+		committed := r.committed // stays as it is while resolving
+		r.resolving = true
+		rec := a.claim()
+		r.mu.Unlock()
+
+		var tlr metadata.MD
+		if !committed && a.cs != nil {
+			// A failure after response headers is committed (A6). Header
+			// does not block: a's stream is over.
+			md, _ := a.cs.Header()
+			committed = md != nil
+			tlr = a.cs.Trailer()
+		}
 		if a.timedOut() && statusOf(err).Code() == codes.Canceled && r.ctx.Err() == nil {
 			// Our timer cancelled a (an attempt that had already failed
 			// keeps its own status).
 			err = errAttemptTimedOut
 		}
-		committed := r.committed || a.received || headers
-		r.resolving = true
-		rec := a.claim()
-		r.mu.Unlock()
-
 		if rec {
 			a.permit.Done(r.e.classify(r.ctx, err))
-		}
-		var tlr metadata.MD
-		if !committed && a.cs != nil {
-			tlr = a.cs.Trailer()
 		}
 		d := r.e.decide(r.ctx, err, committed, tlr)
 		r.mu.Lock()
@@ -460,9 +460,6 @@ func (r *retryStream) stop(err error, retryable bool, reason retry.Reason) error
 // error; otherwise b ended during the replay with err, not committed.
 func (r *retryStream) replay(b *attempt) (done bool, err error) {
 	r.mu.Lock()
-	for r.sending {
-		r.cond.Wait()
-	}
 	msgs, closeSent := r.buf, r.closeSent
 	r.mu.Unlock()
 	for _, m := range msgs {
@@ -558,36 +555,42 @@ func (r *retryStream) sendMsg(m any) error {
 		r.bufferLocked(m)
 	}
 	a := r.cur
-	r.sending = true
 	r.mu.Unlock()
 
 	err := a.cs.SendMsg(m)
-
-	r.mu.Lock()
-	r.sending = false
-	r.cond.Broadcast()
 	if err == nil {
-		r.mu.Unlock()
 		return nil
 	}
+	r.mu.Lock()
 	if err != io.EOF {
 		return r.sendFailedLocked(a, err)
 	}
-	// The attempt is over: find out whether it is retried.
+	replaced := r.settle(a)
+	r.mu.Unlock()
+	if replaced {
+		return nil // m was buffered before the send, and replayed
+	}
+	return io.EOF
+}
+
+// settle sees to the end of attempt a, which SendMsg or Header found over
+// (io.EOF, no headers): it waits for whoever reads a's status, or reads it
+// itself with the receive token and resolves it (see end). It reports
+// whether a new attempt replaced a; otherwise the stream is over, or a is
+// committed and its status is left for RecvMsg. Called with mu held; it
+// may release and reacquire it.
+func (r *retryStream) settle(a *attempt) (replaced bool) {
 	for {
 		switch {
 		case r.final != nil:
-			r.mu.Unlock()
-			return io.EOF
+			return false
 		case r.resolving:
 			r.cond.Wait()
 			continue
 		case r.cur != a:
-			r.mu.Unlock()
-			return nil // replaced: m was buffered before the send, and replayed
+			return true
 		case r.committed:
-			r.mu.Unlock()
-			return io.EOF
+			return false
 		case r.recvBusy:
 			r.cond.Wait() // the receiver will see the end
 			continue
@@ -597,22 +600,16 @@ func (r *retryStream) sendMsg(m any) error {
 	r.recvBusy = true
 	r.mu.Unlock()
 	headers, st := drain(a.cs)
+	if !headers {
+		replaced = r.end(a, st) == nil
+	}
+	r.mu.Lock()
 	if headers {
-		r.mu.Lock()
-		if r.final == nil && !r.committed {
-			r.commitLocked()
-		}
-		r.recvBusy = false
-		r.cond.Broadcast()
-		r.mu.Unlock()
-		return io.EOF
+		r.commitLocked() // a's messages and status are for RecvMsg
 	}
-	err = r.end(a, st)
-	r.release()
-	if err != nil {
-		return io.EOF
-	}
-	return nil
+	r.recvBusy = false
+	r.cond.Broadcast()
+	return replaced
 }
 
 // sendFailedLocked handles an error SendMsg generated locally (such as a
@@ -650,13 +647,8 @@ func (r *retryStream) CloseSend() error {
 	}
 	r.closeSent = true
 	a := r.cur
-	r.sending = true
 	r.mu.Unlock()
 	_ = a.cs.CloseSend()
-	r.mu.Lock()
-	r.sending = false
-	r.cond.Broadcast()
-	r.mu.Unlock()
 	return nil
 }
 
@@ -697,10 +689,7 @@ func (r *retryStream) RecvMsg(m any) error {
 // over: grpc returns its single response only with an OK status.
 func (r *retryStream) received(a *attempt) {
 	r.mu.Lock()
-	a.received = true
-	if !r.committed {
-		r.commitLocked()
-	}
+	r.commitLocked()
 	var rec bool
 	if !r.desc.ServerStreams && r.final == nil {
 		rec = a.claim()
@@ -736,27 +725,13 @@ func (r *retryStream) Header() (metadata.MD, error) {
 		md, err := a.cs.Header()
 		r.mu.Lock()
 		if md != nil {
-			if r.cur == a && r.final == nil && !r.resolving && !r.committed {
+			if r.cur == a && !r.resolving {
 				r.commitLocked()
 			}
 			r.mu.Unlock()
 			return md, err
 		}
-		// a ended without headers: read its status, unless someone is.
-		for r.final == nil && r.cur == a && (r.resolving || r.recvBusy) {
-			r.cond.Wait()
-		}
-		if r.final != nil || r.cur != a || r.committed {
-			continue
-		}
-		r.recvBusy = true
-		r.mu.Unlock()
-		if headers, st := drain(a.cs); !headers {
-			_ = r.end(a, st)
-		}
-		r.mu.Lock()
-		r.recvBusy = false
-		r.cond.Broadcast()
+		r.settle(a) // a ended without headers
 	}
 }
 
@@ -787,9 +762,7 @@ func (r *retryStream) commit() *attempt {
 	for r.resolving {
 		r.cond.Wait()
 	}
-	if r.final == nil && !r.committed {
-		r.commitLocked()
-	}
+	r.commitLocked()
 	a := r.cur
 	r.mu.Unlock()
 	return a
