@@ -35,16 +35,17 @@ import (
 //   - a stream that fails returns the fault's code, no server attempt
 //     completed, and the caller received nothing (a failing attempt never
 //     echoes);
-//   - no more attempts than allowed reached the server;
+//   - no more attempts than allowed reached the server, and the breaker
+//     recorded exactly one outcome per attempt;
 //   - when the replay buffer cannot overflow, the outcome and the number of
 //     attempts are exactly those of the A6 rules.
 //
-// Real clock (1ms backoff, no budget, no breaker): the schedules are
-// counted, never timed.
+// Real clock (1ms backoff, no budget, a breaker that only counts): the
+// schedules are counted, never timed.
 func TestStreamPropertyNoLossNoDuplicateNoReorder(t *testing.T) {
 	pol := interceptors.Policy{
 		Retry:   retry.Policy{MaxAttempts: 5, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond},
-		Breaker: breaker.Config{Mode: breaker.Disabled},
+		Breaker: breaker.Config{Mode: breaker.MetricsOnly},
 	}
 	t.Run("bufconn", func(t *testing.T) {
 		rapid.Check(t, streamProperty(t, newStreamEnv(t, pol, interceptors.WithoutBudget())))
@@ -97,6 +98,11 @@ func streamProperty(t *testing.T, e *streamEnv) func(*rapid.T) {
 			idx  []int32
 			resp *echov1.ClientStreamResponse
 		)
+		method := methodClientStream
+		if bidi {
+			method = methodBidi
+		}
+		before := e.breakerCounts(method)
 		ctx := t.Context()
 		if bidi {
 			bs, serr := e.client.BidiStream(ctx, opts...)
@@ -117,6 +123,9 @@ func streamProperty(t *testing.T, e *streamEnv) func(*rapid.T) {
 
 		// Safety, whatever the timing.
 		require.LessOrEqual(rt, attempts, maxAttempts, "attempts")
+		now := e.breakerCounts(method)
+		outcomes := now.Successes + now.Failures + now.Ignored - before.Successes - before.Failures - before.Ignored
+		require.Equal(rt, uint64(attempts), outcomes, "one breaker outcome per attempt")
 		if err == nil {
 			require.Equal(rt, [][]string{msgs}, received, "the server's successful attempt got every message once, in order")
 			if bidi {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -41,6 +43,7 @@ const (
 // streamEnv is a suite installed on a connection to an echo server.
 type streamEnv struct {
 	srv    *echoserver.Server
+	suite  *interceptors.Suite
 	client echov1.EchoServiceClient
 }
 
@@ -67,7 +70,18 @@ func newStreamEnvOn(t *testing.T, dial func(*echoserver.Server, ...grpc.DialOpti
 	cc, stop, err := dial(srv, suite.DialOptions()...)
 	require.NoError(t, err)
 	t.Cleanup(stop)
-	return &streamEnv{srv: srv, client: echov1.NewEchoServiceClient(cc)}
+	return &streamEnv{srv: srv, suite: suite, client: echov1.NewEchoServiceClient(cc)}
+}
+
+// breakerCounts returns the state and counts of method's breaker (zero
+// before its first call).
+func (e *streamEnv) breakerCounts(method string) interceptors.SnapshotMethod {
+	for _, m := range e.suite.Snapshot().Methods {
+		if m.Method == method {
+			return m
+		}
+	}
+	return interceptors.SnapshotMethod{}
 }
 
 // fastPolicy retries up to n attempts with a 1ms backoff and no breaker.
@@ -774,9 +788,9 @@ func TestStreamAbandonedProbeIsReleased(t *testing.T) {
 		e.srv.SetDown(false)
 		time.Sleep(time.Second + time.Millisecond) // half-open
 
-		// The probe: the caller cancels it and never reads its end.
+		// The probe: the caller cancels it and does not read its end.
 		ctx, cancel := context.WithCancel(t.Context())
-		_, err = e.client.ServerStream(ctx, &echov1.ServerStreamRequest{Count: 1, Fault: &echov1.Fault{DelayMs: 10_000}})
+		probe, err := e.client.ServerStream(ctx, &echov1.ServerStreamRequest{Count: 1, Fault: &echov1.Fault{DelayMs: 10_000}})
 		require.NoError(t, err)
 		_, err = e.client.ServerStream(t.Context(), &echov1.ServerStreamRequest{Count: 1})
 		requireCircuitOpen(t, err, methodServerStream) // the probe slot is taken
@@ -787,6 +801,13 @@ func TestStreamAbandonedProbeIsReleased(t *testing.T) {
 		require.NoError(t, err, "the abandoned probe gave its slot back")
 		_, err = recvServer(st)
 		require.NoError(t, err)
+
+		// Reading the probe's end now records nothing more: one outcome per
+		// permit.
+		_, err = recvServer(probe)
+		require.Equal(t, codes.Canceled, status.Code(err))
+		c := e.breakerCounts(methodServerStream)
+		assert.Equal(t, [3]uint64{1, 1, 1}, [3]uint64{c.Successes, c.Failures, c.Ignored}, "successes, failures, ignored")
 	})
 }
 
@@ -1023,4 +1044,358 @@ func TestStreamAttemptTimeoutKeepsARealFailure(t *testing.T) {
 		assert.Equal(t, []string{"a", "b"}, resp.GetMessages())
 		assert.Equal(t, 2, e.srv.Attempts("k"))
 	})
+}
+
+func TestClientStreamResponseIsABreakerSuccess(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newStreamEnv(t, interceptors.Policy{
+			Retry:   retry.Policy{MaxAttempts: 1},
+			Breaker: breaker.Config{ConsecutiveFailures: 1, RecoveryTime: time.Second, RecoveryJitter: -1},
+		})
+		e.srv.SetDown(true)
+		cs, err := e.client.ClientStream(t.Context())
+		require.NoError(t, err)
+		_, err = sendClient(t, cs, words(2), nil)
+		require.Equal(t, codes.Unavailable, status.Code(err))
+		e.srv.SetDown(false)
+		time.Sleep(time.Second + time.Millisecond)
+
+		cs, err = e.client.ClientStream(t.Context()) // the half-open probe
+		require.NoError(t, err)
+		_, err = sendClient(t, cs, words(2), nil)
+		require.NoError(t, err)
+		assert.Equal(t, breaker.Closed.String(), e.breakerCounts(methodClientStream).State,
+			"the response (CloseAndRecv reads no further) recorded the probe's success")
+	})
+}
+
+// gatedStream is an attempt's stream whose end the test decides, for the
+// concurrency tests. Header blocks until the end unless header is set, as
+// grpc's does for a Trailers-Only response; SendMsg accepts sendLimit
+// messages (-1: any number), then blocks until the end and returns io.EOF;
+// RecvMsg blocks until the end, then returns status (nil: a message; io.EOF:
+// success). The end is close(end), or the attempt's context.
+type gatedStream struct {
+	grpc.ClientStream
+	ctx       context.Context
+	header    metadata.MD
+	sendLimit int
+	status    error
+	end       chan struct{}
+
+	mu   sync.Mutex
+	sent []string
+}
+
+func newGated(ctx context.Context, header metadata.MD, sendLimit int, status error) *gatedStream {
+	return &gatedStream{ctx: ctx, header: header, sendLimit: sendLimit, status: status, end: make(chan struct{})}
+}
+
+func (s *gatedStream) wait() error {
+	select {
+	case <-s.end:
+		return nil
+	case <-s.ctx.Done():
+		return status.FromContextError(s.ctx.Err()).Err()
+	}
+}
+
+func (s *gatedStream) Header() (metadata.MD, error) {
+	if s.header == nil {
+		_ = s.wait()
+	}
+	return s.header, nil
+}
+func (s *gatedStream) Trailer() metadata.MD     { return nil }
+func (s *gatedStream) Context() context.Context { return s.ctx }
+func (s *gatedStream) CloseSend() error         { return nil }
+func (s *gatedStream) SendMsg(m any) error {
+	s.mu.Lock()
+	if s.sendLimit < 0 || len(s.sent) < s.sendLimit {
+		s.sent = append(s.sent, m.(interface{ GetMessage() string }).GetMessage())
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	_ = s.wait()
+	return io.EOF
+}
+
+func (s *gatedStream) RecvMsg(any) error {
+	if err := s.wait(); err != nil {
+		return err
+	}
+	return s.status
+}
+
+func (s *gatedStream) messages() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.sent...)
+}
+
+var bidiStreamDesc = &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}
+
+func TestScriptedSendOnAReplacedAttemptSucceeds(t *testing.T) {
+	// The sender is inside the first attempt's SendMsg when that attempt
+	// fails, and the receiver resolves the failure. The send reports
+	// success: its message was buffered before it was sent, and replayed
+	// once on the new attempt.
+	synctest.Test(t, func(t *testing.T) {
+		s, err := interceptors.New(map[string]interceptors.Policy{"*": {}})
+		require.NoError(t, err)
+		var attempts []*gatedStream
+		streamer := func(ctx context.Context, _ *grpc.StreamDesc, _ *grpc.ClientConn, _ string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+			g := newGated(ctx, nil, 1, status.Error(codes.Unavailable, "down"))
+			if len(attempts) > 0 {
+				g = newGated(ctx, metadata.MD{}, -1, io.EOF)
+			}
+			attempts = append(attempts, g)
+			return g, nil
+		}
+		cs, err := s.Stream()(t.Context(), bidiStreamDesc, nil, "/x.Y/Z", streamer)
+		require.NoError(t, err)
+		require.NoError(t, cs.SendMsg(&echov1.BidiStreamRequest{Message: "a"}))
+		sent := make(chan error)
+		go func() { sent <- cs.SendMsg(&echov1.BidiStreamRequest{Message: "b"}) }()
+		received := make(chan error)
+		go func() { received <- cs.RecvMsg(nil) }()
+		synctest.Wait() // both are inside the first attempt
+		close(attempts[0].end)
+		require.NoError(t, <-sent, "b went out on the new attempt")
+		require.Len(t, attempts, 2)
+		assert.Equal(t, []string{"a", "b"}, attempts[1].messages(), "replayed once, in order")
+		close(attempts[1].end)
+		assert.Equal(t, io.EOF, <-received)
+	})
+}
+
+func TestScriptedHeaderDisarmsTheAttemptTimeout(t *testing.T) {
+	// Header commits the stream: an attempt that has answered with headers
+	// is not cut by AttemptTimeout while the caller waits for its first
+	// message.
+	synctest.Test(t, func(t *testing.T) {
+		s, err := interceptors.New(map[string]interceptors.Policy{"*": {Retry: retry.Policy{AttemptTimeout: 100 * time.Millisecond}}})
+		require.NoError(t, err)
+		var g *gatedStream
+		streamer := func(ctx context.Context, _ *grpc.StreamDesc, _ *grpc.ClientConn, _ string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+			g = newGated(ctx, metadata.MD{"h": {"v"}}, -1, nil)
+			return g, nil
+		}
+		cs, err := s.Stream()(t.Context(), &grpc.StreamDesc{ServerStreams: true}, nil, "/x.Y/Z", streamer)
+		require.NoError(t, err)
+		md, err := cs.Header()
+		require.NoError(t, err)
+		assert.Equal(t, []string{"v"}, md.Get("h"))
+		time.Sleep(time.Second)
+		require.NoError(t, g.ctx.Err(), "the committed attempt outlived its timeout")
+		close(g.end)
+		require.NoError(t, cs.RecvMsg(nil))
+	})
+}
+
+func TestScriptedAttemptContextsAreReleased(t *testing.T) {
+	// With an AttemptTimeout each attempt has a context of its own: the
+	// failed attempt's is cancelled before the retry opens the next one,
+	// and the last one's when the stream ends.
+	synctest.Test(t, func(t *testing.T) {
+		s, err := interceptors.New(map[string]interceptors.Policy{"*": {Retry: retry.Policy{AttemptTimeout: time.Hour}}})
+		require.NoError(t, err)
+		var ctxs []context.Context
+		var firstDoneAtRetry bool
+		attempts := []*scripted{{sendFailAt: -1, status: status.Error(codes.Unavailable, "down")}, {sendFailAt: -1, status: io.EOF}}
+		streamer := func(ctx context.Context, _ *grpc.StreamDesc, _ *grpc.ClientConn, _ string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+			if len(ctxs) == 1 {
+				firstDoneAtRetry = ctxs[0].Err() != nil
+			}
+			ctxs = append(ctxs, ctx)
+			return attempts[len(ctxs)-1], nil
+		}
+		cs, err := s.Stream()(t.Context(), &grpc.StreamDesc{ServerStreams: true}, nil, "/x.Y/Z", streamer)
+		require.NoError(t, err)
+		require.NoError(t, cs.SendMsg(&echov1.ClientStreamRequest{Message: "a"}))
+		require.NoError(t, cs.CloseSend())
+		require.Equal(t, io.EOF, cs.RecvMsg(nil))
+		require.Len(t, ctxs, 2)
+		assert.True(t, firstDoneAtRetry, "the failed attempt's context was cancelled before the retry")
+		assert.Error(t, ctxs[1].Err(), "the last attempt's context was cancelled at the end")
+		assert.Equal(t, []string{"a"}, attempts[1].sent)
+	})
+}
+
+func TestScriptedLocalSendErrorIsNeverRetried(t *testing.T) {
+	// grpc ends the stream when SendMsg fails locally (a message it cannot
+	// marshal or that is too large); the stream ends with that error even
+	// when its code is retryable.
+	synctest.Test(t, func(t *testing.T) {
+		s, err := interceptors.New(map[string]interceptors.Policy{"*": {RetryableCodes: []codes.Code{codes.Unavailable, codes.Internal}}})
+		require.NoError(t, err)
+		local := status.Error(codes.Internal, "grpc: error while marshaling")
+		a1 := &scripted{sendFailAt: 0, sendErr: local, status: local}
+		a2 := &scripted{sendFailAt: -1, status: io.EOF}
+		cs, err := s.Stream()(t.Context(), clientStreamDesc, nil, "/x.Y/Z", scriptedStreamer(a1, a2))
+		require.NoError(t, err)
+		assert.Equal(t, local, cs.SendMsg(&echov1.ClientStreamRequest{Message: "a"}))
+		assert.Equal(t, local, cs.RecvMsg(nil))
+		assert.Empty(t, a2.sent, "no second attempt")
+	})
+}
+
+func TestScriptedProbeOpenedAsTheCallerCancelsIsReleased(t *testing.T) {
+	// A half-open breaker admits two probes. The first attempt (a probe)
+	// fails with a code that is retryable but not a breaker failure; the
+	// retry takes the second probe slot, and the caller cancels while it
+	// opens, then never reads the stream's end. The probe slot comes back
+	// at once: the next stream is admitted.
+	synctest.Test(t, func(t *testing.T) {
+		s, err := interceptors.New(map[string]interceptors.Policy{"*": {
+			RetryableCodes: []codes.Code{codes.Aborted},
+			Breaker:        breaker.Config{ConsecutiveFailures: 1, RecoveryTime: time.Second, RecoveryJitter: -1, HalfOpenMaxCalls: 2},
+		}})
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(t.Context())
+		calls := 0
+		streamer := func(context.Context, *grpc.StreamDesc, *grpc.ClientConn, string, ...grpc.CallOption) (grpc.ClientStream, error) {
+			calls++
+			switch calls {
+			case 1: // opens the breaker
+				return &scripted{sendFailAt: -1, status: status.Error(codes.Unavailable, "down")}, nil
+			case 2: // the first probe
+				return &scripted{sendFailAt: 1, status: status.Error(codes.Aborted, "conflict")}, nil
+			case 3: // the retry, the second probe
+				cancel()
+				synctest.Wait() // the stream's context callback has run
+				return &scripted{sendFailAt: -1, status: io.EOF}, nil
+			}
+			return &fakeStream{}, nil
+		}
+		cs, err := s.Stream()(t.Context(), clientStreamDesc, nil, "/x.Y/Z", streamer, interceptors.DisableRetry())
+		require.NoError(t, err)
+		require.Equal(t, codes.Unavailable, status.Code(cs.RecvMsg(nil)))
+		time.Sleep(time.Second + time.Millisecond) // half-open
+
+		cs, err = s.Stream()(ctx, clientStreamDesc, nil, "/x.Y/Z", streamer)
+		require.NoError(t, err)
+		require.NoError(t, cs.SendMsg(&echov1.ClientStreamRequest{Message: "a"}))
+		require.NoError(t, cs.SendMsg(&echov1.ClientStreamRequest{Message: "b"}), "the retry happened inside SendMsg")
+		require.Equal(t, 3, calls)
+
+		_, err = s.Stream()(t.Context(), clientStreamDesc, nil, "/x.Y/Z", streamer)
+		require.NoError(t, err, "the second probe's slot came back")
+	})
+}
+
+func TestStreamAdversarialConcurrencyOverLoopbackTCP(t *testing.T) {
+	// Real concurrency (no bubble): per stream, one goroutine sends, one
+	// receives and one calls Header, while the server fails the first
+	// attempts after k messages; some streams are cancelled at a random
+	// moment too (often in the middle of a replay of large messages).
+	// Whatever the interleaving: a stream either succeeds with exactly the
+	// client's messages on both sides, or fails with the fault's code or
+	// CANCELED and delivered nothing; every attempt opened records exactly
+	// one breaker outcome. Counts and order only, never durations.
+	var opened atomic.Int64
+	count := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		opened.Add(1)
+		return streamer(ctx, desc, cc, method, opts...)
+	}
+	dial := func(srv *echoserver.Server, opts ...grpc.DialOption) (*grpc.ClientConn, func(), error) {
+		return echoserver.Loopback(srv, append(opts, grpc.WithChainStreamInterceptor(count))...)
+	}
+	e := newStreamEnvOn(t, dial, interceptors.Policy{
+		Retry:   retry.Policy{MaxAttempts: 5, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond},
+		Breaker: breaker.Config{Mode: breaker.MetricsOnly},
+	}, interceptors.WithoutBudget())
+	outcomes := func() uint64 {
+		var n uint64
+		for _, m := range []string{methodClientStream, methodBidi} {
+			c := e.breakerCounts(m)
+			n += c.Successes + c.Failures + c.Ignored
+		}
+		return n
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 60 {
+		key := fmt.Sprintf("adv-%d", i)
+		bidi := i%2 == 0
+		n := 1 + rng.IntN(30)
+		pad := 16
+		if !bidi {
+			pad = 8 << 10 // a client stream's replay can be long: up to 240 KiB
+		}
+		msgs := make([]string, n)
+		for j := range msgs {
+			msgs[j] = fmt.Sprintf("%02d-%s", j, strings.Repeat("p", pad))
+		}
+		f := streamFault(key, codes.Unavailable, 1+rng.IntN(3), rng.IntN(n+1))
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		cancelled := i%3 == 0
+		var wg sync.WaitGroup
+		if cancelled {
+			d := time.Duration(rng.IntN(3000)) * time.Microsecond
+			wg.Go(func() { time.Sleep(d); cancel() })
+		}
+		var (
+			got     []string
+			idx     []int32
+			err     error // the stream's, or its creation's
+			sendErr error
+		)
+		if bidi {
+			var bs grpc.BidiStreamingClient[echov1.BidiStreamRequest, echov1.BidiStreamResponse]
+			if bs, err = e.client.BidiStream(ctx); err == nil {
+				wg.Go(func() { _, _ = bs.Header() })
+				got, idx, sendErr, err = bidiRun(bs, msgs, f)
+				if sendErr != nil {
+					require.ErrorIs(t, sendErr, io.EOF)
+				}
+			}
+		} else {
+			var cs grpc.ClientStreamingClient[echov1.ClientStreamRequest, echov1.ClientStreamResponse]
+			if cs, err = e.client.ClientStream(ctx); err == nil {
+				wg.Go(func() { _, _ = cs.Header() })
+				var resp *echov1.ClientStreamResponse
+				resp, err = sendClient(t, cs, msgs, f)
+				got = resp.GetMessages()
+				idx = seq(len(got))
+			}
+		}
+		wg.Wait()
+		cancel()
+		received := e.srv.Received(key)
+		if err == nil {
+			requireLabels(t, msgs, got, "%s: every message once, in order", key)
+			require.Equal(t, seq(n), idx, "%s: from one attempt", key)
+			require.Len(t, received, 1, "%s: one server attempt completed", key)
+			requireLabels(t, msgs, received[0], "%s: the server's successful attempt", key)
+		} else {
+			require.Empty(t, got, "%s: a failing attempt delivers nothing", key)
+			if cancelled && status.Code(err) == codes.Canceled {
+				// The server may have completed as the caller cancelled.
+				require.LessOrEqual(t, len(received), 1, key)
+				if len(received) == 1 {
+					requireLabels(t, msgs, received[0], "%s: the server's completed attempt", key)
+				}
+			} else {
+				require.Equal(t, codes.Unavailable, status.Code(err), "%s: %v", key, err)
+				require.Empty(t, received, "%s: no server attempt completed", key)
+			}
+		}
+		require.Equal(t, uint64(opened.Load()), outcomes(), "%s: one breaker outcome per attempt opened", key)
+	}
+}
+
+// requireLabels requires got to be want, comparing (and printing) only the
+// messages' first three characters, their labels ("00-", "01-", ...).
+func requireLabels(t *testing.T, want, got []string, msgAndArgs ...any) {
+	t.Helper()
+	labels := func(ms []string) []string {
+		out := make([]string, len(ms))
+		for i, m := range ms {
+			out[i] = m[:min(3, len(m))]
+		}
+		return out
+	}
+	require.Equal(t, labels(want), labels(got), msgAndArgs...)
+	require.Equal(t, want, got, msgAndArgs...)
 }
