@@ -43,18 +43,13 @@ func statusOf(err error) *status.Status {
 // isLocalRejection reports whether err is a circuit-breaker rejection (ours,
 // or of another suite inside this one).
 func isLocalRejection(err error) bool {
-	switch {
-	case reflect.TypeOf(err) == statusErrorType:
-		return false // grpc's own status error wraps nothing: skip errors.Is
-	case isReject(err):
+	if _, ok := err.(*rejectError); ok {
 		return true
 	}
+	if reflect.TypeOf(err) == statusErrorType {
+		return false // grpc's own status error wraps nothing: skip errors.Is
+	}
 	return errors.Is(err, breaker.ErrOpen)
-}
-
-func isReject(err error) bool {
-	_, ok := err.(*rejectError)
-	return ok
 }
 
 // statusErrorType is the dynamic type of grpc's status errors.

@@ -52,7 +52,8 @@
 // Server hints: the grpc-retry-pushback-ms trailer, exactly as gRFC A6
 // (one value >= 0: retry after exactly that delay, and the exponential
 // backoff starts over; a negative or unparsable value, or several values:
-// do not retry), else a google.rpc.RetryInfo detail. Both are capped by
+// do not retry, which the A6 token bucket counts as a failed attempt, as
+// grpc-go does), else a google.rpc.RetryInfo detail. Both are capped by
 // Retry.MaxPushback.
 //
 // Deadlines: the caller's deadline covers all attempts and is never
@@ -122,10 +123,13 @@
 //
 // # Cost
 //
-// The first-attempt success path reads no clock, takes no lock and
-// allocates nothing in the interceptor: a cached policy lookup, one breaker
-// admit and record, one budget deposit, and a pooled per-call state for the
-// Header and Trailer options (grpc itself then copies the response's header
-// and trailer metadata into them). A rejection by an open breaker is an
-// atomic load and a prebuilt error.
+// The first-attempt success path allocates nothing: a cached policy
+// lookup, one breaker admit and record, one budget deposit, and a pooled
+// per-call state for the Header and Trailer options (grpc itself then
+// copies the response's header and trailer metadata into them). It reads
+// no clock and takes no lock, except that the breaker and the budget fold
+// their counts into their time windows on every 64th and 16th call. A
+// rejection by an open breaker is an atomic load and a prebuilt error. A
+// failed attempt reads the clock once for the retry decision (and once more
+// in the breaker, which stamps every failure).
 package interceptors
