@@ -234,7 +234,7 @@ type retryStream struct {
 	closeSent bool
 	recvBusy  bool
 	resolving bool
-	final     error // once set, the stream is over and RecvMsg returns it
+	final     error // once set, the stream is over, RecvMsg returns it, and recvBusy no longer matters
 }
 
 // attemptContext returns the context of attempt n (1-based) of the stream:
@@ -314,14 +314,6 @@ func (r *retryStream) finish(err error) error {
 	r.finishLocked(err)
 	r.mu.Unlock()
 	return err
-}
-
-// release gives the receive token back.
-func (r *retryStream) release() {
-	r.mu.Lock()
-	r.recvBusy = false
-	r.cond.Broadcast()
-	r.mu.Unlock()
 }
 
 // watch arranges for abandoned to run if the caller's context ends while
@@ -675,8 +667,7 @@ func (r *retryStream) RecvMsg(m any) error {
 			return nil
 		}
 		if err = r.end(a, err); err != nil {
-			r.release()
-			return err
+			return err // the stream is over: nobody waits for the token any more
 		}
 		r.mu.Lock()
 		a = r.cur
