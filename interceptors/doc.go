@@ -123,13 +123,15 @@
 //
 // # Cost
 //
-// The first-attempt success path allocates nothing: a cached policy
-// lookup, one breaker admit and record, one budget deposit, and a pooled
-// per-call state for the Header and Trailer options (grpc itself then
-// copies the response's header and trailer metadata into them). It reads
-// no clock and takes no lock, except that the breaker and the budget fold
-// their counts into their time windows on every 64th and 16th call. A
-// rejection by an open breaker is an atomic load and a prebuilt error. A
-// failed attempt reads the clock once for the retry decision (and once more
-// in the breaker, which stamps every failure).
+// The first-attempt success path allocates nothing in the suite: a cached
+// policy lookup, one breaker admit and record, one budget deposit, and a
+// pooled per-call state for the Header and Trailer options. grpc itself
+// then copies the response's header and trailer metadata into them, a few
+// allocations per call (four over bufconn) that calls of a single attempt
+// (DisableRetry, MaxAttempts(1)) do not pay. The path reads no clock and
+// takes no lock, except that the breaker and the budget fold their counts
+// into their time windows on every 64th and 16th call. A rejection by an
+// open breaker is an atomic load and a prebuilt error. A failed attempt
+// reads the clock once for the retry decision (and once more in the
+// breaker, which stamps every failure).
 package interceptors

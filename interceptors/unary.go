@@ -19,7 +19,9 @@ import (
 // attempt was committed (gRFC A6), the trailer carries the server's
 // pushback. The options must be given before the first attempt, so every
 // call that may retry takes one; it is pooled, so that the success path
-// allocates nothing.
+// allocates nothing. Pooling relies on the invoker being done with the
+// options when it returns, as grpc's is: an inner interceptor that kept
+// them for later would write into another call's state.
 type unaryState struct {
 	hdr, tlr metadata.MD
 	opts     []grpc.CallOption // opts[:2] are the Header and Trailer options

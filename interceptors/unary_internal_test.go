@@ -210,3 +210,27 @@ func TestHotPathsAllocateNothing(t *testing.T) {
 	require.ErrorIs(t, in(ctx, m, nil, nil, nil, ok, opts...), breaker.ErrOpen)
 	assert.Zero(t, testing.AllocsPerRun(1000, func() { _ = in(ctx, m, nil, nil, nil, ok, opts...) }), "rejection")
 }
+
+// TestFailedAttemptsAllocateLittle pins the failure path's allocations: a
+// call whose 4 attempts fail allocates its retry context, the retry.Error
+// and the give-up error, at most one allocation per attempt.
+func TestFailedAttemptsAllocateLittle(t *testing.T) {
+	p := Policy{
+		Retry:   retry.Policy{MaxAttempts: 4, InitialBackoff: time.Nanosecond, MaxBackoff: time.Nanosecond},
+		Breaker: breaker.Config{Mode: breaker.Disabled},
+	}
+	s, err := New(map[string]Policy{"*": p}, WithoutBudget())
+	require.NoError(t, err)
+	in := s.Unary()
+	ctx := context.Background()
+	opts := []grpc.CallOption{grpc.StaticMethod()}
+	failure := status.Error(codes.Unavailable, "")
+	attempts := 0
+	fail := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		attempts++
+		return failure
+	}
+	allocs := testing.AllocsPerRun(100, func() { _ = in(ctx, "/pkg.Svc/M", nil, nil, nil, fail, opts...) })
+	require.Equal(t, 4*101, attempts)
+	assert.LessOrEqual(t, allocs, 3.0)
+}
