@@ -3,6 +3,7 @@ package interceptors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -68,6 +69,13 @@ func (o *options) validate() error {
 	if o.replayBytes < 0 {
 		return errors.New("interceptors: WithReplayBuffer: must not be negative")
 	}
+	// grpc fails a call whose outgoing metadata has a malformed key (with
+	// INTERNAL, a failure code): caught here, it cannot fail every retry.
+	for i := 0; i < len(o.header); i++ {
+		if c := o.header[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("interceptors: WithAttemptHeader: %q is not a metadata key (characters in [0-9a-z-_.])", o.header)
+		}
+	}
 	return nil
 }
 
@@ -114,7 +122,9 @@ func WithReplayBuffer(bytes int) Option {
 
 // WithAttemptHeader sets the name of the outgoing metadata entry set on
 // retries to the number of preceding attempts (default
-// "grpc-previous-rpc-attempts", as gRFC A6); "" turns it off.
+// "grpc-previous-rpc-attempts", as gRFC A6); "" turns it off. The name is
+// lower-cased; New rejects one with characters grpc does not allow in a
+// metadata key (outside [0-9a-z-_.]).
 func WithAttemptHeader(name string) Option {
 	return optionFunc(func(o *options) { o.header = strings.ToLower(name) })
 }

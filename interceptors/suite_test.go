@@ -512,6 +512,8 @@ func TestNewValidates(t *testing.T) {
 			`interceptors: policy "": key must be "/pkg.Service/Method", "/pkg.Service/*" or "*"`},
 		{"budget", nil, []interceptors.Option{interceptors.WithBudget(retry.BudgetConfig{Ratio: 2000})},
 			`interceptors: WithBudget: retry: BudgetConfig.Ratio: must be in (0, 1000], got 2000`},
+		{"attempt header", nil, []interceptors.Option{interceptors.WithAttemptHeader("X Retry")},
+			`interceptors: WithAttemptHeader: "x retry" is not a metadata key (characters in [0-9a-z-_.])`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
