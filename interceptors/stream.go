@@ -316,6 +316,24 @@ func (r *retryStream) finish(err error) error {
 	return err
 }
 
+// finishAtLocked ends the stream at attempt a, without a retry: with err
+// (io.EOF: success) for the caller and the budget, and with o for a's
+// permit. Called with mu held; releases it.
+func (r *retryStream) finishAtLocked(a *attempt, err error, o breaker.Outcome) {
+	r.cur = a
+	rec := a.claim()
+	if err == io.EOF {
+		r.call.Done(nil, false)
+	} else {
+		r.call.Done(err, false)
+	}
+	r.finishLocked(err)
+	r.mu.Unlock()
+	if rec {
+		a.permit.Done(o)
+	}
+}
+
 // watch arranges for abandoned to run if the caller's context ends while
 // the current attempt holds a half-open probe permit: a probe nobody reports
 // would keep its slot until the breaker reclaims it. Other permits hold
@@ -332,7 +350,7 @@ func (r *retryStream) watch() {
 // an attempt whose caller's context is done), and a half-open breaker gets
 // its probe back at once. A RecvMsg that reads the end later records
 // nothing more. An attempt that a retry in progress opens is covered when
-// it is installed (see replay).
+// it is installed (see install).
 func (r *retryStream) abandoned() {
 	r.mu.Lock()
 	a := r.cur
@@ -356,17 +374,12 @@ func (r *retryStream) end(a *attempt, err error) error {
 			r.mu.Unlock()
 			return f
 		}
-		r.cur = a
 		if err == io.EOF {
-			rec := a.claim()
-			r.call.Done(nil, false)
-			r.finishLocked(io.EOF)
-			r.mu.Unlock()
-			if rec {
-				a.permit.Done(breaker.Success)
-			}
+			r.finishAtLocked(a, io.EOF, breaker.Success)
 			return io.EOF
 		}
+		// a may be a new attempt that ended before it was installed.
+		r.cur = a
 		committed := r.committed // stays as it is while resolving
 		r.resolving = true
 		rec := a.claim()
@@ -460,16 +473,9 @@ func (r *retryStream) replay(b *attempt) (done bool, err error) {
 			continue
 		}
 		if serr != io.EOF {
-			// A local error: the message cannot be sent at all.
+			// A local error (as in SendMsg): the message cannot be sent.
 			r.mu.Lock()
-			r.cur = b
-			rec := b.claim()
-			r.call.Done(serr, false)
-			r.finishLocked(serr)
-			r.mu.Unlock()
-			if rec {
-				b.permit.Done(breaker.Ignored)
-			}
+			r.finishAtLocked(b, serr, breaker.Ignored)
 			return true, serr
 		}
 		headers, st := drain(b.cs)
@@ -612,15 +618,10 @@ func (r *retryStream) sendFailedLocked(a *attempt, err error) error {
 	for r.resolving {
 		r.cond.Wait()
 	}
-	var rec bool
 	if r.final == nil && r.cur == a {
-		rec = a.claim()
-		r.call.Done(err, false)
-		r.finishLocked(err)
-	}
-	r.mu.Unlock()
-	if rec {
-		a.permit.Done(breaker.Ignored)
+		r.finishAtLocked(a, err, breaker.Ignored)
+	} else {
+		r.mu.Unlock()
 	}
 	return err
 }
@@ -681,18 +682,13 @@ func (r *retryStream) RecvMsg(m any) error {
 func (r *retryStream) received(a *attempt) {
 	r.mu.Lock()
 	r.commitLocked()
-	var rec bool
-	if !r.desc.ServerStreams && r.final == nil {
-		rec = a.claim()
-		r.call.Done(nil, false)
-		r.finishLocked(io.EOF)
-	}
 	r.recvBusy = false
 	r.cond.Broadcast()
-	r.mu.Unlock()
-	if rec {
-		a.permit.Done(breaker.Success)
+	if !r.desc.ServerStreams && r.final == nil {
+		r.finishAtLocked(a, io.EOF, breaker.Success)
+		return
 	}
+	r.mu.Unlock()
 }
 
 // Header returns the response headers. It waits for them as grpc does; an

@@ -908,21 +908,22 @@ func (f *fakeStream) RecvMsg(any) error            { return io.EOF }
 
 // scripted is one attempt's stream in the scripted tests: it accepts
 // messages until sendFailAt (then SendMsg returns sendErr, io.EOF by
-// default), answers Header with header once over, and RecvMsg with status
-// (io.EOF: success). It never blocks.
+// default), answers Header with header once over, RecvMsg with status
+// (io.EOF: success) and Trailer with trailer. It never blocks.
 type scripted struct {
 	grpc.ClientStream
 	sendFailAt int // index of the first failing SendMsg; -1: none
 	sendErr    error
 	header     metadata.MD
 	status     error
+	trailer    metadata.MD
 
 	sent   []string
 	closed bool
 }
 
 func (s *scripted) Header() (metadata.MD, error) { return s.header, nil }
-func (s *scripted) Trailer() metadata.MD         { return nil }
+func (s *scripted) Trailer() metadata.MD         { return s.trailer }
 func (s *scripted) Context() context.Context     { return context.Background() }
 func (s *scripted) CloseSend() error             { s.closed = true; return nil }
 func (s *scripted) RecvMsg(any) error            { return s.status }
@@ -1398,4 +1399,51 @@ func requireLabels(t *testing.T, want, got []string, msgAndArgs ...any) {
 	}
 	require.Equal(t, labels(want), labels(got), msgAndArgs...)
 	require.Equal(t, want, got, msgAndArgs...)
+}
+
+func TestScriptedAttemptEndingOKDuringTheReplayEndsTheStream(t *testing.T) {
+	// The second attempt ends with OK (Trailers-Only) in the middle of the
+	// replay: the server chose to answer early. The stream ends there,
+	// with that attempt's trailer.
+	synctest.Test(t, func(t *testing.T) {
+		s, err := interceptors.New(map[string]interceptors.Policy{"*": {}})
+		require.NoError(t, err)
+		a1 := &scripted{sendFailAt: -1, status: status.Error(codes.Unavailable, "down"), trailer: metadata.Pairs("attempt", "1")}
+		a2 := &scripted{sendFailAt: 1, status: io.EOF, trailer: metadata.Pairs("attempt", "2")}
+		cs, err := s.Stream()(t.Context(), clientStreamDesc, nil, "/x.Y/Z", scriptedStreamer(a1, a2))
+		require.NoError(t, err)
+		sendAll(t, cs, "a", "b")
+		assert.Equal(t, io.EOF, cs.RecvMsg(nil))
+		assert.Equal(t, []string{"a"}, a2.sent)
+		assert.Equal(t, []string{"2"}, cs.Trailer().Get("attempt"), "the last attempt's trailer")
+	})
+}
+
+func TestScriptedAbandonedProbeRecordsOnce(t *testing.T) {
+	// The caller cancels a half-open probe: it is recorded as ignored at
+	// once. Its stream still ends well later (the scripted stream ignores
+	// the cancellation), and reading that end records nothing more.
+	synctest.Test(t, func(t *testing.T) {
+		s, err := interceptors.New(map[string]interceptors.Policy{"*": {
+			Breaker: breaker.Config{ConsecutiveFailures: 1, RecoveryTime: time.Second, RecoveryJitter: -1},
+		}})
+		require.NoError(t, err)
+		down := &scripted{sendFailAt: -1, status: status.Error(codes.Unavailable, "down")}
+		probe := &scripted{sendFailAt: -1, status: io.EOF}
+		cs, err := s.Stream()(t.Context(), clientStreamDesc, nil, "/x.Y/Z", scriptedStreamer(down), interceptors.DisableRetry())
+		require.NoError(t, err)
+		require.Equal(t, codes.Unavailable, status.Code(cs.RecvMsg(nil)))
+		time.Sleep(time.Second + time.Millisecond) // half-open
+
+		ctx, cancel := context.WithCancel(t.Context())
+		cs, err = s.Stream()(ctx, &grpc.StreamDesc{ServerStreams: true}, nil, "/x.Y/Z", scriptedStreamer(probe))
+		require.NoError(t, err)
+		cancel()
+		synctest.Wait()
+		require.Equal(t, io.EOF, cs.RecvMsg(nil))
+		methods := s.Snapshot().Methods
+		require.Len(t, methods, 1)
+		m := methods[0]
+		assert.Equal(t, [3]uint64{0, 1, 1}, [3]uint64{m.Successes, m.Failures, m.Ignored}, "successes, failures, ignored")
+	})
 }
