@@ -510,11 +510,11 @@ func (r *retryStream) install(b *attempt, committed bool) {
 	}
 }
 
-// drain finds out how a stream whose SendMsg returned io.EOF ended. headers
-// reports that response headers arrived: the attempt is committed, and its
-// messages and status are left for RecvMsg. Otherwise err is the stream's
-// status, read with RecvMsg (which cannot consume a message: no message
-// comes without headers).
+// drain finds out how a stream that is over (its SendMsg returned io.EOF,
+// or its Header nothing) ended. headers reports that response headers
+// arrived: the attempt is committed, and its messages and status are left
+// for RecvMsg. Otherwise err is the stream's status, read with RecvMsg
+// (which cannot consume a message: no message comes without headers).
 func drain(cs grpc.ClientStream) (headers bool, err error) {
 	if md, _ := cs.Header(); md != nil {
 		return true, nil
