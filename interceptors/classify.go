@@ -55,14 +55,27 @@ func isLocalRejection(err error) bool {
 // statusErrorType is the dynamic type of grpc's status errors.
 var statusErrorType = reflect.TypeOf(status.Error(codes.Unknown, ""))
 
+// pastDeadline reports whether ctx, the caller's context, is done or past
+// its deadline. The server gets the caller's deadline (grpc-timeout) and may
+// answer DEADLINE_EXCEEDED before ctx's own timer has fired: that is still
+// the caller's deadline, not a failure of the server. The clock is read only
+// when ctx has a deadline and is not done yet.
+func pastDeadline(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
 // classify maps the result of one attempt to the breaker outcome. ctx is the
 // caller's context (not the attempt's). The rules:
 //
 //   - nil: Success;
-//   - CANCELED, DEADLINE_EXCEEDED once ctx is done, and local rejections:
-//     Ignored;
+//   - CANCELED, DEADLINE_EXCEEDED once ctx is done or past its deadline
+//     (pastDeadline), and local rejections: Ignored;
 //   - a code in the policy's FailureCodes: Failure (DEADLINE_EXCEEDED only
-//     while ctx is live: an attempt timeout or the server's deadline);
+//     before the caller's deadline: an attempt timeout or the server's own);
 //   - any other code: Success (the server answered).
 //
 // Streams call it with the stream's final error (io.EOF counts as nil) and
@@ -75,7 +88,7 @@ func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 	switch {
 	case c == codes.Canceled:
 		return breaker.Ignored
-	case c == codes.DeadlineExceeded && ctx.Err() != nil:
+	case c == codes.DeadlineExceeded && pastDeadline(ctx):
 		return breaker.Ignored
 	case c == codes.Unavailable && isLocalRejection(err):
 		return breaker.Ignored
@@ -94,8 +107,9 @@ func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 //  1. committed, ctx done, or a local rejection: Stop;
 //  2. the code must be retryable: in RetryableCodes (default UNAVAILABLE),
 //     or RESOURCE_EXHAUSTED with a server delay hint (listed or not);
-//     DEADLINE_EXCEEDED only if listed (ctx is live here, so it came from
-//     an attempt timeout or the server); otherwise Stop;
+//     DEADLINE_EXCEEDED only if listed and before the caller's deadline
+//     (pastDeadline: an attempt timeout or the server's own); otherwise
+//     Stop;
 //  3. grpc-retry-pushback-ms as gRFC A6: one value >= 0 means
 //     retry.After(that many ms); a negative or unparsable value, or more
 //     than one value, means Stop, and counts as a failed attempt for the
@@ -116,7 +130,7 @@ func (e *entry) decide(ctx context.Context, err error, committed bool, trailer m
 	if !listed && c != codes.ResourceExhausted {
 		return retry.Stop
 	}
-	if c == codes.Unavailable && isLocalRejection(err) {
+	if c == codes.Unavailable && isLocalRejection(err) || c == codes.DeadlineExceeded && pastDeadline(ctx) {
 		return retry.Stop
 	}
 	if vals := trailer[pushbackKey]; len(vals) > 0 {

@@ -53,11 +53,17 @@ func testEntry(t *testing.T, p Policy) *entry {
 	return e
 }
 
+// pastDeadlineCtx is past its deadline, but its timer has not fired yet.
+type pastDeadlineCtx struct{ context.Context }
+
+func (pastDeadlineCtx) Deadline() (time.Time, bool) { return time.Now().Add(-time.Millisecond), true }
+
 func TestClassify(t *testing.T) {
 	e := testEntry(t, Policy{})
 	live := context.Background()
 	done, cancel := context.WithCancel(live)
 	cancel()
+	past := pastDeadlineCtx{live}
 	rej := newRejectError("/pkg.Svc/M", mustOpenError(t))
 	tests := []struct {
 		name string
@@ -73,6 +79,7 @@ func TestClassify(t *testing.T) {
 		{"resource exhausted", live, status.Error(codes.ResourceExhausted, ""), breaker.Failure},
 		{"deadline, ctx live", live, status.Error(codes.DeadlineExceeded, ""), breaker.Failure},
 		{"deadline, ctx done", done, status.Error(codes.DeadlineExceeded, ""), breaker.Ignored},
+		{"deadline, ctx past its deadline, timer not fired yet", past, status.Error(codes.DeadlineExceeded, ""), breaker.Ignored},
 		{"canceled", live, status.Error(codes.Canceled, ""), breaker.Ignored},
 		{"local rejection", live, rej, breaker.Ignored},
 		{"not found", live, status.Error(codes.NotFound, ""), breaker.Success},
@@ -109,6 +116,7 @@ func TestDecide(t *testing.T) {
 	live := context.Background()
 	done, cancel := context.WithCancel(live)
 	cancel()
+	past := pastDeadlineCtx{live}
 	pb := func(v ...string) metadata.MD { return metadata.MD{pushbackKey: v} }
 	withInfo := func(c codes.Code, d time.Duration) error {
 		st, err := status.New(c, "").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)})
@@ -145,6 +153,8 @@ func TestDecide(t *testing.T) {
 		{"deadline not listed", e, live, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Stop},
 		{"deadline listed", withDE, live, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Backoff},
 		{"deadline listed, ctx done", withDE, done, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Stop},
+		{"deadline listed, ctx past its deadline", withDE, past, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Stop},
+		{"unavailable, ctx past its deadline", e, past, unavailable, false, nil, retry.Backoff}, // Next stops it: Deadline
 		{"a raw attempt timeout, listed", withDE, live, context.DeadlineExceeded, false, nil, retry.Backoff},
 	}
 	for _, tt := range tests {
