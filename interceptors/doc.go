@@ -10,7 +10,7 @@
 //
 //	suite, err := interceptors.New(map[string]interceptors.Policy{
 //		"/pkg.Payments/*": {Retry: retry.Policy{MaxAttempts: 3}},
-//		"*":               {}, // defaults: 4 attempts, 50ms full-jitter backoff, a breaker per method
+//		"*":               {}, // defaults: 4 attempts, 25ms full-jitter backoff, a breaker per method
 //	})
 //	if err != nil { ... }
 //	cc, err := grpc.NewClient(target, append(suite.DialOptions(), creds)...)

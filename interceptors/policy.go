@@ -16,7 +16,7 @@ import (
 // optional fallback. The zero Policy means retry and breaker defaults.
 type Policy struct {
 	// Retry configures the retries of a call. The zero value means the retry
-	// package defaults (4 attempts, 50ms full-jitter backoff capped at 5s);
+	// package defaults (4 attempts, 25ms full-jitter backoff capped at 5s);
 	// MaxAttempts 1 means no retries.
 	Retry retry.Policy
 	// Breaker configures the breaker of each method the policy covers (one
