@@ -42,9 +42,14 @@ type event struct{ from, to State }
 // Breaker is a circuit breaker. It is safe for concurrent use. Create one
 // with New; the zero value is not usable.
 type Breaker struct {
-	// Hot fields, touched without the mutex.
+	// Hot fields, touched without the mutex. cur is read by every Allow and
+	// succ written by every successful Done: on separate cache lines, so that
+	// concurrent callers on other cores do not invalidate each other's reads
+	// (the unary interceptor on 2 cores, in parallel: 175 -> 140 ns/op).
 	cur        atomic.Pointer[stateRec]
+	_          [56]byte
 	succ       atomic.Uint64 // successes recorded by the closed/metrics-only fast path (lifetime)
+	_          [56]byte
 	streak     atomic.Uint64 // current streak of failed attempts
 	ignored    atomic.Uint64 // ignored outcomes recorded without the mutex (lifetime)
 	rejections atomic.Uint64 // lifetime
