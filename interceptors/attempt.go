@@ -39,6 +39,8 @@ type retryCtx struct {
 	base            metadata.MD              // the caller's outgoing metadata (a copy), or nil
 }
 
+// Value answers the attempt number and the attempt header's metadata, and
+// defers every other key to the caller's context.
 func (c *retryCtx) Value(key any) any {
 	if _, ok := key.(attemptKey); ok {
 		return int(c.n.Load())

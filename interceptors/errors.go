@@ -42,9 +42,14 @@ type rejectError struct {
 	msg string
 }
 
-func (e *rejectError) Error() string              { return e.msg }
+// Error returns the status error's text.
+func (e *rejectError) Error() string { return e.msg }
+
+// GRPCStatus returns the prebuilt UNAVAILABLE status with its details.
 func (e *rejectError) GRPCStatus() *status.Status { return e.st }
-func (e *rejectError) Unwrap() error              { return e.oe }
+
+// Unwrap returns the breaker's *OpenError, so errors.Is(err, breaker.ErrOpen).
+func (e *rejectError) Unwrap() error { return e.oe }
 
 func newRejectError(method string, oe *breaker.OpenError) *rejectError {
 	st := status.New(codes.Unavailable, oe.Error())
@@ -105,12 +110,15 @@ type giveUpError struct {
 	st   atomic.Pointer[status.Status]
 }
 
+// Unwrap returns the *retry.Error, and through it the last attempt's error.
 func (e *giveUpError) Unwrap() error { return e.re }
 
+// Is reports breaker.ErrOpen for a call the open breaker ended.
 func (e *giveUpError) Is(target error) bool {
 	return target == breaker.ErrOpen && e.re.Reason == retry.BreakerOpen
 }
 
+// Error formats the annotated status as grpc's status errors do.
 func (e *giveUpError) Error() string {
 	return "rpc error: code = " + e.code.String() + " desc = " + e.GRPCStatus().Message()
 }

@@ -86,7 +86,10 @@ type configError struct {
 	err error
 }
 
+// Error names the policy key and the field.
 func (e *configError) Error() string { return e.msg }
+
+// Unwrap returns the breaker or retry validation error, if any.
 func (e *configError) Unwrap() error { return e.err }
 
 func policyError(key, field string, err error) error {
