@@ -202,7 +202,13 @@ func (b *Breaker) reclaimProbes(now time.Time) {
 // read no clock and allocate nothing: a Success is an atomic add to a
 // success counter (and resets the streak if it is not already zero); every
 // 64th success stamps the pending successes into the window under the mutex.
-func (p Permit) Done(o Outcome) {
+func (p Permit) Done(o Outcome) { p.DoneAt(o, time.Time{}) }
+
+// DoneAt is Done for a caller that has just read the clock anyway (a retry
+// loop after a failed attempt): the paths of Done that read the clock use
+// now instead, so a failed attempt costs one clock read, not two. The zero
+// time means "read the clock", as Done does.
+func (p Permit) DoneAt(o Outcome, now time.Time) {
 	b := p.b
 	if b == nil {
 		return
@@ -229,7 +235,7 @@ func (p Permit) Done(o Outcome) {
 			return
 		}
 	}
-	b.doneSlow(p, o)
+	b.doneSlow(p, o, now)
 }
 
 // stampSuccesses folds the successes counted by the fast path into the
@@ -252,7 +258,10 @@ func (b *Breaker) fold(now time.Time) {
 	}
 }
 
-func (b *Breaker) doneSlow(p Permit, o Outcome) {
+func (b *Breaker) doneSlow(p Permit, o Outcome, now time.Time) {
+	if now.IsZero() && o == Failure {
+		now = b.clock()
+	}
 	b.mu.Lock()
 	if p.w != b.cur.Load().w {
 		// An older generation: counted, never decides anything.
@@ -264,7 +273,7 @@ func (b *Breaker) doneSlow(p Permit, o Outcome) {
 	case Closed, MetricsOnly:
 		b.count(o)
 		if o == Failure {
-			b.recordFailure(b.clock())
+			b.recordFailure(now)
 		}
 	case HalfOpen:
 		b.count(o)
@@ -283,7 +292,7 @@ func (b *Breaker) doneSlow(p Permit, o Outcome) {
 			}
 		case Failure:
 			b.reopens++
-			b.open(b.clock())
+			b.open(now)
 		}
 	}
 	b.unlockAndDispatch()

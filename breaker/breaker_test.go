@@ -764,3 +764,35 @@ func TestHotPathsTakeNoMutex(t *testing.T) {
 	})
 	assert.Equal(t, 100, rejected)
 }
+
+// DoneAt uses the caller's clock reading: a failed attempt recorded with it
+// reads no clock of its own, and the window follows the time given.
+func TestDoneAtUsesTheGivenTime(t *testing.T) {
+	c := newFakeClock()
+	reads := 0
+	clock := func() time.Time { reads++; return c.Now() }
+	b, err := newBreaker(Config{ConsecutiveFailures: -1, MinimumCalls: 4, RecoveryJitter: -1}, clock, c.AfterFunc, constRand(0.5))
+	require.NoError(t, err)
+	reads = 0
+	fail := func(at time.Time) {
+		t.Helper()
+		p, err := b.Allow()
+		require.NoError(t, err)
+		p.DoneAt(Failure, at)
+	}
+
+	// Two failures now, two 20s later (by the times given; the breaker's
+	// own clock does not move): the first two have left the 10s window, so
+	// the rate rule sees 2 calls, not 4.
+	t0 := c.Now()
+	fail(t0)
+	fail(t0)
+	later := t0.Add(20 * time.Second)
+	fail(later)
+	fail(later)
+	assert.Equal(t, Closed, b.State(), "only 2 failures in the window of the time given")
+	fail(later)
+	fail(later)
+	assert.Equal(t, Open, b.State(), "4 failures in the window")
+	assert.Zero(t, reads, "DoneAt read no clock")
+}

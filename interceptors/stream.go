@@ -398,12 +398,13 @@ func (r *retryStream) end(a *attempt, err error) error {
 			// keeps its own status).
 			err = errAttemptTimedOut
 		}
+		now := time.Now() // one clock read for the breaker and the retry decision
 		if rec {
-			a.permit.Done(r.e.classify(r.ctx, err))
+			a.permit.DoneAt(r.e.classify(r.ctx, err), now)
 		}
 		d := r.e.decide(r.ctx, err, committed, tlr)
 		r.mu.Lock()
-		delay, stop := r.call.Next(r.ctx, err, d, time.Now())
+		delay, stop := r.call.Next(r.ctx, err, d, now)
 		if stop != nil {
 			r.call.Done(err, d.Retryable())
 		}

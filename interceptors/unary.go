@@ -110,11 +110,11 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 		st = newUnaryState(opts)
 		opts = st.opts
 	}
-	o, err := e.unaryAttempt(ctx, ctx, p, req, reply, cc, invoker, opts)
+	o, now, err := e.unaryAttempt(ctx, ctx, p, req, reply, cc, invoker, opts)
 	if err == nil {
 		e.budget.Succeeded(false) // no retry.Call was needed
 	} else {
-		err = e.unaryRetry(ctx, st, maxAttempts, err, o, req, reply, cc, invoker)
+		err = e.unaryRetry(ctx, st, maxAttempts, err, o, now, req, reply, cc, invoker)
 	}
 	if st != nil {
 		st.release()
@@ -125,27 +125,31 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 // unaryAttempt makes one attempt, admitted with p, under actx (ctx, the
 // caller's context, for the first attempt; the retry context for the
 // others) and the policy's attempt timeout, and records its outcome in the
-// breaker.
-func (e *entry) unaryAttempt(ctx, actx context.Context, p breaker.Permit, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) (breaker.Outcome, error) {
+// breaker. A failed attempt reads the clock once, here, for the breaker and
+// for the retry decision (now); a successful one reads none.
+func (e *entry) unaryAttempt(ctx, actx context.Context, p breaker.Permit, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) (o breaker.Outcome, now time.Time, err error) {
 	actx, cancel := e.pol.retry.AttemptContext(actx)
-	err := invoker(actx, e.method, req, reply, cc, opts...)
+	err = invoker(actx, e.method, req, reply, cc, opts...)
 	cancel()
-	o := e.classify(ctx, err)
-	p.Done(o)
-	return o, err
+	o = e.classify(ctx, err)
+	if err != nil {
+		now = time.Now()
+	}
+	p.DoneAt(o, now)
+	return o, now, err
 }
 
 // unaryRetry goes on with a unary call whose first attempt failed with err
-// (breaker outcome o): decide → retry.Call.Next → wait → admit → attempt,
+// (breaker outcome o, at now): decide → retry.Call.Next → wait → admit → attempt,
 // until an attempt succeeds or retrying stops. st is the call's state, nil
 // for a call of a single attempt (which Next never retries).
-func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int, err error, o breaker.Outcome, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) error {
+func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int, err error, o breaker.Outcome, now time.Time, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) error {
 	c := e.newCall(maxAttempts)
 	c.Begin()
 	var rctx context.Context // the context of the retries (nil before the first)
 	for {
 		d := e.decide(ctx, err, st.committed(), st.trailer())
-		delay, stop := c.Next(ctx, err, d, time.Now())
+		delay, stop := c.Next(ctx, err, d, now)
 		if stop != nil {
 			c.Done(err, d.Retryable())
 			err = e.giveUp(ctx, stop)
@@ -171,7 +175,7 @@ func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int,
 		c.Begin() // after admit: a retry the breaker rejected is refunded by Done
 		rctx = e.s.retryContext(ctx, rctx, c.Attempts())
 		st.hdr, st.tlr = nil, nil
-		if o, err = e.unaryAttempt(ctx, rctx, p, req, reply, cc, invoker, st.opts); err == nil {
+		if o, now, err = e.unaryAttempt(ctx, rctx, p, req, reply, cc, invoker, st.opts); err == nil {
 			c.Done(nil, false)
 			return nil
 		}
