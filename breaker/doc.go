@@ -96,7 +96,8 @@
 // to a monotonic success counter and resets the streak only if it is not
 // already zero (a load before the store, so that concurrent successes do not
 // bounce the cache line). Done(Ignored) is one atomic add. A failure takes
-// the mutex and reads the clock. An Open or ForcedOpen rejection is one
+// the mutex and reads the clock (Permit.DoneAt takes a reading the caller
+// already has). An Open or ForcedOpen rejection is one
 // atomic load plus one atomic add (the rejection counter) and returns the
 // prebuilt *OpenError. HalfOpen is a slow path: mutex and clock.
 //

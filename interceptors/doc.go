@@ -132,6 +132,6 @@
 // takes no lock, except that the breaker and the budget fold their counts
 // into their time windows on every 64th and 16th call. A rejection by an
 // open breaker is an atomic load and a prebuilt error. A failed attempt
-// reads the clock once for the retry decision (and once more in the
-// breaker, which stamps every failure).
+// reads the clock once, for both the breaker (which stamps every failure,
+// through Permit.DoneAt) and the retry decision.
 package interceptors
