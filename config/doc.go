@@ -31,7 +31,7 @@
 //	    }
 //	  }],
 //	  "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
-//	  "retryBudget": {"ratio": 0.2, "minRetriesPerSecond": 1, "window": "10s"}   ours; or "disabled": true
+//	  "retryBudget": {"ratio": 0.2, "minRetriesPerSecond": 1, "window": "10s"}   ours, instead of retryThrottling; or {"disabled": true}
 //	}
 //
 // A name with a method becomes the policy key "/pkg.v1.Svc/Get", a name

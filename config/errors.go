@@ -37,7 +37,7 @@ type Error struct {
 
 // Error joins the problems:
 //
-//	config: methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1; retryThrottling.maxTokens: required
+//	config: methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1; retryThrottling.maxTokens: required, in (0, 1000]
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("config: ")

@@ -35,10 +35,11 @@
 // the budget, with the policy's code lists as overrides:
 //
 //   - Failure: UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS,
-//     RESOURCE_EXHAUSTED, and DEADLINE_EXCEEDED while the caller's context
-//     is live (an attempt timeout or the server's deadline);
+//     RESOURCE_EXHAUSTED, and DEADLINE_EXCEEDED before the caller's
+//     deadline (an attempt timeout or the server's deadline);
 //   - Ignored: CANCELED, DEADLINE_EXCEEDED once the caller's context is
-//     done, local rejections, a stream the caller abandoned;
+//     done or its deadline has passed (even before the context's timer
+//     fired), local rejections, a stream the caller abandoned;
 //   - Success: every other code (NOT_FOUND, INVALID_ARGUMENT, ...): the
 //     server answered.
 //
@@ -46,8 +47,8 @@
 //
 // Only RetryableCodes are retried (UNAVAILABLE by default).
 // RESOURCE_EXHAUSTED is retried only when the server gave a delay hint,
-// listed or not; DEADLINE_EXCEEDED only if listed and while the caller's
-// context is live. Nothing is retried after the caller's context is done.
+// listed or not; DEADLINE_EXCEEDED only if listed and before the caller's
+// deadline. Nothing is retried after the caller's context is done.
 //
 // Server hints: the grpc-retry-pushback-ms trailer, exactly as gRFC A6
 // (one value >= 0: retry after exactly that delay, and the exponential
@@ -85,7 +86,8 @@
 // by default, WithBreakerKey to change that), and every outcome is recorded.
 // An open breaker ends the retries at once. A call rejected before any
 // attempt fails with codes.Unavailable, an errdetails.ErrorInfo (reason
-// CIRCUIT_OPEN, domain "khive.grpc-resilience", metadata {"method": m}) and
+// CIRCUIT_OPEN, domain "khive.grpc-resilience", metadata {"method": m},
+// plus "breaker": its key when WithBreakerKey names it otherwise) and
 // an errdetails.RetryInfo (the time until the breaker admits a probe, as of
 // the period's first rejection), and errors.Is(err, breaker.ErrOpen) holds.
 // The error is built once per open period: a rejection allocates nothing.

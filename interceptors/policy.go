@@ -28,14 +28,15 @@ type Policy struct {
 	// RetryableCodes are the codes retried with backoff. nil means
 	// {Unavailable}. RESOURCE_EXHAUSTED is retried only when the server gave a
 	// delay hint (grpc-retry-pushback-ms or google.rpc.RetryInfo), whether or
-	// not it is listed; DEADLINE_EXCEEDED only if listed and only while the
-	// caller's context is live (that is, when an attempt timeout expired).
+	// not it is listed; DEADLINE_EXCEEDED only if listed and only before the
+	// caller's deadline (that is, when an attempt timeout expired or the
+	// server gave up on its own).
 	RetryableCodes []codes.Code
 	// FailureCodes are the codes the breaker counts as failures. nil means
 	// {Unavailable, Internal, Unknown, DataLoss, ResourceExhausted,
-	// DeadlineExceeded}. DEADLINE_EXCEEDED and CANCELED are ignored once the
-	// caller's context is done; every code not listed counts as a success
-	// (the server answered).
+	// DeadlineExceeded}. CANCELED is always ignored, and DEADLINE_EXCEEDED
+	// once the caller's context is done or its deadline has passed; every
+	// code not listed counts as a success (the server answered).
 	FailureCodes []codes.Code
 
 	// Fallback, if set, answers a unary call that failed because the method

@@ -85,10 +85,12 @@ import (
 // # Concurrency
 //
 // SendMsg, RecvMsg and Header may run concurrently (bidi streaming). The
-// stream starts no goroutine of its own (only the abandoned-probe callback
-// above runs on context.AfterFunc's): the retry runs on the goroutine that
-// observes the failure (RecvMsg's, or SendMsg's or Header's when no RecvMsg
-// is in progress: it then reads the attempt's status itself), and so do
+// stream starts no goroutine of its own (two callbacks run elsewhere: the
+// abandoned-probe callback above on context.AfterFunc's goroutine, and the
+// attempt timer's cancellation on time.AfterFunc's): the retry runs on the
+// goroutine that observes the failure (RecvMsg's, or SendMsg's or Header's
+// when no RecvMsg is in progress: it then reads the attempt's status
+// itself), and so do
 // the OnRetry and OnGiveUp hooks, which must not call the stream; the
 // other callers wait for the new attempt. The replay runs while no receive
 // is in progress, as grpc-go's own retry, so a bidi server that echoes more

@@ -97,10 +97,11 @@
 //
 // # Cost
 //
-// Do allocates nothing and reads no clock when the operation succeeds at once (with a budget:
-// one atomic add, and a clock read on every 16th call). Budget.Allow takes the time as an
-// argument and is lock-free except when a Window slot rotates. The failure path may read the
-// clock and allocates the final *Error. The package's benchmarks measure each.
+// Do allocates nothing and reads no clock when the operation succeeds at once and
+// AttemptTimeout is 0 (with a budget: one atomic add, and a clock read on every 16th call).
+// Budget.Allow takes the time as an argument and is lock-free except when a Window slot
+// rotates. The failure path may read the clock and allocates the final *Error. The package's
+// benchmarks measure each.
 //
 // # Khive names
 //
