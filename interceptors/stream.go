@@ -225,11 +225,15 @@ type retryStream struct {
 	unwatch func() bool     // stops the abandonment callback (see watch); guarded by mu once r is shared
 	first   attempt         // the first attempt, allocated with the stream
 	one     [1]any          // the first buffered message's slot (a server stream's request)
+	// call is the retry state machine. While resolving is set only the
+	// resolving goroutine touches it, without mu (the shared step,
+	// afterFailure and nextAttempt); otherwise it is used with mu held
+	// (finishAtLocked).
+	call retry.Call
 
 	mu        sync.Mutex
 	cond      sync.Cond // on mu: broadcast when recvBusy or resolving clears, or final is set
 	cur       *attempt  // the current attempt (after a failure: the last one)
-	call      retry.Call
 	committed bool
 	buf       []any // sent messages, while uncommitted
 	bufSize   int
@@ -404,35 +408,20 @@ func (r *retryStream) end(a *attempt, err error) error {
 		if rec {
 			a.permit.DoneAt(r.e.classify(r.ctx, err), now)
 		}
+		// Until resolving clears, only this goroutine touches r.call (the
+		// others wait for it), so the shared step runs without mu.
 		d := r.e.decide(r.ctx, err, committed, tlr)
-		r.mu.Lock()
-		delay, stop := r.call.Next(r.ctx, err, d, now)
-		if stop != nil {
-			r.call.Done(err, d.Retryable())
-		}
-		n := r.call.Attempts()
-		r.mu.Unlock()
-		if stop != nil {
-			return r.finish(r.e.giveUp(r.ctx, stop))
-		}
-		if r.e.isOpen() {
-			// The breaker opened (maybe at this attempt): the retry would
-			// be rejected, so do not wait for it.
-			return r.stop(err, true, retry.BreakerOpen)
+		delay, final, _ := r.e.afterFailure(r.ctx, &r.call, err, d, now)
+		if final != nil {
+			return r.finish(final)
 		}
 		a.release()
-
-		r.e.retrying(r.ctx, n, delay, err)
-		if retry.Wait(r.ctx, delay) != nil {
-			return r.stop(err, d.Retryable(), retry.Canceled)
+		p, final, _ := r.e.nextAttempt(r.ctx, &r.call, err, d, delay)
+		if final != nil {
+			return r.finish(final)
 		}
-		p, rej := r.e.admit()
-		if rej != nil {
-			return r.stop(err, true, retry.BreakerOpen)
-		}
+		n := r.call.Attempts()
 		r.mu.Lock()
-		r.call.Begin()
-		n = r.call.Attempts()
 		r.watch()
 		r.mu.Unlock()
 
@@ -449,17 +438,6 @@ func (r *retryStream) end(a *attempt, err error) error {
 		}
 		a = b // b ended during the replay, with err
 	}
-}
-
-// stop ends the stream after a retry was granted but cannot happen (the
-// breaker is open, or the caller's context ended during the wait): err is
-// the last attempt's error.
-func (r *retryStream) stop(err error, retryable bool, reason retry.Reason) error {
-	r.mu.Lock()
-	r.call.Done(err, retryable)
-	re := &retry.Error{Err: err, Attempts: r.call.Attempts(), Reason: reason}
-	r.mu.Unlock()
-	return r.finish(r.e.giveUp(r.ctx, re))
 }
 
 // replay sends the buffered messages, then CloseSend if the caller called

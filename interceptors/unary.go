@@ -140,39 +140,31 @@ func (e *entry) unaryAttempt(ctx, actx context.Context, p breaker.Permit, req, r
 }
 
 // unaryRetry goes on with a unary call whose first attempt failed with err
-// (breaker outcome o, at now): decide → retry.Call.Next → wait → admit → attempt,
+// (breaker outcome o, at now): decide → afterFailure → nextAttempt → attempt,
 // until an attempt succeeds or retrying stops. st is the call's state, nil
-// for a call of a single attempt (which Next never retries).
+// for a call of a single attempt (which Next never retries). A call that
+// ends because the method is unhealthy (the breaker is open, or the last
+// attempt failed with a failure code) goes to the policy's fallback.
 func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int, err error, o breaker.Outcome, now time.Time, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) error {
 	c := e.newCall(maxAttempts)
 	c.Begin()
 	var rctx context.Context // the context of the retries (nil before the first)
 	for {
 		d := e.decide(ctx, err, st.committed(), st.trailer())
-		delay, stop := c.Next(ctx, err, d, now)
-		if stop != nil {
-			c.Done(err, d.Retryable())
-			err = e.giveUp(ctx, stop)
-			if o == breaker.Failure {
-				return e.fallback(ctx, req, reply, err)
+		delay, final, open := e.afterFailure(ctx, &c, err, d, now)
+		if final != nil {
+			if open || o == breaker.Failure {
+				return e.fallback(ctx, req, reply, final)
 			}
-			return err
+			return final
 		}
-		if e.isOpen() {
-			// The breaker opened (maybe at this attempt): the retry would be
-			// rejected, so do not wait for it.
-			return e.breakerEnded(ctx, &c, err, req, reply)
+		p, final, open := e.nextAttempt(ctx, &c, err, d, delay)
+		if final != nil {
+			if open {
+				return e.fallback(ctx, req, reply, final)
+			}
+			return final
 		}
-		e.retrying(ctx, c.Attempts(), delay, err)
-		if retry.Wait(ctx, delay) != nil {
-			c.Done(err, d.Retryable())
-			return e.giveUp(ctx, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.Canceled})
-		}
-		p, rej := e.admit()
-		if rej != nil {
-			return e.breakerEnded(ctx, &c, err, req, reply)
-		}
-		c.Begin() // after admit: a retry the breaker rejected is refunded by Done
 		rctx = e.s.retryContext(ctx, rctx, c.Attempts())
 		st.hdr, st.tlr = nil, nil
 		if o, now, err = e.unaryAttempt(ctx, rctx, p, req, reply, cc, invoker, st.opts); err == nil {
@@ -180,12 +172,4 @@ func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int,
 			return nil
 		}
 	}
-}
-
-// breakerEnded ends a call whose retry Next granted but the open breaker
-// rules out; err is the last attempt's error.
-func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, err error, req, reply any) error {
-	c.Done(err, true)
-	err = e.giveUp(ctx, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.BreakerOpen})
-	return e.fallback(ctx, req, reply, err)
 }

@@ -1,0 +1,68 @@
+package interceptors
+
+import (
+	"context"
+	"time"
+
+	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/retry"
+)
+
+// The step after a failed attempt, shared by the unary loop and the stream:
+//
+//	d := e.decide(...)                                       // once per failed attempt
+//	delay, final, open := e.afterFailure(ctx, c, err, d, now)
+//	if final != nil { return final }                         // the call is over
+//	p, final, open := e.nextAttempt(ctx, c, err, d, delay)
+//	if final != nil { return final }                         // the call is over
+//	... make the attempt, admitted with p (c.Attempts() is its number)
+//
+// When final is not nil, c.Done has been called and final is giveUp's error;
+// open reports that the call ended because the breaker is open (the unary
+// call then runs the policy's fallback whatever the last attempt's outcome).
+// ctx is the caller's context and err the failed attempt's error.
+
+// afterFailure runs retry.Call.Next for the failed attempt (decision d, its
+// end read at now). If retrying stops, or the breaker is open (the retry
+// would be rejected: do not wait for it), it ends c and returns the error
+// for the caller. Otherwise it reports the retry (OnRetry, log) and returns
+// the delay to wait before the next attempt.
+func (e *entry) afterFailure(ctx context.Context, c *retry.Call, err error, d retry.Decision, now time.Time) (delay time.Duration, final error, open bool) {
+	delay, stop := c.Next(ctx, err, d, now)
+	if stop != nil {
+		c.Done(err, d.Retryable())
+		return 0, e.giveUp(ctx, stop), false
+	}
+	if e.isOpen() {
+		// The breaker opened (maybe at this attempt): the retry would be
+		// rejected, so do not wait for it.
+		return 0, e.breakerEnded(ctx, c, err), true
+	}
+	e.retrying(ctx, c.Attempts(), delay, err)
+	return delay, nil, false
+}
+
+// nextAttempt waits delay, as afterFailure granted, and admits the next
+// attempt: it returns its permit, with c.Begin called (after admit, so that a
+// retry the breaker rejects is refunded by Done). If the caller's context
+// ends during the wait or the breaker rejects the attempt, it ends c and
+// returns the error for the caller.
+func (e *entry) nextAttempt(ctx context.Context, c *retry.Call, err error, d retry.Decision, delay time.Duration) (p breaker.Permit, final error, open bool) {
+	if retry.Wait(ctx, delay) != nil {
+		c.Done(err, d.Retryable())
+		return p, e.giveUp(ctx, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.Canceled}), false
+	}
+	p, rej := e.admit()
+	if rej != nil {
+		return p, e.breakerEnded(ctx, c, err), true
+	}
+	c.Begin()
+	return p, nil, false
+}
+
+// breakerEnded ends c, whose retry Next granted but the open breaker rules
+// out; err is the last attempt's error.
+func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, err error) error {
+	c.Done(err, true)
+	return e.giveUp(ctx, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.BreakerOpen})
+}
