@@ -74,7 +74,7 @@ func stripeCount() int {
 type Breaker struct {
 	// Read by every Allow, written on transitions and throttle changes.
 	cur      atomic.Pointer[stateRec]
-	throttle atomic.Uint32              // reject probability of Allow in Closed, scaled to 2^32
+	throttle atomic.Uint32             // reject probability of Allow in Closed, scaled to 2^32
 	thrErr   atomic.Pointer[OpenError] // the throttle's rejection
 	_        [44]byte
 	// Written by failures, read (and reset when set) by every success.
