@@ -44,6 +44,7 @@ type options struct {
 	replayBytes int
 	header      string
 	breakerKey  func(target, method string) string
+	maxBreakers int
 
 	onRetry       func(RetryEvent)
 	onGiveUp      func(GiveUpEvent)
@@ -52,7 +53,7 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader}
+	return options{replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader, maxBreakers: DefaultMaxBreakers}
 }
 
 func (o *options) validate() error {
@@ -69,11 +70,14 @@ func (o *options) validate() error {
 	if o.replayBytes < 0 {
 		return errors.New("interceptors: WithReplayBuffer: must not be negative")
 	}
+	if o.maxBreakers < 1 {
+		return fmt.Errorf("interceptors: WithMaxBreakers: must be at least 1, got %d", o.maxBreakers)
+	}
 	// grpc fails a call whose outgoing metadata has a malformed key (with
 	// INTERNAL, a failure code): caught here, it cannot fail every retry.
 	for i := 0; i < len(o.header); i++ {
 		if c := o.header[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return fmt.Errorf("interceptors: WithAttemptHeader: %q is not a metadata key (characters in [0-9a-z-_.])", o.header)
+			return fmt.Errorf("interceptors: WithAttemptHeader: %s is not a metadata key (characters in [0-9a-z-_.])", quote(o.header))
 		}
 	}
 	return nil
@@ -129,12 +133,33 @@ func WithAttemptHeader(name string) Option {
 	return optionFunc(func(o *options) { o.header = strings.ToLower(name) })
 }
 
-// WithBreakerKey sets the function that names the breaker of a call: calls
-// with the same key (within one policy) share a breaker. The default key is
-// the method, so one breaker serves a method on every target; use
-// func(t, m string) string { return t + m } for one per target and method.
+// WithBreakerKey sets the function that names the breaker of a call
+// (target is cc.Target()): calls with the same key share a breaker, which
+// is named after the key. The breaker takes its settings from the policy of
+// the first method that used the key (and, after an Update, from that
+// method's new policy; it is dropped when no policy covers that method any
+// more), so give methods of different policies different keys. The default
+// is one breaker per target and method, named after the method: a server
+// that is down does not get the same method's calls to another server
+// rejected. Use func(_, m string) string { return m } for one breaker per
+// method shared by every target.
 func WithBreakerKey(f func(target, method string) string) Option {
 	return optionFunc(func(o *options) { o.breakerKey = f })
+}
+
+// WithMaxBreakers caps the number of breakers of the suite (default
+// DefaultMaxBreakers, 10,000; n must be at least 1). The cap bounds the
+// memory a remote party can make the suite hold by choosing method names
+// (a proxy forwarding its clients' methods under a "*" policy). When a new
+// breaker key arrives and the suite is full, the breakers that are closed
+// and were not used since the previous check (at most one a second) are
+// dropped, losing only their closed-state statistics; an open, half-open or
+// forced-open breaker is never dropped. If the suite is still full, the
+// call uses its policy's overflow breaker, shared by every method of the
+// policy beyond the cap and shown in Snapshot (Breakers.Overflowed counts
+// the methods sent there).
+func WithMaxBreakers(n int) Option {
+	return optionFunc(func(o *options) { o.maxBreakers = n })
 }
 
 // WithOnRetry calls f before each retry's wait, on the caller's goroutine.
@@ -149,9 +174,10 @@ func WithOnGiveUp(f func(GiveUpEvent)) Option {
 }
 
 // WithOnStateChange calls f on every state change of every breaker of the
-// suite; method is the breaker's key (the method, by default). It runs
-// after the breaker's lock is released, in transition order, never
-// concurrently for one breaker.
+// suite; method is the breaker's name (the method, by default; the key with
+// WithBreakerKey). It runs after the breaker's lock is released, in
+// transition order, never concurrently for one breaker. A breaker an Update
+// or the cap dropped never calls it again.
 func WithOnStateChange(f func(method string, from, to breaker.State)) Option {
 	return optionFunc(func(o *options) { o.onStateChange = f })
 }

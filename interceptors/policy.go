@@ -3,7 +3,9 @@ package interceptors
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 
@@ -20,9 +22,10 @@ type Policy struct {
 	// MaxAttempts 1 means no retries.
 	Retry retry.Policy
 	// Breaker configures the breaker of each method the policy covers (one
-	// breaker per method, or per key of WithBreakerKey). The zero value means
-	// the breaker defaults; Mode breaker.Disabled turns the breaker off.
-	// Breaker.Name is ignored (each breaker is named after its key).
+	// breaker per target and method, or per key of WithBreakerKey). The zero
+	// value means the breaker defaults; Mode breaker.Disabled turns the
+	// breaker off. Breaker.Name is ignored (each breaker is named after its
+	// method, or its WithBreakerKey key).
 	Breaker breaker.Config
 
 	// RetryableCodes are the codes retried with backoff. nil means
@@ -73,8 +76,7 @@ type policy struct {
 	key         string         // the policy map key
 	retry       retry.Policy   // as given (retry.Call applies the defaults)
 	maxAttempts int            // retry.MaxAttempts with its default applied
-	given       breaker.Config // Policy.Breaker as given, before the suite's hooks were wired in (Update compares it)
-	group       *breaker.Group // one breaker per key; Config.OnStateChange wired to the suite's hooks
+	cfg         breaker.Config // Policy.Breaker, validated, OnStateChange wired to the suite's hooks
 	retryable   codeSet
 	failure     codeSet
 	fallback    func(ctx context.Context, method string, req, reply any, err error) error
@@ -94,7 +96,24 @@ func (e *configError) Error() string { return e.msg }
 func (e *configError) Unwrap() error { return e.err }
 
 func policyError(key, field string, err error) error {
-	return &configError{msg: fmt.Sprintf("interceptors: policy %q: %s", key, field), err: err}
+	return &configError{msg: "interceptors: policy " + quote(key) + ": " + field, err: err}
+}
+
+// maxQuoted is how many bytes of a user's string an error message quotes.
+const maxQuoted = 64
+
+// quote returns s for an error message: at most maxQuoted bytes of it (cut
+// at a rune boundary, "..." marking the cut) as a Go string literal, so that
+// neither a huge key nor one with newlines or escapes reaches a log as is.
+func quote(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + fmt.Sprintf("... (%d bytes)", len(s))
 }
 
 // checkKey validates a policy map key: "/pkg.Svc/Method", "/pkg.Svc/*" or "*".
@@ -105,16 +124,16 @@ func checkKey(key string) error {
 	svc, m, ok := strings.Cut(strings.TrimPrefix(key, "/"), "/")
 	switch {
 	case !strings.HasPrefix(key, "/") || !ok:
-		return fmt.Errorf("interceptors: policy %q: key must be \"/pkg.Service/Method\", \"/pkg.Service/*\" or \"*\"", key)
+		return policyError(key, `key must be "/pkg.Service/Method", "/pkg.Service/*" or "*"`, nil)
 	case svc == "" || svc == "*" || strings.Contains(svc, "*"):
-		return fmt.Errorf("interceptors: policy %q: key has no service name", key)
+		return policyError(key, "key has no service name", nil)
 	case m == "" || strings.Contains(m, "/") || (m != "*" && strings.Contains(m, "*")):
-		return fmt.Errorf("interceptors: policy %q: key must name one method or \"*\"", key)
+		return policyError(key, `key must name one method or "*"`, nil)
 	}
 	return nil
 }
 
-// resolvePolicy validates p (under key) and builds its breaker group.
+// resolvePolicy validates p (under key) and returns it resolved.
 // onChange, if not nil, is called on each state change of the group's
 // breakers, after p.Breaker.OnStateChange.
 func resolvePolicy(key string, p Policy, onChange func(name string, from, to breaker.State)) (*policy, error) {
@@ -133,16 +152,14 @@ func resolvePolicy(key string, p Policy, onChange func(name string, from, to bre
 	} else if onChange != nil {
 		cfg.OnStateChange = onChange
 	}
-	g, err := breaker.NewGroup(cfg)
-	if err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, policyError(key, "Breaker."+trimPrefix(err.Error(), "breaker: Config."), err)
 	}
 	pol := &policy{
 		key:         key,
 		retry:       p.Retry,
 		maxAttempts: p.Retry.MaxAttempts,
-		given:       p.Breaker,
-		group:       g,
+		cfg:         cfg,
 		retryable:   defaultRetryable,
 		failure:     defaultFailure,
 		fallback:    p.Fallback,
@@ -150,6 +167,7 @@ func resolvePolicy(key string, p Policy, onChange func(name string, from, to bre
 	if pol.maxAttempts == 0 {
 		pol.maxAttempts = retry.DefaultMaxAttempts
 	}
+	var err error
 	if p.RetryableCodes != nil {
 		if pol.retryable, err = codeList(key, "RetryableCodes", p.RetryableCodes); err != nil {
 			return nil, err

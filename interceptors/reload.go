@@ -1,7 +1,6 @@
 package interceptors
 
 import (
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,43 +14,45 @@ import (
 
 // Update replaces the suite's policies with policies, validated as New
 // validates them; on error nothing changes. The swap is atomic: a call or
-// stream started before it finishes under the policy (and breaker) it
-// started with, and every call started after it uses the new policies. No
-// call fails because of an Update.
+// stream started before it finishes under the policy it started with, and
+// every call started after it uses the new policies. No call fails because
+// of an Update.
 //
-// State is kept where the settings did not change:
+// State is kept:
 //
-//   - Breakers: a policy key that is still present with the same breaker
-//     settings (Breaker, with defaults applied, and FailureCodes) keeps its
-//     breakers, open or closed, with their counts. A new key, or a key whose
-//     breaker settings changed, starts with fresh (closed) breakers. A method
-//     that moves to another key gets the breaker of that key. A key whose old or
-//     new policy sets Breaker.OnStateChange always gets fresh breakers
-//     (functions cannot be compared, and kept breakers would keep calling
-//     the old callback).
+//   - Breakers: each breaker takes the breaker settings of the new policy of
+//     its method (with WithBreakerKey: of the method that first used its
+//     key) and keeps its state and counts: an open breaker stays open for
+//     the rest of its open period, a half-open one keeps its probes, a
+//     closed one its statistics (its rolling window is cleared only if
+//     Window changed). A change of Mode (Closed, Disabled, MetricsOnly)
+//     switches the breaker to that mode. A breaker whose method no policy
+//     covers any more is dropped: it never calls a hook again, and a call
+//     still in flight finishes with it.
 //   - Retry budgets are never reset: the budget settings (WithBudget,
 //     WithTokenBucket, WithoutBudget) are fixed at New, and each target's
 //     budget, with its deposits or tokens, outlives every Update. To change
 //     the budget settings, build a new Suite.
 //
-// Updates may run concurrently with calls and with each other (the last
-// one wins).
+// Updates may run concurrently with calls and with each other (they are
+// applied one at a time; the last one wins). A hook (WithOnStateChange,
+// Breaker.OnStateChange) must not call Update: a change of Mode calls the
+// hooks during the Update.
 func (s *Suite) Update(policies map[string]Policy) error {
-	for {
-		old := s.tab.Load()
-		tab, err := s.resolve(policies)
-		if err != nil {
-			return err
-		}
-		for key, p := range policies {
-			if prev := old.policy(key); prev != nil && sameBreaker(prev, p) {
-				tab.policy(key).group = prev.group
-			}
-		}
-		if s.tab.CompareAndSwap(old, tab) {
-			return nil
-		}
+	tab, err := s.resolve(policies)
+	if err != nil {
+		return err
 	}
+	s.umu.Lock()
+	defer s.umu.Unlock()
+	s.reg.mu.Lock()
+	s.tab.Store(tab)
+	todo := s.reg.reconfigure(tab)
+	s.reg.mu.Unlock()
+	for _, r := range todo {
+		_ = r.brk.Reconfigure(r.cfg) // validated by resolve: cannot fail
+	}
+	return nil
 }
 
 // policy returns the policy stored under key, or nil.
@@ -64,21 +65,6 @@ func (t *table) policy(key string) *policy {
 	default:
 		return t.exact[key]
 	}
-}
-
-// sameBreaker reports whether p asks for the breaker settings prev was
-// given. It compares prev.given, the settings as the user wrote them: the
-// group's Config has the suite's hooks wired into OnStateChange, so it
-// cannot tell whether the user set a callback.
-func sameBreaker(prev *policy, p Policy) bool {
-	if p.Breaker.OnStateChange != nil || prev.given.OnStateChange != nil {
-		return false
-	}
-	failure := defaultFailure
-	if p.FailureCodes != nil {
-		failure = setOf(p.FailureCodes...)
-	}
-	return failure == prev.failure && reflect.DeepEqual(breakerView(p.Breaker), breakerView(prev.given))
 }
 
 // Snapshot is a point-in-time view of a Suite, for dashboards and debugging:
@@ -94,29 +80,49 @@ func sameBreaker(prev *policy, p Policy) bool {
 //	    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.100s", "maxBackoff": "1s",
 //	      "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"], "jitter": "proportional",
 //	      "jitterFactor": 0.2, "minAttemptTime": "0.001s", "maxPushback": "30s"},
-//	    "circuitBreaker": {"mode": "closed", "consecutiveFailures": 12, "failureRate": 0.5,
-//	      "minimumCalls": 20, "window": "10s", "recoveryTime": "5s", "maxRecoveryTime": "60s",
-//	      "recoveryJitter": 0.2, "halfOpenMaxCalls": 1, "failureStatusCodes": ["UNKNOWN", ...]},
+//	    "circuitBreaker": {"mode": "closed", "consecutiveFailures": 12, "throttleK": 2,
+//	      "failureRate": 0, "minimumCalls": 20, "window": "10s", "recoveryTime": "1s",
+//	      "maxRecoveryTime": "60s", "recoveryJitter": 0.2, "halfOpenMaxCalls": 1,
+//	      "halfOpenMaxWait": "1s", "failureStatusCodes": ["UNKNOWN", ...]},
 //	    "fallback": false
 //	  }],
 //	  "methods": [{
-//	    "method": "/pkg.Svc/Get", "policy": "/pkg.Svc/*", "state": "closed",
-//	    "successes": 10, "failures": 1, "ignored": 0, "rejections": 0, "transitions": 0,
-//	    "consecutiveFailures": 0, "windowCalls": 11, "windowFailures": 1, "shadowTrips": 0
+//	    "method": "/pkg.Svc/Get", "target": "dns:///svc:443", "policy": "/pkg.Svc/*",
+//	    "state": "closed", "successes": 10, "failures": 1, "ignored": 0, "rejections": 0,
+//	    "throttled": 0, "transitions": 0, "consecutiveFailures": 0, "windowCalls": 11,
+//	    "windowFailures": 1, "windowThrottled": 0, "throttleProbability": 0, "shadowTrips": 0
 //	  }],
+//	  "breakers": {"count": 1, "max": 10000, "overflowed": 0, "evicted": 0},
 //	  "budget": {"mode": "ratio", "ratio": 0.2, "minRetriesPerSecond": 1, "window": "10s",
 //	    "targets": [{"target": "dns:///svc:443", "balance": 12.4, "reserve": 10,
 //	      "allowed": 3, "refused": 0}]}
 //	}
 //
 // Durations are strings of seconds as in the config document ("0.100s");
-// status codes are the upper-case names of grpc service configs; a trip
-// rule that is off shows 0 (consecutiveFailures, minimumCalls); lists are
-// sorted (policies by key, methods by name, targets by name).
+// status codes are the upper-case names of grpc service configs; a rule
+// that is off shows 0 (consecutiveFailures, throttleK, failureRate), and so
+// does a half-open that never waits (halfOpenMaxWait "0s"); lists are sorted
+// (policies by key, methods by name then target, targets by name).
 type Snapshot struct {
 	Policies []SnapshotPolicy `json:"policies"`
 	Methods  []SnapshotMethod `json:"methods"`
+	Breakers SnapshotBreakers `json:"breakers"`
 	Budget   SnapshotBudget   `json:"budget"`
+}
+
+// SnapshotBreakers is the suite's breaker count against its cap
+// (WithMaxBreakers).
+type SnapshotBreakers struct {
+	// Count is the number of breakers, overflow breakers excluded.
+	Count int `json:"count"`
+	// Max is the cap.
+	Max int `json:"max"`
+	// Overflowed counts the lookups served by an overflow breaker because
+	// the suite was full (a method's first call on a connection, and every
+	// call of a method its connection's cache has no room for).
+	Overflowed uint64 `json:"overflowed"`
+	// Evicted counts the idle closed breakers dropped to make room.
+	Evicted uint64 `json:"evicted"`
 }
 
 // SnapshotPolicy is one effective policy.
@@ -146,6 +152,7 @@ type SnapshotRetry struct {
 type SnapshotBreaker struct {
 	Mode                string   `json:"mode"` // "closed", "disabled" or "metrics-only"
 	ConsecutiveFailures int      `json:"consecutiveFailures"`
+	ThrottleK           float64  `json:"throttleK"`
 	FailureRate         float64  `json:"failureRate"`
 	MinimumCalls        int      `json:"minimumCalls"`
 	Window              string   `json:"window"`
@@ -153,25 +160,36 @@ type SnapshotBreaker struct {
 	MaxRecoveryTime     string   `json:"maxRecoveryTime"`
 	RecoveryJitter      float64  `json:"recoveryJitter"`
 	HalfOpenMaxCalls    int      `json:"halfOpenMaxCalls"`
+	HalfOpenMaxWait     string   `json:"halfOpenMaxWait"`
 	FailureCodes        []string `json:"failureStatusCodes"`
 }
 
-// SnapshotMethod is the breaker of one method (with WithBreakerKey: of one
-// breaker key) and the policy key it belongs to.
+// SnapshotMethod is one breaker (breaker.Counts): the breaker of a method on
+// a target, of a WithBreakerKey key, or the overflow breaker of a policy
+// (WithMaxBreakers), and the policy key it belongs to.
 type SnapshotMethod struct {
+	// Method is the breaker's name: the method, the WithBreakerKey key, or
+	// "<policy key> (overflow)" for an overflow breaker.
 	Method string `json:"method"`
-	Policy string `json:"policy"`
-	State  string `json:"state"` // breaker.State.String()
+	// Target is the target (cc.Target()) of a method's breaker; empty for a
+	// WithBreakerKey key or an overflow breaker.
+	Target   string `json:"target,omitempty"`
+	Policy   string `json:"policy"`
+	Overflow bool   `json:"overflow,omitempty"`
+	State    string `json:"state"` // breaker.State.String()
 
-	Successes           uint64 `json:"successes"`
-	Failures            uint64 `json:"failures"`
-	Ignored             uint64 `json:"ignored"`
-	Rejections          uint64 `json:"rejections"`
-	Transitions         uint64 `json:"transitions"`
-	ConsecutiveFailures uint64 `json:"consecutiveFailures"`
-	WindowCalls         uint64 `json:"windowCalls"`
-	WindowFailures      uint64 `json:"windowFailures"`
-	ShadowTrips         uint64 `json:"shadowTrips"`
+	Successes           uint64  `json:"successes"`
+	Failures            uint64  `json:"failures"`
+	Ignored             uint64  `json:"ignored"`
+	Rejections          uint64  `json:"rejections"`
+	Throttled           uint64  `json:"throttled"`
+	Transitions         uint64  `json:"transitions"`
+	ConsecutiveFailures uint64  `json:"consecutiveFailures"`
+	WindowCalls         uint64  `json:"windowCalls"`
+	WindowFailures      uint64  `json:"windowFailures"`
+	WindowThrottled     uint64  `json:"windowThrottled"`
+	ThrottleProbability float64 `json:"throttleProbability"`
+	ShadowTrips         uint64  `json:"shadowTrips"`
 }
 
 // SnapshotBudget is the suite's retry budget settings and the live budget
@@ -198,12 +216,28 @@ type SnapshotTarget struct {
 	Refused uint64  `json:"refused"`
 }
 
-// Snapshot returns the suite's current state (see Snapshot). It reads the
-// breakers and budgets without stopping calls, so counts of different
-// methods may be a few calls apart.
+// Snapshot returns the suite's current state (see Snapshot): every
+// breaker of the suite, whether or not it was called since the last Update.
+// It reads the breakers and budgets without stopping calls, so counts of
+// different methods may be a few calls apart.
 func (s *Suite) Snapshot() Snapshot {
-	tab := s.tab.Load()
 	snap := Snapshot{Policies: []SnapshotPolicy{}, Methods: []SnapshotMethod{}}
+	type view struct {
+		rec *record
+		pol string
+	}
+	var recs []view
+	s.reg.mu.Lock()
+	tab := s.tab.Load()
+	for _, rec := range s.reg.recs {
+		recs = append(recs, view{rec, rec.pol.key})
+	}
+	for _, rec := range s.reg.overflow {
+		recs = append(recs, view{rec, rec.pol.key})
+	}
+	snap.Breakers = SnapshotBreakers{Count: len(s.reg.recs), Max: s.reg.max, Overflowed: s.reg.overflowed.Load(), Evicted: s.reg.evicted}
+	s.reg.mu.Unlock()
+
 	var pols []*policy
 	for _, p := range tab.exact {
 		pols = append(pols, p)
@@ -217,17 +251,18 @@ func (s *Suite) Snapshot() Snapshot {
 	slices.SortFunc(pols, func(a, b *policy) int { return strings.Compare(a.key, b.key) })
 	for _, p := range pols {
 		snap.Policies = append(snap.Policies, policyView(p))
-		p.group.Range(func(key string, b *breaker.Breaker) bool {
-			// A kept group may hold the breaker of a method that has moved to
-			// another key since; it is not that method's breaker any more.
-			if s.o.breakerKey == nil && tab.match(key) != p {
-				return true
-			}
-			snap.Methods = append(snap.Methods, methodView(key, p.key, b.Counts()))
-			return true
-		})
 	}
-	slices.SortStableFunc(snap.Methods, func(a, b SnapshotMethod) int { return strings.Compare(a.Method, b.Method) })
+	for _, v := range recs {
+		m := methodView(v.rec.name, v.pol, v.rec.brk.Counts())
+		m.Target, m.Overflow = v.rec.target, v.rec.overflow
+		snap.Methods = append(snap.Methods, m)
+	}
+	slices.SortFunc(snap.Methods, func(a, b SnapshotMethod) int {
+		if c := strings.Compare(a.Method, b.Method); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Target, b.Target)
+	})
 	snap.Budget = s.budgetView()
 	return snap
 }
@@ -246,7 +281,7 @@ func policyView(p *policy) SnapshotPolicy {
 			MinAttemptTime:    seconds(orDefault(r.MinAttemptTime, retry.DefaultMinAttemptTime)),
 			MaxPushback:       seconds(orDefault(r.MaxPushback, retry.DefaultMaxPushback)),
 		},
-		Breaker:  breakerView(p.group.Config()),
+		Breaker:  breakerView(p.cfg),
 		Fallback: p.fallback != nil,
 	}
 	if v.Retry.BackoffMultiplier == 0 {
@@ -266,11 +301,12 @@ func policyView(p *policy) SnapshotPolicy {
 }
 
 // breakerView is c with the breaker defaults applied (FailureCodes left
-// nil), which is also how Update tells whether settings changed.
+// nil).
 func breakerView(c breaker.Config) SnapshotBreaker {
 	v := SnapshotBreaker{
 		Mode:                c.Mode.String(),
 		ConsecutiveFailures: c.ConsecutiveFailures,
+		ThrottleK:           c.ThrottleK,
 		FailureRate:         c.FailureRate,
 		MinimumCalls:        c.MinimumCalls,
 		Window:              seconds(orDefault(c.Window, breaker.DefaultWindow)),
@@ -278,6 +314,13 @@ func breakerView(c breaker.Config) SnapshotBreaker {
 		MaxRecoveryTime:     seconds(orDefault(c.MaxRecoveryTime, breaker.DefaultMaxRecoveryTime)),
 		RecoveryJitter:      c.RecoveryJitter,
 		HalfOpenMaxCalls:    c.HalfOpenMaxCalls,
+		HalfOpenMaxWait:     seconds(max(orDefault(c.HalfOpenMaxWait, breaker.DefaultHalfOpenMaxWait), 0)),
+	}
+	switch {
+	case v.ThrottleK == 0:
+		v.ThrottleK = breaker.DefaultThrottleK
+	case v.ThrottleK < 0:
+		v.ThrottleK = 0 // off
 	}
 	switch {
 	case v.ConsecutiveFailures == 0:
@@ -285,11 +328,8 @@ func breakerView(c breaker.Config) SnapshotBreaker {
 	case v.ConsecutiveFailures < 0:
 		v.ConsecutiveFailures = 0 // off
 	}
-	switch {
-	case v.MinimumCalls == 0:
+	if v.MinimumCalls == 0 {
 		v.MinimumCalls = breaker.DefaultMinimumCalls
-	case v.MinimumCalls < 0:
-		v.MinimumCalls = 0 // off
 	}
 	switch {
 	case v.RecoveryJitter == 0:
@@ -312,10 +352,13 @@ func methodView(method, key string, c breaker.Counts) SnapshotMethod {
 		Failures:            c.Failures,
 		Ignored:             c.Ignored,
 		Rejections:          c.Rejections,
+		Throttled:           c.Throttled,
 		Transitions:         c.Transitions,
 		ConsecutiveFailures: c.ConsecutiveFailures,
 		WindowCalls:         c.WindowCalls,
 		WindowFailures:      c.WindowFailures,
+		WindowThrottled:     c.WindowThrottled,
+		ThrottleProbability: c.ThrottleProbability,
 		ShadowTrips:         c.ShadowTrips,
 	}
 }
@@ -336,13 +379,15 @@ func (s *Suite) budgetView() SnapshotBudget {
 		v.MinRetriesPerSecond = orDefaultF(c.MinRetriesPerSecond, retry.DefaultMinRetriesPerSecond)
 		v.Window = seconds(orDefault(c.Window, retry.DefaultBudgetWindow))
 	}
-	s.budgets.Range(func(k, b any) bool {
-		bs := b.(*retry.Budget).Snapshot()
+	s.cmu.Lock()
+	s.sweepConns()
+	for name, b := range s.budgets {
+		bs := b.b.Snapshot()
 		v.Targets = append(v.Targets, SnapshotTarget{
-			Target: k.(string), Balance: bs.Balance, Reserve: bs.Reserve, Allowed: bs.Allowed, Refused: bs.Refused,
+			Target: name, Balance: bs.Balance, Reserve: bs.Reserve, Allowed: bs.Allowed, Refused: bs.Refused,
 		})
-		return true
-	})
+	}
+	s.cmu.Unlock()
 	slices.SortFunc(v.Targets, func(a, b SnapshotTarget) int { return strings.Compare(a.Target, b.Target) })
 	return v
 }

@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/retry"
@@ -16,68 +17,91 @@ import (
 // policy never covers: probes must see the real state of the server.
 const healthPrefix = "/grpc.health.v1.Health/"
 
-// maxCachedMethods bounds the per-target cache of resolved methods; methods
-// beyond it are resolved on every call (still without allocating).
+// maxCachedMethods bounds the cache of resolved methods of one connection.
+// A method beyond it is resolved on every call, without allocating unless
+// it shares a breaker with other methods (WithBreakerKey, the overflow
+// breaker of WithMaxBreakers).
 const maxCachedMethods = 4096
 
 // Suite holds the policies of a set of methods and the state behind them (one
-// circuit breaker per method, one retry budget per target). Create it with New
-// and install it on a grpc.ClientConn with DialOptions (or Unary and Stream).
-// A Suite is safe for concurrent use and may serve several connections.
+// circuit breaker per target and method, one retry budget per target).
+// Create it with New and install it on a grpc.ClientConn with DialOptions (or
+// Unary and Stream). A Suite is safe for concurrent use and may serve several
+// connections.
+//
+// Its memory is bounded: at most WithMaxBreakers breakers (plus one overflow
+// breaker per policy); per connection, a cache of at most 4096 methods; per
+// target, one budget, which lives as long as a connection to that target is
+// open. The state of a closed connection is dropped when the suite next
+// meets a new connection (or takes a Snapshot); its target's budget with it,
+// unless another open connection uses that target.
 type Suite struct {
 	tab atomic.Pointer[table] // the resolved policies; swapped whole (a later Update)
 	o   options               // immutable after New
 
 	headers []*mdHolder // prebuilt attempt-header metadata (see retryContext)
 
-	// budgets holds one retry budget per target (string -> *retry.Budget).
-	// It lives outside the table so that a table swap keeps the budgets.
-	budgets sync.Map
+	reg registry   // the breakers, across Updates
+	umu sync.Mutex // serializes Updates
+
+	last  atomic.Pointer[conn] // the connection of the latest call
+	conns sync.Map             // *grpc.ClientConn -> *conn
+
+	cmu     sync.Mutex         // guards budgets, nconns, sweepAt (and adding to conns)
+	budgets map[string]*budget // target -> its budget
+	nconns  int                // entries in conns
+	sweepAt int                // nconns at which the next new connection sweeps conns
 }
 
-// table is the immutable resolved form of a policy map, plus the caches of
-// the entries resolved from it. Replacing s.tab drops every cache at once.
+// budget is the retry budget of one target and the number of connections
+// (entries of Suite.conns) that use it.
+type budget struct {
+	b    *retry.Budget
+	refs int
+}
+
+// table is the immutable resolved form of a policy map.
 type table struct {
 	exact   map[string]*policy // "/pkg.Svc/Method"
 	service map[string]*policy // "/pkg.Svc/" (the key without its "*")
 	star    *policy            // "*", or nil
-
-	last    atomic.Pointer[target] // the target of the latest call
-	targets sync.Map               // target name -> *target
 }
 
-// target is the per-target part of a table: the budget and the cache of the
-// entries of the methods called on that target.
-type target struct {
-	name   string
-	budget *retry.Budget
+// conn is the per-connection state: its target, its target's budget and the
+// cache of the entries of the methods called on it.
+type conn struct {
+	cc     *grpc.ClientConn
+	name   string        // cc.Target()
+	budget *retry.Budget // nil: no budget
 	// fast is a direct-mapped cache indexed by the address of the method
 	// string's bytes: generated stubs pass the same constant string on every
 	// call, so a hit is a pointer hash, one atomic load and a string
 	// comparison that succeeds on pointer equality. A slot holds its
 	// entry's method string, so the bytes it was indexed by stay alive.
 	fast    [fastSlots]atomic.Pointer[entry]
-	entries atomic.Pointer[map[string]*entry] // copy on write, every resolved method
-	mu      sync.Mutex                        // serializes writers of entries
+	methods sync.Map     // method -> *entry, at most maxCachedMethods
+	n       atomic.Int64 // methods stored in methods
 }
 
-// fastSlots is the size of target.fast (a power of two).
+// fastSlots is the size of conn.fast (a power of two).
 const fastSlots = 64
 
-// fastSlot returns the index of method in target.fast.
+// fastSlot returns the index of method in conn.fast.
 func fastSlot(method string) uintptr {
 	h := uintptr(unsafe.Pointer(unsafe.StringData(method)))
 	return (h * 0x9E3779B97F4A7C15) >> (64 - 6) & (fastSlots - 1)
 }
 
-// entry is what one method on one target resolves to: the policy, the
-// method's breaker and the target's budget. Both the unary and the stream
-// interceptor run every attempt through the same entry methods (admit,
-// classify, decide, newCall, retrying, giveUp).
+// entry is what one method on one target resolves to under one table: the
+// policy, the method's breaker and the target's budget. Both the unary and
+// the stream interceptor run every attempt through the same entry methods
+// (admit, classify, decide, newCall, retrying, giveUp).
 type entry struct {
 	s      *Suite
 	method string
+	tab    *table  // the table it was resolved under (a later Update makes it stale)
 	pol    *policy // nil: the method has no policy (a cached pass-through)
+	rec    *record // the breaker's record (liveRecord for a pass-through)
 	brk    *breaker.Breaker
 	budget *retry.Budget // nil: no budget
 
@@ -90,7 +114,7 @@ type entry struct {
 // through untouched. The "*" policy never covers the standard health check
 // service (/grpc.health.v1.Health/*): name it to cover it.
 //
-// Errors name the key and the field, such as
+// Errors name the key (quoted, and cut after 64 bytes) and the field, such as
 //
 //	interceptors: policy "/echo.v1.Echo/*": Retry.MaxAttempts: must be at least 1, got -1
 func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
@@ -108,6 +132,7 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.reg.max = s.o.maxBreakers
 	s.tab.Store(tab)
 	return s, nil
 }
@@ -115,8 +140,9 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 // resolve validates policies and builds a table.
 func (s *Suite) resolve(policies map[string]Policy) (*table, error) {
 	tab := &table{exact: map[string]*policy{}, service: map[string]*policy{}}
+	hook := s.o.stateChangeHook()
 	for key, p := range policies {
-		pol, err := resolvePolicy(key, p, s.o.stateChangeHook())
+		pol, err := resolvePolicy(key, p, hook)
 		if err != nil {
 			return nil, err
 		}
@@ -148,7 +174,7 @@ func (t *table) match(method string) *policy {
 	return nil
 }
 
-// targetName returns the budget key of cc ("" for a nil cc, as in unit tests
+// targetName returns the target of cc ("" for a nil cc, as in unit tests
 // that call an interceptor directly).
 func targetName(cc *grpc.ClientConn) string {
 	if cc == nil {
@@ -161,20 +187,22 @@ func targetName(cc *grpc.ClientConn) string {
 // covers the method (the caller must then pass the call through untouched:
 // the invoker or streamer called with the caller's ctx and opts).
 //
-// The common case (same target as the previous call, the method string of a
-// generated stub) is a few atomic loads and pointer comparisons; it never
-// allocates after the first call of a method.
+// The common case (same connection as the previous call, the method string
+// of a generated stub) is a few atomic loads and pointer comparisons. A
+// method in the connection's cache never allocates; see maxCachedMethods
+// for the others.
 func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 	tab := s.tab.Load()
-	name := targetName(cc)
-	t := tab.last.Load()
-	if t == nil || !sameString(t.name, name) {
-		t = s.target(tab, name)
+	c := s.last.Load()
+	if c == nil || c.cc != cc {
+		c = s.conn(cc)
 	}
-	slot := &t.fast[fastSlot(method)]
+	slot := &c.fast[fastSlot(method)]
 	e := slot.Load()
-	if e == nil || !sameString(e.method, method) {
-		e = s.entryOf(tab, t, method)
+	if e == nil || !sameString(e.method, method) || e.tab != tab || e.rec.dead.Load() {
+		if e = s.entryOf(tab, c, method); e == uncachedPassThrough {
+			return nil
+		}
 		slot.Store(e)
 	}
 	if e.pol == nil {
@@ -184,85 +212,71 @@ func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 }
 
 // sameString is a == b, with the common case of the same bytes (a constant
-// method name, a connection's target) decided without comparing them.
+// method name) decided without comparing them.
 func sameString(a, b string) bool {
 	return len(a) == len(b) && (unsafe.StringData(a) == unsafe.StringData(b) || a == b)
 }
 
-// entryOf returns the cached entry of method on t, resolving it on first use.
-func (s *Suite) entryOf(tab *table, t *target, method string) *entry {
-	if m := t.entries.Load(); m != nil {
-		if e, ok := (*m)[method]; ok {
+// entryOf returns the cached entry of method on c, resolving it if it is
+// not cached or stale.
+func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
+	if v, ok := c.methods.Load(method); ok {
+		if e := v.(*entry); e.tab == tab && !e.rec.dead.Load() {
 			return e
 		}
 	}
-	return s.resolveEntry(tab, t, method)
+	for {
+		e, cache := s.resolveEntry(tab, c, method)
+		if e == nil { // an Update ran: resolve under the new table
+			tab = s.tab.Load()
+			continue
+		}
+		if cache {
+			if _, loaded := c.methods.Swap(method, e); !loaded {
+				c.n.Add(1)
+			}
+		}
+		return e
+	}
 }
 
-// target returns (creating it on first use) the target called name and
-// makes it tab's latest.
-func (s *Suite) target(tab *table, name string) *target {
-	v, ok := tab.targets.Load(name)
-	if !ok {
-		v, _ = tab.targets.LoadOrStore(name, &target{name: name, budget: s.budget(name)})
+// resolveEntry resolves method on c under tab and reports whether to cache
+// the result (the connection's cache has room, or holds the method). It
+// returns nil if tab is no longer the suite's table.
+func (s *Suite) resolveEntry(tab *table, c *conn, method string) (e *entry, cache bool) {
+	cache = c.n.Load() < maxCachedMethods
+	if !cache {
+		_, cache = c.methods.Load(method) // a stale entry: replace it
 	}
-	t := v.(*target)
-	tab.last.Store(t)
-	return t
+	pol := tab.match(method)
+	if pol == nil {
+		if !cache {
+			return uncachedPassThrough, false
+		}
+		return &entry{s: s, method: method, tab: tab, rec: liveRecord}, true
+	}
+	rec := s.reg.get(s, tab, c.name, method, pol)
+	if rec == nil {
+		return nil, false
+	}
+	if !cache && !rec.overflow && rec.method == method && rec.target == c.name {
+		// Beyond the cache: the record keeps the entry of its own method.
+		if e := rec.ent.Load(); e != nil && e.tab == tab && e.pol == pol && e.budget == c.budget {
+			return e, false
+		}
+		e = s.newEntry(tab, c, method, pol, rec)
+		rec.ent.Store(e)
+		return e, false
+	}
+	return s.newEntry(tab, c, method, pol, rec), cache
 }
 
-// budget returns the retry budget of the target called name (one per target,
-// shared by unary calls and streams of every method), or nil without budget.
-func (s *Suite) budget(name string) *retry.Budget {
-	if s.o.budget == budgetNone {
-		return nil
-	}
-	if v, ok := s.budgets.Load(name); ok {
-		return v.(*retry.Budget)
-	}
-	b := s.o.newBudget() // validated by New: cannot fail
-	v, _ := s.budgets.LoadOrStore(name, b)
-	return v.(*retry.Budget)
-}
+// uncachedPassThrough is what resolveEntry returns for a method without a
+// policy that the connection's cache has no room for.
+var uncachedPassThrough = &entry{rec: liveRecord}
 
-// resolveEntry resolves method on t and caches the result (an entry without
-// policy for a pass-through).
-func (s *Suite) resolveEntry(tab *table, t *target, method string) *entry {
-	e := &entry{s: s, method: method}
-	if pol := tab.match(method); pol != nil {
-		key := method
-		if s.o.breakerKey != nil {
-			key = s.o.breakerKey(t.name, method)
-		}
-		e.pol, e.brk, e.budget = pol, pol.group.Get(key), t.budget
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	old := t.entries.Load()
-	if old != nil {
-		if cached, ok := (*old)[method]; ok {
-			return cached // another goroutine won: use its entry (same breaker)
-		}
-		if len(*old) >= maxCachedMethods {
-			return e
-		}
-	}
-	m := make(map[string]*entry, 1+lenOf(old))
-	if old != nil {
-		for k, v := range *old {
-			m[k] = v
-		}
-	}
-	m[method] = e
-	t.entries.Store(&m)
-	return e
-}
-
-func lenOf(m *map[string]*entry) int {
-	if m == nil {
-		return 0
-	}
-	return len(*m)
+func (s *Suite) newEntry(tab *table, c *conn, method string, pol *policy, rec *record) *entry {
+	return &entry{s: s, method: method, tab: tab, pol: pol, rec: rec, brk: rec.brk, budget: c.budget}
 }
 
 // Unary returns the unary client interceptor of the suite.
@@ -278,5 +292,74 @@ func (s *Suite) DialOptions() []grpc.DialOption {
 		grpc.WithChainUnaryInterceptor(s.Unary()),
 		grpc.WithChainStreamInterceptor(s.Stream()),
 		grpc.WithDisableRetry(),
+	}
+}
+
+// conn returns the state of cc, creating it on first use, and makes it the
+// latest. Creating one first drops the state of closed connections when
+// their number has doubled since the last time (amortized O(1)).
+func (s *Suite) conn(cc *grpc.ClientConn) *conn {
+	if v, ok := s.conns.Load(cc); ok {
+		c := v.(*conn)
+		s.last.Store(c)
+		return c
+	}
+	s.cmu.Lock()
+	v, ok := s.conns.Load(cc)
+	if !ok {
+		if s.nconns >= s.sweepAt {
+			s.sweepConns()
+			s.sweepAt = max(2*s.nconns, 16)
+		}
+		name := targetName(cc)
+		v = &conn{cc: cc, name: name, budget: s.acquireBudget(name)}
+		s.conns.Store(cc, v)
+		s.nconns++
+	}
+	s.cmu.Unlock()
+	c := v.(*conn)
+	s.last.Store(c)
+	return c
+}
+
+// sweepConns drops the state of the closed connections (s.cmu held).
+func (s *Suite) sweepConns() {
+	s.conns.Range(func(k, v any) bool {
+		c := v.(*conn)
+		if c.cc != nil && c.cc.GetState() == connectivity.Shutdown {
+			s.conns.Delete(k)
+			s.nconns--
+			s.releaseBudget(c.name)
+		}
+		return true
+	})
+}
+
+// acquireBudget returns the retry budget of the target called name (one per
+// target, shared by the connections to it, by unary calls and streams of
+// every method), or nil without budget (s.cmu held).
+func (s *Suite) acquireBudget(name string) *retry.Budget {
+	if s.o.budget == budgetNone {
+		return nil
+	}
+	b := s.budgets[name]
+	if b == nil {
+		b = &budget{b: s.o.newBudget()} // validated by New: cannot fail
+		if s.budgets == nil {
+			s.budgets = map[string]*budget{}
+		}
+		s.budgets[name] = b
+	}
+	b.refs++
+	return b.b
+}
+
+// releaseBudget drops a connection's reference to its target's budget
+// (s.cmu held); the last one drops the budget.
+func (s *Suite) releaseBudget(name string) {
+	if b := s.budgets[name]; b != nil {
+		if b.refs--; b.refs == 0 {
+			delete(s.budgets, name)
+		}
 	}
 }

@@ -1,0 +1,202 @@
+package interceptors
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/khive/grpc-resilience/breaker"
+)
+
+// DefaultMaxBreakers is the default cap on the breakers of a Suite (see
+// WithMaxBreakers).
+const DefaultMaxBreakers = 10000
+
+// sweepInterval is the least time between two idle sweeps of the registry.
+// A breaker is idle when its counts did not change between two sweeps.
+const sweepInterval = time.Second
+
+// bkey identifies a breaker in the registry: the target and the method by
+// default, or ("", key) with WithBreakerKey.
+type bkey struct{ target, name string }
+
+// record is one breaker of the registry and what Update needs to reconfigure
+// it: the method (and target) that created it, whose policy governs it.
+type record struct {
+	brk    *breaker.Breaker
+	name   string // the breaker's name: the method, or the WithBreakerKey key
+	method string // the method that created it; its policy configures it
+	target string // the target of the default key; "" with WithBreakerKey
+	pol    *policy
+	// overflow marks the overflow breaker of pol (see registry.overflowOf).
+	overflow bool
+
+	// dead is set when the record leaves the registry (evicted, or retired by
+	// Update): the entries that point at it are resolved again.
+	dead atomic.Bool
+	// ent is the entry of the default key's (target, method) under the
+	// current table, so that a lookup beyond the connection's cache does not
+	// allocate; nil until needed.
+	ent atomic.Pointer[entry]
+
+	// The idle sweep (registry.mu).
+	sig   breakerSig
+	swept bool // sig was taken by a sweep
+}
+
+// liveRecord is the record of the entries of pass-through methods (no
+// breaker): it never dies, so lookup needs no nil check.
+var liveRecord = &record{}
+
+// breakerSig is what changes when a breaker is used.
+type breakerSig struct {
+	state                                   breaker.State
+	calls, rejections, throttled, gen, tran uint64
+}
+
+func sigOf(c breaker.Counts) breakerSig {
+	return breakerSig{
+		state:      c.State,
+		calls:      c.Successes + c.Failures + c.Ignored,
+		rejections: c.Rejections,
+		throttled:  c.Throttled,
+		gen:        c.Generation,
+		tran:       c.Transitions,
+	}
+}
+
+// registry holds the breakers of a Suite, keyed by breaker key, across
+// Updates: Update reconfigures each breaker for the new policy of the method
+// that created it (keeping its state) or retires it when no policy covers
+// that method any more. It holds at most max breakers, plus one overflow
+// breaker per policy for the methods beyond the cap; when it is full, a new
+// key first evicts the breakers that are closed and idle (see sweep).
+type registry struct {
+	mu       sync.Mutex
+	recs     map[bkey]*record
+	overflow map[string]*record // policy key -> its overflow breaker
+	max      int
+
+	lastSweep  time.Time
+	evicted    uint64
+	overflowed atomic.Uint64 // resolutions served by an overflow breaker
+}
+
+// breakerConfig returns the configuration of a breaker named name under pol.
+func breakerConfig(pol *policy, name string) breaker.Config {
+	cfg := pol.cfg
+	cfg.Name = name
+	return cfg
+}
+
+// get returns the record of the breaker of method called on target under
+// pol, creating it on first use, or the policy's overflow breaker when the
+// registry is full of breakers in use. It returns nil if tab is no longer
+// the suite's table (an Update ran): the caller resolves again.
+func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy) *record {
+	k := bkey{target: target, name: method}
+	if s.o.breakerKey != nil {
+		k = bkey{name: s.o.breakerKey(target, method)}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s.tab.Load() != tab {
+		return nil
+	}
+	if rec := r.recs[k]; rec != nil {
+		return rec
+	}
+	if len(r.recs) >= r.max {
+		r.sweep(time.Now())
+		if len(r.recs) >= r.max {
+			r.overflowed.Add(1)
+			return r.overflowOf(pol)
+		}
+	}
+	rec := &record{name: k.name, method: method, target: k.target, pol: pol}
+	rec.brk, _ = breaker.New(breakerConfig(pol, k.name)) // pol.cfg was validated
+	if r.recs == nil {
+		r.recs = map[bkey]*record{}
+	}
+	r.recs[k] = rec
+	return rec
+}
+
+// overflowOf returns the overflow breaker of pol, shared by the methods of
+// pol beyond the cap (r.mu held).
+func (r *registry) overflowOf(pol *policy) *record {
+	if rec := r.overflow[pol.key]; rec != nil {
+		return rec
+	}
+	name := pol.key + " (overflow)"
+	rec := &record{name: name, pol: pol, overflow: true}
+	rec.brk, _ = breaker.New(breakerConfig(pol, name))
+	if r.overflow == nil {
+		r.overflow = map[string]*record{}
+	}
+	r.overflow[pol.key] = rec
+	return rec
+}
+
+// sweep evicts the breakers that are closed and whose counts did not change
+// since the previous sweep, at most once per sweepInterval (r.mu held). An
+// open, half-open or forced-open breaker, or one in use, is never evicted.
+func (r *registry) sweep(now time.Time) {
+	if !r.lastSweep.IsZero() && now.Sub(r.lastSweep) < sweepInterval {
+		return
+	}
+	r.lastSweep = now
+	for k, rec := range r.recs {
+		sig := sigOf(rec.brk.Counts())
+		if rec.swept && sig == rec.sig && sig.state == breaker.Closed {
+			r.drop(k, rec)
+			r.evicted++
+			continue
+		}
+		rec.sig, rec.swept = sig, true
+	}
+}
+
+// drop removes rec from the registry and retires its breaker (r.mu held).
+func (r *registry) drop(k bkey, rec *record) {
+	delete(r.recs, k)
+	rec.brk.Retire()
+	rec.dead.Store(true)
+}
+
+// reconfigure points every breaker at its policy under tab (r.mu held) and
+// returns the breakers to reconfigure, which the caller does after
+// releasing r.mu (a change of Mode may call OnStateChange, which may call
+// the Suite). Each breaker follows the new policy of the method that created
+// it; one whose method no policy covers any more is retired. An overflow
+// breaker follows the policy of its key.
+func (r *registry) reconfigure(tab *table) []reconf {
+	var out []reconf
+	for k, rec := range r.recs {
+		pol := tab.match(rec.method)
+		if pol == nil {
+			r.drop(k, rec)
+			continue
+		}
+		rec.pol = pol
+		out = append(out, reconf{rec.brk, breakerConfig(pol, rec.name)})
+	}
+	for key, rec := range r.overflow {
+		pol := tab.policy(key)
+		if pol == nil {
+			delete(r.overflow, key)
+			rec.brk.Retire()
+			rec.dead.Store(true)
+			continue
+		}
+		rec.pol = pol
+		out = append(out, reconf{rec.brk, breakerConfig(pol, rec.name)})
+	}
+	return out
+}
+
+// reconf is a breaker to reconfigure and its new configuration.
+type reconf struct {
+	brk *breaker.Breaker
+	cfg breaker.Config
+}
