@@ -121,6 +121,9 @@ func checkKey(key string) error {
 	if key == "*" {
 		return nil
 	}
+	if i := strings.IndexFunc(key, func(r rune) bool { return r <= ' ' || r == 0x7f }); i >= 0 {
+		return policyError(key, fmt.Sprintf("key has a space or control character at byte %d", i), nil)
+	}
 	svc, m, ok := strings.Cut(strings.TrimPrefix(key, "/"), "/")
 	switch {
 	case !strings.HasPrefix(key, "/") || !ok:

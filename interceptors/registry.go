@@ -157,6 +157,19 @@ func (r *registry) sweep(now time.Time) {
 	}
 }
 
+// dropTargets drops the closed breakers of the targets in gone, which have
+// no connection left; their open (or half-open, forced-open) breakers stay
+// for a later connection to the same target.
+func (r *registry) dropTargets(gone map[string]bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, rec := range r.recs {
+		if gone[k.target] && rec.brk.State() == breaker.Closed {
+			r.drop(k, rec)
+		}
+	}
+}
+
 // drop removes rec from the registry and retires its breaker (r.mu held).
 func (r *registry) drop(k bkey, rec *record) {
 	delete(r.recs, k)

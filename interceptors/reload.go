@@ -193,7 +193,7 @@ type SnapshotMethod struct {
 }
 
 // SnapshotBudget is the suite's retry budget settings and the live budget
-// of every target called.
+// of every target with an open connection.
 type SnapshotBudget struct {
 	Mode string `json:"mode"` // "ratio", "token-bucket" or "none"
 	// Ratio mode.
@@ -222,6 +222,7 @@ type SnapshotTarget struct {
 // different methods may be a few calls apart.
 func (s *Suite) Snapshot() Snapshot {
 	snap := Snapshot{Policies: []SnapshotPolicy{}, Methods: []SnapshotMethod{}}
+	snap.Budget = s.budgetView() // first: it drops the state of closed connections
 	type view struct {
 		rec *record
 		pol string
@@ -263,7 +264,6 @@ func (s *Suite) Snapshot() Snapshot {
 		}
 		return strings.Compare(a.Target, b.Target)
 	})
-	snap.Budget = s.budgetView()
 	return snap
 }
 
@@ -365,6 +365,9 @@ func methodView(method, key string, c breaker.Counts) SnapshotMethod {
 
 func (s *Suite) budgetView() SnapshotBudget {
 	v := SnapshotBudget{Targets: []SnapshotTarget{}}
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	s.sweepConns()
 	switch s.o.budget {
 	case budgetNone:
 		v.Mode = "none"
@@ -379,15 +382,12 @@ func (s *Suite) budgetView() SnapshotBudget {
 		v.MinRetriesPerSecond = orDefaultF(c.MinRetriesPerSecond, retry.DefaultMinRetriesPerSecond)
 		v.Window = seconds(orDefault(c.Window, retry.DefaultBudgetWindow))
 	}
-	s.cmu.Lock()
-	s.sweepConns()
-	for name, b := range s.budgets {
-		bs := b.b.Snapshot()
+	for name, t := range s.targets {
+		bs := t.budget.Snapshot()
 		v.Targets = append(v.Targets, SnapshotTarget{
 			Target: name, Balance: bs.Balance, Reserve: bs.Reserve, Allowed: bs.Allowed, Refused: bs.Refused,
 		})
 	}
-	s.cmu.Unlock()
 	slices.SortFunc(v.Targets, func(a, b SnapshotTarget) int { return strings.Compare(a.Target, b.Target) })
 	return v
 }

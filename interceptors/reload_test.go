@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -43,18 +44,32 @@ type rlEnv struct {
 	srv    *echoserver.Server
 	suite  *interceptors.Suite
 	client echov1.EchoServiceClient
+
+	mu     sync.Mutex
+	events []string // "name: from -> to", from WithOnStateChange
 }
 
 // newRLEnv serves the echo server over bufconn through a suite built from
-// policies. Inside a synctest bubble, call it from the bubble.
+// policies (its state changes recorded in events). Inside a synctest bubble,
+// call it from the bubble.
 func newRLEnv(t *testing.T, policies map[string]interceptors.Policy, opts ...interceptors.Option) *rlEnv {
 	t.Helper()
+	e := &rlEnv{srv: echoserver.New(1)}
+	opts = append([]interceptors.Option{interceptors.WithOnStateChange(e.record)}, opts...)
 	suite, err := interceptors.New(policies, opts...)
 	require.NoError(t, err)
-	e := &rlEnv{srv: echoserver.New(1), suite: suite}
+	e.suite = suite
+	e.client = echov1.NewEchoServiceClient(rlConn(t, suite, e.srv, "passthrough:///bufnet"))
+	return e
+}
+
+// rlConn serves srv over a new bufconn listener and returns a connection to
+// it through suite, named target; the test's cleanup closes both.
+func rlConn(t *testing.T, suite *interceptors.Suite, srv *echoserver.Server, target string) *grpc.ClientConn {
+	t.Helper()
 	lis := bufconn.Listen(1 << 20)
-	stop := echoserver.Serve(e.srv, lis)
-	cc, err := grpc.NewClient("passthrough:///bufnet", append([]grpc.DialOption{
+	stop := echoserver.Serve(srv, lis)
+	cc, err := grpc.NewClient(target, append([]grpc.DialOption{
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 	}, suite.DialOptions()...)...)
@@ -63,8 +78,19 @@ func newRLEnv(t *testing.T, policies map[string]interceptors.Policy, opts ...int
 		_ = cc.Close()
 		stop()
 	})
-	e.client = echov1.NewEchoServiceClient(cc)
-	return e
+	return cc
+}
+
+func (e *rlEnv) record(name string, from, to breaker.State) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.events = append(e.events, name+": "+from.String()+" -> "+to.String())
+}
+
+func (e *rlEnv) eventLog() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.events)
 }
 
 func (e *rlEnv) unary(ctx context.Context, f *echov1.Fault) error {
@@ -104,59 +130,101 @@ func rlCircuitOpen(t *testing.T, err error) {
 	assert.True(t, errors.Is(err, breaker.ErrOpen), "want a local rejection, got %v", err)
 }
 
-// TestUpdateKeepsBreakersWhoseSettingsDidNotChange: an open breaker stays
-// open across an Update that changes only retry settings (or restates the
-// breaker defaults explicitly), and starts fresh where the breaker settings
-// changed.
-func TestUpdateKeepsBreakersWhoseSettingsDidNotChange(t *testing.T) {
+// TestUpdateDuringOutageKeepsTheBreakerOpen (issue 7, must-show 6): an
+// Update that changes every breaker setting of an open breaker keeps it open
+// for the rest of its open period, with its counts: the next calls are
+// rejected locally and the server sees no attempt. The new settings apply
+// from then on (two probes to close), and each transition is reported once.
+func TestUpdateDuringOutageKeepsTheBreakerOpen(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		trip := breaker.Config{ConsecutiveFailures: 3, RecoveryTime: time.Minute, MaxRecoveryTime: time.Minute}
-		e := newRLEnv(t, map[string]interceptors.Policy{
-			rlUnary: {Retry: retry.Policy{MaxAttempts: 1}, Breaker: trip},
-			rlSvc:   {Retry: retry.Policy{MaxAttempts: 1}, Breaker: trip},
-			"*":     {},
-		}, interceptors.WithoutBudget())
+		trip := breaker.Config{ConsecutiveFailures: 3, RecoveryTime: 10 * time.Second, MaxRecoveryTime: time.Minute, RecoveryJitter: -1}
+		e := newRLEnv(t, map[string]interceptors.Policy{rlSvc: {Retry: retry.Policy{MaxAttempts: 1}, Breaker: trip}},
+			interceptors.WithoutBudget())
 		ctx := t.Context()
+		e.srv.SetDown(true)
 		for range 3 {
-			require.Error(t, e.unary(ctx, rlDown()))
-			require.Error(t, e.serverStream(ctx, rlDown()))
+			require.Error(t, e.unary(ctx, nil))
 		}
 		rlCircuitOpen(t, e.unary(ctx, nil))
-		rlCircuitOpen(t, e.serverStream(ctx, nil))
-		before := e.suite.Snapshot()
+		require.Equal(t, 3, e.srv.Calls(echoserver.Unary))
+		before, ok := rlMethod(e.suite.Snapshot(), rlUnary)
+		require.True(t, ok)
+		require.Equal(t, "open", before.State)
 
-		same := trip
-		same.HalfOpenMaxCalls = 1 // the default, written out: the same settings
-		changed := trip
-		changed.ConsecutiveFailures = 4
+		time.Sleep(4 * time.Second)
+		changed := breaker.Config{ConsecutiveFailures: 5, ThrottleK: 3, RecoveryTime: 2 * time.Second,
+			MaxRecoveryTime: 30 * time.Second, RecoveryJitter: -1, HalfOpenMaxCalls: 2, HalfOpenMaxWait: -1}
 		require.NoError(t, e.suite.Update(map[string]interceptors.Policy{
-			rlUnary: {Retry: retry.Policy{MaxAttempts: 2}, Breaker: same}, // retry changed, breaker not
-			rlSvc:   {Retry: retry.Policy{MaxAttempts: 1}, Breaker: changed},
+			rlSvc: {Retry: retry.Policy{MaxAttempts: 2}, Breaker: changed, FailureCodes: []codes.Code{codes.Unavailable}},
 		}))
 
-		// Unary: still open, rejected locally; the server sees nothing.
-		calls := e.srv.Calls(echoserver.Unary)
 		rlCircuitOpen(t, e.unary(ctx, nil))
-		assert.Equal(t, calls, e.srv.Calls(echoserver.Unary))
-		after := e.suite.Snapshot()
-		mb, _ := rlMethod(before, rlUnary)
-		ma, ok := rlMethod(after, rlUnary)
+		assert.Equal(t, 3, e.srv.Calls(echoserver.Unary), "the server sees no attempt")
+		snap := e.suite.Snapshot()
+		after, ok := rlMethod(snap, rlUnary)
 		require.True(t, ok)
-		assert.Equal(t, "open", ma.State)
-		assert.Equal(t, mb.Failures, ma.Failures)
-		assert.Equal(t, mb.Rejections+1, ma.Rejections)
-		require.Len(t, after.Policies, 2) // "*" was dropped
-		assert.Equal(t, rlUnary, after.Policies[1].Key)
-		assert.Equal(t, 2, after.Policies[1].Retry.MaxAttempts)
+		assert.Equal(t, "open", after.State)
+		assert.Equal(t, before.Failures, after.Failures)
+		assert.Equal(t, before.Transitions, after.Transitions)
+		assert.Equal(t, before.Rejections+1, after.Rejections)
+		require.Len(t, snap.Policies, 1)
+		assert.Equal(t, 5, snap.Policies[0].Breaker.ConsecutiveFailures)
+		assert.Equal(t, 2, snap.Policies[0].Breaker.HalfOpenMaxCalls)
 
-		// The stream's breaker settings changed: a fresh, closed breaker.
-		require.NoError(t, e.serverStream(ctx, nil))
-		ms, ok := rlMethod(e.suite.Snapshot(), rlStream)
-		require.True(t, ok)
-		assert.Equal(t, "closed", ms.State)
-		assert.Equal(t, uint64(1), ms.Successes)
-		assert.Equal(t, uint64(0), ms.Failures)
+		// The open period it started with (10s) runs to its end: the new
+		// RecoveryTime (2s) does not shorten it.
+		time.Sleep(5900 * time.Millisecond)
+		rlCircuitOpen(t, e.unary(ctx, nil))
+		assert.Equal(t, 3, e.srv.Calls(echoserver.Unary))
 
+		e.srv.SetDown(false)
+		time.Sleep(200 * time.Millisecond)
+		require.NoError(t, e.unary(ctx, nil)) // first probe
+		require.NoError(t, e.unary(ctx, nil)) // second probe: closes (HalfOpenMaxCalls 2)
+		m, _ := rlMethod(e.suite.Snapshot(), rlUnary)
+		assert.Equal(t, "closed", m.State)
+		assert.Equal(t, []string{
+			rlUnary + ": closed -> open",
+			rlUnary + ": open -> half-open",
+			rlUnary + ": half-open -> closed",
+		}, e.eventLog())
+	})
+}
+
+// TestRetiredBreakerStaysSilent (issue 7): an open breaker that an Update
+// drops (no policy covers its method any more) never reports again, though
+// its open period ends; its method passes through and leaves Snapshot.
+func TestRetiredBreakerStaysSilent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		trip := breaker.Config{ConsecutiveFailures: 1, RecoveryTime: 100 * time.Millisecond, RecoveryJitter: -1}
+		var own atomic.Int32
+		withOwn := trip
+		withOwn.OnStateChange = func(string, breaker.State, breaker.State) { own.Add(1) }
+		e := newRLEnv(t, map[string]interceptors.Policy{
+			rlUnary:  {Retry: retry.Policy{MaxAttempts: 1}, Breaker: trip},
+			rlStream: {Retry: retry.Policy{MaxAttempts: 1}, Breaker: withOwn},
+		})
+		ctx := t.Context()
+		e.srv.SetDown(true)
+		require.Error(t, e.unary(ctx, nil))
+		require.Error(t, e.serverStream(ctx, nil))
+		rlCircuitOpen(t, e.unary(ctx, nil))
+		rlCircuitOpen(t, e.serverStream(ctx, nil))
+		require.Len(t, e.eventLog(), 2)
+		require.Equal(t, int32(1), own.Load())
+
+		require.NoError(t, e.suite.Update(map[string]interceptors.Policy{"/other.v1.Svc/*": {}}))
+		time.Sleep(time.Second) // both open periods end
+		synctest.Wait()
+		assert.Len(t, e.eventLog(), 2, "a dropped breaker reports nothing: %v", e.eventLog())
+		assert.Equal(t, int32(1), own.Load())
+		assert.Empty(t, e.suite.Snapshot().Methods)
+
+		calls := e.srv.Calls(echoserver.Unary)
+		err := e.unary(ctx, nil)
+		assert.Equal(t, codes.Unavailable, status.Code(err))
+		assert.False(t, errors.Is(err, breaker.ErrOpen), "passes through to the server")
+		assert.Equal(t, calls+1, e.srv.Calls(echoserver.Unary))
 	})
 }
 
@@ -235,78 +303,64 @@ func TestUpdateRejectsInvalidPolicies(t *testing.T) {
 	assert.Empty(t, e.suite.Snapshot().Methods)
 }
 
-// TestUpdateWithCallbackRebuilds: a key whose old or new policy has its own
-// OnStateChange always gets fresh breakers (functions cannot be compared),
-// whether or not the suite has state-change hooks of its own.
-func TestUpdateWithCallbackRebuilds(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		opts []interceptors.Option
-	}{
-		{"suite without hooks", nil},
-		{"suite with hooks", []interceptors.Option{interceptors.WithOnStateChange(func(string, breaker.State, breaker.State) {})}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				var changes atomic.Int32
-				pol := interceptors.Policy{
-					Retry:   retry.Policy{MaxAttempts: 1},
-					Breaker: breaker.Config{ConsecutiveFailures: 1, OnStateChange: func(string, breaker.State, breaker.State) { changes.Add(1) }},
-				}
-				e := newRLEnv(t, map[string]interceptors.Policy{rlSvc: pol}, tc.opts...)
-				ctx := t.Context()
-				require.Error(t, e.unary(ctx, rlDown()))
-				rlCircuitOpen(t, e.unary(ctx, nil))
-				require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: pol}))
-				require.NoError(t, e.unary(ctx, nil), "a policy with a callback gets a fresh breaker")
-				assert.Equal(t, int32(1), changes.Load())
+// TestUpdateSwitchesCallbacks: a kept breaker calls the OnStateChange of its
+// new policy from the Update on, and never the old one's.
+func TestUpdateSwitchesCallbacks(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var oldCalls, newCalls atomic.Int32
+		pol := func(n *atomic.Int32) interceptors.Policy {
+			return interceptors.Policy{
+				Retry: retry.Policy{MaxAttempts: 1},
+				Breaker: breaker.Config{ConsecutiveFailures: 1, RecoveryTime: time.Second, RecoveryJitter: -1,
+					OnStateChange: func(string, breaker.State, breaker.State) { n.Add(1) }},
+			}
+		}
+		e := newRLEnv(t, map[string]interceptors.Policy{rlSvc: pol(&oldCalls)})
+		ctx := t.Context()
+		require.Error(t, e.unary(ctx, rlDown()))
+		rlCircuitOpen(t, e.unary(ctx, nil))
+		require.Equal(t, int32(1), oldCalls.Load())
 
-				// Dropping the callback also rebuilds: a kept breaker would
-				// still be open and would keep calling the old callback.
-				require.Error(t, e.unary(ctx, rlDown()))
-				rlCircuitOpen(t, e.unary(ctx, nil))
-				assert.Equal(t, int32(2), changes.Load())
-				quiet := pol
-				quiet.Breaker.OnStateChange = nil
-				require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: quiet}))
-				require.NoError(t, e.unary(ctx, nil), "the old policy had a callback: a fresh breaker")
-				assert.Equal(t, int32(2), changes.Load())
-
-				// Neither has one: the breaker is kept.
-				require.Error(t, e.unary(ctx, rlDown()))
-				rlCircuitOpen(t, e.unary(ctx, nil))
-				require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: quiet}))
-				rlCircuitOpen(t, e.unary(ctx, nil))
-				assert.Equal(t, int32(2), changes.Load())
-			})
-		})
-	}
+		require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: pol(&newCalls)}))
+		rlCircuitOpen(t, e.unary(ctx, nil)) // kept open
+		time.Sleep(1100 * time.Millisecond)
+		require.NoError(t, e.unary(ctx, nil)) // the probe closes it
+		assert.Equal(t, int32(1), oldCalls.Load())
+		assert.Equal(t, int32(2), newCalls.Load(), "open -> half-open -> closed")
+		assert.Equal(t, []string{
+			rlUnary + ": closed -> open",
+			rlUnary + ": open -> half-open",
+			rlUnary + ": half-open -> closed",
+		}, e.eventLog(), "the suite's hook once per transition")
+	})
 }
 
-// TestUpdateMovedMethod: a method that moves from its service's key to its
-// own key gets that key's breaker, and the snapshot lists it once.
-func TestUpdateMovedMethod(t *testing.T) {
+// TestUpdateMovedMethodKeepsItsBreaker: a method that moves from its
+// service's key to its own key keeps its breaker (open), now under its own
+// key, and the snapshot lists it once.
+func TestUpdateMovedMethodKeepsItsBreaker(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		trip := interceptors.Policy{Retry: retry.Policy{MaxAttempts: 1}, Breaker: breaker.Config{ConsecutiveFailures: 1}}
+		trip := interceptors.Policy{Retry: retry.Policy{MaxAttempts: 1}, Breaker: breaker.Config{ConsecutiveFailures: 1, RecoveryTime: time.Minute}}
 		e := newRLEnv(t, map[string]interceptors.Policy{rlSvc: trip})
 		ctx := t.Context()
 		require.Error(t, e.unary(ctx, rlDown()))
 		rlCircuitOpen(t, e.unary(ctx, nil))
 		require.NoError(t, e.suite.Update(map[string]interceptors.Policy{rlSvc: trip, rlUnary: trip}))
-		require.NoError(t, e.unary(ctx, nil))
+		rlCircuitOpen(t, e.unary(ctx, nil))
 		s := e.suite.Snapshot()
 		require.Len(t, s.Methods, 1)
+		assert.Equal(t, rlUnary, s.Methods[0].Method)
+		assert.Equal(t, "passthrough:///bufnet", s.Methods[0].Target)
 		assert.Equal(t, rlUnary, s.Methods[0].Policy)
-		assert.Equal(t, "closed", s.Methods[0].State)
+		assert.Equal(t, "open", s.Methods[0].State)
 	})
 }
 
 // TestUpdateUnderConcurrentLoad: unary calls and server streams that need a
 // retry, and a bidi stream, run while two updaters swap policies back and
 // forth. The unary method's breaker settings alternate (its breaker is
-// rebuilt on every swap); the service's do not (its breakers are kept). No
-// call fails, the service's breakers count every outcome, and the budget is
-// never reset.
+// reconfigured on every swap); the service's do not. No call fails, every
+// breaker counts every outcome, and the budget is never reset.
 func TestUpdateUnderConcurrentLoad(t *testing.T) {
 	const (
 		workers = 8
@@ -315,7 +369,7 @@ func TestUpdateUnderConcurrentLoad(t *testing.T) {
 	pol := func(streak int) interceptors.Policy {
 		return interceptors.Policy{
 			Retry:   retry.Policy{MaxAttempts: 3, InitialBackoff: time.Microsecond, MaxBackoff: time.Microsecond, Jitter: retry.NoJitter},
-			Breaker: breaker.Config{ConsecutiveFailures: streak, MinimumCalls: -1},
+			Breaker: breaker.Config{ConsecutiveFailures: streak, ThrottleK: -1},
 		}
 	}
 	policies := func(i int) map[string]interceptors.Policy {
@@ -390,10 +444,12 @@ func TestUpdateUnderConcurrentLoad(t *testing.T) {
 	assert.Equal(t, 2*workers*calls, e.srv.Calls(echoserver.Unary))
 	assert.Equal(t, 2*workers*calls, e.srv.Calls(echoserver.ServerStream))
 	snap := e.suite.Snapshot()
-	ms, ok := rlMethod(snap, rlStream)
-	require.True(t, ok)
-	assert.Equal(t, uint64(workers*calls), ms.Successes) // kept through every Update
-	assert.Equal(t, uint64(workers*calls), ms.Failures)
+	for _, m := range []string{rlUnary, rlStream} {
+		ms, ok := rlMethod(snap, m)
+		require.True(t, ok)
+		assert.Equal(t, uint64(workers*calls), ms.Successes, m) // kept through every Update
+		assert.Equal(t, uint64(workers*calls), ms.Failures, m)
+	}
 	mb, ok := rlMethod(snap, "/khive.echo.v1.EchoService/BidiStream")
 	require.True(t, ok)
 	assert.Equal(t, uint64(1), mb.Successes)
@@ -413,14 +469,15 @@ func TestSnapshotJSON(t *testing.T) {
 				RetryableCodes: []codes.Code{codes.Unavailable, codes.Canceled},
 			},
 			rlSvc: {
-				Retry:        retry.Policy{MaxAttempts: 1},
-				Breaker:      breaker.Config{ConsecutiveFailures: -1, MinimumCalls: -1, RecoveryJitter: -1, Mode: breaker.MetricsOnly},
+				Retry: retry.Policy{MaxAttempts: 1},
+				Breaker: breaker.Config{ConsecutiveFailures: -1, ThrottleK: -1, FailureRate: 0.5, MinimumCalls: 5,
+					RecoveryJitter: -1, HalfOpenMaxWait: -1, Mode: breaker.MetricsOnly},
 				FailureCodes: []codes.Code{codes.Internal},
 				Fallback:     func(context.Context, string, any, any, error) error { return nil },
 			},
-		}, interceptors.WithTokenBucket(10, 0.5))
+		}, interceptors.WithTokenBucket(10, 0.5), interceptors.WithMaxBreakers(100))
 		ctx := t.Context()
-		require.NoError(t, e.unary(ctx, &echov1.Fault{Code: uint32(codes.Unavailable), Key: "k", FailAttempts: 1}))
+		require.NoError(t, e.unary(ctx, nil))
 		require.NoError(t, e.serverStream(ctx, nil))
 
 		got, err := json.MarshalIndent(e.suite.Snapshot(), "", "  ")
@@ -431,9 +488,9 @@ func TestSnapshotJSON(t *testing.T) {
 		      "key": "/khive.echo.v1.EchoService/*",
 		      "retryPolicy": {"maxAttempts": 1, "initialBackoff": "0.025s", "maxBackoff": "5s", "backoffMultiplier": 2,
 		        "retryableStatusCodes": ["UNAVAILABLE"], "jitter": "full", "minAttemptTime": "0.001s", "maxPushback": "30s"},
-		      "circuitBreaker": {"mode": "metrics-only", "consecutiveFailures": 0, "failureRate": 0.5, "minimumCalls": 0,
-		        "window": "10s", "recoveryTime": "5s", "maxRecoveryTime": "60s", "recoveryJitter": 0, "halfOpenMaxCalls": 1,
-		        "failureStatusCodes": ["INTERNAL"]},
+		      "circuitBreaker": {"mode": "metrics-only", "consecutiveFailures": 0, "throttleK": 0, "failureRate": 0.5,
+		        "minimumCalls": 5, "window": "10s", "recoveryTime": "1s", "maxRecoveryTime": "60s", "recoveryJitter": 0,
+		        "halfOpenMaxCalls": 1, "halfOpenMaxWait": "0s", "failureStatusCodes": ["INTERNAL"]},
 		      "fallback": true
 		    },
 		    {
@@ -441,22 +498,28 @@ func TestSnapshotJSON(t *testing.T) {
 		      "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.100s", "maxBackoff": "1s", "backoffMultiplier": 2,
 		        "retryableStatusCodes": ["CANCELLED", "UNAVAILABLE"], "jitter": "proportional", "jitterFactor": 0.2,
 		        "perAttemptTimeout": "0.001500s", "minAttemptTime": "0.001s", "maxPushback": "30s"},
-		      "circuitBreaker": {"mode": "closed", "consecutiveFailures": 12, "failureRate": 0.5, "minimumCalls": 20,
-		        "window": "10s", "recoveryTime": "5s", "maxRecoveryTime": "60s", "recoveryJitter": 0.2, "halfOpenMaxCalls": 1,
+		      "circuitBreaker": {"mode": "closed", "consecutiveFailures": 12, "throttleK": 2, "failureRate": 0,
+		        "minimumCalls": 20, "window": "10s", "recoveryTime": "1s", "maxRecoveryTime": "60s", "recoveryJitter": 0.2,
+		        "halfOpenMaxCalls": 1, "halfOpenMaxWait": "1s",
 		        "failureStatusCodes": ["UNKNOWN", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"]},
 		      "fallback": false
 		    }
 		  ],
 		  "methods": [
-		    {"method": "/khive.echo.v1.EchoService/ServerStream", "policy": "/khive.echo.v1.EchoService/*", "state": "metrics-only",
-		      "successes": 1, "failures": 0, "ignored": 0, "rejections": 0, "transitions": 0,
-		      "consecutiveFailures": 0, "windowCalls": 1, "windowFailures": 0, "shadowTrips": 0},
-		    {"method": "/khive.echo.v1.EchoService/Unary", "policy": "/khive.echo.v1.EchoService/Unary", "state": "closed",
-		      "successes": 1, "failures": 1, "ignored": 0, "rejections": 0, "transitions": 0,
-		      "consecutiveFailures": 0, "windowCalls": 2, "windowFailures": 1, "shadowTrips": 0}
+		    {"method": "/khive.echo.v1.EchoService/ServerStream", "target": "passthrough:///bufnet",
+		      "policy": "/khive.echo.v1.EchoService/*", "state": "metrics-only",
+		      "successes": 1, "failures": 0, "ignored": 0, "rejections": 0, "throttled": 0, "transitions": 0,
+		      "consecutiveFailures": 0, "windowCalls": 1, "windowFailures": 0, "windowThrottled": 0,
+		      "throttleProbability": 0, "shadowTrips": 0},
+		    {"method": "/khive.echo.v1.EchoService/Unary", "target": "passthrough:///bufnet",
+		      "policy": "/khive.echo.v1.EchoService/Unary", "state": "closed",
+		      "successes": 1, "failures": 0, "ignored": 0, "rejections": 0, "throttled": 0, "transitions": 0,
+		      "consecutiveFailures": 0, "windowCalls": 1, "windowFailures": 0, "windowThrottled": 0,
+		      "throttleProbability": 0, "shadowTrips": 0}
 		  ],
+		  "breakers": {"count": 2, "max": 100, "overflowed": 0, "evicted": 0},
 		  "budget": {"mode": "token-bucket", "maxTokens": 10, "tokenRatio": 0.5,
-		    "targets": [{"target": "passthrough:///bufnet", "balance": 10, "reserve": 0, "allowed": 1, "refused": 0}]}
+		    "targets": [{"target": "passthrough:///bufnet", "balance": 10, "reserve": 0, "allowed": 0, "refused": 0}]}
 		}`, string(got))
 	})
 }
@@ -475,5 +538,7 @@ func TestSnapshotBudgetModes(t *testing.T) {
 	require.NoError(t, err)
 	got, err := json.Marshal(s.Snapshot())
 	require.NoError(t, err)
-	assert.JSONEq(t, `{"policies": [], "methods": [], "budget": {"mode": "none", "targets": []}}`, string(got))
+	assert.JSONEq(t, `{"policies": [], "methods": [],
+	  "breakers": {"count": 0, "max": 10000, "overflowed": 0, "evicted": 0},
+	  "budget": {"mode": "none", "targets": []}}`, string(got))
 }

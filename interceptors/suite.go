@@ -47,17 +47,17 @@ type Suite struct {
 	last  atomic.Pointer[conn] // the connection of the latest call
 	conns sync.Map             // *grpc.ClientConn -> *conn
 
-	cmu     sync.Mutex         // guards budgets, nconns, sweepAt (and adding to conns)
-	budgets map[string]*budget // target -> its budget
-	nconns  int                // entries in conns
-	sweepAt int                // nconns at which the next new connection sweeps conns
+	cmu     sync.Mutex              // guards targets, nconns, sweepAt (and adding to conns)
+	targets map[string]*targetState // by cc.Target()
+	nconns  int                     // entries in conns
+	sweepAt int                     // nconns at which the next new connection sweeps conns
 }
 
-// budget is the retry budget of one target and the number of connections
-// (entries of Suite.conns) that use it.
-type budget struct {
-	b    *retry.Budget
-	refs int
+// targetState is the retry budget of one target and the number of
+// connections (entries of Suite.conns) to it.
+type targetState struct {
+	budget *retry.Budget // nil: no budget
+	refs   int
 }
 
 // table is the immutable resolved form of a policy map.
@@ -312,7 +312,7 @@ func (s *Suite) conn(cc *grpc.ClientConn) *conn {
 			s.sweepAt = max(2*s.nconns, 16)
 		}
 		name := targetName(cc)
-		v = &conn{cc: cc, name: name, budget: s.acquireBudget(name)}
+		v = &conn{cc: cc, name: name, budget: s.acquireTarget(name)}
 		s.conns.Store(cc, v)
 		s.nconns++
 	}
@@ -322,44 +322,48 @@ func (s *Suite) conn(cc *grpc.ClientConn) *conn {
 	return c
 }
 
-// sweepConns drops the state of the closed connections (s.cmu held).
+// sweepConns drops the state of the closed connections (s.cmu held); a
+// target left without connections loses its budget and its closed breakers.
 func (s *Suite) sweepConns() {
+	var gone map[string]bool
 	s.conns.Range(func(k, v any) bool {
 		c := v.(*conn)
 		if c.cc != nil && c.cc.GetState() == connectivity.Shutdown {
 			s.conns.Delete(k)
 			s.nconns--
-			s.releaseBudget(c.name)
+			if t := s.targets[c.name]; t != nil {
+				if t.refs--; t.refs == 0 {
+					delete(s.targets, c.name)
+					if gone == nil {
+						gone = map[string]bool{}
+					}
+					gone[c.name] = true
+				}
+			}
 		}
 		return true
 	})
+	if gone != nil {
+		s.reg.dropTargets(gone)
+	}
 }
 
-// acquireBudget returns the retry budget of the target called name (one per
-// target, shared by the connections to it, by unary calls and streams of
-// every method), or nil without budget (s.cmu held).
-func (s *Suite) acquireBudget(name string) *retry.Budget {
-	if s.o.budget == budgetNone {
-		return nil
-	}
-	b := s.budgets[name]
-	if b == nil {
-		b = &budget{b: s.o.newBudget()} // validated by New: cannot fail
-		if s.budgets == nil {
-			s.budgets = map[string]*budget{}
+// acquireTarget counts a new connection to the target called name and
+// returns the target's retry budget (one per target, shared by the
+// connections to it, by unary calls and streams of every method), or nil
+// without budget (s.cmu held).
+func (s *Suite) acquireTarget(name string) *retry.Budget {
+	t := s.targets[name]
+	if t == nil {
+		t = &targetState{}
+		if s.o.budget != budgetNone {
+			t.budget = s.o.newBudget() // validated by New: cannot fail
 		}
-		s.budgets[name] = b
-	}
-	b.refs++
-	return b.b
-}
-
-// releaseBudget drops a connection's reference to its target's budget
-// (s.cmu held); the last one drops the budget.
-func (s *Suite) releaseBudget(name string) {
-	if b := s.budgets[name]; b != nil {
-		if b.refs--; b.refs == 0 {
-			delete(s.budgets, name)
+		if s.targets == nil {
+			s.targets = map[string]*targetState{}
 		}
+		s.targets[name] = t
 	}
+	t.refs++
+	return t.budget
 }
