@@ -40,3 +40,46 @@ func TestLookupBeyondTheCacheAllocatesNothing(t *testing.T) {
 	assert.Same(t, s.lookup(nil, covered).brk, s.lookup(nil, covered2).brk)
 	assert.Nil(t, s.lookup(nil, pass2))
 }
+
+// BenchmarkLookup measures the policy lookup alone: "fast-slot" is the
+// common case (the constant method string of a generated stub), "map" the
+// connection's method map behind the fast slots (a method string at another
+// address, or a slot collision), "beyond-cache" a covered method resolved
+// through the registry once the connection's cache is full, "pass-through"
+// a method without policy once the cache is full.
+func BenchmarkLookup(b *testing.B) {
+	s, err := New(map[string]Policy{"/cov.S/*": {}})
+	require.NoError(b, err)
+	const m = "/cov.S/Method"
+	s.lookup(nil, m)
+	tab, c := s.tab.Load(), s.last.Load()
+	b.Run("fast-slot", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = s.lookup(nil, m)
+		}
+	})
+	b.Run("map", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = s.entryOf(tab, c, m)
+		}
+	})
+	for i := range maxCachedMethods {
+		s.lookup(nil, "/cov.S/M"+strconv.Itoa(i))
+	}
+	beyond, pass := "/cov.S/Beyond", "/pass.S/Method"
+	s.lookup(nil, beyond)
+	b.Run("beyond-cache", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = s.entryOf(tab, c, beyond)
+		}
+	})
+	b.Run("pass-through", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = s.lookup(nil, pass)
+		}
+	})
+}

@@ -331,6 +331,7 @@ func (s *Suite) sweepConns() {
 		if c.cc != nil && c.cc.GetState() == connectivity.Shutdown {
 			s.conns.Delete(k)
 			s.nconns--
+			s.last.CompareAndSwap(c, nil) // do not keep the closed connection alive
 			if t := s.targets[c.name]; t != nil {
 				if t.refs--; t.refs == 0 {
 					delete(s.targets, c.name)
