@@ -157,7 +157,7 @@ func WithBreakerKey(f func(target, method string) string) Option {
 // forced-open breaker is never dropped. If the suite is still full, the
 // call uses its policy's overflow breaker, shared by every method of the
 // policy beyond the cap and shown in Snapshot (Breakers.Overflowed counts
-// the methods sent there).
+// the lookups it served).
 func WithMaxBreakers(n int) Option {
 	return optionFunc(func(o *options) { o.maxBreakers = n })
 }
@@ -186,7 +186,8 @@ func WithOnStateChange(f func(method string, from, to breaker.State)) Option {
 // (warn when a breaker opens, info otherwise) to l, a go-grpc-middleware v2
 // logging.Logger (adapters exist for slog, zap, zerolog, logrus, ...).
 // Fields: "grpc.method", "grpc.attempt", "retry.delay", "retry.reason",
-// "breaker.from", "breaker.to", "grpc.code", "error".
+// "grpc.target" (a breaker's target), "breaker.from", "breaker.to",
+// "grpc.code", "error".
 func WithLogger(l logging.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
 }
@@ -212,21 +213,26 @@ type GiveUpEvent struct {
 	Err      error // the error the caller gets
 }
 
-// stateChangeHook returns the function wired into every breaker's
-// OnStateChange, or nil if no hook or logger wants state changes.
-func (o *options) stateChangeHook() func(name string, from, to breaker.State) {
+// stateChangeHook returns the function every breaker's OnStateChange calls
+// with the breaker's name and target ("" for a WithBreakerKey key or an
+// overflow breaker), or nil if no hook or logger wants state changes.
+func (o *options) stateChangeHook() func(name, target string, from, to breaker.State) {
 	f, l := o.onStateChange, o.logger
 	if f == nil && l == nil {
 		return nil
 	}
-	return func(name string, from, to breaker.State) {
+	return func(name, target string, from, to breaker.State) {
 		if l != nil {
 			lvl := logging.LevelInfo
 			if to == breaker.Open || to == breaker.ForcedOpen {
 				lvl = logging.LevelWarn
 			}
+			fields := []any{"grpc.method", name}
+			if target != "" {
+				fields = append(fields, "grpc.target", target)
+			}
 			l.Log(context.Background(), lvl, "circuit breaker state change",
-				"grpc.method", name, "breaker.from", from.String(), "breaker.to", to.String())
+				append(fields, "breaker.from", from.String(), "breaker.to", to.String())...)
 		}
 		if f != nil {
 			f(name, from, to)

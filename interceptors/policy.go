@@ -76,7 +76,7 @@ type policy struct {
 	key         string         // the policy map key
 	retry       retry.Policy   // as given (retry.Call applies the defaults)
 	maxAttempts int            // retry.MaxAttempts with its default applied
-	cfg         breaker.Config // Policy.Breaker, validated, OnStateChange wired to the suite's hooks
+	cfg         breaker.Config // Policy.Breaker, validated (see breakerConfig for the hooks)
 	retryable   codeSet
 	failure     codeSet
 	fallback    func(ctx context.Context, method string, req, reply any, err error) error
@@ -137,9 +137,7 @@ func checkKey(key string) error {
 }
 
 // resolvePolicy validates p (under key) and returns it resolved.
-// onChange, if not nil, is called on each state change of the group's
-// breakers, after p.Breaker.OnStateChange.
-func resolvePolicy(key string, p Policy, onChange func(name string, from, to breaker.State)) (*policy, error) {
+func resolvePolicy(key string, p Policy) (*policy, error) {
 	if err := checkKey(key); err != nil {
 		return nil, err
 	}
@@ -147,14 +145,6 @@ func resolvePolicy(key string, p Policy, onChange func(name string, from, to bre
 		return nil, policyError(key, "Retry."+trimPrefix(err.Error(), "retry: Policy."), err)
 	}
 	cfg := p.Breaker
-	if user := cfg.OnStateChange; user != nil && onChange != nil {
-		cfg.OnStateChange = func(name string, from, to breaker.State) {
-			user(name, from, to)
-			onChange(name, from, to)
-		}
-	} else if onChange != nil {
-		cfg.OnStateChange = onChange
-	}
 	if err := cfg.Validate(); err != nil {
 		return nil, policyError(key, "Breaker."+trimPrefix(err.Error(), "breaker: Config."), err)
 	}

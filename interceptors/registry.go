@@ -76,16 +76,30 @@ type registry struct {
 	recs     map[bkey]*record
 	overflow map[string]*record // policy key -> its overflow breaker
 	max      int
+	hook     func(name, target string, from, to breaker.State) // the suite's hooks, or nil
 
 	lastSweep  time.Time
 	evicted    uint64
 	overflowed atomic.Uint64 // resolutions served by an overflow breaker
 }
 
-// breakerConfig returns the configuration of a breaker named name under pol.
-func breakerConfig(pol *policy, name string) breaker.Config {
+// breakerConfig returns the configuration of rec's breaker under pol: its
+// OnStateChange calls the policy's, then the suite's hooks with rec's
+// target.
+func (r *registry) breakerConfig(pol *policy, rec *record) breaker.Config {
 	cfg := pol.cfg
-	cfg.Name = name
+	cfg.Name = rec.name
+	user, hook, target := cfg.OnStateChange, r.hook, rec.target
+	switch {
+	case hook == nil:
+	case user == nil:
+		cfg.OnStateChange = func(name string, from, to breaker.State) { hook(name, target, from, to) }
+	default:
+		cfg.OnStateChange = func(name string, from, to breaker.State) {
+			user(name, from, to)
+			hook(name, target, from, to)
+		}
+	}
 	return cfg
 }
 
@@ -114,7 +128,7 @@ func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy)
 		}
 	}
 	rec := &record{name: k.name, method: method, target: k.target, pol: pol}
-	rec.brk, _ = breaker.New(breakerConfig(pol, k.name)) // pol.cfg was validated
+	rec.brk, _ = breaker.New(r.breakerConfig(pol, rec)) // pol.cfg was validated
 	if r.recs == nil {
 		r.recs = map[bkey]*record{}
 	}
@@ -130,7 +144,7 @@ func (r *registry) overflowOf(pol *policy) *record {
 	}
 	name := pol.key + " (overflow)"
 	rec := &record{name: name, pol: pol, overflow: true}
-	rec.brk, _ = breaker.New(breakerConfig(pol, name))
+	rec.brk, _ = breaker.New(r.breakerConfig(pol, rec))
 	if r.overflow == nil {
 		r.overflow = map[string]*record{}
 	}
@@ -192,7 +206,7 @@ func (r *registry) reconfigure(tab *table) []reconf {
 			continue
 		}
 		rec.pol = pol
-		out = append(out, reconf{rec.brk, breakerConfig(pol, rec.name)})
+		out = append(out, reconf{rec.brk, r.breakerConfig(pol, rec)})
 	}
 	for key, rec := range r.overflow {
 		pol := tab.policy(key)
@@ -203,7 +217,7 @@ func (r *registry) reconfigure(tab *table) []reconf {
 			continue
 		}
 		rec.pol = pol
-		out = append(out, reconf{rec.brk, breakerConfig(pol, rec.name)})
+		out = append(out, reconf{rec.brk, r.breakerConfig(pol, rec)})
 	}
 	return out
 }

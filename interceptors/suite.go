@@ -30,11 +30,13 @@ const maxCachedMethods = 4096
 // connections.
 //
 // Its memory is bounded: at most WithMaxBreakers breakers (plus one overflow
-// breaker per policy); per connection, a cache of at most 4096 methods; per
-// target, one budget, which lives as long as a connection to that target is
-// open. The state of a closed connection is dropped when the suite next
-// meets a new connection (or takes a Snapshot); its target's budget with it,
-// unless another open connection uses that target.
+// breaker per policy); per connection, a cache of at most 4096 methods
+// (methods without a policy included); per target, one budget, which lives
+// as long as a connection to that target is open. The state of closed
+// connections is dropped at each Snapshot, and when a new connection finds
+// that the number of connections has doubled since the last check; when a
+// target's last connection goes, so do its budget and its closed breakers
+// (an open breaker stays for the next connection to that target).
 type Suite struct {
 	tab atomic.Pointer[table] // the resolved policies; swapped whole (a later Update)
 	o   options               // immutable after New
@@ -132,7 +134,7 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.reg.max = s.o.maxBreakers
+	s.reg.max, s.reg.hook = s.o.maxBreakers, s.o.stateChangeHook()
 	s.tab.Store(tab)
 	return s, nil
 }
@@ -140,9 +142,8 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 // resolve validates policies and builds a table.
 func (s *Suite) resolve(policies map[string]Policy) (*table, error) {
 	tab := &table{exact: map[string]*policy{}, service: map[string]*policy{}}
-	hook := s.o.stateChangeHook()
 	for key, p := range policies {
-		pol, err := resolvePolicy(key, p, hook)
+		pol, err := resolvePolicy(key, p)
 		if err != nil {
 			return nil, err
 		}

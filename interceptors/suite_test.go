@@ -484,7 +484,7 @@ func TestLogger(t *testing.T) {
 		defer mu.Unlock()
 		require.Len(t, lines, 3, strings.Join(lines, "\n"))
 		assert.True(t, strings.HasPrefix(lines[0], "DEBUG retrying [grpc.method "+unaryMethod+" grpc.attempt 1 retry.delay "), lines[0])
-		assert.Equal(t, "WARN circuit breaker state change [grpc.method "+unaryMethod+" breaker.from closed breaker.to open]", lines[1])
+		assert.Equal(t, "WARN circuit breaker state change [grpc.method "+unaryMethod+" grpc.target passthrough:///bufnet breaker.from closed breaker.to open]", lines[1])
 		assert.Equal(t, "WARN retries gave up [grpc.method "+unaryMethod+" grpc.attempt 2 retry.reason exhausted grpc.code Unavailable error rpc error: code = Unavailable desc = down]", lines[2])
 	})
 }
