@@ -14,9 +14,10 @@ import (
 
 // Update replaces the suite's policies with policies, validated as New
 // validates them; on error nothing changes. The swap is atomic: a call or
-// stream started before it finishes under the policy it started with, and
-// every call started after it uses the new policies. No call fails because
-// of an Update.
+// stream started before it finishes under the policy it started with (its
+// retries, classification and fallback; its breaker takes the new breaker
+// settings at once, as every breaker does), and every call started after it
+// uses the new policies. No call fails because of an Update.
 //
 // State is kept:
 //
