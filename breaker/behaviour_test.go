@@ -340,4 +340,3 @@ func TestNeverWorseThanNoBreaker(t *testing.T) {
 		assert.Equal(t, 1.0, ratio(succ, calls, 0, 20), "before the outage")
 	})
 }
-
