@@ -31,9 +31,6 @@ type record struct {
 	// overflow marks the overflow breaker of pol (see registry.overflowOf).
 	overflow bool
 
-	// dead is set when the record leaves the registry (evicted, or retired by
-	// Update): the entries that point at it are resolved again.
-	dead atomic.Bool
 	// ent is the entry of the default key's (target, method) under the
 	// current table, so that a lookup beyond the connection's cache does not
 	// allocate; nil until needed.
@@ -43,10 +40,6 @@ type record struct {
 	sig   breakerSig
 	swept bool // sig was taken by a sweep
 }
-
-// liveRecord is the record of the entries of pass-through methods (no
-// breaker): it never dies, so lookup needs no nil check.
-var liveRecord = &record{}
 
 // breakerSig is what changes when a breaker is used.
 type breakerSig struct {
@@ -72,6 +65,10 @@ func sigOf(c breaker.Counts) breakerSig {
 // breaker per policy for the methods beyond the cap; when it is full, a new
 // key first evicts the breakers that are closed and idle (see sweep).
 type registry struct {
+	// tab is the suite's table. Dropping breakers replaces it with a copy,
+	// so that every cached entry, which is valid only under the table it
+	// was resolved with, is resolved again: lookup needs no other check.
+	tab      *atomic.Pointer[table]
 	mu       sync.Mutex
 	recs     map[bkey]*record
 	overflow map[string]*record // policy key -> its overflow breaker
@@ -122,6 +119,9 @@ func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy)
 	}
 	if len(r.recs) >= r.max {
 		r.sweep(time.Now())
+		if s.tab.Load() != tab {
+			return nil // breakers were dropped: resolve again
+		}
 		if len(r.recs) >= r.max {
 			r.overflowed.Add(1)
 			return r.overflowOf(pol)
@@ -160,14 +160,19 @@ func (r *registry) sweep(now time.Time) {
 		return
 	}
 	r.lastSweep = now
+	dropped := false
 	for k, rec := range r.recs {
 		sig := sigOf(rec.brk.Counts())
 		if rec.swept && sig == rec.sig && sig.state == breaker.Closed {
 			r.drop(k, rec)
 			r.evicted++
+			dropped = true
 			continue
 		}
 		rec.sig, rec.swept = sig, true
+	}
+	if dropped {
+		r.invalidate()
 	}
 }
 
@@ -177,18 +182,31 @@ func (r *registry) sweep(now time.Time) {
 func (r *registry) dropTargets(gone map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	dropped := false
 	for k, rec := range r.recs {
 		if gone[k.target] && rec.brk.State() == breaker.Closed {
 			r.drop(k, rec)
+			dropped = true
 		}
+	}
+	if dropped {
+		r.invalidate()
 	}
 }
 
+// invalidate replaces the suite's table with a copy, which makes every
+// cached entry stale (r.mu held, as by every writer of the table).
+func (r *registry) invalidate() {
+	t := *r.tab.Load()
+	r.tab.Store(&t)
+}
+
 // drop removes rec from the registry and retires its breaker (r.mu held).
+// The caller then replaces the table (invalidate, or an Update's new
+// table), so that no cached entry keeps using the breaker.
 func (r *registry) drop(k bkey, rec *record) {
 	delete(r.recs, k)
 	rec.brk.Retire()
-	rec.dead.Store(true)
 }
 
 // reconfigure points every breaker at its policy under tab (r.mu held) and
@@ -213,7 +231,6 @@ func (r *registry) reconfigure(tab *table) []reconf {
 		if pol == nil {
 			delete(r.overflow, key)
 			rec.brk.Retire()
-			rec.dead.Store(true)
 			continue
 		}
 		rec.pol = pol

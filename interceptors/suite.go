@@ -101,9 +101,9 @@ func fastSlot(method string) uintptr {
 type entry struct {
 	s      *Suite
 	method string
-	tab    *table  // the table it was resolved under (a later Update makes it stale)
+	tab    *table  // the table it was resolved under (stale once the suite's table is replaced)
 	pol    *policy // nil: the method has no policy (a cached pass-through)
-	rec    *record // the breaker's record (liveRecord for a pass-through)
+	rec    *record // the breaker's record (nil for a pass-through)
 	brk    *breaker.Breaker
 	budget *retry.Budget // nil: no budget
 
@@ -134,7 +134,7 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.reg.max, s.reg.hook = s.o.maxBreakers, s.o.stateChangeHook()
+	s.reg.tab, s.reg.max, s.reg.hook = &s.tab, s.o.maxBreakers, s.o.stateChangeHook()
 	s.tab.Store(tab)
 	return s, nil
 }
@@ -200,7 +200,7 @@ func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 	}
 	slot := &c.fast[fastSlot(method)]
 	e := slot.Load()
-	if e == nil || !sameString(e.method, method) || e.tab != tab || e.rec.dead.Load() {
+	if e == nil || !sameString(e.method, method) || e.tab != tab {
 		if e = s.entryOf(tab, c, method); e == uncachedPassThrough {
 			return nil
 		}
@@ -222,7 +222,7 @@ func sameString(a, b string) bool {
 // not cached or stale.
 func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 	if v, ok := c.methods.Load(method); ok {
-		if e := v.(*entry); e.tab == tab && !e.rec.dead.Load() {
+		if e := v.(*entry); e.tab == tab {
 			return e
 		}
 	}
@@ -254,7 +254,7 @@ func (s *Suite) resolveEntry(tab *table, c *conn, method string) (e *entry, cach
 		if !cache {
 			return uncachedPassThrough, false
 		}
-		return &entry{s: s, method: method, tab: tab, rec: liveRecord}, true
+		return &entry{s: s, method: method, tab: tab}, true
 	}
 	rec := s.reg.get(s, tab, c.name, method, pol)
 	if rec == nil {
@@ -274,7 +274,7 @@ func (s *Suite) resolveEntry(tab *table, c *conn, method string) (e *entry, cach
 
 // uncachedPassThrough is what resolveEntry returns for a method without a
 // policy that the connection's cache has no room for.
-var uncachedPassThrough = &entry{rec: liveRecord}
+var uncachedPassThrough = &entry{}
 
 func (s *Suite) newEntry(tab *table, c *conn, method string, pol *policy, rec *record) *entry {
 	return &entry{s: s, method: method, tab: tab, pol: pol, rec: rec, brk: rec.brk, budget: c.budget}
