@@ -233,8 +233,11 @@ func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 			continue
 		}
 		if cache {
-			if _, loaded := c.methods.Swap(method, e); !loaded {
-				c.n.Add(1)
+			if _, loaded := c.methods.Swap(method, e); !loaded && c.n.Add(1) > maxCachedMethods {
+				// Another goroutine took the last room first.
+				if c.methods.CompareAndDelete(method, e) {
+					c.n.Add(-1)
+				}
 			}
 		}
 		return e
