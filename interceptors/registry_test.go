@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -289,4 +290,57 @@ func TestErrorsQuoteAndTruncateInput(t *testing.T) {
 	_, err = interceptors.New(nil, interceptors.WithMaxBreakers(0))
 	assert.EqualError(t, err, "interceptors: WithMaxBreakers: must be at least 1, got 0")
 	assert.False(t, errors.Is(err, breaker.ErrOpen))
+}
+
+// TestRegistryUnderConcurrency: callers racing on new method names against
+// a small cap, while Updates, Snapshots and closing connections run; for
+// the race detector, and the cap holds.
+func TestRegistryUnderConcurrency(t *testing.T) {
+	s, err := interceptors.New(map[string]interceptors.Policy{"*": {}}, interceptors.WithMaxBreakers(50))
+	require.NoError(t, err)
+	in := s.Unary()
+	ctx := context.Background()
+	ok := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	ccs := make([]*grpc.ClientConn, 4)
+	for i := range ccs {
+		ccs[i], err = grpc.NewClient("passthrough:///c"+strconv.Itoa(i), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		require.NoError(t, err)
+	}
+	var callers, updater sync.WaitGroup
+	done := make(chan struct{})
+	for w := range 8 {
+		callers.Go(func() {
+			for i := range 500 {
+				cc := ccs[(w+i)%len(ccs)]
+				if err := in(ctx, "/c.S/M"+strconv.Itoa(i%120), nil, nil, cc, ok); err != nil {
+					t.Errorf("call: %v", err)
+				}
+			}
+		})
+	}
+	updater.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if err := s.Update(map[string]interceptors.Policy{"*": {Retry: retry.Policy{MaxAttempts: 1 + i%3}}}); err != nil {
+				t.Errorf("update: %v", err)
+			}
+			assert.LessOrEqual(t, s.Snapshot().Breakers.Count, 50)
+			if i == 10 {
+				_ = ccs[0].Close()
+			}
+		}
+	})
+	callers.Wait()
+	close(done)
+	updater.Wait()
+	for _, cc := range ccs {
+		_ = cc.Close()
+	}
+	snap := s.Snapshot()
+	assert.LessOrEqual(t, snap.Breakers.Count, 50)
+	assert.Empty(t, snap.Budget.Targets)
 }
