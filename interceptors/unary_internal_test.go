@@ -90,6 +90,9 @@ func TestClassify(t *testing.T) {
 		{"a raw context error, ctx done", done, context.Canceled, breaker.Ignored},
 		{"a wrapped context error, ctx done", done, fmt.Errorf("waiting: %w", context.DeadlineExceeded), breaker.Ignored},
 		{"a raw attempt timeout, ctx live", live, context.DeadlineExceeded, breaker.Failure},
+		{"grpc-status 99 is UNKNOWN", live, status.Error(codes.Code(99), ""), breaker.Failure},
+		{"grpc-status -1 is UNKNOWN", live, status.Error(codes.Code(^uint32(0)), ""), breaker.Failure},
+		{"grpc-status 17 is UNKNOWN", live, status.Error(codes.Code(17), ""), breaker.Failure},
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, e.classify(tt.ctx, tt.err), tt.name)
@@ -123,6 +126,12 @@ func TestDecide(t *testing.T) {
 		require.NoError(t, err)
 		return st.Err()
 	}
+	invalidInfo := func(c codes.Code) error {
+		st, err := status.New(c, "").WithDetails(&errdetails.RetryInfo{RetryDelay: &durationpb.Duration{Seconds: 1, Nanos: -5}})
+		require.NoError(t, err)
+		return st.Err()
+	}
+	withUnknown := testEntry(t, Policy{RetryableCodes: []codes.Code{codes.Unavailable, codes.Unknown}})
 	unavailable := status.Error(codes.Unavailable, "")
 	tests := []struct {
 		name      string
@@ -156,6 +165,11 @@ func TestDecide(t *testing.T) {
 		{"deadline listed, ctx past its deadline", withDE, past, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Stop},
 		{"unavailable, ctx past its deadline", e, past, unavailable, false, nil, retry.Backoff}, // Next stops it: Deadline
 		{"a raw attempt timeout, listed", withDE, live, context.DeadlineExceeded, false, nil, retry.Backoff},
+		{"negative RetryInfo is no hint", e, live, withInfo(codes.Unavailable, -time.Second), false, nil, retry.Backoff},
+		{"negative RetryInfo on resource exhausted is no hint", e, live, withInfo(codes.ResourceExhausted, -time.Second), false, nil, retry.Stop},
+		{"invalid RetryInfo is no hint", e, live, invalidInfo(codes.ResourceExhausted), false, nil, retry.Stop},
+		{"grpc-status 99 is UNKNOWN: not retryable by default", e, live, status.Error(codes.Code(99), ""), false, nil, retry.Stop},
+		{"grpc-status 99 is UNKNOWN: retryable when UNKNOWN is", withUnknown, live, status.Error(codes.Code(99), ""), false, nil, retry.Backoff},
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, tt.e.decide(tt.ctx, tt.err, tt.committed, tt.trailer), tt.name)
