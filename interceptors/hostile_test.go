@@ -1,16 +1,22 @@
 package interceptors_test
 
 import (
+	"context"
+	"io"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
 	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	"github.com/khive/grpc-resilience/retry"
 )
 
 // Issue 11: hostile servers and careless callers, over real grpc.
@@ -60,3 +66,96 @@ func TestNegativeRetryInfoIsNoHint(t *testing.T) {
 		assert.NotEqual(t, "0s", ev.retryDelays()[0], "backoff, not an immediate retry") // full jitter: 0 has probability 0
 	})
 }
+
+// hookPolicy retries 3 attempts with a 1ms backoff and the default breaker.
+var hookPolicy = interceptors.Policy{Retry: retry.Policy{MaxAttempts: 3, InitialBackoff: time.Millisecond, MaxBackoff: time.Millisecond}}
+
+// openFailedClientStream opens a client stream whose first attempt fails
+// with UNAVAILABLE after its first message, sends that message and waits
+// for the failure to reach the client.
+func openFailedClientStream(t *testing.T, ctx context.Context, e *streamEnv) grpc.ClientStreamingClient[echov1.ClientStreamRequest, echov1.ClientStreamResponse] {
+	t.Helper()
+	cs, err := e.client.ClientStream(ctx)
+	require.NoError(t, err)
+	require.NoError(t, cs.Send(&echov1.ClientStreamRequest{Message: "a", Fault: streamFault("h", codes.Unavailable, 1, 1)}))
+	synctest.Wait()
+	return cs
+}
+
+// An OnRetry hook that panics during a stream's retry must not leave the
+// stream locked: the panic reaches the goroutine that ran the hook, and
+// every later Send, CloseSend and Recv returns at once (the stream ended
+// with the last attempt's error).
+func TestStreamHookPanicDoesNotFreezeTheStream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newStreamEnv(t, hookPolicy, interceptors.WithOnRetry(func(interceptors.RetryEvent) { panic("hook") }))
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		cs := openFailedClientStream(t, ctx, e)
+
+		require.PanicsWithValue(t, "hook", func() { _ = cs.RecvMsg(new(echov1.ClientStreamResponse)) })
+
+		sendDone, recvDone := make(chan error, 1), make(chan error, 1)
+		go func() {
+			err := cs.Send(&echov1.ClientStreamRequest{Message: "b"})
+			_ = cs.CloseSend()
+			sendDone <- err
+		}()
+		go func() { recvDone <- cs.RecvMsg(new(echov1.ClientStreamResponse)) }()
+		synctest.Wait()
+		select {
+		case err := <-sendDone:
+			assert.Equal(t, io.EOF, err)
+		default:
+			t.Fatal("Send or CloseSend blocked after a hook panicked") // the bubble then reports the stuck goroutines
+		}
+		select {
+		case err := <-recvDone:
+			assert.Equal(t, codes.Unavailable, status.Code(err), "the last attempt's status")
+		default:
+			t.Fatal("Recv blocked after a hook panicked")
+		}
+		assert.Equal(t, 1, e.srv.Attempts("h"), "no retry after the panic")
+	})
+}
+
+// Every wait of a stream honours the caller's context: while the goroutine
+// resolving a retry is stuck (here in an OnRetry hook that blocks), Send,
+// Header and Recv on other goroutines return once the context ends.
+func TestStreamWaitsHonourTheCallersContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		entered, release := make(chan struct{}), make(chan struct{})
+		e := newStreamEnv(t, hookPolicy, interceptors.WithOnRetry(func(interceptors.RetryEvent) {
+			close(entered)
+			<-release
+		}))
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		cs := openFailedClientStream(t, ctx, e)
+
+		resolver := make(chan error, 1)
+		go func() { resolver <- cs.RecvMsg(new(echov1.ClientStreamResponse)) }()
+		<-entered
+
+		sendDone, headerDone, recvDone := make(chan error, 1), make(chan error, 1), make(chan error, 1)
+		go func() { sendDone <- cs.Send(&echov1.ClientStreamRequest{Message: "b"}) }()
+		go func() { _, err := cs.Header(); headerDone <- err }()
+		go func() { recvDone <- cs.RecvMsg(new(echov1.ClientStreamResponse)) }()
+		synctest.Wait()
+		assert.Empty(t, sendDone, "Send waits for the retry while the context is live")
+
+		time.Sleep(2 * time.Second) // past the caller's deadline; the hook is still blocked
+		synctest.Wait()
+		require.Len(t, sendDone, 1, "Send returned at the caller's deadline")
+		assert.Equal(t, io.EOF, <-sendDone)
+		require.Len(t, headerDone, 1, "Header returned at the caller's deadline")
+		assert.NoError(t, <-headerDone)
+		require.Len(t, recvDone, 1, "Recv returned at the caller's deadline")
+		assert.Equal(t, codes.DeadlineExceeded, status.Code(<-recvDone))
+
+		close(release)
+		assert.Equal(t, codes.DeadlineExceeded, status.Code(<-resolver), "the retry stops: the context ended")
+	})
+}
+
+var _ = breaker.Closed

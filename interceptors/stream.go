@@ -92,7 +92,12 @@ import (
 // when no RecvMsg is in progress: it then reads the attempt's status
 // itself), and so do
 // the OnRetry and OnGiveUp hooks, which must not call the stream; the
-// other callers wait for the new attempt. The replay runs while no receive
+// other callers wait for the new attempt, or until the caller's context
+// ends, whichever comes first (they then return as for an ended stream:
+// SendMsg io.EOF, RecvMsg the context's status). If a hook, the logger or
+// an inner interceptor panics during a retry, the stream ends with the last
+// attempt's error before the panic goes on, on the goroutine that ran it:
+// no other caller is left waiting. The replay runs while no receive
 // is in progress, as grpc-go's own retry, so a bidi server that echoes more
 // than the flow-control windows hold (about 64 KiB each way) before the
 // replay ends can stall it until the deadline; keep the replay buffer
@@ -340,31 +345,63 @@ func (r *retryStream) finishAtLocked(a *attempt, err error, o breaker.Outcome) {
 	}
 }
 
-// watch arranges for abandoned to run if the caller's context ends while
+// watch arranges for ctxDone to run if the caller's context ends while
 // the current attempt holds a half-open probe permit: a probe nobody reports
 // would keep its slot until the breaker reclaims it. Other permits hold
 // nothing, so the common case costs no allocation. Called with mu held (or
 // before r is shared).
 func (r *retryStream) watch() {
-	if r.unwatch == nil && r.ctx.Done() != nil && r.e.brk.State() == breaker.HalfOpen {
-		r.unwatch = context.AfterFunc(r.ctx, r.abandoned)
+	if r.e.brk.State() == breaker.HalfOpen {
+		r.watchLocked()
 	}
 }
 
-// abandoned runs when the caller's context ends: nobody may ever read the
-// current attempt's end, so record it as ignored now (what classify says of
-// an attempt whose caller's context is done), and a half-open breaker gets
-// its probe back at once. A RecvMsg that reads the end later records
-// nothing more. An attempt that a retry in progress opens is covered when
-// it is installed (see install).
-func (r *retryStream) abandoned() {
+// watchLocked arranges for ctxDone to run when the caller's context ends
+// (once per stream; a context that never ends needs nothing). Called with
+// mu held (or before r is shared).
+func (r *retryStream) watchLocked() {
+	if r.unwatch == nil && r.final == nil && r.ctx.Done() != nil {
+		r.unwatch = context.AfterFunc(r.ctx, r.ctxDone)
+	}
+}
+
+// ctxDone runs when the caller's context ends. It wakes every caller
+// waiting for a retry in progress (waitLocked: they return at once, even if
+// the retry is stuck in a hook), and, since nobody may ever read the current
+// attempt's end, records that attempt as ignored now (what classify says of
+// an attempt whose caller's context is done): a half-open breaker gets its
+// probe back at once. A RecvMsg that reads the end later records nothing
+// more. An attempt that a retry in progress opens is covered when it is
+// installed (see install).
+func (r *retryStream) ctxDone() {
 	r.mu.Lock()
 	a := r.cur
 	rec := r.final == nil && a.claim()
+	r.cond.Broadcast()
 	r.mu.Unlock()
 	if rec {
 		a.permit.Done(breaker.Ignored)
 	}
+}
+
+// waitLocked waits for cond (a retry in progress, or the receive token), or
+// for the caller's context to end; it returns false, without waiting, once
+// the context has ended. Every wait of the stream goes through it, so no
+// caller of the stream blocks past its context, whatever the goroutine
+// resolving a retry is stuck in. Called with mu held.
+func (r *retryStream) waitLocked() bool {
+	r.watchLocked()
+	if r.ctx.Err() != nil {
+		return false
+	}
+	r.cond.Wait()
+	return true
+}
+
+// ctxErr is the status error of the caller's ended context, for a caller
+// that stopped waiting (waitLocked).
+func (r *retryStream) ctxErr() error {
+	return status.FromContextError(r.ctx.Err()).Err()
 }
 
 // end resolves the end of attempt a, the current one, which ended with err
@@ -372,16 +409,31 @@ func (r *retryStream) abandoned() {
 // returns nil when a new attempt replaced a (the caller then retries its
 // operation on r.cur), or the stream's final error, which RecvMsg returns
 // from then on.
-func (r *retryStream) end(a *attempt, err error) error {
+func (r *retryStream) end(a *attempt, err error) (final error) {
+	// While resolving is set, everyone else waits for this goroutine, which
+	// runs user code: the OnRetry and OnGiveUp hooks, the logger, inner
+	// interceptors (the streamer, the replay's sends). If any of it panics,
+	// end the stream before the panic goes on, so that nobody waits for a
+	// resolution that will never come.
+	var b *attempt // the attempt being opened and replayed, until installed
+	resolved := false
+	defer func() {
+		if !resolved {
+			r.abort(a, b, err)
+		}
+	}()
 	for {
+		b = nil
 		r.mu.Lock()
 		if r.final != nil {
 			f := r.final
 			r.mu.Unlock()
+			resolved = true
 			return f
 		}
 		if err == io.EOF {
 			r.finishAtLocked(a, io.EOF, breaker.Success)
+			resolved = true
 			return io.EOF
 		}
 		// a may be a new attempt that ended before it was installed.
@@ -413,11 +465,13 @@ func (r *retryStream) end(a *attempt, err error) error {
 		d := r.e.decide(r.ctx, err, committed, tlr)
 		delay, final, _ := r.e.afterFailure(r.ctx, &r.call, err, d, now)
 		if final != nil {
+			resolved = true
 			return r.finish(final)
 		}
 		a.release()
 		p, final, _ := r.e.nextAttempt(r.ctx, &r.call, err, d, delay)
 		if final != nil {
+			resolved = true
 			return r.finish(final)
 		}
 		n := r.call.Attempts()
@@ -425,7 +479,7 @@ func (r *retryStream) end(a *attempt, err error) error {
 		r.watch()
 		r.mu.Unlock()
 
-		b := &attempt{permit: p}
+		b = &attempt{permit: p}
 		cs, cerr := r.streamer(r.attemptContext(b, n), r.desc, r.cc, r.e.method, r.opts...)
 		if cerr != nil {
 			a, err = b, cerr
@@ -434,9 +488,37 @@ func (r *retryStream) end(a *attempt, err error) error {
 		b.cs = cs
 		var done bool
 		if done, err = r.replay(b); done {
+			resolved = true
 			return err
 		}
 		a = b // b ended during the replay, with err
+	}
+}
+
+// abort ends the stream when the goroutine resolving the failure of attempt
+// a (with err) panics: the stream ends with err (the last attempt's error),
+// which every caller gets from then on, and the panic goes on. b is the
+// attempt being opened, if any: its permit is recorded as ignored (it says
+// nothing about the server) and its context released.
+func (r *retryStream) abort(a, b *attempt, err error) {
+	r.mu.Lock()
+	if r.final != nil {
+		r.mu.Unlock()
+		return
+	}
+	recA := a.claim()
+	recB := b != nil && b.claim()
+	r.call.Done(err, true) // refunds a retry granted but never begun
+	if b != nil && r.cur != b {
+		b.release()
+	}
+	r.finishLocked(err)
+	r.mu.Unlock()
+	if recA {
+		a.permit.Done(breaker.Ignored)
+	}
+	if recB {
+		b.permit.Done(breaker.Ignored)
 	}
 }
 
@@ -524,7 +606,10 @@ func (r *retryStream) SendMsg(m any) error {
 func (r *retryStream) sendMsg(m any) error {
 	r.mu.Lock()
 	for r.resolving {
-		r.cond.Wait()
+		if !r.waitLocked() {
+			r.mu.Unlock()
+			return io.EOF // RecvMsg returns the context's status
+		}
 	}
 	if r.final != nil {
 		r.mu.Unlock()
@@ -564,14 +649,18 @@ func (r *retryStream) settle(a *attempt) (replaced bool) {
 		case r.final != nil:
 			return false
 		case r.resolving:
-			r.cond.Wait()
+			if !r.waitLocked() {
+				return false
+			}
 			continue
 		case r.cur != a:
 			return true
 		case r.committed:
 			return false
 		case r.recvBusy:
-			r.cond.Wait() // the receiver will see the end
+			if !r.waitLocked() { // the receiver will see the end
+				return false
+			}
 			continue
 		}
 		break
@@ -597,7 +686,10 @@ func (r *retryStream) settle(a *attempt) (replaced bool) {
 // server). Called with mu held; releases it.
 func (r *retryStream) sendFailedLocked(a *attempt, err error) error {
 	for r.resolving {
-		r.cond.Wait()
+		if !r.waitLocked() {
+			r.mu.Unlock()
+			return err
+		}
 	}
 	if r.final == nil && r.cur == a {
 		r.finishAtLocked(a, err, breaker.Ignored)
@@ -612,9 +704,11 @@ func (r *retryStream) sendFailedLocked(a *attempt, err error) error {
 func (r *retryStream) CloseSend() error {
 	r.mu.Lock()
 	for r.resolving {
-		r.cond.Wait()
+		if !r.waitLocked() {
+			break // the stream is over for the caller: nothing to close
+		}
 	}
-	if r.closeSent || r.final != nil {
+	if r.closeSent || r.final != nil || r.resolving {
 		r.closeSent = true
 		r.mu.Unlock()
 		return nil
@@ -632,7 +726,10 @@ func (r *retryStream) CloseSend() error {
 func (r *retryStream) RecvMsg(m any) error {
 	r.mu.Lock()
 	for r.final == nil && (r.recvBusy || r.resolving) {
-		r.cond.Wait()
+		if !r.waitLocked() {
+			r.mu.Unlock()
+			return r.ctxErr()
+		}
 	}
 	if r.final != nil {
 		err := r.final
@@ -679,7 +776,10 @@ func (r *retryStream) Header() (metadata.MD, error) {
 	r.mu.Lock()
 	for {
 		for r.resolving {
-			r.cond.Wait()
+			if !r.waitLocked() {
+				r.mu.Unlock()
+				return nil, nil // RecvMsg returns the context's status
+			}
 		}
 		a := r.cur
 		if r.final != nil || r.committed {
@@ -699,7 +799,10 @@ func (r *retryStream) Header() (metadata.MD, error) {
 			r.mu.Unlock()
 			return md, err
 		}
-		r.settle(a) // a ended without headers
+		if !r.settle(a) && r.final == nil && r.ctx.Err() != nil { // a ended without headers
+			r.mu.Unlock()
+			return nil, nil // RecvMsg returns the context's status
+		}
 	}
 }
 
@@ -724,11 +827,16 @@ func (r *retryStream) Context() context.Context {
 }
 
 // commit commits the stream (once no retry is in progress) and returns the
-// current attempt.
+// current attempt. When the caller's context ends during a retry, it returns
+// the current attempt without committing.
 func (r *retryStream) commit() *attempt {
 	r.mu.Lock()
 	for r.resolving {
-		r.cond.Wait()
+		if !r.waitLocked() {
+			a := r.cur
+			r.mu.Unlock()
+			return a
+		}
 	}
 	r.commitLocked()
 	a := r.cur
