@@ -3,6 +3,7 @@ package interceptors_test
 import (
 	"context"
 	"io"
+	"strconv"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -159,3 +160,47 @@ func TestStreamWaitsHonourTheCallersContext(t *testing.T) {
 }
 
 var _ = breaker.Closed
+
+// A caller that reuses one request value for every Send (req.Message = i;
+// Send(req)) gets what it sent replayed after a retry, not the value's
+// latest state: the stream keeps what was sent.
+func TestStreamReplaysWhatWasSentNotAReusedRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newStreamEnv(t, hookPolicy)
+		{ // client stream
+			cs, err := e.client.ClientStream(t.Context())
+			require.NoError(t, err)
+			req := &echov1.ClientStreamRequest{Fault: streamFault("reuse-c", codes.Unavailable, 1, 5)}
+			for i := range 5 {
+				req.Message = strconv.Itoa(i)
+				require.NoError(t, cs.Send(req))
+			}
+			resp, err := cs.CloseAndRecv()
+			require.NoError(t, err)
+			assert.Equal(t, []string{"0", "1", "2", "3", "4"}, resp.GetMessages())
+			assert.Equal(t, [][]string{{"0", "1", "2", "3", "4"}}, e.srv.Received("reuse-c"), "the successful attempt got the messages as sent")
+			assert.Equal(t, 2, e.srv.Attempts("reuse-c"))
+		}
+		{ // bidi
+			bs, err := e.client.BidiStream(t.Context())
+			require.NoError(t, err)
+			req := &echov1.BidiStreamRequest{Fault: streamFault("reuse-b", codes.Unavailable, 1, 5)}
+			for i := range 5 {
+				req.Message = strconv.Itoa(i)
+				require.NoError(t, bs.Send(req))
+			}
+			require.NoError(t, bs.CloseSend())
+			var got []string
+			for {
+				m, err := bs.Recv()
+				if err == io.EOF {
+					break
+				}
+				require.NoError(t, err)
+				got = append(got, m.GetMessage())
+			}
+			assert.Equal(t, []string{"0", "1", "2", "3", "4"}, got)
+			assert.Equal(t, [][]string{{"0", "1", "2", "3", "4"}}, e.srv.Received("reuse-b"))
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/khive/grpc-resilience/breaker"
@@ -36,10 +37,13 @@ import (
 //   - the caller calls Header (once headers arrive), Trailer or Context;
 //   - the messages sent so far exceed the replay buffer (WithReplayBuffer,
 //     256 KiB by default; a grpc.MaxRetryRPCBufferSize call option wins).
-//     A message counts its proto.Size (at least one byte); a message that
-//     is not a protobuf message cannot be measured and commits the stream.
+//     A message counts its encoded size (at least one byte); a message
+//     that is not a protobuf message cannot be kept and commits the stream.
 //
-// Before the commit, the stream keeps every sent message. When an attempt
+// Before the commit, the stream keeps every sent message as it was sent:
+// its encoding, taken in SendMsg, so a caller may reuse one message value
+// for every send (the replay decodes a new message from it, once per
+// replayed message). When an attempt
 // fails before committing and the failure is retryable, the stream opens a
 // new attempt and replays the messages in order, then CloseSend if the
 // caller had called it, and carries on: the caller sees neither the failed
@@ -229,7 +233,7 @@ type retryStream struct {
 	rctx    context.Context // the retries' context (Suite.retryContext), nil before the first; token holder only
 	unwatch func() bool     // stops the abandonment callback (see watch); guarded by mu once r is shared
 	first   attempt         // the first attempt, allocated with the stream
-	one     [1]any          // the first buffered message's slot (a server stream's request)
+	one     [1]sentMsg      // the first buffered message's slot (a server stream's request)
 	// call is the retry state machine. While resolving is set only the
 	// resolving goroutine touches it, without mu (the shared step,
 	// afterFailure and nextAttempt); otherwise it is used with mu held
@@ -240,7 +244,8 @@ type retryStream struct {
 	cond      sync.Cond // on mu: broadcast when recvBusy or resolving clears, or final is set
 	cur       *attempt  // the current attempt (after a failure: the last one)
 	committed bool
-	buf       []any // sent messages, while uncommitted
+	buf       []sentMsg // sent messages, while uncommitted: their types, their encodings in raw
+	raw       []byte    // the encodings of buf, back to back
 	bufSize   int
 	closeSent bool
 	recvBusy  bool
@@ -276,42 +281,75 @@ func (r *retryStream) commitLocked() {
 		return
 	}
 	r.committed = true
-	clear(r.buf)
-	r.buf, r.bufSize = nil, 0
+	r.dropBufferLocked()
 	r.cur.stopTimer()
 }
 
-// bufferLocked keeps m for replay, or commits the stream if the buffer
-// would exceed its limit.
+// sentMsg is a message kept for replay: what was sent, not a reference to
+// the caller's message (which the caller may reuse for the next send), as
+// the message's type and its encoding, raw[start:end] of the stream.
+type sentMsg struct {
+	typ        protoreflect.MessageType
+	start, end int
+}
+
+// bufferLocked keeps m for replay, encoded as it is now, or commits the
+// stream if the buffer would exceed its limit. A message counts its encoded
+// size, at least 1 so that empty messages are bounded too; a message that
+// is not a protobuf message cannot be kept and commits the stream.
 func (r *retryStream) bufferLocked(m any) {
-	n := replaySize(m)
-	if n < 0 || r.bufSize+n > r.limit {
+	pm := protoOf(m)
+	if pm == nil {
 		r.commitLocked()
 		return
 	}
-	r.buf = append(r.buf, m)
-	r.bufSize += n
+	n := proto.Size(pm)
+	if r.bufSize+max(n, 1) > r.limit {
+		r.commitLocked()
+		return
+	}
+	start := len(r.raw)
+	raw, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(r.raw, pm)
+	if err != nil {
+		r.commitLocked() // SendMsg will report the error
+		return
+	}
+	r.raw = raw
+	r.buf = append(r.buf, sentMsg{typ: pm.ProtoReflect().Type(), start: start, end: len(raw)})
+	r.bufSize += max(n, 1)
 }
 
-// replaySize is what m counts against the replay buffer: its encoded size
-// (proto.Size), at least 1 so that empty messages are bounded too, or -1 if
-// m is not a protobuf message.
-func replaySize(m any) int {
+// protoOf returns m as a protobuf message, or nil.
+func protoOf(m any) proto.Message {
 	switch m := m.(type) {
 	case proto.Message:
-		return max(proto.Size(m), 1)
+		return m
 	case protoadapt.MessageV1:
-		return max(proto.Size(protoadapt.MessageV2Of(m)), 1)
+		return protoadapt.MessageV2Of(m)
 	}
-	return -1
+	return nil
+}
+
+// dropBufferLocked drops the replay buffer.
+func (r *retryStream) dropBufferLocked() {
+	clear(r.buf)
+	r.buf, r.raw, r.bufSize = nil, nil, 0
+}
+
+// message returns a new message equal to what m was when it was sent.
+func (r *retryStream) message(raw []byte, m sentMsg) (any, error) {
+	msg := m.typ.New().Interface()
+	if err := proto.Unmarshal(raw[m.start:m.end], msg); err != nil {
+		return nil, status.Errorf(codes.Internal, "interceptors: replaying a sent message: %v", err)
+	}
+	return msg, nil
 }
 
 // finishLocked ends the stream with err (io.EOF: success).
 func (r *retryStream) finishLocked(err error) {
 	r.final = err
 	r.resolving = false
-	clear(r.buf)
-	r.buf, r.bufSize = nil, 0
+	r.dropBufferLocked()
 	r.cur.release()
 	if r.unwatch != nil {
 		r.unwatch()
@@ -528,10 +566,13 @@ func (r *retryStream) abort(a, b *attempt, err error) {
 // error; otherwise b ended during the replay with err, not committed.
 func (r *retryStream) replay(b *attempt) (done bool, err error) {
 	r.mu.Lock()
-	msgs, closeSent := r.buf, r.closeSent
+	msgs, raw, closeSent := r.buf, r.raw, r.closeSent
 	r.mu.Unlock()
-	for _, m := range msgs {
-		serr := b.cs.SendMsg(m)
+	for _, sm := range msgs {
+		m, serr := r.message(raw, sm)
+		if serr == nil {
+			serr = b.cs.SendMsg(m)
+		}
 		if serr == nil {
 			continue
 		}
