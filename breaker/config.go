@@ -9,13 +9,28 @@ import (
 // Defaults applied to zero Config fields.
 const (
 	DefaultConsecutiveFailures = 12
-	DefaultFailureRate         = 0.5
 	DefaultMinimumCalls        = 20
 	DefaultWindow              = 10 * time.Second
-	DefaultRecoveryTime        = 5 * time.Second
+	DefaultRecoveryTime        = time.Second
 	DefaultMaxRecoveryTime     = 60 * time.Second
 	DefaultRecoveryJitter      = 0.2
 	DefaultHalfOpenMaxCalls    = 1
+	DefaultThrottleK           = 2.0
+	DefaultHalfOpenMaxWait     = time.Second
+)
+
+// Constants of the trip and recovery rules (see the package documentation).
+const (
+	// noiseFailureRate is the attempt failure rate a streak of
+	// ConsecutiveFailures is sized for: above it the streak needed to open
+	// grows so that a partial failure throttles instead of opening.
+	noiseFailureRate = 0.3
+	// maxStreakFactor caps the streak needed to open at this multiple of
+	// ConsecutiveFailures.
+	maxStreakFactor = 4
+	// openAgeDivisor: an open period is at most the outage's age so far
+	// divided by this (and at least RecoveryTime).
+	openAgeDivisor = 3
 )
 
 // windowBuckets is the number of buckets of the rolling window.
@@ -27,30 +42,44 @@ type Config struct {
 	// Name is reported in errors and callbacks (Group sets it to the key).
 	Name string
 
-	// Trip rules: either one opens the breaker.
+	// Closed-state rules (see the package documentation for the arithmetic).
 
-	// ConsecutiveFailures is the streak of failed attempts (every recorded
-	// Failure) that opens the breaker. 0 means the default 12; a negative
-	// value turns the rule off.
+	// ConsecutiveFailures is the streak of failed attempts that opens the
+	// breaker when the window's earlier attempts failed at most 30% of the
+	// time; above that the streak needed grows (up to 4 times this), so that
+	// a partial failure is left to the throttle. A streak opens only once it
+	// holds a failed retry or a failed call, never first attempts alone. 0
+	// means the default 12; a negative value turns the rule off.
 	ConsecutiveFailures int
-	// FailureRate opens the breaker when failures/(successes+failures) >=
-	// FailureRate over Window. 0 means the default 0.5; it must be in [0, 1].
+	// ThrottleK is the K of adaptive throttling: in the Closed state a call
+	// is rejected locally with probability max(0, (requests -
+	// K*accepts)/(requests+1)) over Window, requests counting every call
+	// (throttled ones too) and accepts the calls that succeeded. Nothing is
+	// shed while at least 1/K of the calls succeed. 0 means the default 2; a
+	// negative value turns throttling off; otherwise it must be at least 1.
+	ThrottleK float64
+	// FailureRate, if positive, opens the breaker when failed calls/(failed
+	// + successful calls) >= FailureRate over Window (at least MinimumCalls
+	// calls). 0, the default, turns this rule off; it must be in [0, 1].
 	FailureRate float64
-	// MinimumCalls is the number of success+failure outcomes the window must
-	// hold before the rate rule applies. 0 means the default 20; a negative
-	// value turns the rate rule off.
+	// MinimumCalls is the number of calls the window must hold before the
+	// throttle or the FailureRate rule acts. 0 means the default 20; a
+	// negative value is an error.
 	MinimumCalls int
-	// Window is the rolling window of the rate rule, in 10 buckets. 0 means
-	// the default 10s; a negative value is an error.
+	// Window is the rolling window of the throttle and the FailureRate
+	// rule, in 10 buckets. 0 means the default 10s; a negative value is an
+	// error.
 	Window time.Duration
 
 	// Open time.
 
-	// RecoveryTime is the first open period (Khive recovery_time). 0 means
-	// the default 5s.
+	// RecoveryTime is the first open period (Khive recovery_time). On each
+	// re-open the period grows with the outage: it is a third of the time
+	// since the breaker opened, and never less than RecoveryTime. 0 means
+	// the default 1s.
 	RecoveryTime time.Duration
-	// MaxRecoveryTime caps the open period, which doubles on each re-open and
-	// is reset on close. 0 means the default 60s; it must be >= RecoveryTime.
+	// MaxRecoveryTime caps the open period. 0 means the default 60s; it
+	// must be >= RecoveryTime.
 	MaxRecoveryTime time.Duration
 	// RecoveryJitter multiplies each open period by U(1-j, 1+j). 0 means the
 	// default 0.2; a negative value means no jitter; it must be < 1.
@@ -60,6 +89,10 @@ type Config struct {
 	// half-open state; the breaker closes after that many successes and the
 	// first failure re-opens it. 0 means the default 1 (as Khive).
 	HalfOpenMaxCalls int
+	// HalfOpenMaxWait bounds how long AllowContext waits for the probes'
+	// verdict when every probe slot is taken. 0 means the default 1s; a
+	// negative value means never wait.
+	HalfOpenMaxWait time.Duration
 
 	// Mode is the starting mode: Closed (the zero value), Disabled or
 	// MetricsOnly.
@@ -88,12 +121,20 @@ func (c Config) normalize() (Config, error) {
 		c.ConsecutiveFailures = DefaultConsecutiveFailures
 	}
 	switch {
-	case math.IsNaN(c.FailureRate) || c.FailureRate < 0 || c.FailureRate > 1:
-		return c, fieldError("FailureRate", "must be in [0, 1], got %v", c.FailureRate)
-	case c.FailureRate == 0:
-		c.FailureRate = DefaultFailureRate
+	case math.IsNaN(c.ThrottleK) || math.IsInf(c.ThrottleK, 1) || (c.ThrottleK > 0 && c.ThrottleK < 1):
+		return c, fieldError("ThrottleK", "must be at least 1 (or negative: off), got %v", c.ThrottleK)
+	case c.ThrottleK == 0:
+		c.ThrottleK = DefaultThrottleK
+	case c.ThrottleK < 0:
+		c.ThrottleK = -1
 	}
-	if c.MinimumCalls == 0 {
+	if math.IsNaN(c.FailureRate) || c.FailureRate < 0 || c.FailureRate > 1 {
+		return c, fieldError("FailureRate", "must be in [0, 1], got %v", c.FailureRate)
+	}
+	switch {
+	case c.MinimumCalls < 0:
+		return c, fieldError("MinimumCalls", "must not be negative, got %d", c.MinimumCalls)
+	case c.MinimumCalls == 0:
 		c.MinimumCalls = DefaultMinimumCalls
 	}
 	switch {
@@ -132,6 +173,12 @@ func (c Config) normalize() (Config, error) {
 		return c, fieldError("HalfOpenMaxCalls", "must not be negative, got %d", c.HalfOpenMaxCalls)
 	case c.HalfOpenMaxCalls == 0:
 		c.HalfOpenMaxCalls = DefaultHalfOpenMaxCalls
+	}
+	switch {
+	case c.HalfOpenMaxWait == 0:
+		c.HalfOpenMaxWait = DefaultHalfOpenMaxWait
+	case c.HalfOpenMaxWait < 0:
+		c.HalfOpenMaxWait = -1
 	}
 	switch c.Mode {
 	case Closed, Disabled, MetricsOnly:

@@ -2,17 +2,33 @@ package breaker
 
 import "time"
 
-// bucket holds the outcomes of one slice of the rolling window. idx is the
-// absolute bucket number (time since the breaker's epoch / bucket width).
-type bucket struct {
-	idx        int64
-	succ, fail uint64
+// tally is what the rolling window counts: accepted calls (a successful
+// attempt ends its call), failed attempts, failed calls and throttled calls.
+type tally struct {
+	succ, fail, callFail, thr uint64
 }
 
-// window is the rolling window of the rate rule: windowBuckets buckets of
-// width Window/windowBuckets, guarded by the breaker's mutex. Outcomes are
-// attributed to the bucket in which they are stamped (failures: when they
-// complete; successes: lazily, see Permit.Done).
+func (t *tally) add(u tally) {
+	t.succ += u.succ
+	t.fail += u.fail
+	t.callFail += u.callFail
+	t.thr += u.thr
+}
+
+// requests is every call made: accepted, failed or throttled.
+func (t tally) requests() uint64 { return t.succ + t.callFail + t.thr }
+
+// bucket holds the tally of one slice of the rolling window. idx is the
+// absolute bucket number (time since the breaker's epoch / bucket width).
+type bucket struct {
+	idx int64
+	tally
+}
+
+// window is the rolling window of the throttle and the rate rule:
+// windowBuckets buckets of width Window/windowBuckets, guarded by the
+// breaker's mutex. Outcomes are attributed to the bucket in which they are
+// stamped (failures when they complete, fast-path counts when folded).
 type window struct {
 	epoch time.Time
 	width time.Duration
@@ -27,27 +43,24 @@ func (w *window) index(now time.Time) int64 {
 	return int64(d / w.width)
 }
 
-func (w *window) add(now time.Time, succ, fail uint64) {
+func (w *window) add(now time.Time, u tally) {
 	i := w.index(now)
 	bk := &w.b[i%windowBuckets]
 	if bk.idx < i {
 		*bk = bucket{idx: i}
 	}
-	bk.succ += succ
-	bk.fail += fail
+	bk.add(u)
 }
 
-// sum returns the successes+failures and the failures of the buckets that
-// are still inside the window at now.
-func (w *window) sum(now time.Time) (calls, fails uint64) {
+// sum returns the tally of the buckets still inside the window at now.
+func (w *window) sum(now time.Time) (t tally) {
 	i := w.index(now)
 	for _, bk := range w.b {
 		if bk.idx > i-windowBuckets && bk.idx <= i {
-			calls += bk.succ + bk.fail
-			fails += bk.fail
+			t.add(bk.tally)
 		}
 	}
-	return calls, fails
+	return t
 }
 
 func (w *window) clear() { w.b = [windowBuckets]bucket{} }

@@ -285,9 +285,6 @@ func breakerView(c breaker.Config) SnapshotBreaker {
 	case v.ConsecutiveFailures < 0:
 		v.ConsecutiveFailures = 0 // off
 	}
-	if v.FailureRate == 0 {
-		v.FailureRate = breaker.DefaultFailureRate
-	}
 	switch {
 	case v.MinimumCalls == 0:
 		v.MinimumCalls = breaker.DefaultMinimumCalls
