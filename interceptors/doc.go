@@ -107,7 +107,17 @@
 // # Per call
 //
 // DisableRetry and MaxAttempts override a call's attempts; the suite removes
-// them before the next interceptor. A policy's Fallback can answer a unary
+// them before the next interceptor.
+//
+// grpc's call options that act after a call (grpc.Header, grpc.Trailer,
+// grpc.Peer, grpc.OnFinish) act once per call, as with grpc-go's own retry:
+// a call (or stream) that may retry keeps them from its attempts and
+// applies them once when it ends, with the final attempt's header, trailer
+// and peer, and calls OnFinish once with the call's error (nil on success;
+// the error the call returns, before any Fallback). A call the breaker
+// rejects calls OnFinish once with the rejection and leaves Header, Trailer
+// and Peer alone. A stream ends for them when its end is read (RecvMsg), or
+// when the caller's context ends. A policy's Fallback can answer a unary
 // call the breaker rejected or whose last attempt failed (a cached reply,
 // for instance).
 //

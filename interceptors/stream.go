@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
@@ -117,9 +118,16 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	ov, opts := splitCallOptions(opts)
 	p, rej := e.admit()
 	if rej != nil {
+		if len(opts) > 0 {
+			finishOptions(opts, rej) // no attempt: grpc will not call OnFinish
+		}
 		return nil, rej
 	}
 	maxAttempts := ov.attempts(e.pol.maxAttempts)
+	var after []grpc.CallOption
+	if ov.after > 0 && maxAttempts > 1 {
+		after, opts = splitAfter(opts, ov.after)
+	}
 	r := &retryStream{
 		e:        e,
 		ctx:      ctx,
@@ -127,6 +135,7 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 		cc:       cc,
 		streamer: streamer,
 		opts:     opts,
+		after:    after,
 		limit:    ov.replay(s.o.replayBytes),
 		nobuf:    maxAttempts == 1,
 		call:     e.newCall(maxAttempts),
@@ -137,7 +146,10 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	a.permit = p
 	r.cur = a
 	r.call.Begin()
-	cs, err := streamer(r.attemptContext(a, 1), desc, cc, method, opts...)
+	if after != nil {
+		r.watchLocked() // see ctxDone
+	}
+	cs, err := streamer(r.attemptContext(a, 1), desc, cc, method, r.attemptOpts(a)...)
 	if err != nil {
 		// Nobody else sees r yet: resolve the failure as the receiver would.
 		if err := r.end(a, err); err != nil {
@@ -165,6 +177,7 @@ type attempt struct {
 	cancel   context.CancelCauseFunc // and its cancel
 	timer    *time.Timer
 	recorded bool // permit.Done was called (or is about to be)
+	finished bool // grpc finished the attempt's stream (only noted when the caller has after-call options); guarded by the stream's mu
 }
 
 // claim reports whether the caller is the one to record a's outcome (once
@@ -229,6 +242,10 @@ type retryStream struct {
 	opts     []grpc.CallOption
 	limit    int  // replay-buffer bytes
 	nobuf    bool // a single attempt: nothing to replay, nothing to buffer
+	// after holds the caller's after-call options (Header, Trailer, Peer,
+	// OnFinish), kept out of the attempts' options and applied once, when
+	// the stream ends (reportFinish), or nil.
+	after []grpc.CallOption
 
 	rctx    context.Context // the retries' context (Suite.retryContext), nil before the first; token holder only
 	unwatch func() bool     // stops the abandonment callback (see watch); guarded by mu once r is shared
@@ -251,6 +268,82 @@ type retryStream struct {
 	recvBusy  bool
 	resolving bool
 	final     error // once set, the stream is over, RecvMsg returns it, and recvBusy no longer matters
+	reported  bool  // the after-call options were applied
+}
+
+// attemptOpts returns the call options of attempt a: the caller's, and,
+// when the caller gave after-call options, an OnFinish of the suite's that
+// tells when grpc finished a's stream (attemptFinished).
+func (r *retryStream) attemptOpts(a *attempt) []grpc.CallOption {
+	if r.after == nil {
+		return r.opts
+	}
+	return append(r.opts[:len(r.opts):len(r.opts)], grpc.OnFinish(func(err error) { r.attemptFinished(a, err) }))
+}
+
+// reportFinish applies the caller's after-call options once the stream has
+// ended (final is set), once, with the final attempt's header, trailer and
+// peer and the stream's final error. Called without mu.
+func (r *retryStream) reportFinish() {
+	if r.after == nil {
+		return
+	}
+	r.mu.Lock()
+	if r.reported || r.final == nil {
+		r.mu.Unlock()
+		return
+	}
+	r.reported = true
+	a, err := r.cur, r.final
+	r.mu.Unlock()
+	r.applyAfter(a, err)
+}
+
+// attemptFinished runs when grpc finished attempt a's stream with err. If
+// the caller's context has ended, nobody may ever read the stream's end and
+// no retry can follow: the stream ends here for the after-call options.
+// Otherwise the end is decided when it is read (reportFinish).
+func (r *retryStream) attemptFinished(a *attempt, err error) {
+	r.mu.Lock()
+	a.finished = true
+	now := r.final == nil && !r.reported && !r.resolving && r.cur == a && r.ctx.Err() != nil
+	if now {
+		r.reported = true
+	}
+	r.mu.Unlock()
+	if now {
+		r.applyAfter(a, err)
+	}
+}
+
+// applyAfter applies the caller's after-call options for a stream that
+// ended at attempt a with err.
+func (r *retryStream) applyAfter(a *attempt, err error) {
+	var hdr, tlr metadata.MD
+	var p *peer.Peer
+	if a.cs != nil { // a is over: these do not block
+		hdr, _ = a.cs.Header()
+		tlr = a.cs.Trailer()
+		if wantsPeer(r.after) {
+			p, _ = peer.FromContext(a.cs.Context())
+		}
+	}
+	applyAfter(r.after, hdr, tlr, p, err)
+}
+
+// splitAfter returns the after-call options among opts (n of them) and
+// the others, in a new slice.
+func splitAfter(opts []grpc.CallOption, n int) (after, rest []grpc.CallOption) {
+	after = make([]grpc.CallOption, 0, n)
+	rest = make([]grpc.CallOption, 0, len(opts)-n+1) // +1: attemptOpts appends one
+	for _, o := range opts {
+		if isAfterOption(o) {
+			after = append(after, o)
+		} else {
+			rest = append(rest, o)
+		}
+	}
+	return after, rest
 }
 
 // attemptContext returns the context of attempt n (1-based) of the stream:
@@ -362,6 +455,7 @@ func (r *retryStream) finish(err error) error {
 	r.mu.Lock()
 	r.finishLocked(err)
 	r.mu.Unlock()
+	r.reportFinish()
 	return err
 }
 
@@ -381,6 +475,7 @@ func (r *retryStream) finishAtLocked(a *attempt, err error, o breaker.Outcome) {
 	if rec {
 		a.permit.Done(o)
 	}
+	r.reportFinish()
 }
 
 // watch arranges for ctxDone to run if the caller's context ends while
@@ -415,10 +510,19 @@ func (r *retryStream) ctxDone() {
 	r.mu.Lock()
 	a := r.cur
 	rec := r.final == nil && a.claim()
+	// An attempt grpc finished before the context ended, whose end nobody
+	// read: the stream ends now for the after-call options.
+	report := r.after != nil && r.final == nil && !r.reported && !r.resolving && a.finished
+	if report {
+		r.reported = true
+	}
 	r.cond.Broadcast()
 	r.mu.Unlock()
 	if rec {
 		a.permit.Done(breaker.Ignored)
+	}
+	if report {
+		r.applyAfter(a, r.ctxErr())
 	}
 }
 
@@ -518,7 +622,7 @@ func (r *retryStream) end(a *attempt, err error) (final error) {
 		r.mu.Unlock()
 
 		b = &attempt{permit: p}
-		cs, cerr := r.streamer(r.attemptContext(b, n), r.desc, r.cc, r.e.method, r.opts...)
+		cs, cerr := r.streamer(r.attemptContext(b, n), r.desc, r.cc, r.e.method, r.attemptOpts(b)...)
 		if cerr != nil {
 			a, err = b, cerr
 			continue
@@ -558,6 +662,7 @@ func (r *retryStream) abort(a, b *attempt, err error) {
 	if recB {
 		b.permit.Done(breaker.Ignored)
 	}
+	r.reportFinish()
 }
 
 // replay sends the buffered messages, then CloseSend if the caller called
