@@ -127,6 +127,25 @@
 // and breaker transitions; WithLogger logs them to a go-grpc-middleware v2
 // logging.Logger. Unset hooks cost nothing.
 //
+// Hooks run synchronously, on the goroutine of the event, and should return
+// quickly: the time a hook takes is not bounded by any context.
+//
+//   - OnRetry and OnGiveUp run on the call's goroutine: the caller's for a
+//     unary call (OnRetry before the backoff), and for a stream the
+//     goroutine whose RecvMsg, SendMsg or Header found the failed attempt;
+//     the stream's other callers wait for it, until their context ends.
+//   - OnStateChange runs on the goroutine that caused the transition: the
+//     caller whose attempt's outcome opened, closed or re-opened the
+//     breaker (so a blocking hook stalls that caller, past its deadline if
+//     need be), the breaker's timer goroutine for open → half-open, or the
+//     goroutine of Suite.Update or of a manual transition. The breaker
+//     delivers transitions in order, never concurrently for one breaker.
+//   - A policy's Fallback runs on the caller's goroutine.
+//
+// A hook that panics: the panic goes on, on that goroutine, and the suite
+// stays usable (a stream ends with its last attempt's error; a breaker
+// delivers the remaining transitions later).
+//
 // # Chain order
 //
 // Interceptors chained before the suite (outer) see one call; interceptors

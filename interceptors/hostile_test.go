@@ -3,7 +3,9 @@ package interceptors_test
 import (
 	"context"
 	"io"
+	"net"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -12,7 +14,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
@@ -202,5 +207,61 @@ func TestStreamReplaysWhatWasSentNotAReusedRequest(t *testing.T) {
 			assert.Equal(t, []string{"0", "1", "2", "3", "4"}, got)
 			assert.Equal(t, [][]string{{"0", "1", "2", "3", "4"}}, e.srv.Received("reuse-b"))
 		}
+	})
+}
+
+// headerThenWait is an echo server whose ServerStream answers with response
+// headers at once and with its one message only after wait (a watch with
+// nothing to report yet).
+type headerThenWait struct {
+	echov1.UnimplementedEchoServiceServer
+	wait  time.Duration
+	calls atomic.Int32
+}
+
+func (s *headerThenWait) ServerStream(_ *echov1.ServerStreamRequest, stream grpc.ServerStreamingServer[echov1.ServerStreamResponse]) error {
+	s.calls.Add(1)
+	if err := stream.SendHeader(metadata.Pairs("x-watch", "ok")); err != nil {
+		return err
+	}
+	t := time.NewTimer(s.wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-stream.Context().Done():
+		return status.FromContextError(stream.Context().Err()).Err()
+	}
+	return stream.Send(&echov1.ServerStreamResponse{Message: "late"})
+}
+
+// A stream attempt that received response headers is answering: its
+// AttemptTimeout no longer applies, even before any message arrives, and
+// without the caller calling Header.
+func TestStreamAttemptTimeoutStopsAtHeaders(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		suite, err := interceptors.New(map[string]interceptors.Policy{echoServiceKey: {
+			Retry: retry.Policy{MaxAttempts: 3, AttemptTimeout: 100 * time.Millisecond},
+		}})
+		require.NoError(t, err)
+		srv := &headerThenWait{wait: time.Second}
+		lis := bufconn.Listen(1 << 20)
+		gs := grpc.NewServer()
+		echov1.RegisterEchoServiceServer(gs, srv)
+		go func() { _ = gs.Serve(lis) }()
+		defer gs.Stop()
+		cc, err := grpc.NewClient("passthrough:///bufnet", append(suite.DialOptions(),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+		require.NoError(t, err)
+		defer cc.Close()
+
+		st, err := echov1.NewEchoServiceClient(cc).ServerStream(t.Context(), &echov1.ServerStreamRequest{Count: 1})
+		require.NoError(t, err)
+		m, err := st.Recv()
+		require.NoError(t, err, "a stream that answered with headers is not cut by the attempt timeout")
+		assert.Equal(t, "late", m.GetMessage())
+		_, err = st.Recv()
+		assert.Equal(t, io.EOF, err)
+		assert.Equal(t, int32(1), srv.calls.Load())
 	})
 }

@@ -71,10 +71,11 @@ import (
 // the policy lists DEADLINE_EXCEEDED); one that had already failed by then
 // keeps its own status. The server is not told about it (no grpc-timeout
 // from it), and it never extends the caller's deadline: when the caller's
-// deadline comes first the timer is not armed. Response headers are
-// observed only when the caller calls Header or when a message or the end
-// arrives, so an attempt that received headers but no message when the
-// timer fires is cancelled too; having headers, it is then not retried.
+// deadline comes first the timer is not armed. Response headers stop the
+// timer too: while it is armed, one goroutine per attempt waits for the
+// attempt's headers (ClientStream.Header) and disarms it when they arrive,
+// so a healthy stream that answered with headers and has no message to
+// send yet (a watch) is not cut. A failure after headers is not retried.
 //
 // # Outcomes
 //
@@ -157,6 +158,7 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 		}
 	} else {
 		a.cs = cs
+		r.watchHeaders(a)
 	}
 	r.watch()
 	return r, nil
@@ -366,6 +368,21 @@ func (r *retryStream) attemptContext(a *attempt, n int) context.Context {
 	a.ctx, a.cancel = actx, cancel
 	a.timer = time.AfterFunc(t, func() { cancel(errAttemptTimeout) })
 	return actx
+}
+
+// watchHeaders disarms a's AttemptTimeout timer once a's response headers
+// arrive: the server is answering. It starts a goroutine that waits for
+// them (or for a's end, which comes at the latest when the timer cancels a
+// or the stream ends), only when the timer is armed.
+func (r *retryStream) watchHeaders(a *attempt) {
+	if a.timer == nil {
+		return
+	}
+	go func() {
+		if md, _ := a.cs.Header(); md != nil {
+			a.stopTimer()
+		}
+	}()
 }
 
 // commitLocked commits the stream: no more retries, no more buffering.
@@ -628,6 +645,7 @@ func (r *retryStream) end(a *attempt, err error) (final error) {
 			continue
 		}
 		b.cs = cs
+		r.watchHeaders(b)
 		var done bool
 		if done, err = r.replay(b); done {
 			resolved = true
