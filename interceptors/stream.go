@@ -91,9 +91,11 @@ import (
 // # Concurrency
 //
 // SendMsg, RecvMsg and Header may run concurrently (bidi streaming). The
-// stream starts no goroutine of its own (two callbacks run elsewhere: the
-// abandoned-probe callback above on context.AfterFunc's goroutine, and the
-// attempt timer's cancellation on time.AfterFunc's): the retry runs on the
+// stream starts no goroutine of its own, except the header watch of an
+// attempt whose AttemptTimeout timer is armed (see above), and callbacks
+// run elsewhere: the caller's-context callback (the abandoned probe, the
+// waiters' wake-up) on context.AfterFunc's goroutine, and the attempt
+// timer's cancellation on time.AfterFunc's. The retry runs on the
 // goroutine that observes the failure (RecvMsg's, or SendMsg's or Header's
 // when no RecvMsg is in progress: it then reads the attempt's status
 // itself), and so do
