@@ -53,8 +53,8 @@ func codeOf(st *status.Status) codes.Code {
 	return codes.Unknown
 }
 
-// isLocalRejection reports whether err is a circuit-breaker rejection (ours,
-// or of another suite inside this one).
+// isLocalRejection reports whether err is a circuit-breaker rejection or a
+// throttled call (ours, or of another suite inside this one).
 func isLocalRejection(err error) bool {
 	if _, ok := err.(*rejectError); ok {
 		return true
@@ -62,7 +62,7 @@ func isLocalRejection(err error) bool {
 	if reflect.TypeOf(err) == statusErrorType {
 		return false // grpc's own status error wraps nothing: skip errors.Is
 	}
-	return errors.Is(err, breaker.ErrOpen)
+	return errors.Is(err, breaker.ErrOpen) || errors.Is(err, breaker.ErrThrottled)
 }
 
 // statusErrorType is the dynamic type of grpc's status errors.

@@ -84,13 +84,30 @@
 //
 // Every attempt, first or retry, passes the method's breaker (one per method
 // by default, WithBreakerKey to change that), and every outcome is recorded.
-// An open breaker ends the retries at once. A call rejected before any
-// attempt fails with codes.Unavailable, an errdetails.ErrorInfo (reason
-// CIRCUIT_OPEN, domain "khive.grpc-resilience", metadata {"method": m},
-// plus "breaker": its key when WithBreakerKey names it otherwise) and
-// an errdetails.RetryInfo (the time until the breaker admits a probe, as of
-// the period's first rejection), and errors.Is(err, breaker.ErrOpen) holds.
-// The error is built once per open period: a rejection allocates nothing.
+// A call's first attempt is admitted with Breaker.AllowContext: while the
+// breaker is half-open with its probes in flight, the caller waits for
+// their verdict (at most the breaker's HalfOpenMaxWait, never past its
+// deadline less Retry.MinAttemptTime), then proceeds or is rejected; in the
+// closed state the adaptive throttle may shed it. Retries are admitted with
+// Breaker.AllowRetry (never throttled, never waiting). After a failed
+// attempt the retry decision comes first, then the record: the attempt is
+// the call's final outcome (Permit.DoneAt) when the call stops, and counts
+// only as an attempt (Permit.RetryAt) when it retries, so a call rescued by
+// a retry is a success; a call then ended by the breaker or by the caller
+// during the backoff records nothing more. An open breaker ends the retries
+// at once.
+//
+// A call rejected before any attempt fails with codes.Unavailable, an
+// errdetails.ErrorInfo (reason CIRCUIT_OPEN, domain "khive.grpc-resilience",
+// metadata {"method": m}, plus "breaker": its key when WithBreakerKey names
+// it otherwise) and an errdetails.RetryInfo (the time until the breaker
+// admits a probe, as of the period's first rejection), and errors.Is(err,
+// breaker.ErrOpen) holds. A call the throttle shed fails the same way with
+// reason THROTTLED and no RetryInfo, and errors.Is(err,
+// breaker.ErrThrottled) holds (not ErrOpen). Both are local rejections:
+// never a breaker failure, never retried, and a unary call's Fallback gets
+// them. The error is built once per open period (and once for the
+// throttle): a rejection allocates nothing.
 //
 // # Errors
 //

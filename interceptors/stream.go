@@ -79,14 +79,25 @@ import (
 //
 // # Outcomes
 //
-// Each attempt's outcome is recorded in the breaker once, when the attempt
-// ends: io.EOF (or a client-streaming response) is a success, a failure is
-// classified as for unary calls (a replaced attempt records its
-// classified failure), a stream the caller canceled is ignored, and so is
-// an error SendMsg generated locally (such as a message too large). When
-// the caller's context ends while an attempt holds a half-open probe, that
+// Each attempt's outcome is recorded in the breaker once. An attempt that
+// answers (its first response message, or its response headers: seen by
+// Header, at its end, or, while its AttemptTimeout is armed or it is a
+// half-open probe, as soon as they arrive) commits the stream and is a
+// success at that moment; the end of a committed stream records nothing
+// more, so a healthy long-lived stream cut later (a server restart) never
+// counts against the breaker, and a half-open breaker gets its verdict
+// without waiting for the stream's end. An attempt that ends without
+// answering is recorded at its end, after the retry decision, as for unary
+// calls: io.EOF (or a client-streaming response) is a success, a failure
+// is classified (Permit.RetryAt when the stream retries, Permit.DoneAt when
+// it stops), a stream the caller canceled is ignored, and so is an error
+// SendMsg generated locally (such as a message too large). When the
+// caller's context ends while an attempt holds a half-open probe, that
 // attempt is recorded as ignored at once (what a cancelled end counts as),
 // so the breaker gets its probe back even if nobody reads the stream's end.
+// The first attempt is admitted as a unary call's (it may wait for a
+// half-open verdict, or be throttled: the stream is then not created),
+// later attempts with Breaker.AllowRetry.
 //
 // # Concurrency
 //
@@ -119,7 +130,7 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 		return streamer(ctx, desc, cc, method, opts...)
 	}
 	ov, opts := splitCallOptions(opts)
-	p, rej := e.admit()
+	p, rej := e.admit(ctx)
 	if rej != nil {
 		if len(opts) > 0 {
 			finishOptions(opts, rej) // no attempt: grpc will not call OnFinish
@@ -146,7 +157,7 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	r.cond.L = &r.mu
 	r.buf = r.one[:0]
 	a := &r.first
-	a.permit = p
+	a.permit, a.probe = p, e.brk.State() == breaker.HalfOpen
 	r.cur = a
 	r.call.Begin()
 	if after != nil {
@@ -180,7 +191,8 @@ type attempt struct {
 	ctx      context.Context         // with an AttemptTimeout timer: the attempt's context
 	cancel   context.CancelCauseFunc // and its cancel
 	timer    *time.Timer
-	recorded bool // permit.Done was called (or is about to be)
+	recorded bool // the permit was recorded (or is about to be)
+	probe    bool // admitted while the breaker was half-open: likely a probe
 	finished bool // grpc finished the attempt's stream (only noted when the caller has after-call options); guarded by the stream's mu
 }
 
@@ -372,17 +384,21 @@ func (r *retryStream) attemptContext(a *attempt, n int) context.Context {
 	return actx
 }
 
-// watchHeaders disarms a's AttemptTimeout timer once a's response headers
-// arrive: the server is answering. It starts a goroutine that waits for
-// them (or for a's end, which comes at the latest when the timer cancels a
-// or the stream ends), only when the timer is armed.
+// watchHeaders, when a's AttemptTimeout timer is armed or a is likely a
+// half-open probe, starts a goroutine that waits for a's response headers
+// (or for a's end, which comes at the latest when the timer cancels a or
+// the stream ends): when they arrive, the server is answering, so it
+// disarms the timer and records a as a success (answered), without waiting
+// for a message or for the caller to call Header: a half-open breaker gets
+// its verdict from a watch stream that has nothing to say yet.
 func (r *retryStream) watchHeaders(a *attempt) {
-	if a.timer == nil {
+	if a.timer == nil && !a.probe {
 		return
 	}
 	go func() {
 		if md, _ := a.cs.Header(); md != nil {
 			a.stopTimer()
+			r.answered(a)
 		}
 	}()
 }
@@ -605,12 +621,16 @@ func (r *retryStream) end(a *attempt, err error) (final error) {
 		r.mu.Unlock()
 
 		var tlr metadata.MD
-		if !committed && a.cs != nil {
+		answered := false // a received response headers: the server answered
+		if a.cs != nil && (rec || !committed) {
 			// A failure after response headers is committed (A6). Header
 			// does not block: a's stream is over.
 			md, _ := a.cs.Header()
-			committed = md != nil
-			tlr = a.cs.Trailer()
+			answered = md != nil
+			committed = committed || answered
+			if !committed {
+				tlr = a.cs.Trailer()
+			}
 		}
 		if a.timedOut() && statusOf(err).Code() == codes.Canceled && r.ctx.Err() == nil {
 			// Our timer cancelled a (an attempt that had already failed
@@ -618,19 +638,28 @@ func (r *retryStream) end(a *attempt, err error) (final error) {
 			err = errAttemptTimedOut
 		}
 		now := time.Now() // one clock read for the breaker and the retry decision
+		// The attempt's outcome, recorded by afterFailure once the decision
+		// is made; nothing if it was recorded already (at its commit, or
+		// as abandoned). An attempt that answered with headers committed
+		// the stream: a success for the breaker, whatever its end.
+		var p breaker.Permit
+		o := breaker.Success
 		if rec {
-			a.permit.DoneAt(r.e.classify(r.ctx, err), now)
+			p = a.permit
+			if !answered {
+				o = r.e.classify(r.ctx, err)
+			}
 		}
 		// Until resolving clears, only this goroutine touches r.call (the
 		// others wait for it), so the shared step runs without mu.
 		d := r.e.decide(r.ctx, err, committed, tlr)
-		delay, final, _ := r.e.afterFailure(r.ctx, &r.call, err, d, now)
+		delay, final, _ := r.e.afterFailure(r.ctx, &r.call, err, d, now, p, o)
 		if final != nil {
 			resolved = true
 			return r.finish(final)
 		}
 		a.release()
-		p, final, _ := r.e.nextAttempt(r.ctx, &r.call, err, d, delay)
+		p, final, _ = r.e.nextAttempt(r.ctx, &r.call, err, d, delay)
 		if final != nil {
 			resolved = true
 			return r.finish(final)
@@ -640,7 +669,7 @@ func (r *retryStream) end(a *attempt, err error) (final error) {
 		r.watch()
 		r.mu.Unlock()
 
-		b = &attempt{permit: p}
+		b = &attempt{permit: p, probe: r.e.brk.State() == breaker.HalfOpen}
 		cs, cerr := r.streamer(r.attemptContext(b, n), r.desc, r.cc, r.e.method, r.attemptOpts(b)...)
 		if cerr != nil {
 			a, err = b, cerr
@@ -727,15 +756,31 @@ func (r *retryStream) replay(b *attempt) (done bool, err error) {
 func (r *retryStream) install(b *attempt, committed bool) {
 	r.mu.Lock()
 	r.cur = b
+	o := breaker.Ignored // abandoned while b opened: see ctxDone
 	if committed {
 		r.commitLocked()
+		o = breaker.Success // b answered with headers
 	}
 	r.resolving = false
-	rec := r.ctx.Err() != nil && b.claim() // abandoned while b opened: see abandoned
+	rec := (committed || r.ctx.Err() != nil) && b.claim()
 	r.cond.Broadcast()
 	r.mu.Unlock()
 	if rec {
-		b.permit.Done(breaker.Ignored)
+		b.permit.Done(o)
+	}
+}
+
+// answered records attempt a's permit as a success, once: a received
+// response headers or a message, so the stream committed and the server is
+// answering. The end of a committed stream records nothing more: a healthy
+// long-lived stream cut later (a server restart) does not count against the
+// breaker, and a half-open breaker gets its verdict at once.
+func (r *retryStream) answered(a *attempt) {
+	r.mu.Lock()
+	rec := a.claim()
+	r.mu.Unlock()
+	if rec {
+		a.permit.Done(breaker.Success)
 	}
 }
 
@@ -840,6 +885,11 @@ func (r *retryStream) settle(a *attempt) (replaced bool) {
 	r.mu.Lock()
 	if headers {
 		r.commitLocked() // a's messages and status are for RecvMsg
+		if a.claim() {
+			r.mu.Unlock()
+			a.permit.Done(breaker.Success)
+			r.mu.Lock()
+		}
 	}
 	r.recvBusy = false
 	r.cond.Broadcast()
@@ -932,7 +982,11 @@ func (r *retryStream) received(a *attempt) {
 		r.finishAtLocked(a, io.EOF, breaker.Success)
 		return
 	}
+	rec := a.claim() // the first message: see answered
 	r.mu.Unlock()
+	if rec {
+		a.permit.Done(breaker.Success)
+	}
 }
 
 // Header returns the response headers. It waits for them as grpc does; an
@@ -957,6 +1011,9 @@ func (r *retryStream) Header() (metadata.MD, error) {
 		}
 		r.mu.Unlock()
 		md, err := a.cs.Header()
+		if md != nil {
+			r.answered(a)
+		}
 		r.mu.Lock()
 		if md != nil {
 			if r.cur == a && !r.resolving {

@@ -151,7 +151,7 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	if e == nil {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	p, rej := e.admit()
+	p, rej := e.admit(ctx)
 	if rej != nil {
 		if len(opts) > 0 {
 			finishOptions(opts, rej) // no attempt: grpc will not call OnFinish
@@ -170,7 +170,7 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	if err == nil {
 		e.budget.Succeeded(false) // no retry.Call was needed
 	} else {
-		err, unhealthy = e.unaryRetry(ctx, st, maxAttempts, err, o, now, req, reply, cc, invoker)
+		err, unhealthy = e.unaryRetry(ctx, st, maxAttempts, p, err, o, now, req, reply, cc, invoker)
 	}
 	if st != nil {
 		st.finish(err)
@@ -184,39 +184,41 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 
 // unaryAttempt makes one attempt, admitted with p, under actx (ctx, the
 // caller's context, for the first attempt; the retry context for the
-// others) and the policy's attempt timeout, and records its outcome in the
-// breaker. A failed attempt reads the clock once, here, for the breaker and
-// for the retry decision (now); a successful one reads none.
+// others) and the policy's attempt timeout. A successful attempt is
+// recorded in the breaker here (the call's final outcome); a failed one is
+// classified (o) and recorded after the retry decision (afterFailure). A
+// failed attempt reads the clock once, here, for the breaker and for the
+// retry decision (now); a successful one reads none.
 func (e *entry) unaryAttempt(ctx, actx context.Context, p breaker.Permit, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) (o breaker.Outcome, now time.Time, err error) {
 	actx, cancel := e.pol.retry.AttemptContext(actx)
 	err = invoker(actx, e.method, req, reply, cc, opts...)
 	cancel()
-	o = e.classify(ctx, err)
-	if err != nil {
-		now = time.Now()
+	if err == nil {
+		p.Done(breaker.Success)
+		return breaker.Success, now, nil
 	}
-	p.DoneAt(o, now)
-	return o, now, err
+	return e.classify(ctx, err), time.Now(), err
 }
 
-// unaryRetry goes on with a unary call whose first attempt failed with err
-// (breaker outcome o, at now): decide → afterFailure → nextAttempt → attempt,
+// unaryRetry goes on with a unary call whose first attempt, admitted with
+// p, failed with err (breaker outcome o, at now): decide → afterFailure
+// (which records the failed attempt) → nextAttempt → attempt,
 // until an attempt succeeds or retrying stops. st is the call's state, nil
 // for a call of a single attempt (which Next never retries). unhealthy
 // reports a call that ended because the method is unhealthy (the breaker is
 // open, or the last attempt failed with a failure code): it goes to the
 // policy's fallback.
-func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int, err error, o breaker.Outcome, now time.Time, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) (_ error, unhealthy bool) {
+func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int, p breaker.Permit, err error, o breaker.Outcome, now time.Time, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) (_ error, unhealthy bool) {
 	c := e.newCall(maxAttempts)
 	c.Begin()
 	var rctx context.Context // the context of the retries (nil before the first)
 	for {
 		d := e.decide(ctx, err, st.committed(), st.trailer())
-		delay, final, open := e.afterFailure(ctx, &c, err, d, now)
+		delay, final, open := e.afterFailure(ctx, &c, err, d, now, p, o)
 		if final != nil {
 			return final, open || o == breaker.Failure
 		}
-		p, final, open := e.nextAttempt(ctx, &c, err, d, delay)
+		p, final, open = e.nextAttempt(ctx, &c, err, d, delay)
 		if final != nil {
 			return final, open
 		}

@@ -258,3 +258,69 @@ func TestFailedAttemptsAllocateLittle(t *testing.T) {
 	require.Equal(t, 4*101, attempts)
 	assert.LessOrEqual(t, allocs, 3.0)
 }
+
+// TestThrottledRejection: a call the breaker's throttle sheds is a local
+// rejection: UNAVAILABLE with ErrorInfo reason THROTTLED, errors.Is
+// breaker.ErrThrottled (not ErrOpen), prebuilt (no allocation), never a
+// breaker failure nor retried, and it goes to the unary Fallback like an
+// open rejection. A nested suite's throttle is ignored the same way.
+func TestThrottledRejection(t *testing.T) {
+	var fallbackGot error
+	s, err := New(map[string]Policy{"*": {
+		Retry:   retry.Policy{MaxAttempts: 1},
+		Breaker: breaker.Config{ConsecutiveFailures: -1}, // the throttle alone
+		Fallback: func(_ context.Context, _ string, _, _ any, err error) error {
+			fallbackGot = err
+			return err
+		},
+	}})
+	require.NoError(t, err)
+	in := s.Unary()
+	ctx := context.Background()
+	opts := []grpc.CallOption{grpc.StaticMethod()}
+	fail := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		return status.Error(codes.Unavailable, "down")
+	}
+	const m = "/pkg.Svc/M"
+	for i := 0; i < 10_000 && !errors.Is(err, breaker.ErrThrottled); i++ {
+		err = in(ctx, m, nil, nil, nil, fail, opts...)
+	}
+	require.ErrorIs(t, err, breaker.ErrThrottled)
+	assert.NotErrorIs(t, err, breaker.ErrOpen)
+	assert.Equal(t, codes.Unavailable, status.Code(err))
+	var info *errdetails.ErrorInfo
+	for _, d := range status.Convert(err).Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			info = ei
+		}
+	}
+	require.NotNil(t, info)
+	assert.Equal(t, ReasonThrottled, info.GetReason())
+	assert.Equal(t, ErrorDomain, info.GetDomain())
+	assert.Same(t, err, fallbackGot, "a throttled call goes to the fallback")
+
+	e := s.lookup(nil, m)
+	assert.Equal(t, breaker.Ignored, e.classify(ctx, err))
+	assert.Equal(t, breaker.Ignored, e.classify(ctx, fmt.Errorf("a nested suite: %w", err)))
+	assert.Equal(t, retry.Stop, e.decide(ctx, err, false, nil))
+	assert.Equal(t, retry.Stop, e.decide(ctx, fmt.Errorf("a nested suite: %w", err), false, nil))
+
+	// Never a failure: only the calls that reached the invoker count.
+	before := e.brk.Counts()
+	reached, throttled := 0, 0
+	counting := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		reached++
+		return fail(ctx, method, req, reply, cc, opts...)
+	}
+	for range 1000 {
+		if errors.Is(in(ctx, m, nil, nil, nil, counting, opts...), breaker.ErrThrottled) {
+			throttled++
+		}
+	}
+	after := e.brk.Counts()
+	assert.Equal(t, uint64(reached), after.Failures-before.Failures)
+	assert.Equal(t, 1000, reached+throttled)
+	assert.Greater(t, throttled, 900, "the throttle sheds nearly everything when nothing succeeds")
+
+	assert.Zero(t, testing.AllocsPerRun(1000, func() { _ = in(ctx, m, nil, nil, nil, fail, opts...) }), "a throttled rejection allocates nothing")
+}

@@ -1,0 +1,240 @@
+package interceptors_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/interceptors"
+	"github.com/khive/grpc-resilience/internal/echoserver"
+	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+)
+
+// Issue 7 on the call path: the breaker's decisions must never cost
+// availability a plain client would have had. Every test runs with the
+// breaker's defaults over real grpc (bufconn in a synctest bubble).
+
+// breakerEnv is a stream env that records the breaker's transitions.
+type breakerEnv struct {
+	*streamEnv
+	mu          sync.Mutex
+	transitions []string
+}
+
+func newBreakerEnv(t *testing.T, pol interceptors.Policy) *breakerEnv {
+	t.Helper()
+	be := &breakerEnv{}
+	be.streamEnv = newStreamEnv(t, pol, interceptors.WithOnStateChange(func(m string, from, to breaker.State) {
+		be.mu.Lock()
+		defer be.mu.Unlock()
+		be.transitions = append(be.transitions, m+": "+from.String()+" -> "+to.String())
+	}))
+	return be
+}
+
+func (be *breakerEnv) log() []string {
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	return append([]string(nil), be.transitions...)
+}
+
+// callKind makes one call of a kind whose first attempt fails with
+// UNAVAILABLE (fault key) and whose retry succeeds.
+type callKind struct {
+	name   string
+	method string
+	call   func(ctx context.Context, c echov1.EchoServiceClient, key string) error
+}
+
+var rescuedKinds = []callKind{
+	{"unary", unaryMethod, func(ctx context.Context, c echov1.EchoServiceClient, key string) error {
+		_, err := c.Unary(ctx, &echov1.UnaryRequest{Message: "m", Fault: failFirst(key, 1, codes.Unavailable)})
+		return err
+	}},
+	{"server stream", methodServerStream, func(ctx context.Context, c echov1.EchoServiceClient, key string) error {
+		st, err := c.ServerStream(ctx, &echov1.ServerStreamRequest{Count: 2, Fault: streamFault(key, codes.Unavailable, 1, 0)})
+		if err != nil {
+			return err
+		}
+		idx, err := recvServer(st)
+		if err == nil && len(idx) != 2 {
+			err = fmt.Errorf("got %v", idx)
+		}
+		return err
+	}},
+	{"client stream", methodClientStream, func(ctx context.Context, c echov1.EchoServiceClient, key string) error {
+		cs, err := c.ClientStream(ctx)
+		if err != nil {
+			return err
+		}
+		resp, err := sendClient(noFail{}, cs, words(3), streamFault(key, codes.Unavailable, 1, 1))
+		if err == nil && len(resp.GetMessages()) != 3 {
+			err = fmt.Errorf("got %v", resp.GetMessages())
+		}
+		return err
+	}},
+	{"bidi stream", methodBidi, func(ctx context.Context, c echov1.EchoServiceClient, key string) error {
+		bs, err := c.BidiStream(ctx)
+		if err != nil {
+			return err
+		}
+		got, _, sendErr, recvErr := bidiRun(bs, words(3), streamFault(key, codes.Unavailable, 1, 1))
+		if err = errors.Join(sendErr, recvErr); err == nil && len(got) != 3 {
+			err = fmt.Errorf("got %v", got)
+		}
+		return err
+	}},
+}
+
+// noFail is a require.TestingT for helpers run on other goroutines: the
+// caller checks the returned error instead.
+type noFail struct{}
+
+func (noFail) Errorf(string, ...any) {}
+func (noFail) FailNow()              {}
+
+// TestRetriesThatSucceedNeverTripTheBreaker: every call's first attempt
+// fails with UNAVAILABLE and its retry succeeds (a rolling restart). With
+// the defaults every call succeeds and the breaker never opens nor
+// throttles, for unary calls and every stream kind, exactly as with no
+// breaker at all.
+func TestRetriesThatSucceedNeverTripTheBreaker(t *testing.T) {
+	const calls, concurrency = 400, 8
+	for _, k := range rescuedKinds {
+		for _, mode := range []struct {
+			name string
+			cfg  breaker.Config
+		}{{"defaults", breaker.Config{}}, {"no breaker", breaker.Config{Mode: breaker.Disabled}}} {
+			t.Run(k.name+"/"+mode.name, func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					e := newBreakerEnv(t, interceptors.Policy{Breaker: mode.cfg})
+					var ok, failed atomic.Int64
+					var firstErr atomic.Value
+					var wg sync.WaitGroup
+					for g := range concurrency {
+						wg.Go(func() {
+							for i := g; i < calls; i += concurrency {
+								if err := k.call(t.Context(), e.client, fmt.Sprintf("%s-%d", k.name, i)); err != nil {
+									failed.Add(1)
+									firstErr.CompareAndSwap(nil, err.Error())
+									continue
+								}
+								ok.Add(1)
+							}
+						})
+					}
+					wg.Wait()
+					assert.Equal(t, int64(calls), ok.Load(), "every call succeeds (first error: %v)", firstErr.Load())
+					assert.Empty(t, e.log(), "the breaker never changes state")
+					if mode.cfg.Mode != breaker.Disabled {
+						m := e.breakerCounts(k.method)
+						assert.Equal(t, "closed", m.State)
+						assert.Zero(t, m.Rejections, "nothing rejected or throttled")
+					}
+				})
+			})
+		}
+	}
+}
+
+// TestWatchStreamsCutAtARestartDoNotOpenTheBreaker: 12 healthy watch
+// streams (server streams that answered) are cut with UNAVAILABLE at once
+// when the server restarts. A committed stream's end does not count
+// against the breaker: it stays closed and the reconnects are admitted.
+func TestWatchStreamsCutAtARestartDoNotOpenTheBreaker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newBreakerEnv(t, interceptors.Policy{})
+		const watchers = 12
+		var wg sync.WaitGroup
+		errs := make([]error, watchers)
+		for i := range watchers {
+			wg.Go(func() {
+				// One message, then, a second later, UNAVAILABLE: the restart.
+				st, err := e.client.ServerStream(t.Context(), &echov1.ServerStreamRequest{Count: 5,
+					Fault: &echov1.Fault{Code: uint32(codes.Unavailable), AfterMessages: 1, DelayMs: 1000}})
+				if err == nil {
+					_, err = recvServer(st)
+				}
+				errs[i] = err
+			})
+		}
+		wg.Wait()
+		for _, err := range errs {
+			require.Equal(t, codes.Unavailable, status.Code(err), "the watch was cut")
+		}
+		assert.Equal(t, watchers, e.srv.Calls(echoserver.ServerStream), "committed: not retried")
+		assert.Empty(t, e.log(), "the breaker stays closed")
+		m := e.breakerCounts(methodServerStream)
+		assert.Equal(t, uint64(watchers), m.Successes, "each watch counted once, as a success, when it committed")
+		assert.Zero(t, m.Failures)
+
+		for range watchers { // the reconnects
+			st, err := e.client.ServerStream(t.Context(), &echov1.ServerStreamRequest{Count: 1})
+			require.NoError(t, err)
+			_, err = recvServer(st)
+			require.NoError(t, err)
+		}
+	})
+}
+
+// TestHalfOpenHerd: 200 callers arrive together when the open period ends
+// (each call's attempt takes 100ms). When the server has recovered they
+// wait for the probe's verdict and then nearly all succeed; when it is
+// still down at most HalfOpenMaxCalls attempts reach it. Every caller
+// returns within its deadline.
+func TestHalfOpenHerd(t *testing.T) {
+	for _, recovered := range []bool{true, false} {
+		t.Run(fmt.Sprintf("recovered=%v", recovered), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				e := newEnv(t, map[string]interceptors.Policy{echoService: {}})
+				e.srv.SetDown(true)
+				var err error
+				for i := 0; i < 100 && !errors.Is(err, breaker.ErrOpen); i++ {
+					_, err = e.unary(t.Context(), nil)
+				}
+				require.ErrorIs(t, err, breaker.ErrOpen)
+				e.srv.SetDown(!recovered)
+				time.Sleep(1300 * time.Millisecond) // the first open period: 1s +-20%
+				synctest.Wait()
+				require.Equal(t, []string{unaryMethod + ": closed -> open", unaryMethod + ": open -> half-open"}, e.transitionLog())
+
+				const callers, deadline = 200, 2 * time.Second
+				before := e.srv.Calls(echoserver.Unary)
+				var ok, late atomic.Int64
+				var wg sync.WaitGroup
+				for range callers {
+					wg.Go(func() {
+						ctx, cancel := context.WithTimeout(t.Context(), deadline)
+						defer cancel()
+						start := time.Now()
+						if _, err := e.unary(ctx, &echov1.Fault{DelayMs: 100}); err == nil {
+							ok.Add(1)
+						}
+						if time.Since(start) > deadline {
+							late.Add(1)
+						}
+					})
+				}
+				wg.Wait()
+				assert.Zero(t, late.Load(), "every caller returns within its deadline")
+				if recovered {
+					assert.GreaterOrEqual(t, ok.Load(), int64(190), "the herd waits for the probe, then proceeds")
+				} else {
+					assert.Zero(t, ok.Load())
+					assert.LessOrEqual(t, e.srv.Calls(echoserver.Unary)-before, 1, "a still-down server sees at most HalfOpenMaxCalls attempts")
+				}
+			})
+		})
+	}
+}
