@@ -89,13 +89,25 @@ func newRejectError(method string, oe *breaker.OpenError) *rejectError {
 // p.DoneAt(o, now) when the call stops, p.RetryAt(o, now) when it retries
 // (see afterFailure).
 func (e *entry) admit(ctx context.Context) (breaker.Permit, error) {
-	reserve := e.pol.retry.MinAttemptTime
-	if reserve <= 0 {
-		reserve = retry.DefaultMinAttemptTime
+	var p breaker.Permit
+	var err error
+	if e.brk.State() == breaker.HalfOpen {
+		// Only half-open waits; elsewhere Allow is AllowContext, one call
+		// less. (A transition to half-open between the two loads rejects
+		// this caller at once, as Allow does.)
+		reserve := e.pol.retry.MinAttemptTime
+		if reserve <= 0 {
+			reserve = retry.DefaultMinAttemptTime
+		}
+		p, err = e.brk.AllowContext(ctx, reserve)
+	} else {
+		p, err = e.brk.Allow()
 	}
-	p, err := e.brk.AllowContext(ctx, reserve)
 	if err == nil {
 		return p, nil
+	}
+	if r := e.rej.Load(); r != nil && error(r.oe) == err {
+		return p, r
 	}
 	return p, e.rejection(err)
 }
