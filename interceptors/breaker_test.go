@@ -153,8 +153,14 @@ func TestRetriesThatSucceedNeverTripTheBreaker(t *testing.T) {
 // when the server restarts. A committed stream's end does not count
 // against the breaker: it stays closed and the reconnects are admitted.
 func TestWatchStreamsCutAtARestartDoNotOpenTheBreaker(t *testing.T) {
+	for _, mode := range []breaker.State{breaker.Closed, breaker.Disabled} {
+		t.Run(mode.String(), func(t *testing.T) { testWatchStreamsCut(t, mode) })
+	}
+}
+
+func testWatchStreamsCut(t *testing.T, mode breaker.State) {
 	synctest.Test(t, func(t *testing.T) {
-		e := newBreakerEnv(t, interceptors.Policy{})
+		e := newBreakerEnv(t, interceptors.Policy{Breaker: breaker.Config{Mode: mode}})
 		const watchers = 12
 		var wg sync.WaitGroup
 		errs := make([]error, watchers)
@@ -175,9 +181,11 @@ func TestWatchStreamsCutAtARestartDoNotOpenTheBreaker(t *testing.T) {
 		}
 		assert.Equal(t, watchers, e.srv.Calls(echoserver.ServerStream), "committed: not retried")
 		assert.Empty(t, e.log(), "the breaker stays closed")
-		m := e.breakerCounts(methodServerStream)
-		assert.Equal(t, uint64(watchers), m.Successes, "each watch counted once, as a success, when it committed")
-		assert.Zero(t, m.Failures)
+		if mode == breaker.Closed {
+			m := e.breakerCounts(methodServerStream)
+			assert.Equal(t, uint64(watchers), m.Successes, "each watch counted once, as a success, when it committed")
+			assert.Zero(t, m.Failures)
+		}
 
 		for range watchers { // the reconnects
 			st, err := e.client.ServerStream(t.Context(), &echov1.ServerStreamRequest{Count: 1})
@@ -194,20 +202,28 @@ func TestWatchStreamsCutAtARestartDoNotOpenTheBreaker(t *testing.T) {
 // still down at most HalfOpenMaxCalls attempts reach it. Every caller
 // returns within its deadline.
 func TestHalfOpenHerd(t *testing.T) {
-	for _, recovered := range []bool{true, false} {
-		t.Run(fmt.Sprintf("recovered=%v", recovered), func(t *testing.T) {
+	for _, c := range []struct {
+		recovered bool
+		mode      breaker.State
+	}{{true, breaker.Closed}, {false, breaker.Closed}, {true, breaker.Disabled}, {false, breaker.Disabled}} {
+		recovered, withBreaker := c.recovered, c.mode == breaker.Closed
+		t.Run(fmt.Sprintf("recovered=%v/%v", recovered, c.mode), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				e := newEnv(t, map[string]interceptors.Policy{echoService: {}})
+				e := newEnv(t, map[string]interceptors.Policy{echoService: {Breaker: breaker.Config{Mode: c.mode}}})
 				e.srv.SetDown(true)
-				var err error
-				for i := 0; i < 100 && !errors.Is(err, breaker.ErrOpen); i++ {
-					_, err = e.unary(t.Context(), nil)
+				if withBreaker {
+					var err error
+					for i := 0; i < 100 && !errors.Is(err, breaker.ErrOpen); i++ {
+						_, err = e.unary(t.Context(), nil)
+					}
+					require.ErrorIs(t, err, breaker.ErrOpen)
 				}
-				require.ErrorIs(t, err, breaker.ErrOpen)
 				e.srv.SetDown(!recovered)
 				time.Sleep(1300 * time.Millisecond) // the first open period: 1s +-20%
 				synctest.Wait()
-				require.Equal(t, []string{unaryMethod + ": closed -> open", unaryMethod + ": open -> half-open"}, e.transitionLog())
+				if withBreaker {
+					require.Equal(t, []string{unaryMethod + ": closed -> open", unaryMethod + ": open -> half-open"}, e.transitionLog())
+				}
 
 				const callers, deadline = 200, 2 * time.Second
 				before := e.srv.Calls(echoserver.Unary)
@@ -228,11 +244,17 @@ func TestHalfOpenHerd(t *testing.T) {
 				}
 				wg.Wait()
 				assert.Zero(t, late.Load(), "every caller returns within its deadline")
-				if recovered {
+				switch {
+				case recovered && withBreaker:
 					assert.GreaterOrEqual(t, ok.Load(), int64(190), "the herd waits for the probe, then proceeds")
-				} else {
+				case recovered:
+					assert.Equal(t, int64(callers), ok.Load(), "no breaker: every call succeeds")
+				case withBreaker:
 					assert.Zero(t, ok.Load())
 					assert.LessOrEqual(t, e.srv.Calls(echoserver.Unary)-before, 1, "a still-down server sees at most HalfOpenMaxCalls attempts")
+				default:
+					assert.Zero(t, ok.Load())
+					assert.Greater(t, e.srv.Calls(echoserver.Unary)-before, callers, "no breaker: every caller's attempts reach the down server")
 				}
 			})
 		})

@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
-	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
 	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
 	"github.com/khive/grpc-resilience/retry"
@@ -164,7 +163,6 @@ func TestStreamWaitsHonourTheCallersContext(t *testing.T) {
 	})
 }
 
-var _ = breaker.Closed
 
 // A caller that reuses one request value for every Send (req.Message = i;
 // Send(req)) gets what it sent replayed after a retry, not the value's
