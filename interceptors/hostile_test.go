@@ -163,7 +163,6 @@ func TestStreamWaitsHonourTheCallersContext(t *testing.T) {
 	})
 }
 
-
 // A caller that reuses one request value for every Send (req.Message = i;
 // Send(req)) gets what it sent replayed after a retry, not the value's
 // latest state: the stream keeps what was sent.
