@@ -15,24 +15,28 @@ import (
 // bubbles with the real timer and clock (fake time).
 
 // attemptCall makes one logical call of up to attempts attempts, sleeping
-// backoffs[i] before retry i+1. fail decides each attempt. It reports
-// whether the call succeeded and whether the breaker rejected it.
-func attemptCall(b *Breaker, attempts int, backoffs []time.Duration, fail func() bool) (ok, rejected bool) {
-	for a := range attempts {
-		if a > 0 {
-			time.Sleep(backoffs[a-1])
-		}
-		p, err := b.Allow()
+// backoffs[i] before retry i+1, as the interceptors do: Allow for the first
+// attempt, AllowRetry for the others, RetryAt for a failed attempt that is
+// retried, Done for the last. fail decides each attempt. It reports whether
+// the call succeeded and whether the breaker rejected it.
+func attemptCall(b *Breaker, attempts int, backoffs []time.Duration, fail func(attempt int) bool) (ok, rejected bool) {
+	p, err := b.Allow()
+	for a := 0; ; a++ {
 		if err != nil {
 			return false, true
 		}
-		if !fail() {
+		if !fail(a) {
 			p.Done(Success)
 			return true, false
 		}
-		p.Done(Failure)
+		if a == attempts-1 {
+			p.Done(Failure)
+			return false, false
+		}
+		p.RetryAt(Failure, time.Time{})
+		time.Sleep(backoffs[a])
+		p, err = b.AllowRetry()
 	}
-	return false, false
 }
 
 // outageDetection starts callsPerSec calls per second against a dependency
@@ -53,7 +57,7 @@ func outageDetection(t *testing.T, cfg Config, callsPerSec, attempts int, backof
 		var wg sync.WaitGroup
 		for i := 0; b.State() == Closed; i++ {
 			require.Less(t, i, 10000, "the breaker never opened")
-			wg.Go(func() { attemptCall(b, attempts, backoffs, func() bool { return true }) })
+			wg.Go(func() { attemptCall(b, attempts, backoffs, func(int) bool { return true }) })
 			time.Sleep(time.Second / time.Duration(callsPerSec))
 		}
 		wg.Wait()
@@ -109,7 +113,7 @@ func steadyFailures(t *testing.T, seed uint64, p float64, period, dur time.Durat
 		b, err := New(Config{})
 		require.NoError(t, err)
 		rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-		fail := func() bool { return rng.Float64() < p }
+		fail := func(int) bool { return rng.Float64() < p }
 		backoffs := []time.Duration{time.Millisecond, time.Millisecond, time.Millisecond}
 		calls, succeeded := int(dur/period), 0
 		next := time.Now()
@@ -161,7 +165,8 @@ func TestStaysClosedUnderIndependentFailures(t *testing.T) {
 }
 
 // TestRecoveryCycle drives a whole outage and recovery on the real timer:
-// open for ~5 s, probe fails, open for ~10 s, probe succeeds, closed.
+// open for ~1 s, probe fails, open for ~1 s again (a third of the outage's
+// age is still less than RecoveryTime), probe succeeds, closed.
 func TestRecoveryCycle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var states []State
@@ -177,8 +182,8 @@ func TestRecoveryCycle(t *testing.T) {
 		var oe *OpenError
 		require.ErrorAs(t, err, &oe)
 		wait := oe.RetryAfter()
-		assert.GreaterOrEqual(t, wait, 4*time.Second)
-		assert.LessOrEqual(t, wait, 6*time.Second)
+		assert.GreaterOrEqual(t, wait, 800*time.Millisecond)
+		assert.LessOrEqual(t, wait, 1200*time.Millisecond)
 		_, err2 := b.Allow()
 		assert.Same(t, oe, err2, "one prebuilt error per open period")
 
@@ -196,8 +201,8 @@ func TestRecoveryCycle(t *testing.T) {
 		_, err = b.Allow()
 		require.ErrorAs(t, err, &oe)
 		wait = oe.RetryAfter()
-		assert.GreaterOrEqual(t, wait, 8*time.Second)
-		assert.LessOrEqual(t, wait, 12*time.Second)
+		assert.GreaterOrEqual(t, wait, 800*time.Millisecond)
+		assert.LessOrEqual(t, wait, 1200*time.Millisecond)
 		time.Sleep(wait)
 		synctest.Wait()
 		p, err = b.Allow()
@@ -218,16 +223,16 @@ func TestLostProbeInBubble(t *testing.T) {
 		require.NoError(t, err)
 		p, _ := b.Allow()
 		p.Done(Failure)
-		time.Sleep(5 * time.Second)
+		time.Sleep(time.Second)
 		synctest.Wait()
 		lost, err := b.Allow()
 		require.NoError(t, err)
-		time.Sleep(time.Second)
+		time.Sleep(200 * time.Millisecond)
 		_, err = b.Allow()
 		var oe *OpenError
 		require.ErrorAs(t, err, &oe)
 		assert.Equal(t, HalfOpen, oe.State())
-		assert.Equal(t, 4*time.Second, oe.RetryAfter())
+		assert.Equal(t, 800*time.Millisecond, oe.RetryAfter())
 		time.Sleep(oe.RetryAfter())
 		p, err = b.Allow()
 		require.NoError(t, err)
@@ -236,5 +241,102 @@ func TestLostProbeInBubble(t *testing.T) {
 		lost.Done(Failure) // too late, old generation
 		assert.Equal(t, Closed, b.State())
 		assert.Zero(t, b.Counts().ConsecutiveFailures)
+	})
+}
+
+// episode runs callers goroutines that each make a call every period for
+// dur, every attempt failing when fail(elapsed) says so, with up to
+// attempts attempts and 1 ms backoffs, against a breaker of cfg. It returns
+// the successes and calls counted per slice of the episode, and the counts.
+func episode(t *testing.T, cfg Config, callers int, period, dur, slice time.Duration, attempts int, fail func(attempt int, elapsed time.Duration) bool) (succ, calls []int, c Counts) {
+	n := int(dur / slice)
+	succ, calls = make([]int, n), make([]int, n)
+	synctest.Test(t, func(t *testing.T) {
+		b, err := New(cfg)
+		require.NoError(t, err)
+		start := time.Now()
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		backoffs := []time.Duration{time.Millisecond, time.Millisecond, time.Millisecond, time.Millisecond}
+		for g := range callers {
+			wg.Go(func() {
+				time.Sleep(period * time.Duration(g) / time.Duration(callers))
+				for {
+					at := time.Since(start)
+					if at >= dur {
+						return
+					}
+					ok, _ := attemptCall(b, attempts, backoffs, func(a int) bool { return fail(a, time.Since(start)) })
+					mu.Lock()
+					calls[at/slice]++
+					if ok {
+						succ[at/slice]++
+					}
+					mu.Unlock()
+					time.Sleep(period)
+				}
+			})
+		}
+		wg.Wait()
+		c = b.Counts()
+		b.Reset()
+	})
+	return succ, calls, c
+}
+
+func ratio(succ, calls []int, from, to int) float64 {
+	s, c := 0, 0
+	for i := from; i < to && i < len(calls); i++ {
+		s, c = s+succ[i], c+calls[i]
+	}
+	return float64(s) / float64(c)
+}
+
+// coin returns a seeded failure decision with probability p.
+func coin(seed uint64, p float64) func(int, time.Duration) bool {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	var mu sync.Mutex
+	return func(int, time.Duration) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return rng.Float64() < p
+	}
+}
+
+// TestNeverWorseThanNoBreaker runs the situations of DESIGN.md ("a breaker
+// must never cost availability a plain client would have had") with the
+// defaults and with the breaker disabled, and compares.
+func TestNeverWorseThanNoBreaker(t *testing.T) {
+	sec := time.Second
+	t.Run("retries that succeed", func(t *testing.T) {
+		// Every call's first attempt fails, its retry works (a rolling
+		// restart), 32 callers at once: no call may be lost.
+		firstFails := func(a int, _ time.Duration) bool { return a == 0 }
+		succ, calls, c := episode(t, Config{}, 32, 10*time.Millisecond, 10*sec, sec, 4, firstFails)
+		assert.Equal(t, 1.0, ratio(succ, calls, 0, 10))
+		assert.Zero(t, c.Transitions)
+		assert.Zero(t, c.Throttled)
+	})
+	t.Run("partial failure: 50% of calls fail", func(t *testing.T) {
+		succ, calls, c := episode(t, Config{}, 8, 20*time.Millisecond, 60*sec, sec, 1, coin(1, 0.5))
+		bs, bc, _ := episode(t, Config{Mode: Disabled}, 8, 20*time.Millisecond, 60*sec, sec, 1, coin(1, 0.5))
+		with, without := ratio(succ, calls, 0, 60), ratio(bs, bc, 0, 60)
+		t.Logf("success %.4f, without a breaker %.4f, counts %+v", with, without, c)
+		assert.GreaterOrEqual(t, with, without-0.02)
+		assert.Zero(t, c.Transitions, "a partial failure never opens the breaker")
+	})
+	t.Run("brownout: 70% of attempts fail", func(t *testing.T) {
+		fail := coin(2, 0.7)
+		succ, calls, c := episode(t, Config{}, 16, 10*time.Millisecond, 30*sec, sec, 4, fail)
+		t.Logf("success %.4f, counts %+v", ratio(succ, calls, 0, 30), c)
+		assert.Zero(t, c.Transitions, "a partial failure throttles, it does not open")
+	})
+	t.Run("outage of 3s", func(t *testing.T) {
+		down := func(_ int, at time.Duration) bool { return at >= 2*sec && at < 5*sec }
+		succ, calls, c := episode(t, Config{}, 16, 10*time.Millisecond, 10*sec, 100*time.Millisecond, 4, down)
+		got := ratio(succ, calls, 62, 100) // from 1.2 s after the recovery
+		t.Logf("success from 1.2s after recovery %.4f, counts %+v", got, c)
+		assert.GreaterOrEqual(t, got, 0.99)
+		assert.Equal(t, 1.0, ratio(succ, calls, 0, 20), "before the outage")
 	})
 }

@@ -72,12 +72,42 @@ func BenchmarkOpenRejectParallel(b *testing.B) {
 // BenchmarkClosedFailure is the slow path: a failure takes the mutex and
 // reads the clock (the streak rule is off so it never trips).
 func BenchmarkClosedFailure(b *testing.B) {
-	br := mustNew(b, Config{ConsecutiveFailures: -1, MinimumCalls: -1})
+	br := mustNew(b, Config{ConsecutiveFailures: -1, ThrottleK: -1})
 	b.ReportAllocs()
 	for b.Loop() {
 		p, _ := br.Allow()
 		p.Done(Failure)
 	}
+}
+
+// throttling returns a breaker whose throttle sheds 99.99% of the calls:
+// 10,000 calls failed (the streak rule is off).
+func throttling(b *testing.B) *Breaker {
+	br := mustNew(b, Config{ConsecutiveFailures: -1})
+	for range 10000 {
+		p, _ := br.AllowRetry()
+		p.Done(Failure)
+	}
+	return br
+}
+
+// BenchmarkThrottledReject is the throttle's rejection of a call.
+func BenchmarkThrottledReject(b *testing.B) {
+	br := throttling(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = br.Allow()
+	}
+}
+
+func BenchmarkThrottledRejectParallel(b *testing.B) {
+	br := throttling(b)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			_, _ = br.Allow()
+		}
+	})
 }
 
 func BenchmarkDo(b *testing.B) {

@@ -586,19 +586,21 @@ func (b *Breaker) updateThrottle(now time.Time) {
 	}
 }
 
-// throttleProbability returns max(0, (requests - K*accepts)/(requests+1))
-// over the window, or 0 below MinimumCalls requests. b.mu must be held.
+// throttleProbability returns max(0, (calls - K*accepts)/(calls+1)) over
+// the window, calls being the admitted calls with an outcome, or 0 below
+// MinimumCalls calls. Throttled calls do not count (see Config.ThrottleK).
+// b.mu must be held.
 func (b *Breaker) throttleProbability(now time.Time) float64 {
 	k := b.cfg.ThrottleK
 	if k <= 0 {
 		return 0
 	}
 	t := b.win.sum(now)
-	req := t.requests()
-	if req < uint64(b.cfg.MinimumCalls) {
+	calls := t.succ + t.callFail
+	if calls < uint64(b.cfg.MinimumCalls) {
 		return 0
 	}
-	p := (float64(req) - k*float64(t.succ)) / float64(req+1)
+	p := (float64(calls) - k*float64(t.succ)) / float64(calls+1)
 	return max(0, min(p, 1))
 }
 
@@ -782,6 +784,10 @@ func (b *Breaker) Counts() Counts {
 	}
 	s, rej := b.sumStripes()
 	t := b.win.sum(now)
+	var prob float64
+	if b.state == Closed || b.state == MetricsOnly {
+		prob = b.throttleProbability(now)
+	}
 	return Counts{
 		State:               b.state,
 		Successes:           s.succ + b.otherSucc,
@@ -794,7 +800,7 @@ func (b *Breaker) Counts() Counts {
 		WindowCalls:         t.succ + t.callFail,
 		WindowFailures:      t.callFail,
 		WindowThrottled:     t.thr,
-		ThrottleProbability: b.throttleProbability(now),
+		ThrottleProbability: prob,
 		ShadowTrips:         b.shadowTrips,
 		Generation:          b.gen,
 	}
@@ -840,6 +846,9 @@ func (b *Breaker) Reconfigure(cfg Config) error {
 		case Disabled:
 			b.transition(Disabled, nil)
 		}
+	}
+	if b.state == HalfOpen && b.hoSucc >= c.HalfOpenMaxCalls {
+		b.enterWindowed(Closed) // the probes already had enough successes
 	}
 	if b.state == Closed {
 		b.updateThrottle(b.clock())

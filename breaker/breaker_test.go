@@ -26,6 +26,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	clk := newFakeClock()
 	b, err := newBreaker(cfg, clk.Now, clk.AfterFunc, constRand(0.5))
 	require.NoError(t, err)
+	b.stripes = make([]stripe, 1) // fast-path counts fold at every 64th, deterministically
 	return &harness{t: t, b: b, clk: clk, gap: 10 * time.Millisecond}
 }
 
@@ -34,6 +35,19 @@ func (h *harness) allow() Permit {
 	p, err := h.b.Allow()
 	require.NoError(h.t, err)
 	return p
+}
+
+// admit is allow for a breaker that may throttle: it asks again until the
+// throttle admits the call (the throttled calls are counted as such).
+func (h *harness) admit() Permit {
+	h.t.Helper()
+	for {
+		p, err := h.b.Allow()
+		if !errors.Is(err, ErrThrottled) {
+			require.NoError(h.t, err)
+			return p
+		}
+	}
 }
 
 func (h *harness) reject(want State) *OpenError {
@@ -81,8 +95,12 @@ func (h *harness) toHalfOpen() {
 }
 
 // play runs a script of space-separated tokens: "F", "SFx10" (the pattern
-// repeated 10 times; S success, F failure, I ignored), "W11s" (wait) and
-// "@1s" (set the gap between outcomes). It returns the number of outcomes
+// repeated 10 times), "W11s" (wait) and "@1s" (set the gap between
+// outcomes). The outcomes: S a successful call, F a failed call, I an
+// ignored one (each a call of one attempt: Allow, asked again while the
+// throttle rejects, and Done), R a failed first
+// attempt that its call retries (Allow and RetryAt), X a failed retry that
+// ends its call (AllowRetry and Done). It returns the number of outcomes
 // recorded when the breaker opened, or 0 if it stayed closed.
 func (h *harness) play(script string) int {
 	h.t.Helper()
@@ -108,8 +126,16 @@ func (h *harness) play(script string) int {
 		}
 		for range reps {
 			for _, c := range pat {
-				o := map[rune]Outcome{'S': Success, 'F': Failure, 'I': Ignored}[c]
-				h.allow().Done(o)
+				switch c {
+				case 'R':
+					h.admit().RetryAt(Failure, time.Time{})
+				case 'X':
+					p, err := h.b.AllowRetry()
+					require.NoError(h.t, err)
+					p.Done(Failure)
+				default:
+					h.admit().Done(map[rune]Outcome{'S': Success, 'F': Failure, 'I': Ignored}[c])
+				}
 				n++
 				if h.b.State() == Open {
 					return n
@@ -122,34 +148,44 @@ func (h *harness) play(script string) int {
 }
 
 func TestTripRules(t *testing.T) {
-	noStreak := Config{ConsecutiveFailures: -1}
+	noStreak := Config{ConsecutiveFailures: -1, ThrottleK: -1, FailureRate: 0.5}
 	tests := []struct {
 		name   string
 		cfg    Config
 		script string
 		want   int // outcomes recorded when the breaker opened; 0 = stays closed
 	}{
-		{"streak of 12 attempts opens", Config{}, "Fx12", 12},
+		{"streak of 12 failed calls opens", Config{}, "Fx12", 12},
 		{"streak of 11 does not", Config{}, "Fx11", 0},
-		{"a success breaks the streak", Config{MinimumCalls: -1}, "Fx11 S Fx11", 0},
+		{"a success breaks the streak", Config{ThrottleK: -1}, "Fx11 S Fx11", 0},
 		{"ignored does not break the streak", Config{}, "Fx6 I Fx6", 13},
 		{"custom streak", Config{ConsecutiveFailures: 3}, "Sx5 Fx3", 8},
-		{"both rules off", Config{ConsecutiveFailures: -1, MinimumCalls: -1}, "Fx200", 0},
 		{"streak counts attempts at any rate", Config{}, "@1m Fx12", 12},
+		{"first attempts alone never open", Config{}, "Rx40", 0},
+		{"a failed retry completes a streak of first attempts", Config{}, "Rx11 X", 12},
+		{"retries that succeed never open", Config{}, "RSx500", 0},
+		// 60% of the earlier attempts failed: a streak of
+		// ceil(12·ln 0.3/ln(57/97)) = 28 is needed.
+		{"partial failure needs a longer streak", Config{ThrottleK: -1}, "SSFFFx20 Fx24", 0},
+		{"the longer streak opens", Config{ThrottleK: -1}, "SSFFFx20 Fx25", 125},
+		// 74% failed: the streak needed is capped at 4·12 = 48.
+		{"the streak needed is capped", Config{ThrottleK: -1}, "SFFFx20 Fx45", 125},
+		{"every rule off", Config{ConsecutiveFailures: -1, ThrottleK: -1}, "Fx200", 0},
+		{"the rate rule is off by default", Config{ConsecutiveFailures: -1, ThrottleK: -1}, "SFx50", 0},
 		{"rate at 50% once MinimumCalls seen", noStreak, "SFx10", 20},
 		{"rate needs MinimumCalls", noStreak, "SFx9", 0},
 		{"rate is evaluated on failures only", noStreak, "FSx10 F", 21},
 		{"rate below threshold stays closed", noStreak, "SSFx50", 0},
-		{"custom rate", Config{ConsecutiveFailures: -1, FailureRate: 0.3}, "SSFx50", 21},
-		{"rate 1 needs only failures", Config{ConsecutiveFailures: -1, FailureRate: 1}, "SFx20 W11s Fx20", 60},
-		{"custom MinimumCalls", Config{ConsecutiveFailures: -1, MinimumCalls: 5}, "SFx10", 6},
+		{"rate counts calls, not attempts", noStreak, "RSx50", 0},
+		{"custom rate", Config{ConsecutiveFailures: -1, ThrottleK: -1, FailureRate: 0.3}, "SSFx50", 21},
+		{"rate 1 needs only failures", Config{ConsecutiveFailures: -1, ThrottleK: -1, FailureRate: 1}, "SFx20 W11s Fx20", 60},
+		{"custom MinimumCalls", Config{ConsecutiveFailures: -1, ThrottleK: -1, FailureRate: 0.5, MinimumCalls: 5}, "SFx10", 6},
 		{"ignored outcomes are not calls", noStreak, "SIFx10", 30},
 		{"low call rate: window never holds MinimumCalls", noStreak, "@1s SFx100", 0},
 		{"moderate call rate: rate rule applies", noStreak, "@400ms SFx100", 20},
 		{"window expiry forgets old failures", noStreak, "Fx15 W11s Sx5 F", 0},
 		{"without expiry the same outcomes open", noStreak, "Fx15 Sx5 F", 21},
-		{"rate rule off", Config{ConsecutiveFailures: 6, MinimumCalls: -1}, "Fx5 SFx100", 0},
-		{"a short window forgets faster", Config{ConsecutiveFailures: -1, Window: time.Second}, "@100ms SFx100", 0},
+		{"a short window forgets faster", Config{ConsecutiveFailures: -1, ThrottleK: -1, FailureRate: 0.5, Window: time.Second}, "@100ms SFx100", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -162,49 +198,56 @@ func TestTripRules(t *testing.T) {
 func TestOpenTimeGrowth(t *testing.T) {
 	h := newHarness(t, Config{})
 	h.trip()
-	want := []time.Duration{5, 10, 20, 40, 60, 60, 60}
-	for i, w := range want {
-		require.Equal(t, w*time.Second, h.b.openDur, "open period %d", i)
+	opened := h.clk.Now()
+	var got []time.Duration
+	for range 14 {
+		age := h.clk.Now().Sub(opened)
+		want := max(time.Second, min(time.Minute, age/3))
+		require.Equal(t, want, h.b.openDur, "open period at age %v", age)
+		got = append(got, h.b.openDur)
 		oe := h.reject(Open)
-		require.Equal(t, h.clk.Now().Add(w*time.Second), oe.until)
+		require.Equal(t, h.clk.Now().Add(want), oe.until)
 		h.toHalfOpen()
-		h.allow().Done(Failure) // the probe fails: re-open with doubled time
+		h.allow().Done(Failure) // the probe fails: re-open
 		h.state(Open)
 	}
-	// A close resets the exponent.
+	// 1s periods until the outage is 3s old, so that a server back after 3s
+	// is probed within about a second; then a third of the outage's age.
+	assert.Equal(t, []time.Duration{time.Second, time.Second, time.Second, time.Second, 4 * time.Second / 3}, got[:5])
+	assert.Greater(t, got[13], 5*time.Second)
+	// A close starts over from RecoveryTime.
 	h.toHalfOpen()
 	h.allow().Done(Success)
 	h.state(Closed)
 	h.trip()
-	require.Equal(t, 5*time.Second, h.b.openDur)
+	require.Equal(t, time.Second, h.b.openDur)
 	// So does Reset.
-	h.toHalfOpen()
-	h.allow().Done(Failure)
-	require.Equal(t, 10*time.Second, h.b.openDur)
+	h.clk.Advance(30 * time.Second)
 	h.b.Reset()
 	h.trip()
-	require.Equal(t, 5*time.Second, h.b.openDur)
+	require.Equal(t, time.Second, h.b.openDur)
 }
 
 func TestOpenTimeCapAndOverflow(t *testing.T) {
 	tests := []struct {
-		name    string
-		cfg     Config
-		reopens int
-		want    time.Duration
+		name string
+		cfg  Config
+		age  time.Duration
+		want time.Duration
 	}{
-		{"first", Config{}, 0, 5 * time.Second},
-		{"capped", Config{}, 10, time.Minute},
-		{"huge exponent", Config{}, 1 << 30, time.Minute},
-		{"cap equals base", Config{RecoveryTime: time.Second, MaxRecoveryTime: time.Second}, 5, time.Second},
-		{"cap not a power of two multiple", Config{RecoveryTime: 3 * time.Second, MaxRecoveryTime: 10 * time.Second}, 2, 10 * time.Second},
-		{"no overflow near MaxInt64", Config{RecoveryTime: 1 << 62, MaxRecoveryTime: 1<<63 - 1}, 3, 1<<63 - 1},
+		{"first", Config{}, 0, time.Second},
+		{"a third of the outage", Config{}, 30 * time.Second, 10 * time.Second},
+		{"capped", Config{}, time.Hour, time.Minute},
+		{"huge age", Config{}, 1<<63 - 1, time.Minute},
+		{"cap equals base", Config{RecoveryTime: time.Second, MaxRecoveryTime: time.Second}, time.Hour, time.Second},
+		{"no overflow near MaxInt64", Config{RecoveryTime: 1 << 62, MaxRecoveryTime: 1<<63 - 1}, 0, 1 << 62},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, tt.cfg)
-			h.b.reopens = tt.reopens
-			assert.Equal(t, tt.want, h.b.openDuration())
+			now := h.clk.Now()
+			h.b.openedAt = now.Add(-tt.age)
+			assert.Equal(t, tt.want, h.b.openDuration(now))
 		})
 	}
 }
@@ -216,16 +259,17 @@ func TestJitterBounds(t *testing.T) {
 		u      float64
 		want   time.Duration
 	}{
-		{"low end", 0, 0, 4 * time.Second},
-		{"middle", 0, 0.5, 5 * time.Second},
-		{"high end", 0, 0.999999, 5999998 * time.Microsecond},
-		{"custom jitter", 0.5, 0, 2500 * time.Millisecond},
-		{"no jitter", -1, 0, 5 * time.Second},
+		{"low end", 0, 0, 800 * time.Millisecond},
+		{"middle", 0, 0.5, time.Second},
+		{"high end", 0, 0.999999, 1199999600 * time.Nanosecond},
+		{"custom jitter", 0.5, 0, 500 * time.Millisecond},
+		{"no jitter", -1, 0, time.Second},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, Config{RecoveryJitter: tt.jitter})
 			h.b.rnd = constRand(tt.u)
-			assert.InDelta(t, float64(tt.want), float64(h.b.openDuration()), float64(time.Microsecond))
+			h.b.openedAt = h.clk.Now()
+			assert.InDelta(t, float64(tt.want), float64(h.b.openDuration(h.clk.Now())), float64(time.Microsecond))
 		})
 	}
 	t.Run("random within ±20% and spread", func(t *testing.T) {
@@ -233,12 +277,13 @@ func TestJitterBounds(t *testing.T) {
 		b, err := New(Config{})
 		require.NoError(t, err)
 		h.b.rnd = b.rnd // the real source
-		for reopens, base := range []time.Duration{5, 10, 20, 40, 60, 60} {
-			base *= time.Second
-			h.b.reopens = reopens
+		now := h.clk.Now()
+		for _, age := range []time.Duration{0, 3 * time.Second, 30 * time.Second, time.Hour} {
+			base := max(time.Second, min(time.Minute, age/3))
+			h.b.openedAt = now.Add(-age)
 			lo, hi := time.Duration(1<<63-1), time.Duration(0)
 			for range 2000 {
-				d := h.b.openDuration()
+				d := h.b.openDuration(now)
 				lo, hi = min(lo, d), max(hi, d)
 			}
 			assert.GreaterOrEqual(t, lo, base*8/10)
@@ -258,7 +303,7 @@ func TestHalfOpen(t *testing.T) {
 		{"default admits one probe; others get HalfOpen rejections", Config{}, func(h *harness) {
 			h.allow()
 			oe := h.reject(HalfOpen)
-			assert.Equal(h.t, h.clk.Now().Add(5*time.Second), oe.until)
+			assert.Equal(h.t, h.clk.Now().Add(time.Second), oe.until)
 			assert.Same(h.t, oe, h.reject(HalfOpen), "the rejection error is reused")
 		}},
 		{"permit exhaustion with HalfOpenMaxCalls 3", Config{HalfOpenMaxCalls: 3}, func(h *harness) {
@@ -281,12 +326,12 @@ func TestHalfOpen(t *testing.T) {
 			assert.Zero(h.t, c.WindowCalls, "a close starts with an empty window")
 			assert.Zero(h.t, c.ConsecutiveFailures)
 		}},
-		{"first failure re-opens with doubled time", Config{HalfOpenMaxCalls: 3}, func(h *harness) {
+		{"first failure re-opens", Config{HalfOpenMaxCalls: 3}, func(h *harness) {
 			p1, p2, p3 := h.allow(), h.allow(), h.allow()
 			p1.Done(Success)
 			p2.Done(Failure)
 			h.state(Open)
-			assert.Equal(h.t, 10*time.Second, h.b.openDur)
+			assert.Equal(h.t, time.Second, h.b.openDur, "the outage is 1s old: a third of it is less than RecoveryTime")
 			gen := h.b.Counts().Generation
 			p3.Done(Success) // old generation: counted, no transition
 			h.state(Open)
@@ -294,7 +339,7 @@ func TestHalfOpen(t *testing.T) {
 		}},
 		{"a probe that never reports frees its permit after the open period", Config{}, func(h *harness) {
 			lost := h.allow()
-			h.clk.Advance(5*time.Second - 1)
+			h.clk.Advance(time.Second - 1)
 			oe := h.reject(HalfOpen)
 			assert.Equal(h.t, time.Duration(1), oe.until.Sub(h.clk.Now()))
 			h.clk.Advance(1)
@@ -452,7 +497,7 @@ func TestModes(t *testing.T) {
 		assert.Zero(t, c.Transitions)
 	})
 	t.Run("metrics-only rate rule", func(t *testing.T) {
-		h := newHarness(t, Config{Mode: MetricsOnly, ConsecutiveFailures: -1})
+		h := newHarness(t, Config{Mode: MetricsOnly, ConsecutiveFailures: -1, ThrottleK: -1, FailureRate: 0.5})
 		assert.Zero(t, h.play("SFx10"))
 		assert.EqualValues(t, 1, h.b.Counts().ShadowTrips)
 	})
@@ -487,19 +532,17 @@ func TestModes(t *testing.T) {
 
 func TestLazySuccessStamping(t *testing.T) {
 	h := newHarness(t, Config{})
+	calls := func() uint64 { w := h.b.win.sum(h.clk.Now()); return w.succ + w.callFail }
 	for range 63 {
 		h.allow().Done(Success)
 	}
-	calls, _ := h.b.win.sum(h.clk.Now())
-	assert.Zero(t, calls, "not stamped yet")
+	assert.Zero(t, calls(), "not stamped yet")
 	h.allow().Done(Success)
-	calls, _ = h.b.win.sum(h.clk.Now())
-	assert.EqualValues(t, 64, calls, "every 64th success stamps")
+	assert.EqualValues(t, 64, calls(), "every 64th success stamps")
 	h.allow().Done(Success)
 	h.allow().Done(Failure)
-	calls, fails := h.b.win.sum(h.clk.Now())
-	assert.EqualValues(t, 66, calls, "a failure stamps the pending successes")
-	assert.EqualValues(t, 1, fails)
+	assert.EqualValues(t, 66, calls(), "a failure stamps the pending successes")
+	assert.EqualValues(t, 1, h.b.win.sum(h.clk.Now()).callFail)
 	// Pending successes are stamped when they are folded, so a late fold
 	// attributes them to a later bucket: the documented approximation.
 	h.allow().Done(Success)
@@ -718,6 +761,29 @@ func TestHotPathsReadNoClockAndAllocateNothing(t *testing.T) {
 		_ = b.Do(ctx, func(context.Context) error { return nil }, nil)
 	})
 	assert.Zero(t, allocs, "Do on success")
+
+	// A throttled rejection: the throttle sheds nearly every call.
+	b, err = newBreaker(Config{ConsecutiveFailures: -1, MinimumCalls: 1}, func() time.Time { reads++; return clk.Now() }, clk.AfterFunc, constRand(0.5))
+	require.NoError(t, err)
+	b.stripes = make([]stripe, 1)
+	p, _ := b.Allow()
+	p.Done(Failure)
+	require.NotZero(t, b.throttle.Load())
+	b.throttle.Store(^uint32(0)) // shed all but one call in 2^32
+	reads = 0
+	for range 63 { // the 64th folds the stripe under the mutex
+		_, err := b.Allow()
+		require.ErrorIs(t, err, ErrThrottled)
+	}
+	assert.Zero(t, reads, "throttled rejection")
+	allocs = testing.AllocsPerRun(1000, func() { _, _ = b.Allow() })
+	assert.Zero(t, allocs, "throttled rejection")
+	b.throttle.Store(0)
+	allocs = testing.AllocsPerRun(1000, func() {
+		p, _ := b.AllowRetry()
+		p.Done(Success)
+	})
+	assert.Zero(t, allocs, "AllowRetry + Done(Success)")
 }
 
 // TestHotPathsTakeNoMutex runs the closed admit+success path (63 successes,
@@ -763,6 +829,17 @@ func TestHotPathsTakeNoMutex(t *testing.T) {
 		}
 	})
 	assert.Equal(t, 100, rejected)
+	b.Reset()
+	b.throttle.Store(^uint32(0))
+	throttled := 0
+	withMutexHeld("throttled rejection", func() {
+		for range 63 {
+			if _, err := b.Allow(); errors.Is(err, ErrThrottled) {
+				throttled++
+			}
+		}
+	})
+	assert.Equal(t, 63, throttled)
 }
 
 // DoneAt uses the caller's clock reading: a failed attempt recorded with it
@@ -771,7 +848,7 @@ func TestDoneAtUsesTheGivenTime(t *testing.T) {
 	c := newFakeClock()
 	reads := 0
 	clock := func() time.Time { reads++; return c.Now() }
-	b, err := newBreaker(Config{ConsecutiveFailures: -1, MinimumCalls: 4, RecoveryJitter: -1}, clock, c.AfterFunc, constRand(0.5))
+	b, err := newBreaker(Config{ConsecutiveFailures: -1, ThrottleK: -1, FailureRate: 0.5, MinimumCalls: 4, RecoveryJitter: -1}, clock, c.AfterFunc, constRand(0.5))
 	require.NoError(t, err)
 	reads = 0
 	fail := func(at time.Time) {

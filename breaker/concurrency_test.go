@@ -1,6 +1,7 @@
 package breaker
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
@@ -19,6 +20,8 @@ import (
 // the invariants: every admitted permit is counted once, every rejection is
 // counted, half-open never has more than HalfOpenMaxCalls probes in flight,
 // and callbacks arrive one at a time as a connected chain of transitions.
+type change struct{ from, to State }
+
 func TestHammer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const (
@@ -28,7 +31,7 @@ func TestHammer(t *testing.T) {
 		)
 		var (
 			mu      sync.Mutex
-			events  []event
+			events  []change
 			inside  atomic.Int32
 			overlap atomic.Bool
 		)
@@ -43,14 +46,14 @@ func TestHammer(t *testing.T) {
 					overlap.Store(true)
 				}
 				mu.Lock()
-				events = append(events, event{from, to})
+				events = append(events, change{from, to})
 				mu.Unlock()
 				inside.Add(-1)
 			},
 		})
 		require.NoError(t, err)
 
-		var admitted, rejected atomic.Uint64
+		var admitted, rejected, throttled atomic.Uint64
 		var probes, maxProbes atomic.Int32
 		var wg sync.WaitGroup
 		for w := range workers {
@@ -60,8 +63,16 @@ func TestHammer(t *testing.T) {
 					if i%10 == 0 {
 						time.Sleep(time.Duration(rng.IntN(1000)) * time.Microsecond)
 					}
-					p, err := b.Allow()
+					allow := b.Allow
+					if i%3 == 1 {
+						allow = b.AllowRetry
+					}
+					p, err := allow()
 					if err != nil {
+						if errors.Is(err, ErrThrottled) {
+							throttled.Add(1)
+							continue
+						}
 						require.ErrorIs(t, err, ErrOpen)
 						rejected.Add(1)
 						continue
@@ -89,7 +100,11 @@ func TestHammer(t *testing.T) {
 					if probe {
 						probes.Add(-1)
 					}
-					p.Done(o)
+					if i%3 == 0 {
+						p.RetryAt(o, time.Time{})
+					} else {
+						p.Done(o)
+					}
 				}
 			})
 		}
@@ -98,6 +113,7 @@ func TestHammer(t *testing.T) {
 		c := b.Counts()
 		assert.Equal(t, admitted.Load(), c.Successes+c.Failures+c.Ignored)
 		assert.Equal(t, rejected.Load(), c.Rejections)
+		assert.Equal(t, throttled.Load(), c.Throttled)
 		assert.LessOrEqual(t, maxProbes.Load(), int32(maxProbe))
 		assert.False(t, overlap.Load(), "callbacks ran concurrently")
 		require.Greater(t, c.Transitions, uint64(10), "the test should exercise transitions")
@@ -110,7 +126,7 @@ func TestHammer(t *testing.T) {
 			prev = e.to
 		}
 		assert.Equal(t, Closed, prev)
-		t.Logf("admitted %d, rejected %d, transitions %d, max probes %d", admitted.Load(), rejected.Load(), c.Transitions, maxProbes.Load())
+		t.Logf("admitted %d, rejected %d, throttled %d, transitions %d, max probes %d", admitted.Load(), rejected.Load(), throttled.Load(), c.Transitions, maxProbes.Load())
 	})
 }
 
@@ -119,10 +135,10 @@ func TestHammer(t *testing.T) {
 // starts where the previous one ended).
 func TestConcurrentManualControl(t *testing.T) {
 	var mu sync.Mutex
-	var events []event
+	var events []change
 	b, err := New(Config{ConsecutiveFailures: 3, OnStateChange: func(_ string, from, to State) {
 		mu.Lock()
-		events = append(events, event{from, to})
+		events = append(events, change{from, to})
 		mu.Unlock()
 	}})
 	require.NoError(t, err)

@@ -52,11 +52,15 @@ type Config struct {
 	// means the default 12; a negative value turns the rule off.
 	ConsecutiveFailures int
 	// ThrottleK is the K of adaptive throttling: in the Closed state a call
-	// is rejected locally with probability max(0, (requests -
-	// K*accepts)/(requests+1)) over Window, requests counting every call
-	// (throttled ones too) and accepts the calls that succeeded. Nothing is
-	// shed while at least 1/K of the calls succeed. 0 means the default 2; a
-	// negative value turns throttling off; otherwise it must be at least 1.
+	// is rejected locally with probability max(0, (calls -
+	// K*accepts)/(calls+1)) over Window, calls counting the admitted calls
+	// that ended (a call rescued by a retry is one accepted call) and
+	// accepts those that succeeded. Nothing is shed while at least 1/K of
+	// the calls succeed, and nearly everything once none does. Throttled
+	// calls are not counted (unlike the SRE book's formula), so a throttle
+	// never sustains itself: when the admitted calls succeed again it stops.
+	// 0 means the default 2; a negative value turns throttling off;
+	// otherwise it must be at least 1.
 	ThrottleK float64
 	// FailureRate, if positive, opens the breaker when failed calls/(failed
 	// + successful calls) >= FailureRate over Window (at least MinimumCalls

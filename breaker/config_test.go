@@ -14,19 +14,22 @@ func TestConfigDefaults(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Config{
 		ConsecutiveFailures: 12,
-		FailureRate:         0.5,
+		ThrottleK:           2,
 		MinimumCalls:        20,
 		Window:              10 * time.Second,
-		RecoveryTime:        5 * time.Second,
+		RecoveryTime:        time.Second,
 		MaxRecoveryTime:     60 * time.Second,
 		RecoveryJitter:      0.2,
 		HalfOpenMaxCalls:    1,
+		HalfOpenMaxWait:     time.Second,
 	}, c)
-	c, err = Config{RecoveryJitter: -0.5, ConsecutiveFailures: -3, MinimumCalls: -1}.normalize()
+	assert.Zero(t, c.FailureRate, "the rate rule is off by default")
+	c, err = Config{RecoveryJitter: -0.5, ConsecutiveFailures: -3, ThrottleK: -2, HalfOpenMaxWait: -time.Second}.normalize()
 	require.NoError(t, err)
 	assert.Zero(t, c.RecoveryJitter, "negative jitter means none")
 	assert.Equal(t, -3, c.ConsecutiveFailures, "negative streak means off")
-	assert.Equal(t, -1, c.MinimumCalls, "negative MinimumCalls means off")
+	assert.Equal(t, -1.0, c.ThrottleK, "negative K means no throttle")
+	assert.Equal(t, time.Duration(-1), c.HalfOpenMaxWait, "negative wait means never wait")
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -40,6 +43,12 @@ func TestConfigValidate(t *testing.T) {
 		{"rate above 1", Config{FailureRate: 1.5}, "breaker: Config.FailureRate: must be in [0, 1], got 1.5"},
 		{"rate negative", Config{FailureRate: -0.1}, "breaker: Config.FailureRate: must be in [0, 1], got -0.1"},
 		{"rate NaN", Config{FailureRate: math.NaN()}, "breaker: Config.FailureRate: must be in [0, 1], got NaN"},
+		{"K 1", Config{ThrottleK: 1}, ""},
+		{"K below 1", Config{ThrottleK: 0.5}, "breaker: Config.ThrottleK: must be at least 1 (or negative: off), got 0.5"},
+		{"K NaN", Config{ThrottleK: math.NaN()}, "breaker: Config.ThrottleK: must be at least 1 (or negative: off), got NaN"},
+		{"K +Inf", Config{ThrottleK: math.Inf(1)}, "breaker: Config.ThrottleK: must be at least 1 (or negative: off), got +Inf"},
+		{"K -Inf is off", Config{ThrottleK: math.Inf(-1)}, ""},
+		{"minimum calls negative", Config{MinimumCalls: -1}, "breaker: Config.MinimumCalls: must not be negative, got -1"},
 		{"window negative", Config{Window: -time.Second}, "breaker: Config.Window: must not be negative, got -1s"},
 		{"window too short for 10 buckets", Config{Window: 9}, "breaker: Config.Window: must be at least 10ns, got 9ns"},
 		{"recovery negative", Config{RecoveryTime: -1}, "breaker: Config.RecoveryTime: must not be negative, got -1ns"},
@@ -84,6 +93,7 @@ func FuzzConfig(f *testing.F) {
 	f.Fuzz(func(t *testing.T, streak int, rate float64, minCalls int, window, recovery, maxRecovery int64, jitter float64, halfOpen int, mode int32) {
 		cfg := Config{
 			ConsecutiveFailures: streak,
+			ThrottleK:           rate * 3,
 			FailureRate:         rate,
 			MinimumCalls:        minCalls,
 			Window:              time.Duration(window),
@@ -114,6 +124,6 @@ func FuzzConfig(f *testing.F) {
 			}
 			_ = b.Counts()
 		}
-		require.Positive(t, b.openDuration())
+		require.Positive(t, b.openDuration(clk.Now()))
 	})
 }

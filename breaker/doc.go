@@ -1,138 +1,146 @@
-// Package breaker is a circuit breaker: a state machine that stops calling
-// a failing dependency, lets a few probes through after a recovery time, and
-// closes again when they succeed. It imports nothing from gRPC; the
-// interceptors package keeps one Breaker per method in a Group.
+// Package breaker is a circuit breaker with adaptive throttling: a state
+// machine that sheds calls to a dependency that fails, stops calling one
+// that is down, lets a probe through after a recovery time, and closes again
+// when it succeeds. It imports nothing from gRPC; the interceptors package
+// keeps one Breaker per method and target.
 //
 // It is the Go form of the Khive @circuit_breaker: a Config whose zero value
 // means the documented defaults, a concrete *Breaker, a two-step API for
-// interceptors (Allow, then Permit.Done) and Do for plain functions.
+// retry loops (Allow, then Permit.Done) and Do for plain functions.
 //
-//	b, err := breaker.New(breaker.Config{Name: "payments"})
-//	...
-//	p, err := b.Allow()
+//	p, err := b.Allow() // a new call
 //	if err != nil {
-//		return err // *OpenError; errors.Is(err, breaker.ErrOpen)
+//		return err // *OpenError: errors.Is(err, breaker.ErrOpen) or breaker.ErrThrottled
 //	}
 //	err = call()
 //	p.Done(classify(err)) // Success, Failure or Ignored
 //
+// A retry loop asks AllowRetry for each later attempt of the call, reports
+// each failed attempt that it retries with RetryAt and the last attempt with
+// Done (or DoneAt), so that the breaker knows attempts and calls apart.
+//
+// # Principle
+//
+// A breaker must never cost availability that a plain client would have
+// had. It acts on two signals of two granularities:
+//
+//   - attempts, for fast outage detection: a streak of failed attempts opens
+//     the breaker;
+//   - calls, for overload and partial failure: the throttle sheds a share of
+//     the calls, in proportion to how many fail. A call rescued by a retry
+//     is a success; a call the breaker or the throttle rejected, or that its
+//     caller canceled, is no outcome.
+//
 // # States
 //
-// Closed admits every call and evaluates the trip rules after each failure.
-// When a rule fires the breaker opens.
+// Closed admits calls, minus those the throttle sheds. Open rejects every
+// call with the period's *OpenError until a timer moves it to HalfOpen.
+// HalfOpen admits HalfOpenMaxCalls probes at once; it closes after that many
+// successes, and the first failure re-opens it. AllowContext makes the
+// callers that find every probe slot taken wait for the verdict instead of
+// failing (no goroutine per waiter; bounded by HalfOpenMaxWait and the
+// caller's deadline). A probe that does not report within the open period,
+// or reports Ignored, frees its slot for a waiter. Closing empties the
+// window: the throttle and the streak start afresh.
 //
-// Open rejects every call with the period's *OpenError. A timer armed at the
-// transition (time.AfterFunc) moves it to HalfOpen when the open period ends;
-// a rejection therefore reads no clock.
+// Manual control: Isolate (ForcedOpen, rejects until Reset), Disable (admits
+// everything, records nothing), MetricsOnly (records and evaluates, never
+// rejects: it counts Counts.ShadowTrips and reports the throttle's
+// probability), Reset (Closed from any state). Reconfigure applies new
+// settings and keeps the state. Every transition starts a new generation; an
+// outcome of an older generation is counted and decides nothing.
 //
-// HalfOpen admits up to HalfOpenMaxCalls probes at once and rejects the
-// other callers (OpenError.State() == HalfOpen). It closes after
-// HalfOpenMaxCalls successes; the first failure re-opens it. A probe that
-// has not reported within the open period frees its permit, so a lost probe
-// cannot wedge the breaker (its late outcome then decides nothing). An
-// Ignored probe frees its permit too and decides nothing.
+// # Streak
 //
-// Manual control: Isolate moves to ForcedOpen, which rejects everything until
-// Reset; Disable moves to Disabled, which admits everything and records
-// nothing (not even Counts); MetricsOnly admits everything, records and
-// evaluates the trip rules, and counts Counts.ShadowTrips where it would have
-// opened (the evaluation then starts afresh), for tuning thresholds on live
-// traffic. Reset returns to Closed from any state. Config.Mode starts a
-// breaker in Disabled or MetricsOnly.
+// ConsecutiveFailures (default 12) failed attempts in a row open the
+// breaker, provided that the streak holds a failed retry or a failed call:
+// first attempts whose retries are still to come never open it alone (a
+// rolling restart, where every first attempt meets a closing connection and
+// every retry works, never opens it). A success resets the streak; Ignored
+// does not.
 //
-// Every transition (and every Reset) starts a new generation. A Permit
-// remembers its generation; an outcome reported for an older generation is
-// counted in Counts but never changes the window, the streak or the state.
+// The streak needed grows with the failure rate f of the window's attempts
+// before the streak: n = 12 while f <= 0.3, else ceil(12 ln 0.3 / ln f),
+// capped at 48. A streak is then as rare under f as 12 under 30% (a new run
+// of 12 starts about once per 2.7 million attempts at 30%): 21 at 50%, 41 at
+// 70%. So a partial failure is left to the throttle, and a healthy dependency
+// that goes down is cut after 12 failed attempts: at 200 calls/s with 4
+// attempts and the retry package's default backoff, in about 30 ms; at 5
+// calls/s in about 0.5 s.
 //
-// # Trip rules
+// # Throttle
 //
-// Either rule opens the breaker:
+// In Closed, Allow rejects a new call with probability
 //
-//   - streak: ConsecutiveFailures failed attempts in a row (default 12). A
-//     Success resets the streak; Ignored does not.
-//   - rate: failures/(successes+failures) >= FailureRate (default 0.5) over
-//     the rolling Window (default 10 s, 10 buckets), once the window holds
-//     MinimumCalls (default 20) successes and failures.
+//	max(0, (calls - K*accepts) / (calls + 1))
 //
-// Both rules count attempts: every recorded outcome, retries included (an
-// interceptor reports each attempt). The default streak of 12 is chosen with
-// that in view. With 30% independent attempt failures (one bad replica of
-// three) a given attempt completes a run of 12 failures with probability
-// 0.3^12 ≈ 5.3e-7, and a new run of 12 starts (0.7 × 0.3^12) about once per
-// 2.7 million attempts, while a run of 5 starts about once per 590. In a
-// full outage every attempt fails and the 12th failed attempt opens the
-// breaker. With 4 attempts per call, at 200 calls/s that is after 17 ms with
-// small backoffs (2, 4, 8 ms), and with the retry package's default
-// full-jitter backoff from 25 ms after 30 ms on average (36 ms at the 99th
-// percentile, simulated); at 5 calls/s, after 0.41 s with small backoffs
-// and 0.49 s on average (0.56 s at the 99th percentile) with the default
-// backoff. The tests pin the default backoff's mean delays: 32.5 ms and
-// 487.5 ms. The rate rule catches partial outages at
-// higher volume, where the window holds MinimumCalls within Window.
+// over the rolling Window (default 10 s), calls being the admitted calls
+// that ended with an outcome and accepts those that succeeded, once the
+// window holds MinimumCalls (default 20) calls. K is ThrottleK (default 2):
+// nothing is shed while at least 1/K of the calls succeed; p = 1 - K*s when
+// a share s < 1/K succeeds; nearly everything when none does. Unlike the SRE
+// book's client-side throttling, throttled calls are not counted as
+// requests: counted, every throttle level sustains itself when exactly 1/K
+// of the calls succeed (50% failing calls, measured: 37% success against 50%
+// without a breaker), and the throttle reopens only by a factor K per window
+// once the dependency is healthy. When the admitted calls succeed
+// ceil(ln 1e5 / ln K) times in a row (17 for K = 2; at 1/K success that run
+// happens about once in 100,000 calls) the window is emptied and the
+// throttle stops at once. Retries (AllowRetry) are never throttled: a retry
+// budget bounds them.
 //
-// Rare trips remain rare, not impossible: at 30% attempt failures and 200
-// calls/s (about 284 attempts/s) the streak rule fires about every 2.6
-// hours, and more often at higher volume. At low volume the rate rule can
-// fire too, because the window only reaches MinimumCalls when many retries
-// failed: with 4 attempts per call and 30% attempt failures, measured in
-// MetricsOnly mode, about 13 times per hour at 1 call/s, 5 at 2 calls/s,
-// 0.3 at 5 calls/s and never at 10 calls/s or more. At 3% failures neither
-// rule fires at any volume.
+// The binary FailureRate rule (failed calls / calls over the window) is
+// off by default and opt-in.
 //
 // # Open time
 //
-// The first open period is RecoveryTime (default 5 s). It doubles on each
-// re-open from HalfOpen, up to MaxRecoveryTime (default 60 s): 5, 10, 20,
-// 40, 60, 60, ... seconds. The exponent resets when the breaker closes (and
-// on Reset). The cap applies before the jitter: each period is multiplied by
-// U(1-RecoveryJitter, 1+RecoveryJitter) (default ±20%) so that a fleet of
-// clients does not probe in step. OpenError.RetryAfter reports the time left.
+// The first open period is RecoveryTime (default 1 s). A re-open from
+// HalfOpen opens for a third of the time since the breaker opened, if that
+// is longer, up to MaxRecoveryTime (default 60 s): 1, 1, 1, 1, 1.3, 1.8,
+// 2.4, ... seconds. A short outage costs about a second after its end (after
+// a 3 s outage, at most 1.2 s with the jitter); a long one costs about one
+// probe per MaxRecoveryTime once it is 3 minutes old, and its end is noticed
+// within a third of its length. Each period is multiplied by
+// U(1-RecoveryJitter, 1+RecoveryJitter) (default ±20%).
 //
 // # Cost
 //
-// The closed state's hot path takes no mutex, reads no clock and allocates
-// nothing. Allow is one atomic load of the current generation's record.
-// Done(Success) compares the permit's generation/state word with it, adds one
-// to a monotonic success counter and resets the streak only if it is not
-// already zero (a load before the store, so that concurrent successes do not
-// bounce the cache line). Done(Ignored) is one atomic add. A failure takes
-// the mutex and reads the clock (Permit.DoneAt takes a reading the caller
-// already has). An Open or ForcedOpen rejection is one
-// atomic load plus one atomic add (the rejection counter) and returns the
-// prebuilt *OpenError. HalfOpen is a slow path: mutex and clock.
-//
-// # Lazy success stamping
-//
-// The rate window is bucketed by time, but successes are stamped lazily:
-// every 64th success (counter&63 == 0), every failure and every Counts call
-// take the mutex, read the clock and fold the successes counted since the
-// last fold into the current bucket. When the rate rule is evaluated (after
-// a failure) every success is therefore counted; only its bucket can be
-// late: a success is stamped at the next fold, which comes at most 63
-// successes later. At high volume that is a fraction of a bucket; at low
-// volume with no failures the next fold can come long after the success,
-// which then counts as recent for up to Window after that fold.
-// Counts.WindowCalls and Counts.WindowFailures are approximate in the same
-// way. A Success racing a transition by nanoseconds may land in the new
-// generation's window (and reset its streak); it can never cause a
-// transition.
+// In Closed, Allow is one atomic load of the generation's record and one of
+// the throttle word (plus a random draw while it sheds); Done(Success) adds
+// one to a counter on one of several cache-line-sized stripes chosen at
+// random, so that callers on different cores rarely write the same line,
+// and resets the streak only if it is not zero. Neither takes a lock, reads
+// the clock or allocates. Every 64th count of a stripe is folded into the
+// time-bucketed window under the mutex, which also happens on every failure
+// and every Counts call; a success is therefore stamped into a bucket up to
+// 63 successes late. An Open rejection and a throttled one are one atomic
+// load and one striped add and return a prebuilt *OpenError. A failure takes
+// the mutex and reads the clock (DoneAt and RetryAt take a reading the
+// caller already has). While the throttle sheds, successes take the mutex
+// too.
 //
 // # Callbacks
 //
 // Config.OnStateChange is queued under the lock and called after it is
-// released, in transition order, by one goroutine at a time (a later
-// transition's goroutine hands its events to the one already delivering).
-// The callback may call the breaker's methods, including manual control.
+// released, in transition order, by one goroutine at a time: the goroutine
+// whose call caused the transition (the timer's goroutine for Open to
+// HalfOpen). A slow callback delays that caller. The callback may call the
+// breaker's methods. After Retire it is never called again.
 //
 // # Khive names
 //
-// The Khive circuit breaker's settings map as follows:
-//
-//   - failure_threshold: Config.ConsecutiveFailures (counting attempts)
-//   - recovery_time: Config.RecoveryTime (growing with MaxRecoveryTime)
+//   - failure_threshold: Config.ConsecutiveFailures. Khive counts failed
+//     calls; the streak counts failed attempts, and calls of one attempt are
+//     the same. With retries, a threshold of 5 failed calls of 4 attempts is
+//     20 failed attempts: ConsecutiveFailures 20 keeps Khive's meaning, and
+//     the default 12 (3 failed calls) cuts an outage sooner while never
+//     opening on 30% noise.
+//   - recovery_time: Config.RecoveryTime (growing with the outage, capped by
+//     MaxRecoveryTime)
 //   - half_open_max_calls: Config.HalfOpenMaxCalls
 //   - excluded_exceptions: the Ignored outcome, returned by the classifier
 //     given to Do (or chosen by the interceptor's status-code classification)
-//   - CircuitBreakerOpenError: ErrOpen, matched by every *OpenError
+//   - CircuitBreakerOpenError: ErrOpen, matched by every open rejection;
+//     ErrThrottled for the throttle's
 //   - metrics: Counts, and OnStateChange for events
 package breaker

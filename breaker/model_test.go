@@ -2,6 +2,7 @@ package breaker
 
 import (
 	"errors"
+	"math"
 	"slices"
 	"testing"
 	"time"
@@ -10,18 +11,24 @@ import (
 )
 
 // refModel is a small reference model of the documented semantics, written
-// naively (a list of stamped outcomes instead of a bucket ring, explicit
-// time, no atomics), for the property test below.
+// naively (a list of stamped tallies instead of a bucket ring, explicit
+// time, no atomics, one stripe), for the property test below. The throttle's
+// random draw is the breaker's: the model checks that the breaker throttles
+// only while its reject probability is positive, and never a retry.
 type refModel struct {
 	cfg        Config // normalized, no jitter
 	epoch, now time.Time
 	state      State
 	gen        uint64
 	streak     uint64
-	stamped    []stampedOutcome // the rate window's outcomes, in stamping order
-	hotN       uint64           // successes recorded on the fast path, lifetime (every 64th stamps)
-	pending    uint64           // fast-path successes not stamped yet
-	reopens    int
+	flag       bool           // the streak holds a failed retry or call
+	stamped    []stampedTally // the window's tallies, in stamping order
+	hotSucc    uint64         // successes recorded on the fast path, lifetime
+	hotThr     uint64         // throttled calls, lifetime
+	pend       tally          // fast-path counts not stamped yet
+	thrWord    uint32         // the throttle word as the breaker holds it
+	successRun int
+	openedAt   time.Time
 	openDur    time.Duration
 	openUntil  time.Time
 	probes     []refProbe
@@ -30,9 +37,9 @@ type refModel struct {
 	counts     Counts
 }
 
-type stampedOutcome struct {
-	at         time.Time
-	succ, fail uint64
+type stampedTally struct {
+	at time.Time
+	tally
 }
 
 type refProbe struct {
@@ -44,6 +51,7 @@ type refPermit struct {
 	gen   uint64
 	state State
 	probe uint32
+	retry bool
 }
 
 func (m *refModel) transition(to State) {
@@ -54,6 +62,9 @@ func (m *refModel) transition(to State) {
 	m.state = to
 	m.probes = nil
 	m.hoSucc = 0
+	if to != Closed {
+		m.thrWord = 0
+	}
 }
 
 func (m *refModel) enterWindowed(to State) {
@@ -62,13 +73,13 @@ func (m *refModel) enterWindowed(to State) {
 }
 
 func (m *refModel) clearWindow() {
-	m.stamped, m.pending, m.streak = nil, 0, 0
+	m.stamped, m.pend, m.streak, m.flag, m.successRun, m.thrWord = nil, tally{}, 0, false, 0, 0
 }
 
-func (m *refModel) stamp() {
-	if m.pending > 0 {
-		m.stamped = append(m.stamped, stampedOutcome{at: m.now, succ: m.pending})
-		m.pending = 0
+func (m *refModel) fold() {
+	if m.pend != (tally{}) {
+		m.stamped = append(m.stamped, stampedTally{m.now, m.pend})
+		m.pend = tally{}
 	}
 }
 
@@ -76,31 +87,51 @@ func (m *refModel) bucket(t time.Time) int64 {
 	return int64(t.Sub(m.epoch) / (m.cfg.Window / windowBuckets))
 }
 
-func (m *refModel) windowSum() (calls, fails uint64) {
+func (m *refModel) windowSum() (t tally) {
 	cur := m.bucket(m.now)
 	for _, s := range m.stamped {
 		if i := m.bucket(s.at); i > cur-windowBuckets && i <= cur {
-			calls += s.succ + s.fail
-			fails += s.fail
+			t.add(s.tally)
 		}
 	}
-	return calls, fails
+	return t
+}
+
+func (m *refModel) probability() float64 {
+	k := m.cfg.ThrottleK
+	if k <= 0 {
+		return 0
+	}
+	t := m.windowSum()
+	calls := t.succ + t.callFail
+	if calls < uint64(m.cfg.MinimumCalls) {
+		return 0
+	}
+	return max(0, min((float64(calls)-k*float64(t.succ))/float64(calls+1), 1))
+}
+
+func (m *refModel) updateThrottle() {
+	m.thrWord = 0
+	if m.cfg.ThrottleK > 0 && m.state == Closed {
+		m.thrWord = throttleWord(m.probability())
+	}
+}
+
+func (m *refModel) recoverRun() int {
+	if m.cfg.ThrottleK <= 1 {
+		return 0
+	}
+	return int(math.Ceil(math.Log(1e5) / math.Log(m.cfg.ThrottleK)))
 }
 
 func (m *refModel) open() {
-	d := m.cfg.RecoveryTime
-	for range m.reopens {
-		d *= 2
-		if d >= m.cfg.MaxRecoveryTime {
-			d = m.cfg.MaxRecoveryTime
-			break
-		}
-	}
+	d := max(m.cfg.RecoveryTime, min(m.cfg.MaxRecoveryTime, m.now.Sub(m.openedAt)/3))
 	m.openDur, m.openUntil = d, m.now.Add(d)
 	m.transition(Open)
 }
 
-func (m *refModel) allow() (refPermit, State, bool) {
+// allow admits or rejects; throttled is what the breaker did in Closed.
+func (m *refModel) allow(t *rapid.T, retry, throttled bool) (refPermit, State, bool) {
 	switch m.state {
 	case Open, ForcedOpen:
 		m.counts.Rejections++
@@ -113,9 +144,22 @@ func (m *refModel) allow() (refPermit, State, bool) {
 		}
 		m.probeSeq++
 		m.probes = append(m.probes, refProbe{m.probeSeq, m.now.Add(m.openDur)})
-		return refPermit{m.gen, HalfOpen, m.probeSeq}, 0, true
+		return refPermit{m.gen, HalfOpen, m.probeSeq, retry}, 0, true
 	}
-	return refPermit{gen: m.gen, state: m.state}, 0, true
+	if throttled {
+		if retry || m.state != Closed || m.thrWord == 0 {
+			t.Fatalf("throttled: retry=%v state %v word %d", retry, m.state, m.thrWord)
+		}
+		m.counts.Throttled++
+		m.hotThr++
+		m.pend.thr++
+		if m.hotThr%64 == 0 {
+			m.fold()
+			m.updateThrottle()
+		}
+		return refPermit{}, Closed, false
+	}
+	return refPermit{gen: m.gen, state: m.state, retry: retry}, 0, true
 }
 
 func (m *refModel) count(o Outcome) {
@@ -129,39 +173,63 @@ func (m *refModel) count(o Outcome) {
 	}
 }
 
-func (m *refModel) done(p refPermit, o Outcome) {
+func (m *refModel) done(p refPermit, o Outcome, final bool) {
 	if p.state == Disabled {
 		return
 	}
 	m.count(o)
+	windowed := p.state == Closed || p.state == MetricsOnly
+	if windowed && o == Ignored {
+		return
+	}
+	if windowed && o == Success && m.thrWord == 0 && p.gen == m.gen {
+		m.hotSucc++
+		m.pend.succ++
+		if m.hotSucc%64 == 0 {
+			m.fold()
+			m.updateThrottle()
+		}
+		m.streak, m.flag = 0, false
+		return
+	}
 	if p.gen != m.gen {
 		return
 	}
 	switch p.state {
 	case Closed, MetricsOnly:
+		m.fold()
 		switch o {
 		case Success:
-			m.streak = 0
-			m.hotN++
-			m.pending++
-			if m.hotN%64 == 0 {
-				m.stamp()
+			m.streak, m.flag = 0, false
+			m.stamped = append(m.stamped, stampedTally{m.now, tally{succ: 1}})
+			m.successRun++
+			if m.thrWord != 0 && m.recoverRun() > 0 && m.successRun >= m.recoverRun() {
+				m.clearWindow()
 			}
+			m.updateThrottle()
 		case Failure:
-			m.stamp()
-			m.stamped = append(m.stamped, stampedOutcome{at: m.now, fail: 1})
+			u := tally{fail: 1}
+			if final {
+				u.callFail = 1
+				m.successRun = 0
+			}
+			m.stamped = append(m.stamped, stampedTally{m.now, u})
 			m.streak++
-			calls, fails := m.windowSum()
-			trip := (m.cfg.ConsecutiveFailures > 0 && m.streak >= uint64(m.cfg.ConsecutiveFailures)) ||
-				(m.cfg.MinimumCalls > 0 && calls >= uint64(m.cfg.MinimumCalls) && float64(fails) >= m.cfg.FailureRate*float64(calls))
-			switch {
-			case !trip:
-			case m.state == MetricsOnly:
+			m.flag = m.flag || p.retry || final
+			if !m.tripped(final) {
+				if final {
+					m.updateThrottle()
+				}
+				return
+			}
+			if m.state == MetricsOnly {
 				m.counts.ShadowTrips++
 				m.clearWindow()
-			default:
-				m.open()
+				m.updateThrottle()
+				return
 			}
+			m.openedAt = m.now
+			m.open()
 		}
 	case HalfOpen:
 		i := slices.IndexFunc(m.probes, func(q refProbe) bool { return q.seq == p.probe })
@@ -172,14 +240,37 @@ func (m *refModel) done(p refPermit, o Outcome) {
 		switch o {
 		case Success:
 			if m.hoSucc++; m.hoSucc >= m.cfg.HalfOpenMaxCalls {
-				m.reopens = 0
 				m.enterWindowed(Closed)
 			}
 		case Failure:
-			m.reopens++
 			m.open()
 		}
 	}
+}
+
+// tripped is the documented rule, computed naively.
+func (m *refModel) tripped(final bool) bool {
+	if n := uint64(m.cfg.ConsecutiveFailures); m.cfg.ConsecutiveFailures > 0 && m.flag && m.streak >= n {
+		t := m.windowSum()
+		need := n
+		if prior := t.fail - min(t.fail, m.streak); prior > 0 {
+			if f := float64(prior) / float64(prior+t.succ); f > 0.3 {
+				need = 4 * n
+				if f < 1 {
+					need = min(need, uint64(math.Ceil(float64(n)*math.Log(0.3)/math.Log(f))))
+				}
+			}
+		}
+		if m.streak >= need {
+			return true
+		}
+	}
+	if m.cfg.FailureRate > 0 && final {
+		t := m.windowSum()
+		calls := t.succ + t.callFail
+		return calls >= uint64(m.cfg.MinimumCalls) && float64(t.callFail) >= m.cfg.FailureRate*float64(calls)
+	}
+	return false
 }
 
 func (m *refModel) advance(d time.Duration) {
@@ -189,41 +280,72 @@ func (m *refModel) advance(d time.Duration) {
 	}
 }
 
-func (m *refModel) snapshot() Counts {
-	if m.state == Closed || m.state == MetricsOnly {
-		m.stamp()
+func (m *refModel) reconfigure(c Config) {
+	old := m.cfg
+	m.cfg = c
+	if c.Window != old.Window {
+		m.stamped, m.pend = nil, tally{}
 	}
+	if c.Mode != old.Mode && c.Mode != m.state {
+		switch c.Mode {
+		case Closed, MetricsOnly:
+			m.enterWindowed(c.Mode)
+		case Disabled:
+			m.transition(Disabled)
+		}
+	}
+	if m.state == HalfOpen && m.hoSucc >= c.HalfOpenMaxCalls {
+		m.enterWindowed(Closed)
+	}
+	if m.state == Closed {
+		m.updateThrottle()
+	}
+}
+
+func (m *refModel) snapshot() Counts {
 	c := m.counts
+	if m.state == Closed || m.state == MetricsOnly {
+		m.fold()
+		c.ThrottleProbability = m.probability()
+	}
+	t := m.windowSum()
 	c.State = m.state
 	c.Generation = m.gen
 	c.ConsecutiveFailures = m.streak
-	c.WindowCalls, c.WindowFailures = m.windowSum()
+	c.WindowCalls, c.WindowFailures, c.WindowThrottled = t.succ+t.callFail, t.callFail, t.thr
 	return c
 }
 
+func drawConfig(t *rapid.T, recovery time.Duration) Config {
+	return Config{
+		ConsecutiveFailures: rapid.SampledFrom([]int{-1, 1, 2, 3, 6}).Draw(t, "streak"),
+		ThrottleK:           rapid.SampledFrom([]float64{-1, 1, 1.5, 2, 2, 3}).Draw(t, "k"),
+		FailureRate:         rapid.SampledFrom([]float64{0, 0, 0.25, 0.5, 1}).Draw(t, "rate"),
+		MinimumCalls:        rapid.SampledFrom([]int{1, 4, 8, 20}).Draw(t, "min_calls"),
+		Window:              rapid.SampledFrom([]time.Duration{time.Second, 10 * time.Second}).Draw(t, "window"),
+		RecoveryTime:        recovery,
+		MaxRecoveryTime:     recovery * time.Duration(rapid.SampledFrom([]int{1, 3, 8}).Draw(t, "cap_factor")),
+		RecoveryJitter:      -1,
+		HalfOpenMaxCalls:    rapid.IntRange(1, 3).Draw(t, "half_open"),
+		Mode:                rapid.SampledFrom([]State{Closed, Closed, Closed, MetricsOnly, Disabled}).Draw(t, "mode"),
+	}
+}
+
 // TestModel compares the breaker with refModel over random sequences of
-// operations (allow, done, calls, advance time, isolate, reset, disable,
-// metrics-only, counts) on an explicit clock. For a deeper search run it
-// with -rapid.checks=30000 (about a second).
+// operations (calls of one attempt, first attempts that retry, retries,
+// held permits, time, throttled calls, manual control, reconfiguration,
+// counts) on an explicit clock. For a deeper search run it with
+// -rapid.checks=30000.
 func TestModel(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		recovery := time.Duration(rapid.IntRange(1, 5).Draw(t, "recovery_s")) * time.Second
-		cfg := Config{
-			ConsecutiveFailures: rapid.SampledFrom([]int{-1, 1, 2, 3, 6}).Draw(t, "streak"),
-			FailureRate:         rapid.SampledFrom([]float64{0.25, 0.5, 1}).Draw(t, "rate"),
-			MinimumCalls:        rapid.SampledFrom([]int{-1, 1, 4, 8}).Draw(t, "min_calls"),
-			Window:              rapid.SampledFrom([]time.Duration{time.Second, 10 * time.Second}).Draw(t, "window"),
-			RecoveryTime:        recovery,
-			MaxRecoveryTime:     recovery * time.Duration(rapid.SampledFrom([]int{1, 3, 8}).Draw(t, "cap_factor")),
-			RecoveryJitter:      -1,
-			HalfOpenMaxCalls:    rapid.IntRange(1, 3).Draw(t, "half_open"),
-			Mode:                rapid.SampledFrom([]State{Closed, Closed, MetricsOnly, Disabled}).Draw(t, "mode"),
-		}
+		cfg := drawConfig(t, recovery)
 		clk := newFakeClock()
 		b, err := newBreaker(cfg, clk.Now, clk.AfterFunc, constRand(0.5))
 		if err != nil {
 			t.Fatal(err)
 		}
+		b.stripes = make([]stripe, 1)
 		ncfg, _ := cfg.normalize()
 		m := &refModel{cfg: ncfg, epoch: clk.Now(), now: clk.Now(), state: cfg.Mode}
 
@@ -232,9 +354,13 @@ func TestModel(t *testing.T) {
 			ref  refPermit
 		}
 		var permits []held
-		allow := func(t *rapid.T) (held, bool) {
-			p, err := b.Allow()
-			mp, rejState, ok := m.allow()
+		allow := func(t *rapid.T, retry bool) (held, bool) {
+			f := b.Allow
+			if retry {
+				f = b.AllowRetry
+			}
+			p, err := f()
+			mp, rejState, ok := m.allow(t, retry, errors.Is(err, ErrThrottled))
 			if ok != (err == nil) {
 				t.Fatalf("Allow: breaker err=%v, model admits=%v (model state %v)", err, ok, m.state)
 			}
@@ -247,6 +373,14 @@ func TestModel(t *testing.T) {
 			}
 			return held{p, mp}, true
 		}
+		record := func(h held, o Outcome, final bool) {
+			if final {
+				h.real.Done(o)
+			} else {
+				h.real.RetryAt(o, time.Time{})
+			}
+			m.done(h.ref, o, final || o == Success)
+		}
 		outcomes := rapid.SampledFrom([]Outcome{Success, Success, Failure, Failure, Ignored})
 		type action struct {
 			weight int
@@ -254,7 +388,7 @@ func TestModel(t *testing.T) {
 		}
 		actions := []action{
 			{8, func(t *rapid.T) { // take a permit and hold it
-				if h, ok := allow(t); ok {
+				if h, ok := allow(t, rapid.Bool().Draw(t, "retry")); ok {
 					permits = append(permits, h)
 				}
 			}},
@@ -263,18 +397,26 @@ func TestModel(t *testing.T) {
 					return
 				}
 				i := rapid.IntRange(0, len(permits)-1).Draw(t, "permit")
-				o := outcomes.Draw(t, "outcome")
 				h := permits[i]
 				permits = slices.Delete(permits, i, i+1)
-				h.real.Done(o)
-				m.done(h.ref, o)
+				record(h, outcomes.Draw(t, "outcome"), rapid.Bool().Draw(t, "final"))
 			}},
 			{6, func(t *rapid.T) { // n calls with the same outcome, reported at once
 				o := outcomes.Draw(t, "outcome")
 				for range rapid.IntRange(1, 70).Draw(t, "n") {
-					if h, ok := allow(t); ok {
-						h.real.Done(o)
-						m.done(h.ref, o)
+					if h, ok := allow(t, false); ok {
+						record(h, o, true)
+					}
+				}
+			}},
+			{4, func(t *rapid.T) { // n calls whose first attempt fails and whose retry has outcome o
+				o := outcomes.Draw(t, "outcome")
+				for range rapid.IntRange(1, 40).Draw(t, "n") {
+					if h, ok := allow(t, false); ok {
+						record(h, Failure, false)
+						if h, ok := allow(t, true); ok {
+							record(h, o, true)
+						}
 					}
 				}
 			}},
@@ -314,7 +456,6 @@ func TestModel(t *testing.T) {
 			}},
 			{1, func(*rapid.T) {
 				b.Reset()
-				m.reopens = 0
 				m.enterWindowed(Closed)
 			}},
 			{1, func(*rapid.T) {
@@ -328,6 +469,14 @@ func TestModel(t *testing.T) {
 				if m.state != MetricsOnly {
 					m.enterWindowed(MetricsOnly)
 				}
+			}},
+			{1, func(t *rapid.T) {
+				c := drawConfig(t, m.cfg.RecoveryTime)
+				if err := b.Reconfigure(c); err != nil {
+					t.Fatal(err)
+				}
+				nc, _ := c.normalize()
+				m.reconfigure(nc)
 			}},
 		}
 		total := 0
@@ -344,6 +493,9 @@ func TestModel(t *testing.T) {
 			}
 			if got := b.State(); got != m.state {
 				t.Fatalf("State: got %v, model %v", got, m.state)
+			}
+			if got := b.throttle.Load(); got != m.thrWord {
+				t.Fatalf("throttle word: got %d, model %d", got, m.thrWord)
 			}
 		}
 		b.Reset() // stop the timer

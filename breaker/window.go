@@ -15,9 +15,6 @@ func (t *tally) add(u tally) {
 	t.thr += u.thr
 }
 
-// requests is every call made: accepted, failed or throttled.
-func (t tally) requests() uint64 { return t.succ + t.callFail + t.thr }
-
 // bucket holds the tally of one slice of the rolling window. idx is the
 // absolute bucket number (time since the breaker's epoch / bucket width).
 type bucket struct {
