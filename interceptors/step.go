@@ -27,7 +27,9 @@ import (
 // permit p as the decision says: p.DoneAt when the call stops (the call's
 // final outcome), p.RetryAt when it retries (the attempt counts, the call
 // has no outcome yet; if the breaker or the caller's context then ends the
-// call, nothing more is recorded). A zero p (already recorded) records
+// call, nothing more is recorded), and p.RetryAt too when the retry budget
+// refused the retry (a local limit, as a breaker rejection: the call ends
+// without an outcome). A zero p (already recorded) records
 // nothing. If retrying stops, or the breaker is open (the retry would be
 // rejected: do not wait for it), it ends c and returns the error for the
 // caller. Otherwise it reports the retry (OnRetry, log) and returns the
@@ -35,7 +37,14 @@ import (
 func (e *entry) afterFailure(ctx context.Context, c *retry.Call, err error, d retry.Decision, now time.Time, p breaker.Permit, o breaker.Outcome) (delay time.Duration, final error, open bool) {
 	delay, stop := c.Next(ctx, err, d, now)
 	if stop != nil {
-		p.DoneAt(o, now)
+		if stop.Reason == retry.BudgetExhausted {
+			// The retry budget, a local limit, refused a retry the server's
+			// answer allowed: like a retry the breaker rejects, the call
+			// ends without an outcome; the attempt still counts.
+			p.RetryAt(o, now)
+		} else {
+			p.DoneAt(o, now)
+		}
 		c.Done(err, d.Retryable())
 		return 0, e.giveUp(ctx, stop), false
 	}
