@@ -324,3 +324,63 @@ func TestThrottledRejection(t *testing.T) {
 
 	assert.Zero(t, testing.AllocsPerRun(1000, func() { _ = in(ctx, m, nil, nil, nil, fail, opts...) }), "a throttled rejection allocates nothing")
 }
+
+// TestDecideThenRecord: after a failed attempt the call decides first, then
+// records: the attempt always counts (Failures, the streak), but only a call
+// that stops on it has a final outcome (WindowFailures); a call rescued by a
+// retry is no failed call, and neither is one that the caller canceled
+// during the backoff, nor one whose retry the budget refused.
+func TestDecideThenRecord(t *testing.T) {
+	pol := Policy{
+		Retry:   retry.Policy{MaxAttempts: 4, InitialBackoff: time.Nanosecond, MaxBackoff: time.Nanosecond},
+		Breaker: breaker.Config{ConsecutiveFailures: -1, ThrottleK: -1},
+	}
+	unavailable := status.Error(codes.Unavailable, "down")
+	opts := []grpc.CallOption{grpc.StaticMethod()}
+	const m = "/pkg.Svc/M"
+	failing := func(n int) grpc.UnaryInvoker {
+		return func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+			if n > 0 {
+				n--
+				return unavailable
+			}
+			return nil
+		}
+	}
+	check := func(t *testing.T, s *Suite, f func(), attempts, calls uint64) {
+		t.Helper()
+		b := s.lookup(nil, m).brk
+		before := b.Counts()
+		f()
+		after := b.Counts()
+		assert.Equal(t, attempts, after.Failures-before.Failures, "failed attempts")
+		assert.Equal(t, calls, after.WindowFailures-before.WindowFailures, "failed calls")
+	}
+	reason := func(t *testing.T, err error, want retry.Reason) {
+		t.Helper()
+		var re *retry.Error
+		require.ErrorAs(t, err, &re)
+		require.Equal(t, want, re.Reason)
+	}
+	ctx := context.Background()
+
+	s, err := New(map[string]Policy{"*": pol}, WithoutBudget())
+	require.NoError(t, err)
+	in := s.Unary()
+	check(t, s, func() { require.NoError(t, in(ctx, m, nil, nil, nil, failing(1), opts...)) }, 1, 0)
+	check(t, s, func() { reason(t, in(ctx, m, nil, nil, nil, failing(9), opts...), retry.Exhausted) }, 4, 1)
+	check(t, s, func() { require.Error(t, in(ctx, m, nil, nil, nil, failing(9), append(opts, DisableRetry())...)) }, 1, 1)
+
+	// Canceled during the backoff (OnRetry runs just before it).
+	cctx, cancel := context.WithCancel(ctx)
+	s, err = New(map[string]Policy{"*": pol}, WithoutBudget(), WithOnRetry(func(RetryEvent) { cancel() }))
+	require.NoError(t, err)
+	in = s.Unary()
+	check(t, s, func() { reason(t, in(cctx, m, nil, nil, nil, failing(9), opts...), retry.Canceled) }, 1, 0)
+
+	// A budget with no retry to give.
+	s, err = New(map[string]Policy{"*": pol}, WithTokenBucket(1, 0.1))
+	require.NoError(t, err)
+	in = s.Unary()
+	check(t, s, func() { reason(t, in(ctx, m, nil, nil, nil, failing(9), opts...), retry.BudgetExhausted) }, 1, 0)
+}
