@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,8 +13,11 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
@@ -276,4 +280,104 @@ func TestHalfOpenHerd(t *testing.T) {
 			})
 		})
 	}
+}
+
+// openStreamBreaker opens the breaker of ServerStream (an outage) and waits
+// for the first open period to end: the breaker is half-open.
+func openStreamBreaker(t *testing.T, setDown func(bool), client echov1.EchoServiceClient, log func() []string) {
+	t.Helper()
+	setDown(true)
+	var err error
+	for i := 0; i < 100 && !errors.Is(err, breaker.ErrOpen); i++ {
+		var st grpc.ServerStreamingClient[echov1.ServerStreamResponse]
+		if st, err = client.ServerStream(t.Context(), &echov1.ServerStreamRequest{Count: 1}); err == nil {
+			_, err = recvServer(st)
+		}
+	}
+	require.ErrorIs(t, err, breaker.ErrOpen)
+	setDown(false)
+	time.Sleep(1300 * time.Millisecond) // the first open period: 1s +-20%
+	synctest.Wait()
+	require.Equal(t, []string{methodServerStream + ": closed -> open", methodServerStream + ": open -> half-open"}, log())
+}
+
+// TestHalfOpenVerdictFromALongLivedStream: a watch stream admitted as the
+// half-open probe gives the breaker its verdict when it commits (its first
+// message), not when it ends, and its later end (cut with UNAVAILABLE)
+// records nothing.
+func TestHalfOpenVerdictFromALongLivedStream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newBreakerEnv(t, interceptors.Policy{})
+		openStreamBreaker(t, e.srv.SetDown, e.client, e.log)
+
+		st, err := e.client.ServerStream(t.Context(), &echov1.ServerStreamRequest{Count: 5,
+			Fault: &echov1.Fault{Code: uint32(codes.Unavailable), AfterMessages: 1, DelayMs: 60_000}})
+		require.NoError(t, err)
+		_, err = st.Recv()
+		require.NoError(t, err)
+		synctest.Wait()
+		require.Len(t, e.log(), 3, "closed at the probe's first message")
+		assert.Equal(t, methodServerStream+": half-open -> closed", e.log()[2])
+
+		time.Sleep(time.Minute) // the watch is cut
+		_, err = recvServer(st)
+		require.Equal(t, codes.Unavailable, status.Code(err))
+		assert.Len(t, e.log(), 3, "the end of a committed stream records nothing")
+	})
+}
+
+// TestHalfOpenVerdictFromStreamHeaders: a watch stream admitted as the
+// half-open probe that answers with headers but has no message yet closes
+// the breaker as soon as its headers arrive, without the caller reading.
+func TestHalfOpenVerdictFromStreamHeaders(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var transitions []string
+		suite, err := interceptors.New(map[string]interceptors.Policy{echoServiceKey: {}},
+			interceptors.WithOnStateChange(func(m string, from, to breaker.State) {
+				mu.Lock()
+				defer mu.Unlock()
+				transitions = append(transitions, m+": "+from.String()+" -> "+to.String())
+			}))
+		require.NoError(t, err)
+		log := func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), transitions...) }
+		srv := &switchable{up: &headerThenWait{wait: time.Minute}}
+		lis := bufconn.Listen(1 << 20)
+		gs := grpc.NewServer()
+		echov1.RegisterEchoServiceServer(gs, srv)
+		go func() { _ = gs.Serve(lis) }()
+		defer gs.Stop()
+		cc, err := grpc.NewClient("passthrough:///bufnet", append(suite.DialOptions(),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+		require.NoError(t, err)
+		defer cc.Close()
+		client := echov1.NewEchoServiceClient(cc)
+		openStreamBreaker(t, srv.down.Store, client, log)
+
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		_, err = client.ServerStream(ctx, &echov1.ServerStreamRequest{Count: 1})
+		require.NoError(t, err)
+		synctest.Wait()
+		assert.Equal(t, []string{
+			methodServerStream + ": closed -> open", methodServerStream + ": open -> half-open", methodServerStream + ": half-open -> closed",
+		}, log(), "closed at the probe's headers")
+		cancel()
+	})
+}
+
+// switchable serves ServerStream from up, or fails it with UNAVAILABLE
+// while down.
+type switchable struct {
+	echov1.UnimplementedEchoServiceServer
+	down atomic.Bool
+	up   *headerThenWait
+}
+
+func (s *switchable) ServerStream(req *echov1.ServerStreamRequest, stream grpc.ServerStreamingServer[echov1.ServerStreamResponse]) error {
+	if s.down.Load() {
+		return status.Error(codes.Unavailable, "down")
+	}
+	return s.up.ServerStream(req, stream)
 }
