@@ -81,9 +81,6 @@ func (st *unaryState) newAttempt() {
 // ended with err: the final attempt's header, trailer and peer, then
 // OnFinish.
 func (st *unaryState) finish(err error) {
-	if st == nil || len(st.after) == 0 {
-		return
-	}
 	var p *peer.Peer
 	if st.peer.Addr != nil {
 		p = &st.peer
@@ -101,14 +98,15 @@ func (st *unaryState) release() {
 	if cap(st.opts) > 64 {
 		st.opts = append(make([]grpc.CallOption, 0, 8), st.opts...)
 	}
+	st.hdr, st.tlr = nil, nil
 	if st.after != nil {
 		clear(st.after)
 		st.after = st.after[:0]
 		if cap(st.after) > 64 {
 			st.after = nil
 		}
+		st.peer = peer.Peer{} // only a call with after-call options sets it
 	}
-	st.newAttempt()
 	unaryPool.Put(st)
 }
 
@@ -173,7 +171,9 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 		err, unhealthy = e.unaryRetry(ctx, st, maxAttempts, p, err, o, now, req, reply, cc, invoker)
 	}
 	if st != nil {
-		st.finish(err)
+		if len(st.after) > 0 {
+			st.finish(err)
+		}
 		st.release()
 	}
 	if unhealthy {
