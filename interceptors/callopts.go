@@ -1,6 +1,12 @@
 package interceptors
 
-import "google.golang.org/grpc"
+import (
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+)
 
 // disableRetryOption is the CallOption of DisableRetry.
 type disableRetryOption struct{ grpc.EmptyCallOption }
@@ -27,6 +33,7 @@ func MaxAttempts(n int) grpc.CallOption { return maxAttemptsOption{n: n} }
 type overrides struct {
 	maxAttempts  int // 0: the policy's; DisableRetry sets 1
 	replayBuffer int // grpc.MaxRetryRPCBufferSize if given, else -1
+	after        int // how many options act after the call (isAfterOption)
 }
 
 // attempts returns the call's MaxAttempts: the override if any, else def.
@@ -64,6 +71,8 @@ func splitCallOptions(opts []grpc.CallOption) (overrides, []grpc.CallOption) {
 			ours++
 		case grpc.MaxRetryRPCBufferSizeCallOption:
 			ov.replayBuffer = max(o.MaxRetryRPCBufferSize, 0)
+		case grpc.HeaderCallOption, grpc.TrailerCallOption, grpc.PeerCallOption, grpc.OnFinishCallOption:
+			ov.after++
 		}
 	}
 	if ours == 0 {
@@ -78,4 +87,64 @@ func splitCallOptions(opts []grpc.CallOption) (overrides, []grpc.CallOption) {
 		}
 	}
 	return ov, out
+}
+
+// isAfterOption reports whether o is one of grpc's call options that act
+// after the call: Header, Trailer and Peer (grpc fills them in when an
+// attempt ends) and OnFinish (grpc calls it when an attempt ends). grpc
+// applies them once per attempt, so a call that may retry takes them out of
+// its attempts' options and applies them once, at its end, as grpc-go's own
+// retry does for its final attempt (applyAfter).
+func isAfterOption(o grpc.CallOption) bool {
+	switch o.(type) {
+	case grpc.HeaderCallOption, grpc.TrailerCallOption, grpc.PeerCallOption, grpc.OnFinishCallOption:
+		return true
+	}
+	return false
+}
+
+// wantsPeer reports whether after holds a grpc.Peer option.
+func wantsPeer(after []grpc.CallOption) bool {
+	for _, o := range after {
+		if _, ok := o.(grpc.PeerCallOption); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// applyAfter applies the after-call options in after, once, for a call
+// that ended with err (nil or io.EOF: success), as grpc does for the final
+// attempt: Header and Trailer get hdr and tlr, the final attempt's (nil if
+// it received none), Peer gets p unless p is nil (no attempt reached a
+// server: grpc leaves it alone too), and then every OnFinish callback gets
+// err.
+func applyAfter(after []grpc.CallOption, hdr, tlr metadata.MD, p *peer.Peer, err error) {
+	for _, o := range after {
+		switch o := o.(type) {
+		case grpc.HeaderCallOption:
+			*o.HeaderAddr = hdr
+		case grpc.TrailerCallOption:
+			*o.TrailerAddr = tlr
+		case grpc.PeerCallOption:
+			if p != nil {
+				*o.PeerAddr = *p
+			}
+		}
+	}
+	finishOptions(after, err)
+}
+
+// finishOptions calls the OnFinish callbacks among opts with err (io.EOF
+// counts as nil): for a call that ends without an attempt reaching grpc
+// (the breaker rejected it), so that OnFinish still runs once.
+func finishOptions(opts []grpc.CallOption, err error) {
+	if err == io.EOF {
+		err = nil
+	}
+	for _, o := range opts {
+		if o, ok := o.(grpc.OnFinishCallOption); ok {
+			o.OnFinish(err)
+		}
+	}
 }

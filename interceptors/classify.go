@@ -27,7 +27,9 @@ type grpcStatus interface{ GRPCStatus() *status.Status }
 // other error is UNKNOWN, except a context error (an interceptor chained
 // after the suite may return ctx.Err() as it is), which gets the code grpc
 // itself would give it: CANCELED or DEADLINE_EXCEEDED. So the caller's
-// cancellation is never counted as the server's failure.
+// cancellation is never counted as the server's failure. The code may lie
+// outside the 17 codes gRPC defines (a server sending grpc-status: 99);
+// codeOf maps it.
 func statusOf(err error) *status.Status {
 	if gs, ok := err.(grpcStatus); ok {
 		if st := gs.GRPCStatus(); st != nil {
@@ -40,8 +42,19 @@ func statusOf(err error) *status.Status {
 	return status.FromContextError(err) // UNKNOWN for other errors
 }
 
-// isLocalRejection reports whether err is a circuit-breaker rejection (ours,
-// or of another suite inside this one).
+// codeOf returns the code of st for classification: a code outside the 17
+// codes gRPC defines (0 to 16; a broken server may send grpc-status: 99 or
+// -1, which grpc passes on as it is) is UNKNOWN, so it counts as a failure,
+// never as a success.
+func codeOf(st *status.Status) codes.Code {
+	if c := st.Code(); c <= codes.Unauthenticated {
+		return c
+	}
+	return codes.Unknown
+}
+
+// isLocalRejection reports whether err is a circuit-breaker rejection or a
+// throttled call (ours, or of another suite inside this one).
 func isLocalRejection(err error) bool {
 	if _, ok := err.(*rejectError); ok {
 		return true
@@ -49,7 +62,7 @@ func isLocalRejection(err error) bool {
 	if reflect.TypeOf(err) == statusErrorType {
 		return false // grpc's own status error wraps nothing: skip errors.Is
 	}
-	return errors.Is(err, breaker.ErrOpen)
+	return errors.Is(err, breaker.ErrOpen) || errors.Is(err, breaker.ErrThrottled)
 }
 
 // statusErrorType is the dynamic type of grpc's status errors.
@@ -72,6 +85,7 @@ func pastDeadline(ctx context.Context) bool {
 // caller's context (not the attempt's). The rules:
 //
 //   - nil: Success;
+//   - a code outside 0 to 16 counts as UNKNOWN (codeOf);
 //   - CANCELED, DEADLINE_EXCEEDED once ctx is done or past its deadline
 //     (pastDeadline), and local rejections: Ignored;
 //   - a code in the policy's FailureCodes: Failure (DEADLINE_EXCEEDED only
@@ -84,7 +98,7 @@ func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 	if err == nil {
 		return breaker.Success
 	}
-	c := statusOf(err).Code()
+	c := codeOf(statusOf(err))
 	switch {
 	case c == codes.Canceled:
 		return breaker.Ignored
@@ -105,7 +119,8 @@ func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 // attempt's trailer metadata (nil if none). The rules, in order:
 //
 //  1. committed, ctx done, or a local rejection: Stop;
-//  2. the code must be retryable: in RetryableCodes (default UNAVAILABLE),
+//  2. the code (a code outside 0 to 16 counts as UNKNOWN) must be
+//     retryable: in RetryableCodes (default UNAVAILABLE),
 //     or RESOURCE_EXHAUSTED with a server delay hint (listed or not);
 //     DEADLINE_EXCEEDED only if listed and before the caller's deadline
 //     (pastDeadline: an attempt timeout or the server's own); otherwise
@@ -114,7 +129,9 @@ func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 //     retry.After(that many ms); a negative or unparsable value, or more
 //     than one value, means Stop, and counts as a failed attempt for the
 //     budget (Budget.Failed: the A6 token bucket's -1, as grpc-go);
-//  4. else a google.rpc.RetryInfo detail means retry.After(its delay);
+//  4. else a google.rpc.RetryInfo detail with a valid, non-negative delay
+//     means retry.After(that delay) (an invalid or negative delay is no
+//     hint: the detail is skipped);
 //  5. else retry.Backoff.
 //
 // retry.After is capped by Retry.MaxPushback (and by the deadline) in
@@ -125,7 +142,7 @@ func (e *entry) decide(ctx context.Context, err error, committed bool, trailer m
 		return retry.Stop
 	}
 	st := statusOf(err)
-	c := st.Code()
+	c := codeOf(st)
 	listed := c != codes.ResourceExhausted && e.pol.retryable.has(c)
 	if !listed && c != codes.ResourceExhausted {
 		return retry.Stop
@@ -175,12 +192,17 @@ func msDuration(ms int) time.Duration {
 	return time.Duration(ms) * time.Millisecond
 }
 
-// retryInfo returns the delay of the first google.rpc.RetryInfo detail of st.
+// retryInfo returns the delay of the first google.rpc.RetryInfo detail of st
+// that holds a valid, non-negative delay. A missing, invalid or negative
+// delay is no hint (a server cannot ask for "retry at once, whatever the
+// backoff" with a negative delay).
 func retryInfo(st *status.Status) (time.Duration, bool) {
 	for _, d := range st.Details() {
 		if ri, ok := d.(*errdetails.RetryInfo); ok {
 			if rd := ri.GetRetryDelay(); rd != nil && rd.IsValid() {
-				return max(rd.AsDuration(), 0), true
+				if delay := rd.AsDuration(); delay >= 0 {
+					return delay, true
+				}
 			}
 		}
 	}

@@ -84,13 +84,30 @@
 //
 // Every attempt, first or retry, passes the method's breaker (one per method
 // by default, WithBreakerKey to change that), and every outcome is recorded.
-// An open breaker ends the retries at once. A call rejected before any
-// attempt fails with codes.Unavailable, an errdetails.ErrorInfo (reason
-// CIRCUIT_OPEN, domain "khive.grpc-resilience", metadata {"method": m},
-// plus "breaker": its key when WithBreakerKey names it otherwise) and
-// an errdetails.RetryInfo (the time until the breaker admits a probe, as of
-// the period's first rejection), and errors.Is(err, breaker.ErrOpen) holds.
-// The error is built once per open period: a rejection allocates nothing.
+// A call's first attempt is admitted with Breaker.AllowContext: while the
+// breaker is half-open with its probes in flight, the caller waits for
+// their verdict (at most the breaker's HalfOpenMaxWait, never past its
+// deadline less Retry.MinAttemptTime), then proceeds or is rejected; in the
+// closed state the adaptive throttle may shed it. Retries are admitted with
+// Breaker.AllowRetry (never throttled, never waiting). After a failed
+// attempt the retry decision comes first, then the record: the attempt is
+// the call's final outcome (Permit.DoneAt) when the call stops, and counts
+// only as an attempt (Permit.RetryAt) when it retries, so a call rescued by
+// a retry is a success; a call then ended by the breaker or by the caller
+// during the backoff records nothing more. An open breaker ends the retries
+// at once.
+//
+// A call rejected before any attempt fails with codes.Unavailable, an
+// errdetails.ErrorInfo (reason CIRCUIT_OPEN, domain "khive.grpc-resilience",
+// metadata {"method": m}, plus "breaker": its key when WithBreakerKey names
+// it otherwise) and an errdetails.RetryInfo (the time until the breaker
+// admits a probe, as of the period's first rejection), and errors.Is(err,
+// breaker.ErrOpen) holds. A call the throttle shed fails the same way with
+// reason THROTTLED and no RetryInfo, and errors.Is(err,
+// breaker.ErrThrottled) holds (not ErrOpen). Both are local rejections:
+// never a breaker failure, never retried, and a unary call's Fallback gets
+// them. The error is built once per open period (and once for the
+// throttle): a rejection allocates nothing.
 //
 // # Errors
 //
@@ -107,7 +124,17 @@
 // # Per call
 //
 // DisableRetry and MaxAttempts override a call's attempts; the suite removes
-// them before the next interceptor. A policy's Fallback can answer a unary
+// them before the next interceptor.
+//
+// grpc's call options that act after a call (grpc.Header, grpc.Trailer,
+// grpc.Peer, grpc.OnFinish) act once per call, as with grpc-go's own retry:
+// a call (or stream) that may retry keeps them from its attempts and
+// applies them once when it ends, with the final attempt's header, trailer
+// and peer, and calls OnFinish once with the call's error (nil on success;
+// the error the call returns, before any Fallback). A call the breaker
+// rejects calls OnFinish once with the rejection and leaves Header, Trailer
+// and Peer alone. A stream ends for them when its end is read (RecvMsg), or
+// when the caller's context ends. A policy's Fallback can answer a unary
 // call the breaker rejected or whose last attempt failed (a cached reply,
 // for instance).
 //
@@ -116,6 +143,25 @@
 // WithOnRetry, WithOnGiveUp and WithOnStateChange observe retries, give-ups
 // and breaker transitions; WithLogger logs them to a go-grpc-middleware v2
 // logging.Logger. Unset hooks cost nothing.
+//
+// Hooks run synchronously, on the goroutine of the event, and should return
+// quickly: the time a hook takes is not bounded by any context.
+//
+//   - OnRetry and OnGiveUp run on the call's goroutine: the caller's for a
+//     unary call (OnRetry before the backoff), and for a stream the
+//     goroutine whose RecvMsg, SendMsg or Header found the failed attempt;
+//     the stream's other callers wait for it, until their context ends.
+//   - OnStateChange runs on the goroutine that caused the transition: the
+//     caller whose attempt's outcome opened, closed or re-opened the
+//     breaker (so a blocking hook stalls that caller, past its deadline if
+//     need be), the breaker's timer goroutine for open → half-open, or the
+//     goroutine of Suite.Update or of a manual transition. The breaker
+//     delivers transitions in order, never concurrently for one breaker.
+//   - A policy's Fallback runs on the caller's goroutine.
+//
+// A hook that panics: the panic goes on, on that goroutine, and the suite
+// stays usable (a stream ends with its last attempt's error; a breaker
+// delivers the remaining transitions later).
 //
 // # Chain order
 //

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -22,6 +23,7 @@ const (
 	ErrorDomain = "khive.grpc-resilience"
 
 	ReasonCircuitOpen       = "CIRCUIT_OPEN"
+	ReasonThrottled         = "THROTTLED"
 	ReasonRetriesExhausted  = "RETRIES_EXHAUSTED"
 	ReasonBudgetExhausted   = "RETRY_BUDGET_EXHAUSTED"
 	ReasonDeadlineTooShort  = "DEADLINE_TOO_SHORT"
@@ -30,12 +32,16 @@ const (
 )
 
 // rejectError is the error of a call the breaker rejected before any
-// attempt: codes.Unavailable with an ErrorInfo (reason CIRCUIT_OPEN, domain
-// ErrorDomain, metadata {"method": m}) and a RetryInfo detail. It unwraps to
-// the breaker's *breaker.OpenError, so errors.Is(err, breaker.ErrOpen) holds.
-// One is built per *breaker.OpenError (per open period) and returned for
-// every rejection of that period, so a rejection allocates nothing; its
-// RetryInfo is the time left when it was built, an upper bound later on.
+// attempt: codes.Unavailable with an ErrorInfo (reason CIRCUIT_OPEN, or
+// THROTTLED for a call the breaker's adaptive throttle shed; domain
+// ErrorDomain, metadata {"method": m}) and, for an open breaker, a
+// RetryInfo detail. It unwraps to the breaker's *breaker.OpenError, so
+// errors.Is(err, breaker.ErrOpen) holds, or errors.Is(err,
+// breaker.ErrThrottled) for a throttled call. One is built per
+// *breaker.OpenError (per open period; the breaker has one for its
+// throttle) and returned for every rejection of that period, so a
+// rejection allocates nothing; its RetryInfo is the time left when it was
+// built, an upper bound later on.
 type rejectError struct {
 	oe  *breaker.OpenError
 	st  *status.Status
@@ -57,32 +63,77 @@ func newRejectError(method string, oe *breaker.OpenError) *rejectError {
 	if name := oe.Name(); name != method {
 		info.Metadata["breaker"] = name
 	}
-	if withDetails, err := st.WithDetails(info, &errdetails.RetryInfo{RetryDelay: durationpb.New(oe.RetryAfter())}); err == nil {
+	details := []protoadapt.MessageV1{info}
+	if oe.Throttled() {
+		info.Reason = ReasonThrottled // no RetryInfo: the next call may well be admitted
+	} else {
+		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(oe.RetryAfter())})
+	}
+	if withDetails, err := st.WithDetails(details...); err == nil {
 		st = withDetails
 	}
 	return &rejectError{oe: oe, st: st, msg: "rpc error: code = Unavailable desc = " + st.Message()}
 }
 
-// admit asks the entry's breaker for a permit for one attempt. On rejection
-// it returns the prebuilt rejection error (see rejectError; zero allocations
-// after the first rejection of an open period) and a zero Permit, whose Done
-// is a no-op. Every attempt, first or retry, unary or stream, must pass
-// admit; record its outcome with p.Done(e.classify(ctx, err)).
-func (e *entry) admit() (breaker.Permit, error) {
-	p, err := e.brk.Allow()
+// admit asks the entry's breaker for a permit for a call's first attempt:
+// Breaker.AllowContext, so that when the breaker is half-open with its
+// probe slots taken the caller waits (bounded by the breaker's
+// HalfOpenMaxWait and by ctx's deadline less the policy's MinAttemptTime)
+// for the probe's verdict instead of being rejected at once. On rejection
+// (open, half-open, forced open, or throttled) it returns the prebuilt
+// rejection error (see rejectError; zero allocations after the first
+// rejection of a period) and a zero Permit, whose records are no-ops. Every
+// first attempt, unary or stream, passes admit, and every later attempt
+// admitRetry. Record the attempt with p.Done(Success) when it succeeds (or,
+// for a stream, commits); after a failed attempt decide first, then record:
+// p.DoneAt(o, now) when the call stops, p.RetryAt(o, now) when it retries
+// (see afterFailure).
+func (e *entry) admit(ctx context.Context) (breaker.Permit, error) {
+	var p breaker.Permit
+	var err error
+	if e.brk.State() == breaker.HalfOpen {
+		// Only half-open waits; elsewhere Allow is AllowContext, one call
+		// less. (A transition to half-open between the two loads rejects
+		// this caller at once, as Allow does.)
+		reserve := e.pol.retry.MinAttemptTime
+		if reserve <= 0 {
+			reserve = retry.DefaultMinAttemptTime
+		}
+		p, err = e.brk.AllowContext(ctx, reserve)
+	} else {
+		p, err = e.brk.Allow()
+	}
 	if err == nil {
 		return p, nil
 	}
+	if r := e.rej.Load(); r != nil && error(r.oe) == err {
+		return p, r
+	}
+	return p, e.rejection(err)
+}
+
+// admitRetry asks the entry's breaker for a permit for a later attempt of
+// a call admit admitted: Breaker.AllowRetry (never throttled, never waits).
+func (e *entry) admitRetry() (breaker.Permit, error) {
+	p, err := e.brk.AllowRetry()
+	if err == nil {
+		return p, nil
+	}
+	return p, e.rejection(err)
+}
+
+// rejection returns the prebuilt rejection error for err, the breaker's.
+func (e *entry) rejection(err error) error {
 	oe, ok := err.(*breaker.OpenError)
 	if !ok {
-		return p, err
+		return err
 	}
 	if r := e.rej.Load(); r != nil && r.oe == oe {
-		return p, r
+		return r
 	}
 	r := newRejectError(e.method, oe)
 	e.rej.Store(r)
-	return p, r
+	return r
 }
 
 // isOpen reports whether the entry's breaker rejects every attempt now

@@ -10,11 +10,11 @@ import (
 
 // The step after a failed attempt, shared by the unary loop and the stream:
 //
-//	d := e.decide(...)                                       // once per failed attempt
-//	delay, final, open := e.afterFailure(ctx, c, err, d, now)
-//	if final != nil { return final }                         // the call is over
+//	d := e.decide(...)                                             // once per failed attempt
+//	delay, final, open := e.afterFailure(ctx, c, err, d, now, p, o) // records p
+//	if final != nil { return final }                               // the call is over
 //	p, final, open := e.nextAttempt(ctx, c, err, d, delay)
-//	if final != nil { return final }                         // the call is over
+//	if final != nil { return final }                               // the call is over
 //	... make the attempt, admitted with p (c.Attempts() is its number)
 //
 // When final is not nil, c.Done has been called and final is giveUp's error;
@@ -23,16 +23,32 @@ import (
 // ctx is the caller's context and err the failed attempt's error.
 
 // afterFailure runs retry.Call.Next for the failed attempt (decision d, its
-// end read at now). If retrying stops, or the breaker is open (the retry
-// would be rejected: do not wait for it), it ends c and returns the error
-// for the caller. Otherwise it reports the retry (OnRetry, log) and returns
-// the delay to wait before the next attempt.
-func (e *entry) afterFailure(ctx context.Context, c *retry.Call, err error, d retry.Decision, now time.Time) (delay time.Duration, final error, open bool) {
+// end read at now), then records the attempt's breaker outcome o with its
+// permit p as the decision says: p.DoneAt when the call stops (the call's
+// final outcome), p.RetryAt when it retries (the attempt counts, the call
+// has no outcome yet; if the breaker or the caller's context then ends the
+// call, nothing more is recorded), and p.RetryAt too when the retry budget
+// refused the retry (a local limit, as a breaker rejection: the call ends
+// without an outcome). A zero p (already recorded) records
+// nothing. If retrying stops, or the breaker is open (the retry would be
+// rejected: do not wait for it), it ends c and returns the error for the
+// caller. Otherwise it reports the retry (OnRetry, log) and returns the
+// delay to wait before the next attempt.
+func (e *entry) afterFailure(ctx context.Context, c *retry.Call, err error, d retry.Decision, now time.Time, p breaker.Permit, o breaker.Outcome) (delay time.Duration, final error, open bool) {
 	delay, stop := c.Next(ctx, err, d, now)
 	if stop != nil {
+		if stop.Reason == retry.BudgetExhausted {
+			// The retry budget, a local limit, refused a retry the server's
+			// answer allowed: like a retry the breaker rejects, the call
+			// ends without an outcome; the attempt still counts.
+			p.RetryAt(o, now)
+		} else {
+			p.DoneAt(o, now)
+		}
 		c.Done(err, d.Retryable())
 		return 0, e.giveUp(ctx, stop), false
 	}
+	p.RetryAt(o, now)
 	if e.isOpen() {
 		// The breaker opened (maybe at this attempt): the retry would be
 		// rejected, so do not wait for it.
@@ -52,7 +68,7 @@ func (e *entry) nextAttempt(ctx context.Context, c *retry.Call, err error, d ret
 		c.Done(err, d.Retryable())
 		return p, e.giveUp(ctx, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.Canceled}), false
 	}
-	p, rej := e.admit()
+	p, rej := e.admitRetry()
 	if rej != nil {
 		return p, e.breakerEnded(ctx, c, err), true
 	}

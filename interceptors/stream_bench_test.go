@@ -143,7 +143,9 @@ func (s *echoStream) RecvMsg(any) error {
 
 // BenchmarkStreamInterceptorOverhead measures the interceptor alone, on a
 // stream that does nothing: open, one request, CloseSend, ten messages and
-// the end (server streaming), or ten sends and receives (bidi).
+// the end (server streaming), ten sends and receives (bidi), or ten sends,
+// each kept for replay until the response, then the response (client
+// streaming).
 func BenchmarkStreamInterceptorOverhead(b *testing.B) {
 	s, err := interceptors.New(map[string]interceptors.Policy{"*": {}})
 	require.NoError(b, err)
@@ -161,6 +163,7 @@ func BenchmarkStreamInterceptorOverhead(b *testing.B) {
 	}{
 		{"server-stream", &grpc.StreamDesc{ServerStreams: true}},
 		{"bidi", &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}},
+		{"client-stream", &grpc.StreamDesc{ClientStreams: true}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			ctx := b.Context()
@@ -170,13 +173,20 @@ func BenchmarkStreamInterceptorOverhead(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if c.desc.ClientStreams {
+				switch {
+				case !c.desc.ServerStreams: // ten sends kept for replay (encoded), then the response
+					for range 10 {
+						_ = cs.SendMsg(req)
+					}
+					_ = cs.CloseSend()
+					_ = cs.RecvMsg(&resp)
+				case c.desc.ClientStreams:
 					for range 10 {
 						_ = cs.SendMsg(req)
 						_ = cs.RecvMsg(&resp)
 					}
 					_ = cs.CloseSend()
-				} else {
+				default:
 					_ = cs.SendMsg(req)
 					_ = cs.CloseSend()
 					for range 10 {

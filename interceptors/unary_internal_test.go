@@ -90,6 +90,9 @@ func TestClassify(t *testing.T) {
 		{"a raw context error, ctx done", done, context.Canceled, breaker.Ignored},
 		{"a wrapped context error, ctx done", done, fmt.Errorf("waiting: %w", context.DeadlineExceeded), breaker.Ignored},
 		{"a raw attempt timeout, ctx live", live, context.DeadlineExceeded, breaker.Failure},
+		{"grpc-status 99 is UNKNOWN", live, status.Error(codes.Code(99), ""), breaker.Failure},
+		{"grpc-status -1 is UNKNOWN", live, status.Error(codes.Code(^uint32(0)), ""), breaker.Failure},
+		{"grpc-status 17 is UNKNOWN", live, status.Error(codes.Code(17), ""), breaker.Failure},
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, e.classify(tt.ctx, tt.err), tt.name)
@@ -123,6 +126,12 @@ func TestDecide(t *testing.T) {
 		require.NoError(t, err)
 		return st.Err()
 	}
+	invalidInfo := func(c codes.Code) error {
+		st, err := status.New(c, "").WithDetails(&errdetails.RetryInfo{RetryDelay: &durationpb.Duration{Seconds: 1, Nanos: -5}})
+		require.NoError(t, err)
+		return st.Err()
+	}
+	withUnknown := testEntry(t, Policy{RetryableCodes: []codes.Code{codes.Unavailable, codes.Unknown}})
 	unavailable := status.Error(codes.Unavailable, "")
 	tests := []struct {
 		name      string
@@ -156,6 +165,11 @@ func TestDecide(t *testing.T) {
 		{"deadline listed, ctx past its deadline", withDE, past, status.Error(codes.DeadlineExceeded, ""), false, nil, retry.Stop},
 		{"unavailable, ctx past its deadline", e, past, unavailable, false, nil, retry.Backoff}, // Next stops it: Deadline
 		{"a raw attempt timeout, listed", withDE, live, context.DeadlineExceeded, false, nil, retry.Backoff},
+		{"negative RetryInfo is no hint", e, live, withInfo(codes.Unavailable, -time.Second), false, nil, retry.Backoff},
+		{"negative RetryInfo on resource exhausted is no hint", e, live, withInfo(codes.ResourceExhausted, -time.Second), false, nil, retry.Stop},
+		{"invalid RetryInfo is no hint", e, live, invalidInfo(codes.ResourceExhausted), false, nil, retry.Stop},
+		{"grpc-status 99 is UNKNOWN: not retryable by default", e, live, status.Error(codes.Code(99), ""), false, nil, retry.Stop},
+		{"grpc-status 99 is UNKNOWN: retryable when UNKNOWN is", withUnknown, live, status.Error(codes.Code(99), ""), false, nil, retry.Backoff},
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, tt.e.decide(tt.ctx, tt.err, tt.committed, tt.trailer), tt.name)
@@ -243,4 +257,130 @@ func TestFailedAttemptsAllocateLittle(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, func() { _ = in(ctx, "/pkg.Svc/M", nil, nil, nil, fail, opts...) })
 	require.Equal(t, 4*101, attempts)
 	assert.LessOrEqual(t, allocs, 3.0)
+}
+
+// TestThrottledRejection: a call the breaker's throttle sheds is a local
+// rejection: UNAVAILABLE with ErrorInfo reason THROTTLED, errors.Is
+// breaker.ErrThrottled (not ErrOpen), prebuilt (no allocation), never a
+// breaker failure nor retried, and it goes to the unary Fallback like an
+// open rejection. A nested suite's throttle is ignored the same way.
+func TestThrottledRejection(t *testing.T) {
+	var fallbackGot error
+	s, err := New(map[string]Policy{"*": {
+		Retry:   retry.Policy{MaxAttempts: 1},
+		Breaker: breaker.Config{ConsecutiveFailures: -1}, // the throttle alone
+		Fallback: func(_ context.Context, _ string, _, _ any, err error) error {
+			fallbackGot = err
+			return err
+		},
+	}})
+	require.NoError(t, err)
+	in := s.Unary()
+	ctx := context.Background()
+	opts := []grpc.CallOption{grpc.StaticMethod()}
+	fail := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		return status.Error(codes.Unavailable, "down")
+	}
+	const m = "/pkg.Svc/M"
+	for i := 0; i < 10_000 && !errors.Is(err, breaker.ErrThrottled); i++ {
+		err = in(ctx, m, nil, nil, nil, fail, opts...)
+	}
+	require.ErrorIs(t, err, breaker.ErrThrottled)
+	assert.NotErrorIs(t, err, breaker.ErrOpen)
+	assert.Equal(t, codes.Unavailable, status.Code(err))
+	var info *errdetails.ErrorInfo
+	for _, d := range status.Convert(err).Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok {
+			info = ei
+		}
+	}
+	require.NotNil(t, info)
+	assert.Equal(t, ReasonThrottled, info.GetReason())
+	assert.Equal(t, ErrorDomain, info.GetDomain())
+	assert.Same(t, err, fallbackGot, "a throttled call goes to the fallback")
+
+	e := s.lookup(nil, m)
+	assert.Equal(t, breaker.Ignored, e.classify(ctx, err))
+	assert.Equal(t, breaker.Ignored, e.classify(ctx, fmt.Errorf("a nested suite: %w", err)))
+	assert.Equal(t, retry.Stop, e.decide(ctx, err, false, nil))
+	assert.Equal(t, retry.Stop, e.decide(ctx, fmt.Errorf("a nested suite: %w", err), false, nil))
+
+	// Never a failure: only the calls that reached the invoker count.
+	before := e.brk.Counts()
+	reached, throttled := 0, 0
+	counting := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		reached++
+		return fail(ctx, method, req, reply, cc, opts...)
+	}
+	for range 1000 {
+		if errors.Is(in(ctx, m, nil, nil, nil, counting, opts...), breaker.ErrThrottled) {
+			throttled++
+		}
+	}
+	after := e.brk.Counts()
+	assert.Equal(t, uint64(reached), after.Failures-before.Failures)
+	assert.Equal(t, 1000, reached+throttled)
+	assert.Greater(t, throttled, 900, "the throttle sheds nearly everything when nothing succeeds")
+
+	assert.Zero(t, testing.AllocsPerRun(1000, func() { _ = in(ctx, m, nil, nil, nil, fail, opts...) }), "a throttled rejection allocates nothing")
+}
+
+// TestDecideThenRecord: after a failed attempt the call decides first, then
+// records: the attempt always counts (Failures, the streak), but only a call
+// that stops on it has a final outcome (WindowFailures); a call rescued by a
+// retry is no failed call, and neither is one that the caller canceled
+// during the backoff, nor one whose retry the budget refused.
+func TestDecideThenRecord(t *testing.T) {
+	pol := Policy{
+		Retry:   retry.Policy{MaxAttempts: 4, InitialBackoff: time.Nanosecond, MaxBackoff: time.Nanosecond},
+		Breaker: breaker.Config{ConsecutiveFailures: -1, ThrottleK: -1},
+	}
+	unavailable := status.Error(codes.Unavailable, "down")
+	opts := []grpc.CallOption{grpc.StaticMethod()}
+	const m = "/pkg.Svc/M"
+	failing := func(n int) grpc.UnaryInvoker {
+		return func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+			if n > 0 {
+				n--
+				return unavailable
+			}
+			return nil
+		}
+	}
+	check := func(t *testing.T, s *Suite, f func(), attempts, calls uint64) {
+		t.Helper()
+		b := s.lookup(nil, m).brk
+		before := b.Counts()
+		f()
+		after := b.Counts()
+		assert.Equal(t, attempts, after.Failures-before.Failures, "failed attempts")
+		assert.Equal(t, calls, after.WindowFailures-before.WindowFailures, "failed calls")
+	}
+	reason := func(t *testing.T, err error, want retry.Reason) {
+		t.Helper()
+		var re *retry.Error
+		require.ErrorAs(t, err, &re)
+		require.Equal(t, want, re.Reason)
+	}
+	ctx := context.Background()
+
+	s, err := New(map[string]Policy{"*": pol}, WithoutBudget())
+	require.NoError(t, err)
+	in := s.Unary()
+	check(t, s, func() { require.NoError(t, in(ctx, m, nil, nil, nil, failing(1), opts...)) }, 1, 0)
+	check(t, s, func() { reason(t, in(ctx, m, nil, nil, nil, failing(9), opts...), retry.Exhausted) }, 4, 1)
+	check(t, s, func() { require.Error(t, in(ctx, m, nil, nil, nil, failing(9), append(opts, DisableRetry())...)) }, 1, 1)
+
+	// Canceled during the backoff (OnRetry runs just before it).
+	cctx, cancel := context.WithCancel(ctx)
+	s, err = New(map[string]Policy{"*": pol}, WithoutBudget(), WithOnRetry(func(RetryEvent) { cancel() }))
+	require.NoError(t, err)
+	in = s.Unary()
+	check(t, s, func() { reason(t, in(cctx, m, nil, nil, nil, failing(9), opts...), retry.Canceled) }, 1, 0)
+
+	// A budget with no retry to give.
+	s, err = New(map[string]Policy{"*": pol}, WithTokenBucket(1, 0.1))
+	require.NoError(t, err)
+	in = s.Unary()
+	check(t, s, func() { reason(t, in(ctx, m, nil, nil, nil, failing(9), opts...), retry.BudgetExhausted) }, 1, 0)
 }
