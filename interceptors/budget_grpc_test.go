@@ -85,7 +85,7 @@ func runPattern(t *testing.T, e *env, pattern [][]int32) int {
 // pattern (16 callers × 50 calls), 9600 calls per arm in all. Counting the
 // in-flight retries at full price, a fresh budget refused 2 to 18 retries
 // in 6 such starts, 11 to 39 in 12; counting them at their expected
-// refund, it refuses none (now and then up to 3).
+// refund, it refuses none (now and then up to 3, under -race).
 func TestBudgetConcurrentThirtyPercentGRPC(t *testing.T) {
 	const episodes, callers, calls = 12, 16, 50
 	policies := map[string]interceptors.Policy{"*": {Breaker: breaker.Config{Mode: breaker.Disabled}}}

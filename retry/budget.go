@@ -152,8 +152,8 @@ type stripe struct {
 // balance would otherwise have to cover every retry in flight at full price, although most of
 // them come back. Call.Next therefore counts the other retries in flight at their expected
 // refund: it grants a retry while balance + credit ≥ 1 retry, credit = min(inflight × q,
-// reserve), q = (refunds + 2) / (settled + 4), refunds and settled counting the retries of the
-// Window that succeeded and that ended (a prior of 1/2 with no history; near 0 when retries
+// reserve), q = (refunds + 4) / (settled + 8), refunds and settled counting the retries of the
+// Window that succeeded and that ended (a prior of 1/2 worth 8 retries; near 0 when retries
 // keep failing). The retries that fail may thus exceed Ratio × deposits + reserve by at most
 // the reserve. Budget.Allow called directly takes no credit.
 //
@@ -314,7 +314,7 @@ func (b *Budget) allow(now time.Time, inflight bool) bool {
 }
 
 // credit returns, in units, what the retries in flight are expected to refund:
-// min(inflight × withdraw × q, reserve), q = (refunds + 2) / (settled + 4) over the Window,
+// min(inflight × withdraw × q, reserve), q = (refunds + 4) / (settled + 8) over the Window,
 // at most 1 (settled: the Window's retries less those in flight).
 func (b *Budget) credit() int64 {
 	n := b.inflight.Load()
@@ -322,7 +322,7 @@ func (b *Budget) credit() int64 {
 		return 0
 	}
 	r, settled := max(b.rsum.Load(), 0), max(b.wsum.Load()-n, 0)
-	q := min(float64(r+2)/float64(settled+4), 1)
+	q := min(float64(r+4)/float64(settled+8), 1)
 	return int64(min(float64(n)*float64(b.withdraw)*q, float64(b.reserve)))
 }
 

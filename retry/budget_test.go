@@ -457,8 +457,8 @@ func TestBudgetDepositsTakeNoMutex(t *testing.T) {
 
 // The in-flight credit, step by step: a fresh default budget (reserve 10) and 40 calls whose
 // first attempts fail at once. With no history a retry in flight is expected to come back
-// with probability (0+2)/(0+4) = 1/2, so Next grants a retry while 10 - k + k/2 >= 1 with k
-// already in flight: 19 of them (Allow alone would grant 10). When all 19 fail, q = 2/23 and
+// with probability (0+4)/(0+8) = 1/2, so Next grants a retry while 10 - k + k/2 >= 1 with k
+// already in flight: 19 of them (Allow alone would grant 10). When all 19 fail, q = 4/27 and
 // the balance (-9) refuses every retry; the retries that failed exceed the reserve by 9, less
 // than the cap (the reserve).
 func TestBudgetInFlightCredit(t *testing.T) {

@@ -88,10 +88,10 @@
 //
 // Under concurrency, retries in flight hold withdrawals that most of them will refund: 16
 // callers at 30% failures keep about 16 retries in flight against a fresh budget's reserve of
-// 10. Call.Next counts the other retries in flight at their expected refund, (refunds + 2) /
-// (settled retries + 4) over the Window, at most the reserve in all. So the retries that fail
-// may exceed Ratio × deposits + reserve by at most the reserve, and by about one retry per
-// round once retries keep failing.
+// 10. Call.Next counts the other retries in flight at their expected refund, (refunds + 4) /
+// (settled retries + 8) over the Window, at most the reserve in all. So the retries that fail
+// may exceed Ratio × deposits + reserve by at most the reserve, and the credit shrinks as
+// retries keep failing (q = 4/(8 + the retries that failed)).
 //
 // TokenBucketMode (NewTokenBucket) is gRFC A6 retryThrottling, as in grpc-go: tokens start at
 // maxTokens, each retryable failed attempt costs 1, each successful call adds tokenRatio, the
