@@ -224,6 +224,26 @@ func TestBudgetSucceededStriped(t *testing.T) {
 	assert.Zero(t, testing.AllocsPerRun(100, func() { b.Allow(now) }))
 }
 
+// Goroutines running at once deposit into different stripes (by their stack addresses), and
+// every deposit is counted once.
+func TestBudgetStripesSpread(t *testing.T) {
+	now := t0
+	b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for range 1000 {
+				b.Succeeded(false)
+			}
+		})
+	}
+	wg.Wait()
+	n, used := pendingDeposits(b)
+	assert.Greater(t, used, int64(1), "16 goroutines, one stripe")
+	assert.InDelta(t, 16000, float64(n)+float64(b.total.Load()-b.reserve)/depositUnits, 1e-6)
+	assert.InDelta(t, 16000, b.Snapshot().Balance, 1e-6)
+}
+
 // A deposit counts in the slot of the epoch it was made in, however late it is folded: it
 // expires with that slot, and a deposit folded after its slot expired is dropped (it never
 // outlives its Window).
@@ -261,8 +281,8 @@ func TestBudgetDepositsExpireWithTheirEpoch(t *testing.T) {
 		for range 50 * len(b.stripes) {
 			b.Succeeded(false)
 		}
-		// Every stripe has met epoch 3 (50 deposits each, on average), so it folded its epoch-0
-		// deposits into slot 0; the epoch-3 ones wait.
+		// The goroutine's stripe met epoch 3, so it folded its epoch-0 deposits into slot 0; the
+		// epoch-3 ones wait.
 		var old int64
 		for i := range b.stripes {
 			if x := b.stripes[i].v.Load(); x>>countBits != 4 && x&countMask != 0 {
