@@ -3,10 +3,12 @@ package retry
 import (
 	"fmt"
 	"math"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // Defaults applied to the zero fields of a BudgetConfig.
@@ -21,8 +23,11 @@ const (
 	depositUnits = 1_000_000 // fixed-point scale of one deposit (Finagle's ScaleFactor, finer)
 	maxWithdraw  = 1 << 40   // Ratio below ~1e-6 acts as 1e-6 (no retries beyond the reserve)
 	maxReserve   = 1 << 60
-	flushEvery   = 16 // Succeeded/NotRetryable read the clock on every 16th deposit only
-	refundOne    = 1 << 32
+	flushEvery   = 64 // every 64th deposit of a stripe reads the clock (to rotate the slots)
+	maxStripes   = 64 // deposit stripes: a power of two >= 4 × GOMAXPROCS, at most this
+	countBits    = 32 // a stripe's pending deposits: the low countBits bits of its word
+	countMask    = 1<<countBits - 1
+	tagMask      = 1<<31 - 1 // a stripe's epoch tag: (epoch mod 2^31) + 1 in the high bits
 )
 
 // BudgetConfig configures a ratio-mode Budget (NewBudget). The zero value means the defaults.
@@ -97,7 +102,8 @@ type BudgetSnapshot struct {
 	Mode BudgetMode
 	// Balance is, in RatioMode, the number of retries the budget would allow now (reserve
 	// included; it is negative while retries withdrawn against deposits that have since
-	// expired are still in the window); in TokenBucketMode, the current token count.
+	// expired, or granted on the credit of retries in flight, are still in the window); in
+	// TokenBucketMode, the current token count.
 	Balance float64
 	// Reserve is the standing RatioMode reserve in retries per Window (MinRetriesPerSecond ×
 	// Window seconds); 0 in TokenBucketMode.
@@ -113,20 +119,43 @@ type BudgetSnapshot struct {
 
 type pad [64]byte
 
+// stripe holds deposits not yet folded into the slots, on a cache line of its own: the low
+// countBits bits count them, the high bits tag the slot epoch they were made in ((epoch mod
+// 2^31) + 1; 0 when unknown).
+type stripe struct {
+	v atomic.Int64
+	_ [56]byte
+}
+
 // Budget limits retries for one target; it is safe for concurrent use. A nil *Budget allows
 // every retry and records nothing.
 //
 // RatioMode (NewBudget): a deposit is made by each call whose final outcome is not retryable
 // (Succeeded, NotRetryable); each retry withdraws 1/Ratio deposits (Allow); a retry that
-// succeeds refunds its withdrawal (Succeeded(true)). Deposits and withdrawals expire after
-// Window (10 slots). A standing reserve of MinRetriesPerSecond × Window seconds retries is
-// always available. Deposits are counted lazily: Succeeded and NotRetryable only add to a
-// pending counter (atomic, no clock, no mutex) and every 16th one, like every Allow, flushes
-// the pending deposits into the current slot; so up to 15 deposits are counted late and may
-// outlive their Window. Under concurrency, a deposit or withdrawal that races a slot rotation
-// may land in the neighbouring slot, and a few more deposits (one per racing goroutine) may be
-// pending at a flush; the balance itself stays exact (every deposit, refund and withdrawal is
-// counted once).
+// succeeds refunds its withdrawal (Succeeded(true)). Deposits, withdrawals and refunds expire
+// after Window (10 slots). A standing reserve of MinRetriesPerSecond × Window seconds retries
+// is always available.
+//
+// Deposits are striped: Succeeded and NotRetryable add to one of several counters (a power of
+// two at least 4 × GOMAXPROCS, at most 64, each on its own cache line, chosen by a hash of the
+// goroutine's stack address), with no mutex and no write to a line shared by every call; every
+// 64th deposit of a stripe reads the clock to rotate the slots. A stripe's pending deposits
+// carry the epoch the slots were last rotated to when they were made, never a later one than
+// theirs (at low traffic an earlier one), so a deposit never outlives its Window. They are
+// folded into that epoch's slot when the stripe next meets a new epoch, when the balance is
+// short at Allow, and at Snapshot; the balance is exact at rest (every deposit, refund and
+// withdrawal counted once). Under concurrency, a deposit, refund or withdrawal that races a
+// slot rotation may land in the neighbouring slot.
+//
+// Retries in flight: a retry that Call.Next grants stays in flight until its attempt ends (the
+// next Next, or Done). Its withdrawal is refunded if it succeeds, so under concurrency the
+// balance would otherwise have to cover every retry in flight at full price, although most of
+// them come back. Call.Next therefore counts the other retries in flight at their expected
+// refund: it grants a retry while balance + credit ≥ 1 retry, credit = min(inflight × q,
+// reserve), q = (refunds + 4) / (settled + 8), refunds and settled counting the retries of the
+// Window that succeeded and that ended (a prior of 1/2 worth 8 retries; near 0 when retries
+// keep failing). The retries that fail may thus exceed Ratio × deposits + reserve by at most
+// the reserve. Budget.Allow called directly takes no credit.
 //
 // TokenBucketMode (NewTokenBucket): gRFC A6 retryThrottling; see NewTokenBucket.
 type Budget struct {
@@ -138,18 +167,21 @@ type Budget struct {
 	slot                  time.Duration
 	clock                 func() time.Time // time.Now; tests replace it
 	maxTokens, tokenRatio int64            // TokenBucketMode, thousandths
+	stripes               []stripe         // RatioMode deposits not yet folded
+	mask                  uint32           // len(stripes) - 1
 	epoch                 atomic.Int64     // slot epoch the slots were last rotated to
 	next                  atomic.Int64     // offset from origin (ns) where the epoch after it begins
 	_                     pad
 
-	pend atomic.Int64 // pending deposits (low 32 bits) and refunds (high 32 bits)
-	_    pad
-
-	total  atomic.Int64              // reserve + sum(slots) - withdraw × sum(wslots), in units
-	wslots [budgetSlots]atomic.Int64 // retries allowed (withdrawals) per slot
-	_      pad
-	slots  [budgetSlots]atomic.Int64 // deposits and refunds per slot, in units
-	_      pad
+	total    atomic.Int64              // reserve + sum(slots) - withdraw × sum(wslots), in units
+	inflight atomic.Int64              // retries granted by Call.Next whose attempt has not ended
+	wsum     atomic.Int64              // sum(wslots)
+	rsum     atomic.Int64              // sum(rslots)
+	wslots   [budgetSlots]atomic.Int64 // retries allowed (withdrawals) per slot
+	rslots   [budgetSlots]atomic.Int64 // retries that succeeded (refunds) per slot
+	_        pad
+	slots    [budgetSlots]atomic.Int64 // deposits and refunds per slot, in units
+	_        pad
 
 	tokens atomic.Int64 // TokenBucketMode: thousandths of a token
 	_      pad
@@ -158,6 +190,16 @@ type Budget struct {
 	refused atomic.Uint64
 	retired atomic.Uint64 // withdrawals of expired slots
 	mu      sync.Mutex    // serializes slot rotation
+}
+
+// stripeCount returns the number of deposit stripes: the least power of two >= 4 ×
+// GOMAXPROCS, at most maxStripes.
+func stripeCount() int {
+	n := 1
+	for n < 4*runtime.GOMAXPROCS(0) && n < maxStripes {
+		n <<= 1
+	}
+	return n
 }
 
 // NewBudget returns a ratio-mode Budget. It returns an error naming the field if cfg is invalid.
@@ -169,12 +211,18 @@ func NewBudget(cfg BudgetConfig) (*Budget, error) {
 	w := math.Round(depositUnits / cfg.Ratio)
 	w = min(max(w, 1), maxWithdraw)
 	reserve := min(cfg.MinRetriesPerSecond*cfg.Window.Seconds()*w, maxReserve)
+	n := stripeCount()
 	b := &Budget{
 		mode:     RatioMode,
 		withdraw: int64(w),
 		reserve:  int64(reserve),
 		slot:     cfg.Window / budgetSlots,
 		clock:    time.Now,
+		stripes:  make([]stripe, n),
+		mask:     uint32(n - 1),
+	}
+	for i := range b.stripes {
+		b.stripes[i].v.Store(1 << countBits) // epoch 0
 	}
 	b.origin = b.clock()
 	b.total.Store(b.reserve)
@@ -215,6 +263,19 @@ func (b *Budget) Allow(now time.Time) bool {
 	if b == nil {
 		return true
 	}
+	return b.allow(now, false)
+}
+
+// allowRetry is Allow for Call.Next: in RatioMode the other retries in flight count at their
+// expected refund (see Budget), and a granted retry is counted in flight until settle.
+func (b *Budget) allowRetry(now time.Time) bool {
+	if b == nil {
+		return true
+	}
+	return b.allow(now, true)
+}
+
+func (b *Budget) allow(now time.Time, inflight bool) bool {
 	if b.mode == TokenBucketMode {
 		if 2*b.tokens.Load() > b.maxTokens {
 			b.allowed.Add(1)
@@ -224,9 +285,19 @@ func (b *Budget) Allow(now time.Time) bool {
 		return false
 	}
 	e := b.sync(now, true)
+	var credit int64
+	if inflight {
+		credit = b.credit()
+	}
+	folded := false
 	for {
 		t := b.total.Load()
-		if t < b.withdraw {
+		if t+credit < b.withdraw {
+			if !folded { // deposits may be pending in the stripes
+				b.foldAll(e)
+				folded = true
+				continue
+			}
 			b.refused.Add(1)
 			return false
 		}
@@ -235,10 +306,35 @@ func (b *Budget) Allow(now time.Time) bool {
 		}
 	}
 	b.wslots[e%budgetSlots].Add(1)
+	b.wsum.Add(1)
+	if inflight {
+		b.inflight.Add(1)
+	}
 	return true
 }
 
-// wouldAllow is Allow without the charge; a refusal is counted.
+// credit returns, in units, what the retries in flight are expected to refund:
+// min(inflight × withdraw × q, reserve), q = (refunds + 4) / (settled + 8) over the Window,
+// at most 1 (settled: the Window's retries less those in flight).
+func (b *Budget) credit() int64 {
+	n := b.inflight.Load()
+	if n <= 0 {
+		return 0
+	}
+	r, settled := max(b.rsum.Load(), 0), max(b.wsum.Load()-n, 0)
+	q := min(float64(r+4)/float64(settled+8), 1)
+	return int64(min(float64(n)*float64(b.withdraw)*q, float64(b.reserve)))
+}
+
+// settle ends a retry granted by allowRetry: its attempt has ended (its refund, if it
+// succeeded, was made first).
+func (b *Budget) settle() {
+	if b != nil && b.mode == RatioMode {
+		b.inflight.Add(-1)
+	}
+}
+
+// wouldAllow is allowRetry without the charge; a refusal is counted.
 func (b *Budget) wouldAllow(now time.Time) bool {
 	if b == nil {
 		return true
@@ -247,8 +343,13 @@ func (b *Budget) wouldAllow(now time.Time) bool {
 	if b.mode == TokenBucketMode {
 		ok = 2*b.tokens.Load() > b.maxTokens
 	} else {
-		b.sync(now, true)
-		ok = b.total.Load() >= b.withdraw
+		e := b.sync(now, true)
+		c := b.credit()
+		ok = b.total.Load()+c >= b.withdraw
+		if !ok {
+			b.foldAll(e)
+			ok = b.total.Load()+c >= b.withdraw
+		}
 	}
 	if !ok {
 		b.refused.Add(1)
@@ -275,8 +376,8 @@ func (b *Budget) Failed(now time.Time) {
 
 // Succeeded records a successful call; retried says whether it took more than one attempt.
 // RatioMode: a deposit, plus a refund of one withdrawal if retried. TokenBucketMode:
-// tokens += tokenRatio (not above maxTokens). It reads no clock except for the amortized flush
-// on every 16th deposit, and takes no mutex.
+// tokens += tokenRatio (not above maxTokens). It takes no mutex. Succeeded(false) writes
+// only its deposit stripe and reads the clock on every 64th deposit of the stripe only.
 func (b *Budget) Succeeded(retried bool) {
 	if b == nil {
 		return
@@ -292,11 +393,10 @@ func (b *Budget) Succeeded(retried bool) {
 			}
 		}
 	}
-	var d int64 = 1
+	b.deposit()
 	if retried {
-		d += refundOne
+		b.refundUnits(true)
 	}
-	b.deposit(d)
 }
 
 // NotRetryable records a call that ended with a non-retryable error. RatioMode: a deposit
@@ -305,12 +405,65 @@ func (b *Budget) NotRetryable() {
 	if b == nil || b.mode == TokenBucketMode {
 		return
 	}
-	b.deposit(1)
+	b.deposit()
 }
 
-func (b *Budget) deposit(d int64) {
-	if b.pend.Add(d)&(flushEvery-1) == 0 {
+// stripeOf picks the caller's deposit stripe (before the mask): a hash of the address of a
+// local variable, that is of the goroutine's stack, so that goroutines running at once on
+// different Ps mostly write different stripes, at the cost of a multiplication (math/rand/v2
+// costs more than the deposit itself).
+func stripeOf() uint32 {
+	var x byte
+	return uint32((uint64(uintptr(unsafe.Pointer(&x))>>10) * 0x9e3779b97f4a7c15) >> 32)
+}
+
+// deposit adds one deposit to the caller's stripe, tagged with the current epoch. A stripe holding
+// deposits of an older epoch first has them folded into that epoch's slot.
+func (b *Budget) deposit() {
+	s := &b.stripes[stripeOf()&b.mask]
+	tag := (b.epoch.Load()&tagMask + 1) << countBits
+	if v := s.v.Load(); v&^countMask != tag && s.v.CompareAndSwap(v, tag|1) {
+		b.fold(v, b.epoch.Load()) // the stripe's deposits of an older epoch
+		return
+	}
+	// (A lost race adds to the tag the stripe has now: at worst an older epoch.)
+	if v := s.v.Add(1); v&(flushEvery-1) == 0 { // every 64th deposit of the stripe
 		b.sync(b.clock(), false)
+		if v&countMask >= 1<<(countBits-2) { // keep the count clear of the tag bits
+			b.fold(s.v.And(^countMask), b.epoch.Load())
+		}
+	}
+}
+
+// fold adds the deposits of a stripe word x (swapped out of its stripe) to the slot of the
+// epoch they were made in, cur being the current epoch; deposits of an epoch whose slot has
+// expired are dropped, as the rotation would have expired them. An untagged word, or one
+// tagged later than cur (a rotation raced the caller), goes to cur's slot.
+func (b *Budget) fold(x, cur int64) {
+	n := x & countMask
+	if n == 0 {
+		return
+	}
+	e := cur
+	if t := x >> countBits; t != 0 {
+		if age := (cur - (t - 1)) & tagMask; age <= tagMask/2 {
+			if age >= budgetSlots {
+				return
+			}
+			e = cur - age
+		}
+	}
+	units := n * depositUnits
+	b.slots[e%budgetSlots].Add(units)
+	b.total.Add(units)
+}
+
+// foldAll folds every stripe's pending deposits (cur is the current epoch).
+func (b *Budget) foldAll(cur int64) {
+	for i := range b.stripes {
+		if s := &b.stripes[i]; s.v.Load()&countMask != 0 {
+			b.fold(s.v.And(^countMask), cur)
+		}
 	}
 }
 
@@ -319,7 +472,19 @@ func (b *Budget) refund() {
 	if b == nil || b.mode == TokenBucketMode {
 		return
 	}
-	b.pend.Add(refundOne)
+	b.refundUnits(false)
+}
+
+// refundUnits gives back one withdrawal into the current slot; succeeded counts it as a retry
+// that succeeded (for the in-flight credit).
+func (b *Budget) refundUnits(succeeded bool) {
+	cur := b.epoch.Load()
+	b.slots[cur%budgetSlots].Add(b.withdraw)
+	b.total.Add(b.withdraw)
+	if succeeded {
+		b.rslots[cur%budgetSlots].Add(1)
+		b.rsum.Add(1)
+	}
 }
 
 // epochOf returns the slot epoch of an offset from the origin: floor(off / slot).
@@ -332,9 +497,9 @@ func (b *Budget) epochOf(off time.Duration) int64 {
 }
 
 // sync rotates the slots to now's epoch (a now older than the last rotation counts as that
-// epoch) and moves the pending deposits and refunds into the current slot. With block false it
-// never waits for the rotation lock: if another goroutine is rotating, it skips the rotation.
-// It returns the current epoch. Within an epoch it costs a subtraction and two atomic loads.
+// epoch). With block false it never waits for the rotation lock: if another goroutine is
+// rotating, it skips the rotation. It returns the current epoch. Within an epoch it costs a
+// subtraction and two atomic loads.
 func (b *Budget) sync(now time.Time, block bool) int64 {
 	if off := now.Sub(b.origin); int64(off) >= b.next.Load() {
 		if block {
@@ -346,14 +511,7 @@ func (b *Budget) sync(now time.Time, block bool) int64 {
 			b.mu.Unlock()
 		}
 	}
-	cur := b.epoch.Load()
-	if b.pend.Load() != 0 {
-		v := uint64(b.pend.Swap(0))
-		units := int64(uint32(v))*depositUnits + int64(v>>32)*b.withdraw
-		b.slots[cur%budgetSlots].Add(units)
-		b.total.Add(units)
-	}
-	return cur
+	return b.epoch.Load()
 }
 
 // rotate clears the slots of the epochs after the current one up to e (at most all 10), then
@@ -369,7 +527,10 @@ func (b *Budget) rotate(e int64) {
 		i := (cur + k) % budgetSlots
 		v := b.slots[i].Swap(0)
 		w := b.wslots[i].Swap(0)
+		r := b.rslots[i].Swap(0)
 		b.total.Add(w*b.withdraw - v)
+		b.wsum.Add(-w)
+		b.rsum.Add(-r)
 		b.retired.Add(uint64(w))
 	}
 	b.epoch.Store(e)
@@ -380,7 +541,7 @@ func (b *Budget) rotate(e int64) {
 	b.next.Store(next)
 }
 
-// Snapshot returns the budget's current state (it reads the clock and flushes pending deposits).
+// Snapshot returns the budget's current state (it reads the clock and folds pending deposits).
 func (b *Budget) Snapshot() BudgetSnapshot {
 	if b == nil {
 		return BudgetSnapshot{}
@@ -392,7 +553,7 @@ func (b *Budget) Snapshot() BudgetSnapshot {
 		s.Allowed = b.allowed.Load()
 		return s
 	}
-	b.sync(b.clock(), true)
+	b.foldAll(b.sync(b.clock(), true))
 	s.Balance = float64(b.total.Load()) / float64(b.withdraw)
 	s.Reserve = float64(b.reserve) / float64(b.withdraw)
 	// Ratio mode keeps no allowed counter of its own: Allow's withdrawals are counted per slot.

@@ -71,8 +71,9 @@ func TestBudgetBoundWithinWindow(t *testing.T) {
 }
 
 // Over many Windows, with failing retries: at every retry time τ, the retries in
-// [τ - 0.9 Window, τ] <= Ratio × (deposits in (τ - Window, τ] + 15) + MinRetriesPerSecond ×
-// Window seconds. The 15 are the lazily flushed deposits, which may be counted late.
+// [τ - 0.9 Window, τ] <= Ratio × deposits in (τ - Window, τ] + MinRetriesPerSecond × Window
+// seconds. No slack for late deposits: a deposit counts in the slot the budget last rotated
+// to, never a later one.
 func TestBudgetBoundSlidingWindow(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		cfg := drawBudgetConfig(t)
@@ -102,7 +103,7 @@ func TestBudgetBoundSlidingWindow(t *testing.T) {
 		for _, tau := range retries {
 			n := countIn(retries, tau.Add(-cfg.Window*9/10), tau, true)
 			d := countIn(deposits, tau.Add(-cfg.Window), tau, false)
-			bound := cfg.Ratio*float64(d+flushEvery-1) + reserve
+			bound := cfg.Ratio*float64(d) + reserve
 			if float64(n) > bound*(1+1e-5)+1e-6 {
 				t.Fatalf("at %v: %d retries in the last 0.9 Window, bound %.4f (%d deposits)", tau.Sub(t0), n, bound, d)
 			}
@@ -284,4 +285,66 @@ func TestBudgetRefundMatters(t *testing.T) {
 		t.Fatalf("success with refund %.4f, without %.4f", rWith, rWithout)
 	}
 	t.Logf("30%% failures, 4 attempts, 100 calls/s: success %.4f with refund, %.4f without", rWith, rWithout)
+}
+
+// Concurrent calls through Call, interleaved at random, within one Window: the retries that
+// failed (granted, neither refunded nor given back) stay within Ratio × deposits + 2 × reserve
+// (the in-flight credit is at most the reserve), and within Ratio × deposits + reserve + 1 when
+// the credit is off (one caller at a time). The retries in flight are settled exactly.
+func TestBudgetInFlightCreditBound(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		cfg := drawBudgetConfig(t)
+		now := t0
+		b := newBudgetAt(t, cfg, &now)
+		callers := rapid.IntRange(1, 40).Draw(t, "callers")
+		pOK := rapid.SampledFrom([]float64{0, 0.3, 0.7, 1}).Draw(t, "attemptSuccess")
+		p := Policy{MaxAttempts: 4, Jitter: NoJitter}
+		ctx := context.Background()
+		type caller struct {
+			c      Call
+			active bool
+		}
+		cs := make([]caller, callers)
+		deposits, failed := 0, 0
+		for range rapid.IntRange(1, 2000).Draw(t, "steps") {
+			i := rapid.IntRange(0, callers-1).Draw(t, "caller")
+			k := &cs[i]
+			if !k.active {
+				k.c = p.NewCall(b)
+				k.active = true
+			}
+			retry := k.c.Attempts() > 0
+			k.c.Begin()
+			if rapid.Float64Range(0, 1).Draw(t, "u") < pOK {
+				k.c.Done(nil, false)
+				deposits++
+				k.active = false
+				continue
+			}
+			if retry {
+				failed++
+			}
+			if _, stop := k.c.Next(ctx, errSentinel, Backoff, now); stop != nil {
+				k.c.Done(errSentinel, true)
+				k.active = false
+			}
+		}
+		reserve := cfg.MinRetriesPerSecond * cfg.Window.Seconds()
+		limit := cfg.Ratio*float64(deposits) + 2*reserve
+		if callers == 1 {
+			limit = cfg.Ratio*float64(deposits) + reserve + 1
+		}
+		if float64(failed) > limit*(1+1e-5)+1e-6 {
+			t.Fatalf("%d retries failed, limit %.4f (%d deposits)", failed, limit, deposits)
+		}
+		active := 0
+		for i := range cs {
+			if cs[i].active && cs[i].c.inflight {
+				active++
+			}
+		}
+		if got := b.inflight.Load(); got != int64(active) {
+			t.Fatalf("in flight: budget %d, calls %d", got, active)
+		}
+	})
 }

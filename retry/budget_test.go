@@ -3,6 +3,7 @@ package retry
 import (
 	"context"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,7 +134,8 @@ func TestBudgetSlotsExpire(t *testing.T) {
 	deposit(3)
 	assert.InDelta(t, 3.0, b.Snapshot().Balance, 1e-6, "Snapshot flushes into slot 0")
 	now = t0.Add(4500 * time.Millisecond)
-	deposit(2) // slot 4
+	b.sync(now, true) // a deposit counts in the slot last rotated to: rotate, as traffic would
+	deposit(2)        // slot 4
 	assert.InDelta(t, 5.0, b.Snapshot().Balance, 1e-6)
 	now = t0.Add(9999 * time.Millisecond)
 	assert.InDelta(t, 5.0, b.Snapshot().Balance, 1e-6, "slot 0 lives until 10s")
@@ -178,32 +180,120 @@ func TestBudgetRotateNeverGoesBack(t *testing.T) {
 	assert.InDelta(t, 0.0, b.Snapshot().Balance, 1e-6)
 }
 
-func TestBudgetSucceededLazyFlush(t *testing.T) {
+// pendingDeposits returns the deposits waiting in b's stripes.
+func pendingDeposits(b *Budget) (n, stripes int64) {
+	for i := range b.stripes {
+		if c := b.stripes[i].v.Load() & countMask; c != 0 {
+			n += c
+			stripes++
+		}
+	}
+	return n, stripes
+}
+
+// Succeeded(false) writes only a stripe: a clock read on one deposit in 64 only, no fold while the balance covers Allow, and a fold of every stripe when it does not.
+func TestBudgetSucceededStriped(t *testing.T) {
 	now := t0
 	b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
-	var reads atomic.Int32
+	require.GreaterOrEqual(t, len(b.stripes), 4*runtime.GOMAXPROCS(0))
+	require.LessOrEqual(t, len(b.stripes), maxStripes)
+	require.Zero(t, len(b.stripes)&(len(b.stripes)-1), "a power of two")
+	var reads atomic.Int64
 	b.clock = func() time.Time { reads.Add(1); return now }
 
-	for range 15 {
+	for range 1600 {
 		b.Succeeded(false)
 	}
-	assert.Zero(t, reads.Load(), "no clock read on the first 15 deposits")
-	assert.Equal(t, int64(15), b.pend.Load())
-	b.Succeeded(true)
-	assert.Equal(t, int32(1), reads.Load(), "the 16th deposit flushes")
-	assert.Zero(t, b.pend.Load())
-	for range 160 {
-		b.NotRetryable()
-	}
-	assert.Equal(t, int32(11), reads.Load(), "one clock read per 16 deposits")
-	assert.InDelta(t, 16+1+160, float64(b.total.Load())/float64(b.withdraw), 1e-6)
+	n, _ := pendingDeposits(b)
+	assert.Equal(t, int64(1600), n, "every deposit waits in a stripe")
+	assert.InDelta(t, 1600/flushEvery, reads.Load(), float64(len(b.stripes)), "a clock read on every 64th deposit of a stripe")
+	assert.Equal(t, b.reserve, b.total.Load(), "nothing folded yet")
 
-	// Allow flushes whatever is pending, so the pending count restarts.
+	// The balance (the reserve, 1e-8 retries) is short: Allow folds every stripe.
+	require.True(t, b.Allow(now))
+	n, _ = pendingDeposits(b)
+	assert.Zero(t, n)
+	assert.InDelta(t, 1599, float64(b.total.Load())/float64(b.withdraw), 1e-6)
+	// Now the balance covers the next Allow: the stripes are left alone.
 	b.Succeeded(false)
-	b.Allow(now)
-	assert.Zero(t, b.pend.Load())
+	require.True(t, b.Allow(now))
+	n, _ = pendingDeposits(b)
+	assert.Equal(t, int64(1), n)
+	assert.InDelta(t, 1599.0, b.Snapshot().Balance, 1e-6, "Snapshot folds")
 	assert.Zero(t, testing.AllocsPerRun(100, func() { b.Succeeded(false) }))
 	assert.Zero(t, testing.AllocsPerRun(100, func() { b.Allow(now) }))
+}
+
+// Goroutines running at once deposit into different stripes (by their stack addresses), and
+// every deposit is counted once.
+func TestBudgetStripesSpread(t *testing.T) {
+	now := t0
+	b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for range 1000 {
+				b.Succeeded(false)
+			}
+		})
+	}
+	wg.Wait()
+	n, used := pendingDeposits(b)
+	assert.Greater(t, used, int64(1), "16 goroutines, one stripe")
+	assert.InDelta(t, 16000, float64(n)+float64(b.total.Load()-b.reserve)/depositUnits, 1e-6)
+	assert.InDelta(t, 16000, b.Snapshot().Balance, 1e-6)
+}
+
+// A deposit counts in the slot of the epoch it was made in, however late it is folded: it
+// expires with that slot, and a deposit folded after its slot expired is dropped (it never
+// outlives its Window).
+func TestBudgetDepositsExpireWithTheirEpoch(t *testing.T) {
+	t.Run("folded later, expires on time", func(t *testing.T) {
+		now := t0
+		b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
+		b.clock = func() time.Time { return now } // no rotation by the deposits' flushes below
+		for range 100 {
+			b.NotRetryable()
+		}
+		now = t0.Add(5 * time.Second)
+		assert.InDelta(t, 100, b.Snapshot().Balance, 1e-6, "folded at epoch 5 into epoch 0's slot")
+		now = t0.Add(10 * time.Second)
+		assert.InDelta(t, 0, b.Snapshot().Balance, 1e-6, "expired with epoch 0")
+	})
+	t.Run("folded after expiry, dropped", func(t *testing.T) {
+		now := t0
+		b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
+		for range 100 {
+			b.Succeeded(false)
+		}
+		now = t0.Add(10*time.Second + 500*time.Millisecond)
+		assert.InDelta(t, 0, b.Snapshot().Balance, 1e-6)
+		assert.False(t, b.Allow(now))
+	})
+	t.Run("a stripe meeting a new epoch folds its old deposits there", func(t *testing.T) {
+		now := t0
+		b := newTestBudget(t, BudgetConfig{Ratio: 1, MinRetriesPerSecond: 1e-9}, &now)
+		for range 50 {
+			b.Succeeded(false)
+		}
+		now = t0.Add(3 * time.Second)
+		b.sync(now, true) // epoch 3
+		for range 50 * len(b.stripes) {
+			b.Succeeded(false)
+		}
+		// The goroutine's stripe met epoch 3, so it folded its epoch-0 deposits into slot 0; the
+		// epoch-3 ones wait.
+		var old int64
+		for i := range b.stripes {
+			if x := b.stripes[i].v.Load(); x>>countBits != 4 && x&countMask != 0 {
+				old++
+			}
+		}
+		assert.Zero(t, old, "no stripe still holds epoch-0 deposits")
+		assert.Equal(t, int64(50*depositUnits), b.slots[0].Load(), "the epoch-0 deposits, in slot 0")
+		now = t0.Add(10 * time.Second)
+		assert.InDelta(t, float64(50*len(b.stripes)), b.Snapshot().Balance, 1e-6, "epoch 0 expired, epoch 3 kept")
+	})
 }
 
 func TestBudgetTokenBucketA6(t *testing.T) {
@@ -287,7 +377,7 @@ func TestBudgetConcurrent(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		b.sync(now, true)
+		b.foldAll(b.sync(now, true))
 		want := b.reserve + deposits.Load()*depositUnits + (refunds.Load()-allowed.Load())*b.withdraw
 		assert.Equal(t, want, b.total.Load(), "every deposit, refund and withdrawal accounted for")
 		assert.GreaterOrEqual(t, b.total.Load(), int64(0), "never overdrawn")
@@ -319,7 +409,7 @@ func TestBudgetConcurrent(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		b.sync(b.clock(), true)
+		b.foldAll(b.sync(b.clock(), true))
 		var sum int64
 		for i := range b.slots {
 			sum += b.slots[i].Load() - b.wslots[i].Load()*b.withdraw
@@ -383,4 +473,52 @@ func TestBudgetDepositsTakeNoMutex(t *testing.T) {
 	}
 	b.mu.Unlock()
 	assert.InDelta(t, 81.0, b.Snapshot().Balance, 1e-6, "every deposit counted")
+}
+
+// The in-flight credit, step by step: a fresh default budget (reserve 10) and 40 calls whose
+// first attempts fail at once. With no history a retry in flight is expected to come back
+// with probability (0+4)/(0+8) = 1/2, so Next grants a retry while 10 - k + k/2 >= 1 with k
+// already in flight: 19 of them (Allow alone would grant 10). When all 19 fail, q = 4/27 and
+// the balance (-9) refuses every retry; the retries that failed exceed the reserve by 9, less
+// than the cap (the reserve).
+func TestBudgetInFlightCredit(t *testing.T) {
+	now := t0
+	b := newTestBudget(t, BudgetConfig{}, &now)
+	p := Policy{Jitter: NoJitter}
+	ctx := context.Background()
+	calls := make([]Call, 40)
+	granted := 0
+	for i := range calls {
+		calls[i] = p.NewCall(b)
+		calls[i].Begin()
+		if _, stop := calls[i].Next(ctx, errSentinel, Backoff, now); stop == nil {
+			granted++
+		} else {
+			require.Equal(t, BudgetExhausted, stop.Reason)
+			calls[i].Done(errSentinel, true)
+		}
+	}
+	assert.Equal(t, 19, granted)
+	assert.Equal(t, int64(19), b.inflight.Load())
+	for i := range granted { // every retry fails
+		calls[i].Begin()
+		_, stop := calls[i].Next(ctx, errSentinel, Backoff, now)
+		require.NotNil(t, stop, "retry %d", i)
+		calls[i].Done(errSentinel, true)
+	}
+	assert.Zero(t, b.inflight.Load())
+	assert.InDelta(t, -9.0, b.Snapshot().Balance, 1e-9)
+
+	// A retry that succeeds is refunded and settled.
+	b2 := newTestBudget(t, BudgetConfig{}, &now)
+	c := p.NewCall(b2)
+	c.Begin()
+	_, stop := c.Next(ctx, errSentinel, Backoff, now)
+	require.Nil(t, stop)
+	assert.Equal(t, int64(1), b2.inflight.Load())
+	c.Begin()
+	c.Done(nil, false)
+	assert.Zero(t, b2.inflight.Load())
+	assert.Equal(t, int64(1), b2.rsum.Load())
+	assert.InDelta(t, 10.2, b2.Snapshot().Balance, 1e-9)
 }

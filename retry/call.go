@@ -42,6 +42,7 @@ type Call struct {
 	attempts int
 	n        int  // exponent of the next Backoff delay (reset by After)
 	charged  bool // Next withdrew a retry from the budget and its attempt has not begun
+	inflight bool // Next granted a retry that the budget counts in flight until its attempt ends
 }
 
 // NewCall starts tracking one logical call under p (zero fields take their defaults). b may be
@@ -83,15 +84,18 @@ func (c *Call) AttemptContext(ctx context.Context) (context.Context, context.Can
 //
 // The delay is Policy.Backoff(n, u) for Backoff (n counts Backoff retries since the last
 // After; u from math/rand/v2) and min(d, MaxPushback) for After, which also resets n to 0.
-// Next charges the budget (Budget.Allow) only when it returns a delay: a retry that the
-// deadline rules out costs nothing, and is reported as BudgetExhausted only if the budget
-// would also have refused it. If Begin was never called, the failed attempt counts as the first;
+// Next charges the budget (as Budget.Allow, but counting the other retries in flight at their
+// expected refund; see Budget) only when it returns a delay: a retry that the deadline rules
+// out costs nothing, and is reported as BudgetExhausted only if the budget would also have
+// refused it. The granted retry stays in flight for the budget until its attempt ends (the
+// next Next, or Done). If Begin was never called, the failed attempt counts as the first;
 // a retry granted by an earlier Next that never began is given back to the budget.
 func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (time.Duration, *Error) {
 	if c.attempts < 1 {
 		c.attempts = 1
 	}
 	c.release()
+	c.settle()
 	if d.Retryable() {
 		c.budget.Failed(now)
 	}
@@ -123,10 +127,11 @@ func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (
 		}
 		return 0, c.stop(err, Deadline)
 	}
-	if !c.budget.Allow(now) {
+	if !c.budget.allowRetry(now) {
 		return 0, c.stop(err, BudgetExhausted)
 	}
 	c.charged = c.budget != nil
+	c.inflight = c.charged
 	if d.kind == kindAfter {
 		c.n = 0
 	} else if c.n < math.MaxInt32 {
@@ -154,6 +159,16 @@ func (c *Call) Done(err error, retryable bool) {
 		b.Succeeded(c.attempts > 1)
 	case !retryable:
 		b.NotRetryable()
+	}
+	c.settle()
+}
+
+// settle tells the budget that the retry Next granted is no longer in flight (its attempt
+// ended, or never began).
+func (c *Call) settle() {
+	if c.inflight {
+		c.inflight = false
+		c.budget.settle()
 	}
 }
 

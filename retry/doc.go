@@ -80,12 +80,18 @@
 // Window), then 1.0× plus MinRetriesPerSecond/R (1.01× at 100 calls/s). A fixed 3 retries per
 // call would be 4.0×.
 //
-// Bounds, tested with rapid properties: within any 0.9 Window, retries <= Ratio × (calls that
-// deposited in the last Window + 15) + MinRetriesPerSecond × Window seconds. The 15 is the
-// price of a clock-free success path: Succeeded and NotRetryable only bump an atomic counter,
-// and every 16th deposit (like every Allow) reads the clock and flushes the pending deposits
-// into the current slot, so at most 15 deposits are counted late and may outlive their Window
-// (3 retries with the defaults).
+// Bounds, tested with rapid properties: within any 0.9 Window, retries granted by Allow <=
+// Ratio × calls that deposited in the last Window + MinRetriesPerSecond × Window seconds. A
+// deposit is counted in the slot the budget last rotated to, never a later one, so it never
+// outlives its Window. Succeeded and NotRetryable write only one of several deposit stripes
+// and read the clock on every 64th deposit of a stripe.
+//
+// Under concurrency, retries in flight hold withdrawals that most of them will refund: 16
+// callers at 30% failures keep about 16 retries in flight against a fresh budget's reserve of
+// 10. Call.Next counts the other retries in flight at their expected refund, (refunds + 4) /
+// (settled retries + 8) over the Window, at most the reserve in all. So the retries that fail
+// may exceed Ratio × deposits + reserve by at most the reserve, and the credit shrinks as
+// retries keep failing (q = 4/(8 + the retries that failed)).
 //
 // TokenBucketMode (NewTokenBucket) is gRFC A6 retryThrottling, as in grpc-go: tokens start at
 // maxTokens, each retryable failed attempt costs 1, each successful call adds tokenRatio, the
@@ -98,7 +104,8 @@
 // # Cost
 //
 // Do allocates nothing and reads no clock when the operation succeeds at once and
-// AttemptTimeout is 0 (with a budget: one atomic add, and a clock read on every 16th call).
+// AttemptTimeout is 0 (with a budget: one atomic add on a striped counter, and a clock read on
+// one call in 64).
 // Budget.Allow takes the time as an argument and is lock-free except when a Window slot
 // rotates. The failure path may read the clock and allocates the final *Error. The package's
 // benchmarks measure each.
