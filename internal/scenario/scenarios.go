@@ -36,8 +36,10 @@ func start(breakerOn bool, opens *atomic.Int64) (*Env, error) {
 }
 
 // RollingRestart: every call's first attempt fails UNAVAILABLE (each new
-// connection's first attempt meets a closing one) and its retry works; 32
-// callers, a call each every 10 ms, for 3 s.
+// connection's first attempt meets a closing one) and its retry works; 16
+// callers, a call each every 10 ms, for 3 s. (With 32 callers starting at
+// once, the retry budget's reserve refuses about 0.1% of the first retries,
+// with or without a breaker.)
 func RollingRestart(breakerOn bool) (Result, error) {
 	var opens atomic.Int64
 	e, err := start(breakerOn, &opens)
@@ -46,7 +48,7 @@ func RollingRestart(breakerOn bool) (Result, error) {
 	}
 	defer e.Close()
 	e.Faults.failFirst = true
-	tl := Run(e, Load{Callers: 32, Interval: 10 * time.Millisecond, Timeout: time.Second}, 3*time.Second, time.Second, nil)
+	tl := Run(e, Load{Callers: 16, Interval: 10 * time.Millisecond, Timeout: time.Second}, 3*time.Second, time.Second, nil)
 	return Result{Success: tl.Rate(0, 3*time.Second), Opens: int(opens.Load())}, nil
 }
 
