@@ -29,7 +29,7 @@ import (
 func TestHalfOpenAdmitsExactlyTheConfiguredProbes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := interceptors.Policy{
-			Retry:   retry.Policy{MaxAttempts: 1},
+			Retry: retry.Policy{MaxAttempts: 1},
 			// Callers that find the probe slots taken do not wait for
 			// the verdict (HalfOpenMaxWait < 0): they get the rejection.
 			Breaker: breaker.Config{ConsecutiveFailures: 5, RecoveryTime: time.Second, RecoveryJitter: -1, HalfOpenMaxCalls: 3, HalfOpenMaxWait: -1},
