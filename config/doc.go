@@ -102,10 +102,11 @@
 //
 // LoadFile and WatchFile read regular files only (or links to them): a
 // FIFO, a device such as /dev/zero or a directory is an error, and a FIFO
-// is never waited on. Past the parser, the work is linear in the values and
-// bytes counted. The YAML parser itself holds up to about 120 bytes per
-// input byte at worst (a long flow list of one-character values), the JSON
-// path about 25, so a service that loads untrusted YAML may lower
+// is never waited on. Within these limits parsing is linear in the
+// document's size. The YAML parser itself allocates up to about 130 bytes per
+// input byte at worst (a long flow list of one-character values), the rest
+// of Load up to about 1 KiB per value and 32 bytes per byte counted after
+// alias expansion, so a service that loads untrusted YAML may lower
 // WithMaxBytes.
 //
 // # Mapping to this library

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -146,9 +145,7 @@ func readFile(name string, lim limits) ([]byte, Format, error) {
 	} else if err := regular(name, fi, lim); err != nil {
 		return fail(err)
 	}
-	// O_NONBLOCK: should a FIFO have taken the file's place since Stat, the
-	// open does not wait for a writer; regular files ignore it.
-	file, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	file, err := os.OpenFile(name, os.O_RDONLY|openFlags, 0)
 	if err != nil {
 		return fail(err)
 	}

@@ -67,7 +67,8 @@ func describeBudget(b interceptors.SnapshotBudget) string {
 // and the end of an in-place write sees a partial document and reports it.
 //
 // WatchFile returns ctx.Err() when ctx is done, and starts no goroutine of
-// its own. It returns an error at once if interval is not positive.
+// its own. It returns an error at once if interval is not positive, apply
+// is nil or an option is invalid.
 func WatchFile(ctx context.Context, name string, interval time.Duration, apply func(*Config) error, onError func(error), opts ...Option) error {
 	lim, err := newLimits(opts)
 	if err != nil {
