@@ -12,9 +12,10 @@ import (
 const maxProblems = 20
 
 // FieldError is one problem in a document. Path names the field with the
-// document's JSON names, as in "methodConfig[2].retryPolicy.maxAttempts"; it
-// is empty for a problem with the document as a whole (such as a syntax
-// error).
+// document's JSON names, as in "methodConfig[2].retryPolicy.maxAttempts"
+// (a key other than letters, digits, "_" and "-" is quoted and truncated
+// as in messages: loadBalancingConfig[0]."a b"); it is empty for a problem
+// with the document as a whole (such as a syntax error).
 type FieldError struct {
 	Path string
 	Msg  string
