@@ -31,10 +31,20 @@ func LoadJSON(data []byte) (*Config, error) { return Load(data, JSON) }
 // document has the same fields as its JSON form.
 func LoadYAML(data []byte) (*Config, error) { return Load(data, YAML) }
 
-// Load reads a document in format f. It never panics; a rejected document
-// returns an *Error listing each problem with its path.
-func Load(data []byte, f Format) (*Config, error) {
-	doc, err := decode(data, f)
+// Load reads a document in format f, within the limits (the defaults, or
+// as opts set them; see the package documentation, "Limits"). It never
+// panics; a rejected document returns an *Error listing each problem with
+// its path.
+func Load(data []byte, f Format, opts ...Option) (*Config, error) {
+	lim, err := newLimits(opts)
+	if err != nil {
+		return nil, err
+	}
+	return load(data, f, lim)
+}
+
+func load(data []byte, f Format, lim limits) (*Config, error) {
+	doc, err := decode(data, f, lim)
 	if err != nil {
 		return nil, err
 	}
@@ -43,13 +53,18 @@ func Load(data []byte, f Format) (*Config, error) {
 
 // LoadFile reads a document from a file: JSON for a ".json" name, YAML for
 // ".yaml" or ".yml", otherwise JSON if the content starts with "{" and YAML
-// if not.
-func LoadFile(name string) (*Config, error) {
-	data, f, err := readFile(name)
+// if not. The file must be a regular file (or a link to one) of at most
+// the WithMaxBytes limit; opts set the limits as for Load.
+func LoadFile(name string, opts ...Option) (*Config, error) {
+	lim, err := newLimits(opts)
 	if err != nil {
 		return nil, err
 	}
-	return Load(data, f)
+	data, f, err := readFile(name, lim)
+	if err != nil {
+		return nil, err
+	}
+	return load(data, f, lim)
 }
 
 // FromProto validates and converts a document already in its schema form

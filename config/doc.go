@@ -81,7 +81,33 @@
 //	config: methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1; retryThrottling.maxTokens: required, in (0, 1000]
 //
 // Load never panics (FuzzLoad checks it) and never returns a Config that
-// interceptors.New rejects.
+// interceptors.New rejects. A piece of the document in a message (a key, a
+// name, a value, a YAML tag) is quoted as Go quotes strings, so that a
+// newline or an escape sequence cannot forge a log line, and cut after 64
+// bytes with its length: "kkk"... (10485760 bytes).
+//
+// # Limits
+//
+// A document is read within limits, so that a hostile or broken file costs
+// bounded memory and time; each exceeded limit is an error naming it:
+//
+//   - at most 4 MiB (DefaultMaxBytes; WithMaxBytes changes it): the bytes
+//     given to Load or read from a file, and also the bytes of the
+//     document's keys, strings and numbers once YAML aliases are expanded
+//     (an alias counts what it repeats, each time);
+//   - at most 100,000 values (DefaultMaxValues; WithMaxValues): objects,
+//     lists, strings, numbers, booleans and nulls, once aliases are
+//     expanded;
+//   - values nested at most 64 deep (fixed).
+//
+// LoadFile and WatchFile read regular files only (or links to them): a
+// FIFO, a device such as /dev/zero or a directory is an error, and a FIFO
+// is never waited on. Within these limits parsing is linear in the
+// document's size. The YAML parser itself allocates up to about 130 bytes per
+// input byte at worst (a long flow list of one-character values), the rest
+// of Load up to about 1 KiB per value and 32 bytes per byte counted after
+// alias expansion, so a service that loads untrusted YAML may lower
+// WithMaxBytes.
 //
 // # Mapping to this library
 //
@@ -114,7 +140,7 @@
 // A YAML document (one per stream, YAML 1.2 core schema) has the fields of
 // the JSON form. Durations and code names need no quotes ("initialBackoff:
 // 0.1s"); "yes" and "on" are strings, as in YAML 1.2; anchors and aliases
-// work (expanded within a bound). Numbers are decimal ("10", "0.5", ".5",
+// work (expanded within the limits). Numbers are decimal ("10", "0.5", ".5",
 // "1e3") and are checked as the same JSON number (3.0 is not an integer);
 // the forms yaml.v3 reads as YAML 1.1 does (010 as octal, 0b10, 1_000) are
 // errors, and so are 0x10 and 0o10, merge keys (<<), custom tags, non-string

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode"
 )
 
 // fuzzSeeds are valid and invalid documents, JSON and YAML.
@@ -63,6 +64,64 @@ func FuzzLoad(f *testing.F) {
 			if format == JSON && grpcChecked(c) {
 				if err := grpcParse(string(data)); err != nil {
 					t.Fatalf("loaded, but grpc-go rejects it as a service config: %v", err)
+				}
+			}
+		}
+	})
+}
+
+// Fuzzing limits of FuzzLoadBounded: small, so that its allocation bound is
+// tight.
+const (
+	fuzzMaxValues = 1000
+	fuzzMaxBytes  = 64 << 10
+)
+
+// loadBound is the most bytes Load may allocate for n input bytes within
+// limits of maxValues values and maxBytes bytes: up to 512 per input byte
+// (the YAML parser holds about 130 at worst, the JSON decoder less; the
+// rest is the tree, its JSON form and protojson's), 1 KiB per value and 32
+// per byte of keys and values counted after YAML aliases are expanded (a
+// string of control characters is six times longer in JSON), and 1 MiB.
+func loadBound(n, maxValues, maxBytes int) uint64 {
+	return 512*uint64(n) + 1024*uint64(maxValues) + 32*uint64(maxBytes) + 1<<20
+}
+
+// FuzzLoadBounded: Load, as JSON and as YAML, allocates within loadBound
+// (measured with runtime.MemStats.TotalAlloc, with small limits), and its
+// error messages hold no control character and stay short, whatever the
+// input (aliases included).
+func FuzzLoadBounded(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s))
+	}
+	f.Add([]byte("loadBalancingConfig: [&a [1, 2, {x: y}], *a, *a, *a, [*a, *a]]\n"))
+	f.Add([]byte("a: &a " + strings.Repeat("x", 1000) + "\nb: [*a, *a, *a, *a, *a, *a, *a, *a]\n"))
+	f.Add([]byte("a0: &a [x, x, x, x]\na1: &b [*a, *a, *a, *a]\na2: &c [*b, *b, *b, *b]\na3: [*c, *c, *c, *c]\n"))
+	f.Add([]byte(`{"loadBalancingConfig": [{"` + strings.Repeat("k", 200) + `": {"` + strings.Repeat("k", 200) + `": [1, 2, 3]}}]}`))
+	f.Add([]byte("{\"a\\nb\": 1, \"\\u001b[31m\": 2}"))
+	bound := func(n int) uint64 { return loadBound(n, fuzzMaxValues, fuzzMaxBytes) }
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, format := range []Format{JSON, YAML} {
+			var err error
+			alloc := allocated(func() { _, err = Load(data, format, WithMaxValues(fuzzMaxValues), WithMaxBytes(fuzzMaxBytes)) })
+			if alloc > bound(len(data)) {
+				t.Fatalf("%v: %d input bytes allocated %d bytes, more than %d", format, len(data), alloc, bound(len(data)))
+			}
+			if err == nil {
+				continue
+			}
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Fatalf("%v: error is not a config.Error: %v", format, err)
+			}
+			for _, p := range e.Problems {
+				msg := p.Error()
+				if len(msg) > 8<<10 {
+					t.Fatalf("%v: a problem of %d bytes: %.200q", format, len(msg), msg)
+				}
+				if strings.IndexFunc(msg, unicode.IsControl) >= 0 {
+					t.Fatalf("%v: a control character in %q", format, msg)
 				}
 			}
 		}

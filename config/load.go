@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -78,18 +80,18 @@ type Budget struct {
 	MaxTokens, TokenRatio float64
 }
 
-// decode reads data in format f into the schema message, reporting problems
-// with their paths.
-func decode(data []byte, f Format) (*resiliencev1.ServiceConfig, error) {
-	var tree any
-	var err error
-	switch f {
-	case JSON:
-		tree, err = parseJSON(data)
-	case YAML:
-		tree, err = parseYAML(data)
-	default:
+// decode reads data in format f into the schema message, within lim,
+// reporting problems with their paths.
+func decode(data []byte, f Format, lim limits) (*resiliencev1.ServiceConfig, error) {
+	if f != JSON && f != YAML {
 		return nil, fmt.Errorf("config: unknown format %v", f)
+	}
+	err := lim.checkSize(int64(len(data)))
+	var tree any
+	if err == nil && f == JSON {
+		tree, err = parseJSON(data, newBudget(lim, f))
+	} else if err == nil {
+		tree, err = parseYAML(data, newBudget(lim, f))
 	}
 	if err != nil {
 		var fe *FieldError
@@ -99,7 +101,7 @@ func decode(data []byte, f Format) (*resiliencev1.ServiceConfig, error) {
 		return nil, &Error{Problems: []*FieldError{fe}}
 	}
 	var p problems
-	checkShape(tree, (&resiliencev1.ServiceConfig{}).ProtoReflect().Descriptor(), "", &p)
+	checkShape(tree, (&resiliencev1.ServiceConfig{}).ProtoReflect().Descriptor(), nil, &p)
 	if err := p.err(); err != nil {
 		return nil, err
 	}
@@ -108,7 +110,7 @@ func decode(data []byte, f Format) (*resiliencev1.ServiceConfig, error) {
 	doc := &resiliencev1.ServiceConfig{}
 	if err := protojson.Unmarshal(buf.Bytes(), doc); err != nil {
 		// checkShape catches what protojson rejects; this is a second net.
-		return nil, &Error{Problems: []*FieldError{{Msg: err.Error()}}}
+		return nil, &Error{Problems: []*FieldError{{Msg: clean(err.Error())}}}
 	}
 	return doc, nil
 }
@@ -132,11 +134,47 @@ func formatOf(name string, data []byte) Format {
 	return sniff(data)
 }
 
-// readFile reads a document file and its format.
-func readFile(name string) ([]byte, Format, error) {
-	data, err := os.ReadFile(name)
+// readFile reads a document file and its format: a regular file (or a
+// link to one) of at most lim.maxBytes bytes. Opening a FIFO could block
+// and a device could be read forever, so the type is checked before the
+// file is opened, and again on the opened file.
+func readFile(name string, lim limits) ([]byte, Format, error) {
+	fail := func(err error) ([]byte, Format, error) { return nil, 0, fmt.Errorf("config: %w", err) }
+	if fi, err := os.Stat(name); err != nil {
+		return fail(err)
+	} else if err := regular(name, fi, lim); err != nil {
+		return fail(err)
+	}
+	file, err := os.OpenFile(name, os.O_RDONLY|openFlags, 0)
 	if err != nil {
-		return nil, 0, fmt.Errorf("config: %w", err)
+		return fail(err)
+	}
+	defer file.Close()
+	fi, err := file.Stat()
+	if err == nil {
+		err = regular(name, fi, lim)
+	}
+	if err != nil {
+		return fail(err)
+	}
+	// The file may grow after Stat: read one byte past the limit to know.
+	data, err := io.ReadAll(io.LimitReader(file, int64(lim.maxBytes)+1))
+	if err == nil {
+		err = lim.checkSize(int64(len(data)))
+	}
+	if err != nil {
+		return fail(&fs.PathError{Op: "read", Path: name, Err: err})
 	}
 	return data, formatOf(name, data), nil
+}
+
+// regular rejects what is not a regular file within the size limit.
+func regular(name string, fi fs.FileInfo, lim limits) error {
+	if !fi.Mode().IsRegular() {
+		return &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("not a regular file (%v)", fi.Mode().Type())}
+	}
+	if err := lim.checkSize(fi.Size()); err != nil {
+		return &fs.PathError{Op: "open", Path: name, Err: err}
+	}
+	return nil
 }

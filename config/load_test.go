@@ -466,3 +466,27 @@ func TestLoadFile(t *testing.T) {
 	_, err := LoadFile(filepath.Join(dir, "missing.yaml"))
 	assert.ErrorIs(t, err, os.ErrNotExist)
 }
+
+// BenchmarkLoad: a typical policy document (the config example's), JSON
+// and YAML.
+func BenchmarkLoad(b *testing.B) {
+	yamlDoc, err := os.ReadFile(filepath.Join("..", "examples", "config", "policy.yaml"))
+	require.NoError(b, err)
+	jsonDoc := []byte(`{"methodConfig": [{"name": [{"service": "khive.echo.v1.EchoService"}], "timeout": "2s",
+	  "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.1s", "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+	  "circuitBreaker": {"consecutiveFailures": 5, "recoveryTime": "1s"}}],
+	  "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}}`)
+	for _, tc := range []struct {
+		f   Format
+		doc []byte
+	}{{JSON, jsonDoc}, {YAML, yamlDoc}} {
+		b.Run(tc.f.String(), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Load(tc.doc, tc.f); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -20,47 +20,51 @@ import (
 // key to its JSON name for protojson. It is stricter than protojson where
 // grpc-go is: numbers must be JSON numbers (not strings) and integers must
 // be written as integers.
-func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *problems) {
+func checkShape(v any, md protoreflect.MessageDescriptor, l *loc, p *problems) {
 	switch md.FullName() {
 	case "google.protobuf.Value": // any JSON value; the validator checks what it must hold
-		checkNumbers(v, path, p)
+		checkNumbers(v, l, p)
 		return
 	case "google.protobuf.Struct":
 		if _, ok := v.(*object); !ok {
-			p.addf(path, "must be an object, got %s", kindOf(v))
+			p.at(l, "must be an object, got %s", kindOf(v))
 		}
-		checkNumbers(v, path, p)
+		checkNumbers(v, l, p)
 		return
 	case "google.protobuf.ListValue":
 		if _, ok := v.([]any); !ok {
-			p.addf(path, "must be a list, got %s", kindOf(v))
+			p.at(l, "must be a list, got %s", kindOf(v))
 		}
-		checkNumbers(v, path, p)
+		checkNumbers(v, l, p)
 		return
 	case "google.protobuf.Duration":
-		checkDuration(v, path, p)
+		checkDuration(v, l, p)
 		return
 	}
 	obj, ok := v.(*object)
 	if !ok {
-		if path == "" {
-			p.addf(path, "the document must be an object, got %s", kindOf(v))
+		if l == nil {
+			p.at(l, "the document must be an object, got %s", kindOf(v))
 		} else {
-			p.addf(path, "must be an object, got %s", kindOf(v))
+			p.at(l, "must be an object, got %s", kindOf(v))
 		}
 		return
 	}
 	fields := md.Fields()
 	seen := map[protoreflect.FieldNumber]string{}
 	for i, key := range obj.keys {
-		child := join(path, key)
+		child := l.field(key)
 		fd := fieldByName(fields, key)
 		if fd == nil {
-			p.add(child, "unknown field"+suggest(key, fields))
+			if !p.full() {
+				p.at(child, "unknown field%s", suggest(key, fields))
+			} else {
+				p.more++
+			}
 			continue
 		}
 		if other, dup := seen[fd.Number()]; dup {
-			p.addf(child, "duplicate field (also written as %q)", other)
+			p.at(child, "duplicate field (also written as %s)", quote(other))
 			continue
 		}
 		seen[fd.Number()] = key
@@ -76,15 +80,15 @@ func checkShape(v any, md protoreflect.MessageDescriptor, path string, p *proble
 		if fd.IsList() {
 			list, ok := val.([]any)
 			if !ok {
-				p.addf(child, "must be a list, got %s", kindOf(val))
+				p.at(child, "must be a list, got %s", kindOf(val))
 				continue
 			}
 			for j, e := range list {
 				if e == nil && !isValue(fd) {
-					p.add(index(child, j), "must not be null")
+					p.at(child.index(j), "must not be null")
 					continue
 				}
-				checkField(e, fd, index(child, j), p)
+				checkField(e, fd, child.index(j), p)
 			}
 			continue
 		}
@@ -120,34 +124,34 @@ var statusCodeFields = map[protoreflect.Name]bool{
 // code number must be written as an unsigned integer ("14", not "14.0" or
 // "1.4e1"). Names, and values that are neither, are checked by the
 // validator.
-func checkCodes(list []any, path string, p *problems) {
+func checkCodes(list []any, l *loc, p *problems) {
 	for j, e := range list {
 		n, ok := e.(json.Number)
 		if !ok {
-			checkNumbers(e, index(path, j), p)
+			checkNumbers(e, l.index(j), p)
 			continue
 		}
 		if _, err := strconv.ParseUint(string(n), 10, 32); err != nil {
-			p.addf(index(path, j), "status code numbers are integers from 1 to 16, got %s", n)
+			p.at(l.index(j), "status code numbers are integers from 1 to 16, got %s", number(string(n)))
 		}
 	}
 }
 
 // checkNumbers reports the numbers of a free-form value (Value, Struct,
 // ListValue) that protojson cannot hold, being beyond a double's range.
-func checkNumbers(v any, path string, p *problems) {
+func checkNumbers(v any, l *loc, p *problems) {
 	switch v := v.(type) {
 	case json.Number:
 		if f, err := strconv.ParseFloat(string(v), 64); err != nil || math.IsInf(f, 0) {
-			p.addf(path, "number %s is out of range", v)
+			p.at(l, "number %s is out of range", number(string(v)))
 		}
 	case []any:
 		for i, e := range v {
-			checkNumbers(e, index(path, i), p)
+			checkNumbers(e, l.index(i), p)
 		}
 	case *object:
 		for i, k := range v.keys {
-			checkNumbers(v.vals[i], join(path, k), p)
+			checkNumbers(v.vals[i], l.field(k), p)
 		}
 	}
 }
@@ -157,50 +161,50 @@ func isValue(fd protoreflect.FieldDescriptor) bool {
 }
 
 // checkField checks one (non-list) value of field fd.
-func checkField(v any, fd protoreflect.FieldDescriptor, path string, p *problems) {
+func checkField(v any, fd protoreflect.FieldDescriptor, l *loc, p *problems) {
 	switch fd.Kind() {
 	case protoreflect.MessageKind:
-		checkShape(v, fd.Message(), path, p)
+		checkShape(v, fd.Message(), l, p)
 	case protoreflect.StringKind:
 		if _, ok := v.(string); !ok {
-			p.addf(path, "must be a string, got %s", kindOf(v))
+			p.at(l, "must be a string, got %s", kindOf(v))
 		}
 	case protoreflect.BoolKind:
 		if _, ok := v.(bool); !ok {
-			p.addf(path, "must be true or false, got %s", kindOf(v))
+			p.at(l, "must be true or false, got %s", kindOf(v))
 		}
 	case protoreflect.DoubleKind, protoreflect.FloatKind:
 		if _, ok := v.(json.Number); !ok {
-			p.addf(path, "must be a number, got %s", kindOf(v))
+			p.at(l, "must be a number, got %s", kindOf(v))
 			return
 		}
-		checkNumbers(v, path, p)
+		checkNumbers(v, l, p)
 	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
-		checkInt(v, path, math.MinInt32, math.MaxInt32, p)
+		checkInt(v, l, math.MinInt32, math.MaxInt32, p)
 	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
-		checkInt(v, path, math.MinInt64, math.MaxInt64, p)
+		checkInt(v, l, math.MinInt64, math.MaxInt64, p)
 	default:
 		// The schema uses no other kinds; let protojson judge.
 	}
 }
 
-func checkInt(v any, path string, lo, hi int64, p *problems) {
+func checkInt(v any, l *loc, lo, hi int64, p *problems) {
 	n, ok := v.(json.Number)
 	if !ok {
-		p.addf(path, "must be an integer, got %s", kindOf(v))
+		p.at(l, "must be an integer, got %s", kindOf(v))
 		return
 	}
 	i, err := strconv.ParseInt(string(n), 10, 64)
 	if err != nil {
 		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
-			p.addf(path, "integer %s is out of range", n)
+			p.at(l, "integer %s is out of range", number(string(n)))
 			return
 		}
-		p.addf(path, "must be an integer, got %s", n)
+		p.at(l, "must be an integer, got %s", number(string(n)))
 		return
 	}
 	if i < lo || i > hi {
-		p.addf(path, "integer %s is out of range", n)
+		p.at(l, "integer %s is out of range", number(string(n)))
 	}
 }
 
@@ -211,19 +215,19 @@ func checkInt(v any, path string, lo, hi int64, p *problems) {
 var durationSyntax = regexp.MustCompile(`^([-+]?(0|[1-9][0-9]*)(\.[0-9]{0,9})?|-?\.[0-9]{1,9})s$`)
 
 // checkDuration accepts what both protojson and grpc-go accept.
-func checkDuration(v any, path string, p *problems) {
+func checkDuration(v any, l *loc, p *problems) {
 	s, ok := v.(string)
 	if !ok {
-		p.addf(path, `must be a duration string such as "0.1s", got %s`, kindOf(v))
+		p.at(l, `must be a duration string such as "0.1s", got %s`, kindOf(v))
 		return
 	}
 	if !durationSyntax.MatchString(s) {
-		p.addf(path, `invalid duration %q: want seconds with an "s" suffix, such as "0.1s" or "2s"`, s)
+		p.at(l, `invalid duration %s: want seconds with an "s" suffix, such as "0.1s" or "2s"`, quote(s))
 		return
 	}
 	b, _ := json.Marshal(s)
 	if err := protojson.Unmarshal(b, &durationpb.Duration{}); err != nil {
-		p.addf(path, "duration %s is out of range", s)
+		p.at(l, "duration %s is out of range", number(s))
 	}
 }
 

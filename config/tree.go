@@ -26,17 +26,41 @@ import (
 type object struct {
 	keys []string
 	vals []any
+	set  map[string]struct{} // the keys, once there are many
 }
 
-// Limits of the generic tree (a valid document is far smaller).
-const (
-	maxDepth = 64
-	maxNodes = 100_000 // after YAML aliases are expanded
-)
+// has reports whether key is a member, in constant time for a large object.
+func (o *object) has(key string) bool {
+	if o.set != nil {
+		_, ok := o.set[key]
+		return ok
+	}
+	for _, k := range o.keys {
+		if k == key {
+			return true
+		}
+	}
+	return false
+}
 
-// parseJSON reads a JSON document. Duplicate keys are errors (protojson also
-// rejects them; encoding/json would keep the last one).
-func parseJSON(data []byte) (any, error) {
+// add appends a member.
+func (o *object) add(key string, v any) {
+	o.keys = append(o.keys, key)
+	o.vals = append(o.vals, v)
+	switch {
+	case o.set != nil:
+		o.set[key] = struct{}{}
+	case len(o.keys) == 16:
+		o.set = make(map[string]struct{}, 32)
+		for _, k := range o.keys {
+			o.set[k] = struct{}{}
+		}
+	}
+}
+
+// parseJSON reads a JSON document within b. Duplicate keys are errors
+// (protojson also rejects them; encoding/json would keep the last one).
+func parseJSON(data []byte, b *budget) (any, error) {
 	if !utf8.Valid(data) {
 		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
 	}
@@ -45,7 +69,7 @@ func parseJSON(data []byte) (any, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	v, err := readJSON(dec, "", 0)
+	v, err := readJSON(dec, nil, 0, b)
 	if err != nil {
 		return nil, jsonError(data, err)
 	}
@@ -58,12 +82,22 @@ func parseJSON(data []byte) (any, error) {
 	return v, nil
 }
 
-func readJSON(dec *json.Decoder, path string, depth int) (any, error) {
+func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 	if depth > maxDepth {
-		return nil, &FieldError{Path: path, Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
+		return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
 	}
 	tok, err := dec.Token()
 	if err != nil {
+		return nil, err
+	}
+	n := 0
+	switch tok := tok.(type) {
+	case string:
+		n = len(tok)
+	case json.Number:
+		n = len(tok)
+	}
+	if err := b.take(l, n); err != nil {
 		return nil, err
 	}
 	d, ok := tok.(json.Delim)
@@ -79,23 +113,23 @@ func readJSON(dec *json.Decoder, path string, depth int) (any, error) {
 				return nil, err
 			}
 			key, _ := tok.(string) // the decoder only returns string keys
-			child := join(path, key)
+			child := l.field(key)
 			if obj.has(key) {
-				return nil, &FieldError{Path: child, Msg: "duplicate field"}
+				return nil, &FieldError{Path: child.String(), Msg: "duplicate field"}
 			}
-			v, err := readJSON(dec, child, depth+1)
+			b.bytes -= len(key)
+			v, err := readJSON(dec, child, depth+1, b)
 			if err != nil {
 				return nil, err
 			}
-			obj.keys = append(obj.keys, key)
-			obj.vals = append(obj.vals, v)
+			obj.add(key, v)
 		}
 		_, err := dec.Token() // '}'
 		return obj, err
 	case '[':
 		list := []any{}
 		for dec.More() {
-			v, err := readJSON(dec, index(path, len(list)), depth+1)
+			v, err := readJSON(dec, l.index(len(list)), depth+1, b)
 			if err != nil {
 				return nil, err
 			}
@@ -105,15 +139,6 @@ func readJSON(dec *json.Decoder, path string, depth int) (any, error) {
 		return list, err
 	}
 	return nil, fmt.Errorf("unexpected %q", rune(d))
-}
-
-func (o *object) has(key string) bool {
-	for _, k := range o.keys {
-		if k == key {
-			return true
-		}
-	}
-	return false
 }
 
 // jsonError turns a decoding error into a *FieldError, with the line and
@@ -126,12 +151,12 @@ func jsonError(data []byte, err error) *FieldError {
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
 		line, col := position(data, se.Offset)
-		return &FieldError{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %v", line, col, se)}
+		return &FieldError{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %s", line, col, clean(se.Error()))}
 	}
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 		return &FieldError{Msg: "invalid JSON: unexpected end of the document"}
 	}
-	return &FieldError{Msg: "invalid JSON: " + err.Error()}
+	return &FieldError{Msg: "invalid JSON: " + clean(err.Error())}
 }
 
 // position converts a byte offset into a 1-based line and column.
@@ -150,10 +175,11 @@ func position(data []byte, off int64) (line, col int) {
 	return line, col
 }
 
-// parseYAML reads a YAML document (one only) into the generic tree. Mapping
-// keys must be strings; duplicate keys, merge keys (<<), non-finite numbers
-// and custom tags are errors; aliases are expanded (within maxNodes).
-func parseYAML(data []byte) (v any, err error) {
+// parseYAML reads a YAML document (one only) into the generic tree, within
+// b. Mapping keys must be strings; duplicate keys, merge keys (<<),
+// non-finite numbers and custom tags are errors; aliases are expanded, each
+// expansion counted in b.
+func parseYAML(data []byte, b *budget) (v any, err error) {
 	if !utf8.Valid(data) {
 		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
 	}
@@ -161,7 +187,7 @@ func parseYAML(data []byte) (v any, err error) {
 		// The YAML parser reports errors by panicking internally and recovering;
 		// this is a second net so that no input can panic Load.
 		if r := recover(); r != nil {
-			v, err = nil, &FieldError{Msg: fmt.Sprintf("invalid YAML: %v", r)}
+			v, err = nil, &FieldError{Msg: "invalid YAML: " + clean(fmt.Sprint(r))}
 		}
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -170,49 +196,45 @@ func parseYAML(data []byte) (v any, err error) {
 		if err == io.EOF {
 			return nil, &FieldError{Msg: "the document is empty"}
 		}
-		return nil, &FieldError{Msg: "invalid YAML: " + err.Error()}
+		return nil, &FieldError{Msg: "invalid YAML: " + clean(err.Error())}
 	}
 	var next yaml.Node
 	switch err := dec.Decode(&next); {
 	case err == nil:
 		return nil, &FieldError{Msg: "the YAML stream holds more than one document"}
 	case err != io.EOF:
-		return nil, &FieldError{Msg: "invalid YAML: " + err.Error()}
+		return nil, &FieldError{Msg: "invalid YAML: " + clean(err.Error())}
 	}
-	c := yamlConverter{nodes: maxNodes}
-	return c.convert(&doc, "", 0)
+	return convertYAML(&doc, nil, 0, b)
 }
 
-type yamlConverter struct {
-	nodes int // left to visit
-}
-
-func (c *yamlConverter) convert(n *yaml.Node, path string, depth int) (any, error) {
-	c.nodes--
-	if c.nodes < 0 {
-		return nil, &FieldError{Msg: fmt.Sprintf("the document has more than %d values (after expanding aliases)", maxNodes)}
-	}
+func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, error) {
 	if depth > maxDepth {
-		return nil, &FieldError{Path: path, Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
+		return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
 	}
 	if n.Kind == yaml.MappingNode && n.ShortTag() != "!!map" || n.Kind == yaml.SequenceNode && n.ShortTag() != "!!seq" {
-		return nil, &FieldError{Path: path, Msg: fmt.Sprintf("line %d: unsupported YAML tag %s", n.Line, n.Tag)}
+		return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: unsupported YAML tag %s", n.Line, show(n.Tag))}
 	}
 	switch n.Kind {
 	case yaml.DocumentNode:
 		if len(n.Content) == 0 {
 			return nil, &FieldError{Msg: "the document is empty"}
 		}
-		return c.convert(n.Content[0], path, depth)
+		return convertYAML(n.Content[0], l, depth, b)
 	case yaml.AliasNode:
 		if n.Alias == nil {
-			return nil, &FieldError{Path: path, Msg: "unresolved YAML alias"}
+			return nil, &FieldError{Path: l.String(), Msg: "unresolved YAML alias"}
 		}
-		return c.convert(n.Alias, path, depth+1)
+		return convertYAML(n.Alias, l, depth+1, b)
+	}
+	if err := b.take(l, len(n.Value)); err != nil {
+		return nil, err
+	}
+	switch n.Kind {
 	case yaml.SequenceNode:
 		list := make([]any, 0, len(n.Content))
 		for _, e := range n.Content {
-			v, err := c.convert(e, index(path, len(list)), depth+1)
+			v, err := convertYAML(e, l.index(len(list)), depth+1, b)
 			if err != nil {
 				return nil, err
 			}
@@ -228,31 +250,31 @@ func (c *yamlConverter) convert(n *yaml.Node, path string, depth int) (any, erro
 			}
 			if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
 				if k.ShortTag() == "!!merge" {
-					return nil, &FieldError{Path: path, Msg: fmt.Sprintf("line %d: YAML merge keys (<<) are not supported", k.Line)}
+					return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: YAML merge keys (<<) are not supported", k.Line)}
 				}
-				return nil, &FieldError{Path: path, Msg: fmt.Sprintf("line %d: mapping keys must be strings, got %s", k.Line, describeYAML(k))}
+				return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: mapping keys must be strings, got %s", k.Line, describeYAML(k))}
 			}
-			child := join(path, k.Value)
+			child := l.field(k.Value)
 			if obj.has(k.Value) {
-				return nil, &FieldError{Path: child, Msg: fmt.Sprintf("line %d: duplicate field", k.Line)}
+				return nil, &FieldError{Path: child.String(), Msg: fmt.Sprintf("line %d: duplicate field", k.Line)}
 			}
-			v, err := c.convert(n.Content[i+1], child, depth+1)
+			b.bytes -= len(k.Value)
+			v, err := convertYAML(n.Content[i+1], child, depth+1, b)
 			if err != nil {
 				return nil, err
 			}
-			obj.keys = append(obj.keys, k.Value)
-			obj.vals = append(obj.vals, v)
+			obj.add(k.Value, v)
 		}
 		return obj, nil
 	case yaml.ScalarNode:
-		return scalarYAML(n, path)
+		return scalarYAML(n, l)
 	}
-	return nil, &FieldError{Path: path, Msg: fmt.Sprintf("line %d: unsupported YAML node", n.Line)}
+	return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: unsupported YAML node", n.Line)}
 }
 
-func scalarYAML(n *yaml.Node, path string) (any, error) {
+func scalarYAML(n *yaml.Node, l *loc) (any, error) {
 	bad := func(format string, args ...any) error {
-		return &FieldError{Path: path, Msg: fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}
+		return &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}
 	}
 	switch tag := n.ShortTag(); tag {
 	case "!!null":
@@ -265,16 +287,16 @@ func scalarYAML(n *yaml.Node, path string) (any, error) {
 	case "!!bool":
 		var b bool
 		if err := n.Decode(&b); err != nil {
-			return nil, bad("invalid boolean %q", n.Value)
+			return nil, bad("invalid boolean %s", quote(n.Value))
 		}
 		return b, nil
 	case "!!int", "!!float":
 		if num, ok := yamlNumber(n.Value); ok {
 			return num, nil
 		}
-		return nil, bad("must be a finite decimal number such as 10 or 0.5, got %s", n.Value)
+		return nil, bad("must be a finite decimal number such as 10 or 0.5, got %s", show(n.Value))
 	default:
-		return nil, bad("unsupported YAML tag %s", tag)
+		return nil, bad("unsupported YAML tag %s", show(tag))
 	}
 }
 
@@ -321,7 +343,7 @@ func describeYAML(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a sequence"
 	case yaml.ScalarNode:
-		return fmt.Sprintf("%s %q", n.ShortTag(), n.Value)
+		return n.ShortTag() + " " + quote(n.Value)
 	}
 	return "a complex key"
 }

@@ -85,15 +85,15 @@ func policyKey(n *resiliencev1.MethodConfig_Name, path string, p *problems) (str
 	svc, m := n.GetService(), n.GetMethod()
 	ok := true
 	if svc == "" && m != "" {
-		p.addf(join(path, "method"), "%q needs a service (grpc: cannot combine an empty service with a method)", m)
+		p.addf(join(path, "method"), "%s needs a service (grpc: cannot combine an empty service with a method)", quote(m))
 		return "", false
 	}
 	if svc != "" && !validName(svc) {
-		p.addf(join(path, "service"), `invalid service name %q: must not contain "/", "*" or spaces`, svc)
+		p.addf(join(path, "service"), `invalid service name %s: must not contain "/", "*" or spaces`, quote(svc))
 		ok = false
 	}
 	if m != "" && !validName(m) {
-		p.addf(join(path, "method"), `invalid method name %q: must not contain "/", "*" or spaces`, m)
+		p.addf(join(path, "method"), `invalid method name %s: must not contain "/", "*" or spaces`, quote(m))
 		ok = false
 	}
 	switch {
@@ -117,10 +117,10 @@ func describeKey(key string) string {
 	case key == "*":
 		return "{} (the default)"
 	case strings.HasSuffix(key, "/*"):
-		return fmt.Sprintf("{service: %q}", key[1:len(key)-2])
+		return fmt.Sprintf("{service: %s}", quote(key[1:len(key)-2]))
 	default:
 		i := strings.LastIndexByte(key, '/')
-		return fmt.Sprintf("{service: %q, method: %q}", key[1:i], key[i+1:])
+		return fmt.Sprintf("{service: %s, method: %s}", quote(key[1:i]), quote(key[i+1:]))
 	}
 }
 
@@ -183,13 +183,13 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 		r.Jitter = retry.NoJitter
 	default:
 		jitterOK = false
-		p.addf(join(path, "jitter"), `must be "proportional", "full" or "none", got %q`, rp.GetJitter())
+		p.addf(join(path, "jitter"), `must be "proportional", "full" or "none", got %s`, quote(rp.GetJitter()))
 	}
 	if rp.JitterFactor != nil && jitterOK {
 		fpath := join(path, "jitterFactor")
 		switch f := rp.GetJitterFactor(); {
 		case r.Jitter != retry.ProportionalJitter:
-			p.addf(fpath, "applies to proportional jitter only, not %q", rp.GetJitter())
+			p.addf(fpath, "applies to proportional jitter only, not %s", quote(rp.GetJitter()))
 		case math.IsNaN(f) || f <= 0 || f > 1:
 			p.addf(fpath, `must be in (0, 1], got %v (use jitter: "none" for no jitter)`, f)
 		default:
@@ -220,7 +220,7 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 	case "metrics-only":
 		c.Mode = breaker.MetricsOnly
 	default:
-		p.addf(join(path, "mode"), `must be "closed", "disabled" or "metrics-only", got %q`, cb.GetMode())
+		p.addf(join(path, "mode"), `must be "closed", "disabled" or "metrics-only", got %s`, quote(cb.GetMode()))
 	}
 	c.ConsecutiveFailures = ruleCount(cb.ConsecutiveFailures, join(path, "consecutiveFailures"), "the rule", p)
 	if cb.FailureRate != nil {
@@ -446,7 +446,7 @@ func statusCode(v *structpb.Value, path string, p *problems) (codes.Code, bool) 
 		s := k.StringValue
 		var ok bool
 		if c, ok = codeByName[s]; !ok {
-			p.addf(path, "unknown status code %q%s", s, codeHint(s))
+			p.addf(path, "unknown status code %s%s", quote(s), codeHint(s))
 			return 0, false
 		}
 	default:
@@ -467,7 +467,7 @@ func codeHint(s string) string {
 		u = "CANCELLED"
 	}
 	if _, ok := codeByName[u]; ok {
-		return fmt.Sprintf(" (names are upper case, as grpc spells them: %q)", u)
+		return fmt.Sprintf(" (names are upper case, as grpc spells them: %s)", quote(u))
 	}
 	return ""
 }

@@ -57,16 +57,23 @@ func describeBudget(b interceptors.SnapshotBudget) string {
 //
 // A content that fails to load, or that apply rejects, is reported to
 // onError (if not nil) once and skipped: the previous policies stay in
-// force until the file changes again. A file that cannot be read is
-// reported once per distinct error. The file is read whole on every tick
-// (documents are small); the format comes from its name as in LoadFile.
+// force until the file changes again. A file that cannot be read, or that
+// is not a regular file (a FIFO, a device, or a link to one) or exceeds the
+// WithMaxBytes limit, is reported once per distinct error. The file is read
+// whole on every tick (documents are small); the format comes from its name
+// as in LoadFile, and opts set the limits as for Load.
 // Replace the file atomically (write another file in the same directory,
 // then rename it over this one): a poll that falls between the truncation
 // and the end of an in-place write sees a partial document and reports it.
 //
 // WatchFile returns ctx.Err() when ctx is done, and starts no goroutine of
-// its own. It returns an error at once if interval is not positive.
-func WatchFile(ctx context.Context, name string, interval time.Duration, apply func(*Config) error, onError func(error)) error {
+// its own. It returns an error at once if interval is not positive, apply
+// is nil or an option is invalid.
+func WatchFile(ctx context.Context, name string, interval time.Duration, apply func(*Config) error, onError func(error), opts ...Option) error {
+	lim, err := newLimits(opts)
+	if err != nil {
+		return err
+	}
 	if interval <= 0 {
 		return fmt.Errorf("config: WatchFile: interval must be positive, got %v", interval)
 	}
@@ -82,7 +89,7 @@ func WatchFile(ctx context.Context, name string, interval time.Duration, apply f
 	seen := false
 	lastReadErr := ""
 	poll := func() {
-		data, f, err := readFile(name)
+		data, f, err := readFile(name, lim)
 		if err != nil {
 			if msg := err.Error(); msg != lastReadErr {
 				lastReadErr = msg
@@ -95,7 +102,7 @@ func WatchFile(ctx context.Context, name string, interval time.Duration, apply f
 			return
 		}
 		seen, last = true, data
-		c, err := Load(data, f)
+		c, err := load(data, f, lim)
 		if err == nil {
 			err = apply(c)
 		}

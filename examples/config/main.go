@@ -4,8 +4,9 @@
 // from a file, builds the client's interceptors from it, and watches the
 // file: it raises maxAttempts in the file and the next call gets the new
 // policy (with its breaker and retry budget kept), then writes an invalid
-// version, which is reported and skipped. It ends by printing the suite's
-// snapshot as JSON:
+// version, which is reported and skipped, and one larger than the watcher's
+// size limit, also skipped. It ends by printing the suite's snapshot as
+// JSON:
 //
 //	go run ./examples/config
 //
@@ -40,6 +41,7 @@ const (
 	unary    = "/khive.echo.v1.EchoService/Unary"
 	interval = 20 * time.Millisecond // how often the file is polled
 	patience = 5 * time.Second       // how long a step may wait for the watcher
+	maxBytes = 64 << 10              // a policy file is small: refuse larger ones (the default is 4 MiB)
 )
 
 func main() {
@@ -95,7 +97,8 @@ func run() error {
 				applied <- c
 				return nil
 			},
-			func(err error) { rejected <- err })
+			func(err error) { rejected <- err },
+			config.WithMaxBytes(maxBytes))
 	}()
 	defer func() {
 		cancel()
@@ -149,7 +152,21 @@ func run() error {
 	}
 	fmt.Println("   the suite keeps the policy of step 3 (maxAttempts 5)")
 
-	fmt.Println("\n5. The suite's snapshot (effective policies, breakers, budgets)")
+	fmt.Println("\n5. Write a version larger than the watcher's limit (64 KiB); it is reported and skipped")
+	padded := edited + "# " + strings.Repeat("x", maxBytes) + "\n"
+	if err := replace(file, padded); err != nil {
+		return err
+	}
+	_, err = receive(applied, rejected)
+	if err == nil {
+		return errors.New("the oversized version was applied")
+	}
+	fmt.Printf("   %v\n", strings.ReplaceAll(err.Error(), file, "policy.yaml"))
+	if !strings.Contains(err.Error(), "larger than 65536 bytes") {
+		return fmt.Errorf("want the size limit reported, got %v", err)
+	}
+
+	fmt.Println("\n6. The suite's snapshot (effective policies, breakers, budgets)")
 	out, err := json.MarshalIndent(suite.Snapshot(), "   ", "  ")
 	if err != nil {
 		return err
