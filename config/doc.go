@@ -25,9 +25,9 @@
 //	      "perAttemptTimeout": "0.5s", "minAttemptTime": "0.001s", "maxPushback": "30s"
 //	    },
 //	    "circuitBreaker": {                                          ours, optional
-//	      "mode": "closed", "consecutiveFailures": 12, "failureRate": 0.5, "minimumCalls": 20,
-//	      "window": "10s", "recoveryTime": "5s", "maxRecoveryTime": "60s", "recoveryJitter": 0.2,
-//	      "halfOpenMaxCalls": 1, "failureStatusCodes": ["UNAVAILABLE", "INTERNAL"]
+//	      "mode": "closed", "consecutiveFailures": 12, "throttleK": 2, "minimumCalls": 20,
+//	      "window": "10s", "recoveryTime": "1s", "maxRecoveryTime": "60s", "recoveryJitter": 0.2,
+//	      "halfOpenMaxCalls": 1, "halfOpenMaxWait": "1s", "failureStatusCodes": ["UNAVAILABLE", "INTERNAL"]
 //	    }
 //	  }],
 //	  "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
@@ -131,9 +131,10 @@
 //   - retryThrottling is one token bucket per target (cc.Target()), as
 //     grpc-go keeps one per ClientConn.
 //
-// In circuitBreaker, 0 turns a trip rule off (consecutiveFailures,
-// minimumCalls) and recoveryJitter 0 means no jitter; maxRecoveryTime
-// defaults to 60s, or to recoveryTime if that is larger.
+// In circuitBreaker, 0 turns a rule off (consecutiveFailures, throttleK),
+// the failureRate rule is off unless set, recoveryJitter 0 means no jitter
+// and halfOpenMaxWait "0s" means never wait; maxRecoveryTime defaults to
+// 60s, or to recoveryTime if that is larger.
 //
 // # YAML
 //

@@ -181,12 +181,15 @@ func TestLoadInvalid(t *testing.T) {
 		{"negative streak", breakerDoc(`"consecutiveFailures": -1`), []string{"methodConfig[0].circuitBreaker.consecutiveFailures: must not be negative (0 turns the rule off), got -1"}},
 		{"rate zero", breakerDoc(`"failureRate": 0`), []string{"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 0"}},
 		{"rate above one", breakerDoc(`"failureRate": 1.5`), []string{"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 1.5"}},
-		{"negative minimum calls", breakerDoc(`"minimumCalls": -5`), []string{"methodConfig[0].circuitBreaker.minimumCalls: must not be negative"}},
+		{"negative minimum calls", breakerDoc(`"minimumCalls": -5`), []string{"methodConfig[0].circuitBreaker.minimumCalls: must be at least 1, got -5"}},
+		{"zero minimum calls", breakerDoc(`"minimumCalls": 0`), []string{"methodConfig[0].circuitBreaker.minimumCalls: must be at least 1, got 0"}},
+		{"throttleK below 1", breakerDoc(`"throttleK": 0.5`), []string{"methodConfig[0].circuitBreaker.throttleK: must be at least 1 (0 turns the throttle off), got 0.5"}},
+		{"negative halfOpenMaxWait", breakerDoc(`"halfOpenMaxWait": "-1s"`), []string{"methodConfig[0].circuitBreaker.halfOpenMaxWait"}},
 		{"zero window", breakerDoc(`"window": "0s"`), []string{"methodConfig[0].circuitBreaker.window: must be greater than zero, got 0s"}},
 		{"tiny window", breakerDoc(`"window": "0.000000005s"`), []string{"methodConfig[0].circuitBreaker.window: must be at least 10ns, got 5ns"}},
 		{"zero recovery", breakerDoc(`"recoveryTime": "0s"`), []string{"methodConfig[0].circuitBreaker.recoveryTime: must be greater than zero, got 0s"}},
 		{"max recovery below recovery", breakerDoc(`"recoveryTime": "10s", "maxRecoveryTime": "5s"`), []string{"methodConfig[0].circuitBreaker.maxRecoveryTime: must be at least recoveryTime (10s), got 5s"}},
-		{"max recovery below default recovery", breakerDoc(`"maxRecoveryTime": "1s"`), []string{"methodConfig[0].circuitBreaker.maxRecoveryTime: must be at least recoveryTime (5s), got 1s"}},
+		{"max recovery below default recovery", breakerDoc(`"maxRecoveryTime": "0.5s"`), []string{"methodConfig[0].circuitBreaker.maxRecoveryTime: must be at least recoveryTime (1s), got 500ms"}},
 		{"jitter one", breakerDoc(`"recoveryJitter": 1`), []string{"methodConfig[0].circuitBreaker.recoveryJitter: must be in [0, 1), got 1"}},
 		{"zero probes", breakerDoc(`"halfOpenMaxCalls": 0`), []string{"methodConfig[0].circuitBreaker.halfOpenMaxCalls: must be at least 1, got 0"}},
 		{"empty failure codes", breakerDoc(`"failureStatusCodes": []`), []string{"methodConfig[0].circuitBreaker.failureStatusCodes: must not be empty"}},
@@ -317,14 +320,14 @@ func TestLoadOurFields(t *testing.T) {
 	    },
 	    "circuitBreaker": {
 	      "consecutiveFailures": 0, "failureRate": 0.25, "minimumCalls": 50, "window": "30s",
-	      "recoveryTime": "90s", "recoveryJitter": 0, "halfOpenMaxCalls": 3,
+	      "recoveryTime": "90s", "recoveryJitter": 0, "halfOpenMaxCalls": 3, "throttleK": 1.5, "halfOpenMaxWait": "0.2s",
 	      "failureStatusCodes": ["UNAVAILABLE", 13]
 	    }
 	  }, {
 	    "name": [{"service": "a.v1.A"}],
 	    "retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1,
 	      "retryableStatusCodes": ["UNAVAILABLE"], "jitter": "none"},
-	    "circuitBreaker": {"mode": "metrics-only", "minimumCalls": 0, "maxRecoveryTime": "120s"}
+	    "circuitBreaker": {"mode": "metrics-only", "throttleK": 0, "halfOpenMaxWait": "0s", "maxRecoveryTime": "120s"}
 	  }, {
 	    "name": [{}],
 	    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "5s", "backoffMultiplier": 2,
@@ -344,7 +347,7 @@ func TestLoadOurFields(t *testing.T) {
 		Breaker: breaker.Config{
 			ConsecutiveFailures: -1, FailureRate: 0.25, MinimumCalls: 50, Window: 30 * time.Second,
 			RecoveryTime: 90 * time.Second, MaxRecoveryTime: 90 * time.Second, // default cap raised to recoveryTime
-			RecoveryJitter: -1, HalfOpenMaxCalls: 3,
+			RecoveryJitter: -1, HalfOpenMaxCalls: 3, ThrottleK: 1.5, HalfOpenMaxWait: 200 * time.Millisecond,
 		},
 		RetryableCodes: []codes.Code{codes.Unavailable, codes.DeadlineExceeded},
 		FailureCodes:   []codes.Code{codes.Unavailable, codes.Internal},
@@ -352,7 +355,7 @@ func TestLoadOurFields(t *testing.T) {
 	assert.Equal(t, interceptors.Policy{
 		Retry: retry.Policy{MaxAttempts: 2, InitialBackoff: time.Second, MaxBackoff: time.Second, Multiplier: 1,
 			Jitter: retry.NoJitter},
-		Breaker:        breaker.Config{Mode: breaker.MetricsOnly, MinimumCalls: -1, MaxRecoveryTime: 120 * time.Second},
+		Breaker:        breaker.Config{Mode: breaker.MetricsOnly, ThrottleK: -1, HalfOpenMaxWait: -1, MaxRecoveryTime: 120 * time.Second},
 		RetryableCodes: []codes.Code{codes.Unavailable},
 	}, c.Policies["/a.v1.A/*"])
 	assert.Equal(t, interceptors.Policy{

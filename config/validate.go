@@ -230,7 +230,30 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 			c.FailureRate = f
 		}
 	}
-	c.MinimumCalls = ruleCount(cb.MinimumCalls, join(path, "minimumCalls"), "the rate rule", p)
+	if cb.MinimumCalls != nil {
+		if n := cb.GetMinimumCalls(); n < 1 {
+			p.addf(join(path, "minimumCalls"), "must be at least 1, got %d", n)
+		} else {
+			c.MinimumCalls = int(n)
+		}
+	}
+	if cb.ThrottleK != nil {
+		switch k := cb.GetThrottleK(); {
+		case k == 0:
+			c.ThrottleK = -1 // off
+		case math.IsNaN(k) || math.IsInf(k, 0) || k < 1:
+			p.addf(join(path, "throttleK"), "must be at least 1 (0 turns the throttle off), got %v", k)
+		default:
+			c.ThrottleK = k
+		}
+	}
+	if w := cb.GetHalfOpenMaxWait(); w != nil {
+		if w.CheckValid() == nil && w.AsDuration() == 0 {
+			c.HalfOpenMaxWait = -1 // "0s": never wait
+		} else {
+			c.HalfOpenMaxWait = positiveDuration(w, join(path, "halfOpenMaxWait"), p)
+		}
+	}
 	c.Window = optionalDuration(cb.GetWindow(), join(path, "window"), p)
 	if c.Window > 0 && c.Window < 10 {
 		p.addf(join(path, "window"), "must be at least 10ns, got %v", c.Window)

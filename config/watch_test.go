@@ -187,12 +187,13 @@ func TestReloadUnderConcurrentLoad(t *testing.T) {
 	const (
 		workers = 8
 		calls   = 25 // per worker
-		// Two versions with the same breaker (both trip rules off, so the
-		// 50% failed attempts never open it) and the same budget.
+		// Two versions with the same breaker (streak and throttle off, so
+		// the 50% failed attempts never open or throttle it) and the same
+		// budget.
 		v1 = `{"methodConfig": [{"name": [{"service": "khive.echo.v1.EchoService"}],
 		  "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.001s", "maxBackoff": "0.001s", "backoffMultiplier": 1,
 		    "retryableStatusCodes": ["UNAVAILABLE"]},
-		  "circuitBreaker": {"consecutiveFailures": 0, "minimumCalls": 0}}],
+		  "circuitBreaker": {"consecutiveFailures": 0, "throttleK": 0}}],
 		  "retryThrottling": {"maxTokens": 1000, "tokenRatio": 1}}`
 	)
 	v2 := strings.Replace(v1, `"maxAttempts": 3`, `"maxAttempts": 4`, 1)

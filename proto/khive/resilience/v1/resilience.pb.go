@@ -585,20 +585,24 @@ type CircuitBreaker struct {
 	// or "metrics-only" (counts and evaluates the trip rules, never rejects).
 	Mode string `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
 	// consecutive_failures is the streak of failed attempts that opens the
-	// breaker; default 12; 0 turns the streak rule off.
+	// breaker (a streak holding a failed retry or call; longer when the
+	// window's attempts fail more than 30% of the time); default 12; 0 turns
+	// the streak rule off.
 	ConsecutiveFailures *int32 `protobuf:"varint,2,opt,name=consecutive_failures,json=consecutiveFailures,proto3,oneof" json:"consecutive_failures,omitempty"`
-	// failure_rate opens the breaker when failures / (successes + failures) in
-	// the window reach it; in (0, 1]; default 0.5.
+	// failure_rate, if set, opens the breaker when failed calls / calls in
+	// the window reach it; in (0, 1]; absent: the rule is off.
 	FailureRate *float64 `protobuf:"fixed64,3,opt,name=failure_rate,json=failureRate,proto3,oneof" json:"failure_rate,omitempty"`
-	// minimum_calls is the number of outcomes the window must hold before the
-	// rate rule applies; default 20; 0 turns the rate rule off.
+	// minimum_calls is the number of calls the window must hold before the
+	// throttle or the failure_rate rule acts; at least 1; default 20.
 	MinimumCalls *int32 `protobuf:"varint,4,opt,name=minimum_calls,json=minimumCalls,proto3,oneof" json:"minimum_calls,omitempty"`
-	// window is the rolling window of the rate rule; default 10s.
+	// window is the rolling window of the throttle and the failure_rate rule;
+	// default 10s.
 	Window *durationpb.Duration `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
-	// recovery_time is the first open period; default 5s.
+	// recovery_time is the first open period; default 1s. A re-open lasts a
+	// third of the time since the breaker opened, if longer.
 	RecoveryTime *durationpb.Duration `protobuf:"bytes,6,opt,name=recovery_time,json=recoveryTime,proto3" json:"recovery_time,omitempty"`
-	// max_recovery_time caps the open period, which doubles on each re-open;
-	// at least recovery_time; default 60s (or recovery_time if larger).
+	// max_recovery_time caps the open period; at least recovery_time; default
+	// 60s (or recovery_time if larger).
 	MaxRecoveryTime *durationpb.Duration `protobuf:"bytes,7,opt,name=max_recovery_time,json=maxRecoveryTime,proto3" json:"max_recovery_time,omitempty"`
 	// recovery_jitter multiplies each open period by U(1-j, 1+j); in [0, 1);
 	// default 0.2; 0 means no jitter.
@@ -611,8 +615,15 @@ type CircuitBreaker struct {
 	// DATA_LOSS, RESOURCE_EXHAUSTED, and DEADLINE_EXCEEDED while the caller's
 	// context is live.
 	FailureStatusCodes *structpb.ListValue `protobuf:"bytes,10,opt,name=failure_status_codes,json=failureStatusCodes,proto3" json:"failure_status_codes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// throttle_k is the K of adaptive throttling: calls are shed with
+	// probability max(0, (calls - K*accepts)/(calls+1)) over the window;
+	// default 2; 0 turns the throttle off; otherwise at least 1.
+	ThrottleK *float64 `protobuf:"fixed64,11,opt,name=throttle_k,json=throttleK,proto3,oneof" json:"throttle_k,omitempty"`
+	// half_open_max_wait bounds how long a call waits for a half-open probe's
+	// verdict when every probe slot is taken; default 1s; 0s: never wait.
+	HalfOpenMaxWait *durationpb.Duration `protobuf:"bytes,12,opt,name=half_open_max_wait,json=halfOpenMaxWait,proto3" json:"half_open_max_wait,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CircuitBreaker) Reset() {
@@ -711,6 +722,20 @@ func (x *CircuitBreaker) GetHalfOpenMaxCalls() int32 {
 func (x *CircuitBreaker) GetFailureStatusCodes() *structpb.ListValue {
 	if x != nil {
 		return x.FailureStatusCodes
+	}
+	return nil
+}
+
+func (x *CircuitBreaker) GetThrottleK() float64 {
+	if x != nil && x.ThrottleK != nil {
+		return *x.ThrottleK
+	}
+	return 0
+}
+
+func (x *CircuitBreaker) GetHalfOpenMaxWait() *durationpb.Duration {
+	if x != nil {
+		return x.HalfOpenMaxWait
 	}
 	return nil
 }
@@ -834,7 +859,7 @@ const file_khive_resilience_v1_resilience_proto_rawDesc = "" +
 	"\x16min_retries_per_second\x18\x03 \x01(\x01H\x01R\x13minRetriesPerSecond\x88\x01\x01\x121\n" +
 	"\x06window\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x06windowB\b\n" +
 	"\x06_ratioB\x19\n" +
-	"\x17_min_retries_per_second\"\x80\x05\n" +
+	"\x17_min_retries_per_second\"\xfb\x05\n" +
 	"\x0eCircuitBreaker\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x126\n" +
 	"\x14consecutive_failures\x18\x02 \x01(\x05H\x00R\x13consecutiveFailures\x88\x01\x01\x12&\n" +
@@ -846,12 +871,16 @@ const file_khive_resilience_v1_resilience_proto_rawDesc = "" +
 	"\x0frecovery_jitter\x18\b \x01(\x01H\x03R\x0erecoveryJitter\x88\x01\x01\x122\n" +
 	"\x13half_open_max_calls\x18\t \x01(\x05H\x04R\x10halfOpenMaxCalls\x88\x01\x01\x12L\n" +
 	"\x14failure_status_codes\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.ListValueR\x12failureStatusCodesB\x17\n" +
+	" \x01(\v2\x1a.google.protobuf.ListValueR\x12failureStatusCodes\x12\"\n" +
+	"\n" +
+	"throttle_k\x18\v \x01(\x01H\x05R\tthrottleK\x88\x01\x01\x12F\n" +
+	"\x12half_open_max_wait\x18\f \x01(\v2\x19.google.protobuf.DurationR\x0fhalfOpenMaxWaitB\x17\n" +
 	"\x15_consecutive_failuresB\x0f\n" +
 	"\r_failure_rateB\x10\n" +
 	"\x0e_minimum_callsB\x12\n" +
 	"\x10_recovery_jitterB\x16\n" +
-	"\x14_half_open_max_callsBIZGgithub.com/khive/grpc-resilience/proto/khive/resilience/v1;resiliencev1b\x06proto3"
+	"\x14_half_open_max_callsB\r\n" +
+	"\v_throttle_kBIZGgithub.com/khive/grpc-resilience/proto/khive/resilience/v1;resiliencev1b\x06proto3"
 
 var (
 	file_khive_resilience_v1_resilience_proto_rawDescOnce sync.Once
@@ -903,11 +932,12 @@ var file_khive_resilience_v1_resilience_proto_depIdxs = []int32{
 	10, // 19: khive.resilience.v1.CircuitBreaker.recovery_time:type_name -> google.protobuf.Duration
 	10, // 20: khive.resilience.v1.CircuitBreaker.max_recovery_time:type_name -> google.protobuf.Duration
 	8,  // 21: khive.resilience.v1.CircuitBreaker.failure_status_codes:type_name -> google.protobuf.ListValue
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	10, // 22: khive.resilience.v1.CircuitBreaker.half_open_max_wait:type_name -> google.protobuf.Duration
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_khive_resilience_v1_resilience_proto_init() }
