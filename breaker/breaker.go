@@ -552,7 +552,8 @@ func (b *Breaker) tripped(streak uint64, now time.Time, final bool) bool {
 
 // streakNeeded returns the streak that opens the breaker, given the window's
 // attempts before the current streak of length l: ConsecutiveFailures while
-// they failed at most noiseFailureRate of the time, longer above it, so
+// they failed at most noiseFailureRate of the time (or were fewer than
+// MinimumCalls), longer above it, so
 // that a streak is as unlikely under the observed failure rate f as a
 // streak of ConsecutiveFailures under noiseFailureRate (n·ln 0.3 / ln f),
 // and at most maxStreakFactor times ConsecutiveFailures.
@@ -560,8 +561,8 @@ func (b *Breaker) streakNeeded(l uint64, now time.Time) uint64 {
 	n := uint64(b.cfg.ConsecutiveFailures)
 	t := b.win.sum(now)
 	prior := t.fail - min(t.fail, l)
-	if prior == 0 {
-		return n
+	if prior == 0 || prior+t.succ < uint64(b.cfg.MinimumCalls) {
+		return n // no failures before the streak, or too few attempts to tell a rate
 	}
 	f := float64(prior) / float64(prior+t.succ)
 	if f <= noiseFailureRate {

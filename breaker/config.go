@@ -46,7 +46,8 @@ type Config struct {
 
 	// ConsecutiveFailures is the streak of failed attempts that opens the
 	// breaker when the window's earlier attempts failed at most 30% of the
-	// time; above that the streak needed grows (up to 4 times this), so that
+	// time (over at least MinimumCalls attempts); above that the streak
+	// needed grows (up to 4 times this), so that
 	// a partial failure is left to the throttle. A streak opens only once it
 	// holds a failed retry or a failed call, never first attempts alone. 0
 	// means the default 12; a negative value turns the rule off.

@@ -60,8 +60,8 @@
 // does not.
 //
 // The streak needed grows with the failure rate f of the window's attempts
-// before the streak: n = 12 while f <= 0.3, else ceil(12 ln 0.3 / ln f),
-// capped at 48. A streak is then as rare under f as 12 under 30% (a new run
+// before the streak: n = 12 while f <= 0.3 or the window holds fewer than
+// MinimumCalls such attempts, else ceil(12 ln 0.3 / ln f), capped at 48. A streak is then as rare under f as 12 under 30% (a new run
 // of 12 starts about once per 2.7 million attempts at 30%): 21 at 50%, 41 at
 // 70%. So a partial failure is left to the throttle, and a healthy dependency
 // that goes down is cut after 12 failed attempts: at 200 calls/s with 4

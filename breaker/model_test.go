@@ -253,7 +253,7 @@ func (m *refModel) tripped(final bool) bool {
 	if n := uint64(m.cfg.ConsecutiveFailures); m.cfg.ConsecutiveFailures > 0 && m.flag && m.streak >= n {
 		t := m.windowSum()
 		need := n
-		if prior := t.fail - min(t.fail, m.streak); prior > 0 {
+		if prior := t.fail - min(t.fail, m.streak); prior > 0 && prior+t.succ >= uint64(m.cfg.MinimumCalls) {
 			if f := float64(prior) / float64(prior+t.succ); f > 0.3 {
 				need = 4 * n
 				if f < 1 {
