@@ -151,8 +151,8 @@
 //
 // Config.Apply installs a document's policies on a live suite with
 // interceptors.Suite.Update: atomically, without failing calls in flight,
-// keeping the breakers of the policy keys whose breaker settings did not
-// change and every retry budget. The budget settings are fixed when the
+// keeping every breaker's state (an open breaker stays open, new settings
+// apply from then on) and every retry budget. The budget settings are fixed when the
 // suite is built, so Apply refuses a document whose retryThrottling or
 // retryBudget differs. WatchFile polls a file and applies each new content;
 // a content that fails to load is reported and skipped. Suite.Snapshot shows

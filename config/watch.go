@@ -12,8 +12,9 @@ import (
 )
 
 // Apply installs the document's policies on a live suite (Suite.Update):
-// atomically, without failing calls in flight, keeping the breakers whose
-// settings did not change and every retry budget.
+// atomically, without failing calls in flight, keeping every breaker's state
+// (an open breaker stays open; new settings apply from then on) and every
+// retry budget.
 //
 // A Suite's budget settings are fixed when it is built, so Apply refuses a
 // document whose retryThrottling or retryBudget differs from the suite's

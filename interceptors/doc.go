@@ -10,7 +10,7 @@
 //
 //	suite, err := interceptors.New(map[string]interceptors.Policy{
 //		"/pkg.Payments/*": {Retry: retry.Policy{MaxAttempts: 3}},
-//		"*":               {}, // defaults: 4 attempts, 25ms full-jitter backoff, a breaker per method
+//		"*":               {}, // defaults: 4 attempts, 25ms full-jitter backoff, a breaker per method and target
 //	})
 //	if err != nil { ... }
 //	cc, err := grpc.NewClient(target, append(suite.DialOptions(), creds)...)
@@ -82,8 +82,9 @@
 //
 // # Circuit breaker
 //
-// Every attempt, first or retry, passes the method's breaker (one per method
-// by default, WithBreakerKey to change that), and every outcome is recorded.
+// Every attempt, first or retry, passes the method's breaker (one per target
+// and method by default, WithBreakerKey to change that), and every outcome
+// is recorded.
 // A call's first attempt is admitted with Breaker.AllowContext: while the
 // breaker is half-open with its probes in flight, the caller waits for
 // their verdict (at most the breaker's HalfOpenMaxWait, never past its
@@ -178,7 +179,8 @@
 // allocations per call (four over bufconn) that calls of a single attempt
 // (DisableRetry, MaxAttempts(1)) do not pay. The path reads no clock and
 // takes no lock, except that the breaker and the budget fold their counts
-// into their time windows on every 64th and 16th call. A rejection by an
+// into their time windows on every 64th count of one of their stripes. A
+// rejection by an
 // open breaker is an atomic load and a prebuilt error. A failed attempt
 // reads the clock once, for both the breaker (which stamps every failure,
 // through Permit.DoneAt) and the retry decision.
