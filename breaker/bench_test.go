@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"testing"
+	"time"
 )
 
 func mustNew(b *testing.B, cfg Config) *Breaker {
@@ -55,7 +56,7 @@ func BenchmarkOpenReject(b *testing.B) {
 }
 
 func BenchmarkOpenRejectParallel(b *testing.B) {
-	br := mustNew(b, Config{ConsecutiveFailures: 1})
+	br := mustNew(b, Config{ConsecutiveFailures: 1, RecoveryTime: time.Hour, MaxRecoveryTime: time.Hour})
 	p, _ := br.Allow()
 	p.Done(Failure) // Open (timer-driven), not ForcedOpen
 	defer br.Reset()

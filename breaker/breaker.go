@@ -4,10 +4,11 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	stripeof "github.com/khive/grpc-resilience/internal/stripe"
 )
 
 // The hot word of a breaker packs the generation and the state:
@@ -48,25 +49,16 @@ type event struct {
 	fn       func(name string, from, to State)
 }
 
-// stripe holds the counters written on hot paths. A Breaker has several,
-// each on its own cache line, and a caller picks one at random, so that
-// callers on different cores rarely write the same line. The mutex holder
+// stripe holds the counters written on hot paths. A Breaker has several
+// (at least four per processor, at most 64), each on its own cache line,
+// and a goroutine writes the one its stack address picks, so that callers
+// on different cores rarely write the same line. The mutex holder
 // folds them (see fold).
 type stripe struct {
 	succ atomic.Uint64 // accepted calls recorded by the fast path
 	thr  atomic.Uint64 // throttled calls
 	rej  atomic.Uint64 // open, forced-open and half-open rejections
 	_    [40]byte
-}
-
-// stripeCount returns the number of stripes: a power of two, at least four
-// per processor, at most 64.
-func stripeCount() int {
-	n := 4
-	for n < 4*runtime.GOMAXPROCS(0) && n < 64 {
-		n *= 2
-	}
-	return n
 }
 
 // Breaker is a circuit breaker. It is safe for concurrent use. Create one
@@ -161,7 +153,7 @@ func newBreaker(cfg Config, clock func() time.Time, after func(time.Duration, fu
 	if err != nil {
 		return nil, err
 	}
-	b := &Breaker{clock: clock, afterFunc: after, rnd: rnd, state: c.Mode, stripes: make([]stripe, stripeCount())}
+	b := &Breaker{clock: clock, afterFunc: after, rnd: rnd, state: c.Mode, stripes: make([]stripe, stripeof.Count(64))}
 	b.setConfig(c)
 	b.win.epoch = clock()
 	b.win.width = c.Window / windowBuckets
@@ -182,9 +174,9 @@ func (b *Breaker) setConfig(c Config) {
 	}
 }
 
-// stripe returns a stripe chosen at random.
+// stripe returns the calling goroutine's stripe.
 func (b *Breaker) stripe() *stripe {
-	return &b.stripes[rand.Uint32()&uint32(len(b.stripes)-1)]
+	return &b.stripes[stripeof.Index()&uint32(len(b.stripes)-1)]
 }
 
 // Allow asks for a permit for a new call's first attempt. When the breaker

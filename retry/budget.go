@@ -3,12 +3,12 @@ package retry
 import (
 	"fmt"
 	"math"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
+
+	stripeof "github.com/khive/grpc-resilience/internal/stripe"
 )
 
 // Defaults applied to the zero fields of a BudgetConfig.
@@ -194,13 +194,7 @@ type Budget struct {
 
 // stripeCount returns the number of deposit stripes: the least power of two >= 4 ×
 // GOMAXPROCS, at most maxStripes.
-func stripeCount() int {
-	n := 1
-	for n < 4*runtime.GOMAXPROCS(0) && n < maxStripes {
-		n <<= 1
-	}
-	return n
-}
+func stripeCount() int { return stripeof.Count(maxStripes) }
 
 // NewBudget returns a ratio-mode Budget. It returns an error naming the field if cfg is invalid.
 func NewBudget(cfg BudgetConfig) (*Budget, error) {
@@ -408,19 +402,10 @@ func (b *Budget) NotRetryable() {
 	b.deposit()
 }
 
-// stripeOf picks the caller's deposit stripe (before the mask): a hash of the address of a
-// local variable, that is of the goroutine's stack, so that goroutines running at once on
-// different Ps mostly write different stripes, at the cost of a multiplication (math/rand/v2
-// costs more than the deposit itself).
-func stripeOf() uint32 {
-	var x byte
-	return uint32((uint64(uintptr(unsafe.Pointer(&x))>>10) * 0x9e3779b97f4a7c15) >> 32)
-}
-
 // deposit adds one deposit to the caller's stripe, tagged with the current epoch. A stripe holding
 // deposits of an older epoch first has them folded into that epoch's slot.
 func (b *Budget) deposit() {
-	s := &b.stripes[stripeOf()&b.mask]
+	s := &b.stripes[stripeof.Index()&b.mask]
 	tag := (b.epoch.Load()&tagMask + 1) << countBits
 	if v := s.v.Load(); v&^countMask != tag && s.v.CompareAndSwap(v, tag|1) {
 		b.fold(v, b.epoch.Load()) // the stripe's deposits of an older epoch
