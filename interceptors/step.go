@@ -40,7 +40,12 @@ func (e *entry) afterFailure(ctx context.Context, c *retry.Call, err error, d re
 		if stop.Reason == retry.BudgetExhausted {
 			// The retry budget, a local limit, refused a retry the server's
 			// answer allowed: like a retry the breaker rejects, the call
-			// ends without an outcome; the attempt still counts.
+			// ends without an outcome; the attempt still counts. (Counted
+			// as failed calls, a crowd of first attempts cut short by the
+			// budget at a cold start made the throttle shed calls that
+			// would have succeeded: worse than no breaker. The cost: while
+			// the budget refuses every retry, the throttle does not see
+			// failures of retryable codes.)
 			p.RetryAt(o, now)
 		} else {
 			p.DoneAt(o, now)
