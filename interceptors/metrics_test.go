@@ -303,3 +303,30 @@ func checkGolden(t *testing.T, got map[string]metricdata.Metrics) {
 	require.NoError(t, err, "run go test -run TestMetrics -update")
 	assert.Equal(t, string(want), b.String(), "the exported instruments changed: go test -run TestMetrics -update, and review the diff")
 }
+
+// TestMetricsRescuedCalls: a call of every kind (unary, server, client and
+// bidi stream) whose first attempt fails with UNAVAILABLE and whose retry
+// succeeds records one retry (gRFC A96), under its own grpc.method, and a
+// delay equal to the backoff (25ms, no jitter).
+func TestMetricsRescuedCalls(t *testing.T) {
+	for _, k := range rescuedKinds {
+		t.Run(k.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				reader := sdkmetric.NewManualReader()
+				mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+				defer func() { _ = mp.Shutdown(context.Background()) }()
+				pol := interceptors.Policy{Retry: retry.Policy{InitialBackoff: 25 * time.Millisecond, Jitter: retry.NoJitter}}
+				e := newStreamEnv(t, pol, interceptors.WithMeterProvider(mp))
+				require.NoError(t, k.call(t.Context(), e.client, "k"))
+				got := collect(t, reader)
+				want := map[string]string{"grpc.method": strings.TrimPrefix(k.method, "/")}
+				n, sum, _ := histPoint(t, got[interceptors.MetricCallRetries], want)
+				assert.Equal(t, uint64(1), n)
+				assert.Equal(t, 1.0, sum)
+				n, sum, _ = histPoint(t, got[interceptors.MetricCallRetryDelay], want)
+				assert.Equal(t, uint64(1), n)
+				assert.InDelta(t, 0.025, sum, 1e-9)
+			})
+		})
+	}
+}
