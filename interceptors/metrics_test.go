@@ -21,6 +21,7 @@ import (
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
+	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
 	"github.com/khive/grpc-resilience/retry"
 )
 
@@ -326,6 +327,39 @@ func TestMetricsRescuedCalls(t *testing.T) {
 				n, sum, _ = histPoint(t, got[interceptors.MetricCallRetryDelay], want)
 				assert.Equal(t, uint64(1), n)
 				assert.InDelta(t, 0.025, sum, 1e-9)
+			})
+		})
+	}
+}
+
+// TestMetricsMethodAttribute: grpc's rule for grpc.method: a call without
+// grpc.StaticMethod() (not from a generated stub) is "other", unless
+// WithMetricsMethodFilter names its method.
+func TestMetricsMethodAttribute(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		filter func(string) bool
+		want   string
+	}{
+		{"no filter", nil, "other"},
+		{"filter names it", func(m string) bool { return m == unaryMethod }, "khive.echo.v1.EchoService/Unary"},
+		{"filter declines", func(string) bool { return false }, "other"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				reader := sdkmetric.NewManualReader()
+				mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+				defer func() { _ = mp.Shutdown(context.Background()) }()
+				opts := []interceptors.Option{interceptors.WithMeterProvider(mp)}
+				if tc.filter != nil {
+					opts = append(opts, interceptors.WithMetricsMethodFilter(tc.filter))
+				}
+				e := newEnv(t, map[string]interceptors.Policy{echoService: {}}, withOptions(opts...))
+				req := &echov1.UnaryRequest{Message: "m", Fault: failFirst("k", 1, codes.Unavailable)}
+				require.NoError(t, e.cc.Invoke(t.Context(), unaryMethod, req, new(echov1.UnaryResponse)))
+				got := collect(t, reader)
+				n, _, _ := histPoint(t, got[interceptors.MetricCallRetries], map[string]string{"grpc.method": tc.want, "grpc.target": bufTarget})
+				assert.Equal(t, uint64(1), n)
 			})
 		})
 	}
