@@ -2,6 +2,7 @@ package interceptors_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -13,6 +14,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
@@ -217,4 +219,29 @@ func TestLoggerChainedWithLoggingInterceptor(t *testing.T) {
 		}
 		assert.True(t, seen["retrying"] && seen["retries gave up"], "%v", msgs)
 	})
+}
+
+// TestOnRejectThrottled: a call the adaptive throttle sheds is reported as
+// throttled (the interceptor called directly: shedding needs thousands of
+// failed calls).
+func TestOnRejectThrottled(t *testing.T) {
+	var rj rejects
+	p := interceptors.Policy{Retry: retry.Policy{MaxAttempts: 1}, Breaker: breaker.Config{ConsecutiveFailures: -1}}
+	s, err := interceptors.New(map[string]interceptors.Policy{"*": p}, rj.option())
+	require.NoError(t, err)
+	in := s.Unary()
+	errUnavailable := status.Error(codes.Unavailable, "down")
+	failing := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return errUnavailable }
+	req, reply := new(echov1.UnaryRequest), new(echov1.UnaryResponse)
+	for i := 0; i < 100_000 && !errors.Is(err, breaker.ErrThrottled); i++ {
+		err = in(t.Context(), unaryMethod, req, reply, nil, failing, grpc.StaticMethod())
+	}
+	require.ErrorIs(t, err, breaker.ErrThrottled)
+	evs := rj.all()
+	require.NotEmpty(t, evs)
+	for _, ev := range evs {
+		assert.Equal(t, interceptors.RejectThrottled, ev.Reason)
+		assert.Equal(t, 1, ev.Attempt)
+		assert.ErrorIs(t, ev.Err, breaker.ErrThrottled)
+	}
 }

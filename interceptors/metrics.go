@@ -120,6 +120,7 @@ type metrics struct {
 	filter      func(string) bool
 
 	suite atomic.Pointer[Suite] // the observed suite, bound on its first call (bind)
+	reg   metric.Registration   // the observable instruments' callback (nil if it failed)
 
 	// attrs holds the attribute sets of the calls' measurements, one per
 	// grpc.method value (a method with grpc.StaticMethod(), or "other"),
@@ -189,7 +190,7 @@ func newMetrics(mp metric.MeterProvider, filter func(string) bool) *metrics {
 	refusals, err := meter.Int64ObservableCounter(MetricBudgetRefusals, metric.WithUnit("{retry}"),
 		metric.WithDescription("Retries the target's retry budget refused."))
 	handle(err)
-	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	m.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		m.mu.Lock()
 		for k, a := range m.attrs {
 			if k.reason != "" {
@@ -226,6 +227,16 @@ func observe(snap Snapshot, o metric.Observer, state metric.Int64ObservableGauge
 		attrs := metric.WithAttributes(attribute.String(AttrTarget, t.Target))
 		o.ObserveFloat64(balance, t.Balance, attrs)
 		o.ObserveInt64(refusals, int64(t.Refused), attrs)
+	}
+}
+
+// unregister stops the observable instruments' callback, which otherwise
+// keeps the suite reachable from the MeterProvider. (For a Suite.Close.)
+func (m *metrics) unregister() {
+	if m.reg != nil {
+		if err := m.reg.Unregister(); err != nil {
+			otel.Handle(err)
+		}
 	}
 }
 
