@@ -231,7 +231,9 @@ func TestOnRejectThrottled(t *testing.T) {
 	require.NoError(t, err)
 	in := s.Unary()
 	errUnavailable := status.Error(codes.Unavailable, "down")
-	failing := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return errUnavailable }
+	failing := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		return errUnavailable
+	}
 	req, reply := new(echov1.UnaryRequest), new(echov1.UnaryResponse)
 	for i := 0; i < 100_000 && !errors.Is(err, breaker.ErrThrottled); i++ {
 		err = in(t.Context(), unaryMethod, req, reply, nil, failing, grpc.StaticMethod())
