@@ -141,14 +141,18 @@
 //
 // # Hooks
 //
-// WithOnRetry, WithOnGiveUp and WithOnStateChange observe retries, give-ups
-// and breaker transitions; WithLogger logs them to a go-grpc-middleware v2
-// logging.Logger. Unset hooks cost nothing.
+// WithOnRetry, WithOnGiveUp, WithOnReject and WithOnStateChange (or
+// WithOnStateChangeEvent) observe retries, give-ups, attempts the suite
+// refused (an open, half-open or throttling breaker, the retry budget) and
+// breaker transitions; WithLogger logs them to a go-grpc-middleware v2
+// logging.Logger with that module's field conventions. The events of a
+// call carry its context (trace ids, exemplars) and target. Unset hooks
+// cost nothing.
 //
 // Hooks run synchronously, on the goroutine of the event, and should return
 // quickly: the time a hook takes is not bounded by any context.
 //
-//   - OnRetry and OnGiveUp run on the call's goroutine: the caller's for a
+//   - OnRetry, OnGiveUp and OnReject run on the call's goroutine: the caller's for a
 //     unary call (OnRetry before the backoff), and for a stream the
 //     goroutine whose RecvMsg, SendMsg or Header found the failed attempt;
 //     the stream's other callers wait for it, until their context ends.
@@ -164,11 +168,24 @@
 // stays usable (a stream ends with its last attempt's error; a breaker
 // delivers the remaining transitions later).
 //
+// # Metrics
+//
+// The suite records OpenTelemetry metrics through the OTel API (the
+// application picks the SDK and exporter): gRFC A96's per-call retry
+// metrics, grpc.client.call.retries and grpc.client.call.retry_delay, for
+// the calls that retried, and breaker and budget instruments under
+// MetricPrefix ("khive.resilience."). See WithMeterProvider for the list.
+// The breaker and budget gauges are read when the reader collects; a call
+// that succeeds at its first attempt records nothing, and a rejection adds
+// to an atomic counter.
+//
 // # Chain order
 //
 // Interceptors chained before the suite (outer) see one call; interceptors
 // chained after it (inner) run once per attempt: put call-level logging and
-// metrics first, per-attempt ones after.
+// metrics first, per-attempt ones after. grpc's OpenTelemetry plugin
+// (stats/opentelemetry.DialOption) belongs before the suite's DialOptions:
+// after them, its grpc.client.call.* metrics count every attempt as a call.
 //
 // # Cost
 //

@@ -46,6 +46,7 @@ type rejectError struct {
 	oe  *breaker.OpenError
 	st  *status.Status
 	msg string
+	ma  atomic.Pointer[rejectAttrs] // the rejection's metric attributes (see attrs)
 }
 
 // Error returns the status error's text.
@@ -232,8 +233,11 @@ func reasonOf(r retry.Reason) string {
 //     code of ctx's error: CANCELED or DEADLINE_EXCEEDED), its details, the
 //     message annotated, and an ErrorInfo with the reason.
 //
-// ctx is the caller's context.
-func (e *entry) giveUp(ctx context.Context, re *retry.Error) error {
+// ctx is the caller's context and cs the call's stats (nil: no metrics, no
+// target); a call that retried records its retry metrics here, as the
+// call ends.
+func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) error {
+	e.callEnded(ctx, cs, re.Attempts)
 	code := statusOf(re.Err).Code()
 	if re.Attempts <= 1 {
 		switch re.Reason {
@@ -250,26 +254,27 @@ func (e *entry) giveUp(ctx context.Context, re *retry.Error) error {
 	}
 	err := &giveUpError{re: re, code: code}
 	o := &e.s.o
+	target := cs.targetName()
 	if o.onGiveUp != nil {
-		o.onGiveUp(GiveUpEvent{Method: e.method, Attempts: re.Attempts, Reason: re.Reason, Err: err})
+		o.onGiveUp(GiveUpEvent{Context: ctx, Method: e.method, Target: target, Attempts: re.Attempts, Reason: re.Reason, Err: err})
 	}
 	if o.logger != nil {
-		o.logger.Log(ctx, logging.LevelWarn, "retries gave up", "grpc.method", e.method, "grpc.attempt", re.Attempts,
-			"retry.reason", re.Reason.String(), "grpc.code", code.String(), "error", re.Err.Error())
+		o.logger.Log(ctx, logging.LevelWarn, "retries gave up", append(callFields(ctx, e.method, target),
+			"grpc.attempt", re.Attempts, "retry.reason", re.Reason.String(), "grpc.code", code.String(), "grpc.error", re.Err.Error())...)
 	}
 	return err
 }
 
 // retrying reports a retry about to wait delay after attempt (1-based)
-// failed with err (WithOnRetry, WithLogger). Call it after retry.Call.Next
+// failed with err (WithOnRetry, WithLogger); cs is the call's stats. Call it after retry.Call.Next
 // granted the retry and before retry.Wait. Free when no hook is set.
-func (e *entry) retrying(ctx context.Context, attempt int, delay time.Duration, err error) {
+func (e *entry) retrying(ctx context.Context, cs *callStats, attempt int, delay time.Duration, err error) {
 	o := &e.s.o
 	if o.onRetry != nil {
-		o.onRetry(RetryEvent{Method: e.method, Attempt: attempt, Delay: delay, Err: err})
+		o.onRetry(RetryEvent{Context: ctx, Method: e.method, Target: cs.targetName(), Attempt: attempt, Delay: delay, Err: err})
 	}
 	if o.logger != nil {
-		o.logger.Log(ctx, logging.LevelDebug, "retrying", "grpc.method", e.method, "grpc.attempt", attempt,
-			"retry.delay", delay.String(), "grpc.code", statusOf(err).Code().String(), "error", err.Error())
+		o.logger.Log(ctx, logging.LevelDebug, "retrying", append(callFields(ctx, e.method, cs.targetName()),
+			"grpc.attempt", attempt, "retry.delay_ms", millis(delay), "grpc.code", statusOf(err).Code().String(), "grpc.error", err.Error())...)
 	}
 }

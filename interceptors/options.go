@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/retry"
@@ -48,8 +49,14 @@ type options struct {
 
 	onRetry       func(RetryEvent)
 	onGiveUp      func(GiveUpEvent)
+	onReject      func(RejectEvent)
 	onStateChange func(method string, from, to breaker.State)
+	onStateEvent  func(StateChangeEvent)
 	logger        logging.Logger
+
+	meterProvider metric.MeterProvider // nil: otel.GetMeterProvider()
+	methodFilter  func(string) bool
+	metrics       *metrics // made by validate
 }
 
 func defaultOptions() options {
@@ -80,6 +87,9 @@ func (o *options) validate() error {
 			return fmt.Errorf("interceptors: WithAttemptHeader: %s is not a metadata key (characters in [0-9a-z-_.])", quote(o.header))
 		}
 	}
+	// New validates once, before anything uses the options: the
+	// instruments are made here.
+	o.metrics = newMetrics(o.meterProvider, o.methodFilter)
 	return nil
 }
 
@@ -177,24 +187,60 @@ func WithOnGiveUp(f func(GiveUpEvent)) Option {
 // suite; method is the breaker's name (the method, by default; the key with
 // WithBreakerKey). It runs after the breaker's lock is released, in
 // transition order, never concurrently for one breaker. A breaker an Update
-// or the cap dropped never calls it again.
+// or the cap dropped never calls it again. WithOnStateChangeEvent is the
+// same with the target and a context.
 func WithOnStateChange(f func(method string, from, to breaker.State)) Option {
 	return optionFunc(func(o *options) { o.onStateChange = f })
 }
 
-// WithLogger logs retries (debug), give-ups (warn) and breaker state changes
-// (warn when a breaker opens, info otherwise) to l, a go-grpc-middleware v2
-// logging.Logger (adapters exist for slog, zap, zerolog, logrus, ...).
-// Fields: "grpc.method", "grpc.attempt", "retry.delay", "retry.reason",
-// "grpc.target" (a breaker's target), "breaker.from", "breaker.to",
-// "grpc.code", "error".
+// WithOnStateChangeEvent calls f on every state change of every breaker of
+// the suite, as WithOnStateChange (both may be set).
+func WithOnStateChangeEvent(f func(StateChangeEvent)) Option {
+	return optionFunc(func(o *options) { o.onStateEvent = f })
+}
+
+// StateChangeEvent describes a breaker's state change.
+type StateChangeEvent struct {
+	// Context is context.Background(): the breaker reports a transition
+	// without the call that caused it (a timer causes open → half-open).
+	// It is there for handlers written for a context (loggers,
+	// logging.ExtractFields).
+	Context context.Context
+	// Breaker is the breaker's name: the method by default, the key with
+	// WithBreakerKey, "<policy key> (overflow)" for an overflow breaker.
+	Breaker string
+	// Target is the target (cc.Target()) of a method's breaker; "" for a
+	// WithBreakerKey key or an overflow breaker.
+	Target   string
+	From, To breaker.State
+}
+
+// WithLogger logs retries (debug), rejections (debug), give-ups (warn) and
+// breaker state changes (warn when a breaker opens, info otherwise) to l, a
+// go-grpc-middleware v2 logging.Logger (adapters exist for slog, zap,
+// zerolog, logrus, ...), with that module's field conventions.
+//
+// The fields of a call's event: "grpc.component" ("client"),
+// "grpc.service" ("pkg.Svc"), "grpc.method" ("Method"), then the fields of
+// logging.ExtractFields(ctx) that these do not name (so a logging
+// interceptor chained before the suite adds its own, trace ids included,
+// without a second "grpc.method"), then "grpc.target", "grpc.attempt"
+// (the attempt that failed or was refused, 1-based), "retry.delay_ms" (a
+// float64, the wait before the retry), "retry.reason", "reject.reason",
+// "grpc.code" and "grpc.error". A state change has "grpc.component",
+// "breaker.name", "grpc.service" and "grpc.method" when the breaker's name
+// is a method, "grpc.target" when the breaker is a target's,
+// "breaker.from" and "breaker.to".
 func WithLogger(l logging.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
 }
 
 // RetryEvent describes a retry about to happen.
 type RetryEvent struct {
+	// Context is the call's context (trace ids, exemplars).
+	Context context.Context
 	Method  string
+	Target  string        // the connection's cc.Target()
 	Attempt int           // the attempt that failed, 1-based
 	Delay   time.Duration // the wait before the next attempt
 	Err     error         // the failed attempt's error
@@ -207,7 +253,10 @@ type RetryEvent struct {
 // non-retryable error, or a call with retries off, is not a give-up; neither
 // is a call the breaker rejects before any attempt.
 type GiveUpEvent struct {
+	// Context is the call's context (trace ids, exemplars).
+	Context  context.Context
 	Method   string
+	Target   string // the connection's cc.Target()
 	Attempts int
 	Reason   retry.Reason
 	Err      error // the error the caller gets
@@ -215,19 +264,22 @@ type GiveUpEvent struct {
 
 // stateChangeHook returns the function every breaker's OnStateChange calls
 // with the breaker's name and target ("" for a WithBreakerKey key or an
-// overflow breaker), or nil if no hook or logger wants state changes.
+// overflow breaker): the transitions counter, the logger and the hooks.
 func (o *options) stateChangeHook() func(name, target string, from, to breaker.State) {
-	f, l := o.onStateChange, o.logger
-	if f == nil && l == nil {
-		return nil
-	}
+	f, fe, l, m := o.onStateChange, o.onStateEvent, o.logger, o.metrics
 	return func(name, target string, from, to breaker.State) {
+		if m != nil {
+			m.transition(name, target, from, to)
+		}
 		if l != nil {
 			lvl := logging.LevelInfo
 			if to == breaker.Open || to == breaker.ForcedOpen {
 				lvl = logging.LevelWarn
 			}
-			fields := []any{"grpc.method", name}
+			fields := logging.Fields{logging.ComponentFieldKey, "client", "breaker.name", name}
+			if svc, meth, ok := splitMethod(name); ok {
+				fields = append(fields, logging.ServiceFieldKey, svc, logging.MethodFieldKey, meth)
+			}
 			if target != "" {
 				fields = append(fields, "grpc.target", target)
 			}
@@ -237,5 +289,41 @@ func (o *options) stateChangeHook() func(name, target string, from, to breaker.S
 		if f != nil {
 			f(name, from, to)
 		}
+		if fe != nil {
+			fe(StateChangeEvent{Context: context.Background(), Breaker: name, Target: target, From: from, To: to})
+		}
 	}
 }
+
+// splitMethod splits "/pkg.Svc/Method" into "pkg.Svc" and "Method" (ok
+// false for a name that is not a full method).
+func splitMethod(full string) (service, method string, ok bool) {
+	if len(full) < 4 || full[0] != '/' {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(full, '/')
+	if i <= 1 || i == len(full)-1 {
+		return "", "", false
+	}
+	return full[1:i], full[i+1:], true
+}
+
+// callFields returns the log fields of an event of a call of method (full
+// name) on target: go-grpc-middleware's common client fields, the fields
+// of logging.ExtractFields(ctx) that these do not name, and grpc.target.
+func callFields(ctx context.Context, method, target string) logging.Fields {
+	f := logging.Fields{logging.ComponentFieldKey, "client"}
+	if svc, m, ok := splitMethod(method); ok {
+		f = append(f, logging.ServiceFieldKey, svc, logging.MethodFieldKey, m)
+	} else {
+		f = append(f, logging.MethodFieldKey, method)
+	}
+	f = f.WithUnique(logging.ExtractFields(ctx))
+	if target != "" {
+		f = f.AppendUnique(logging.Fields{"grpc.target", target})
+	}
+	return f
+}
+
+// millis returns d in milliseconds, a float64 (a log field).
+func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

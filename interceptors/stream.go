@@ -129,9 +129,11 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	if e == nil {
 		return streamer(ctx, desc, cc, method, opts...)
 	}
+	s.o.metrics.bind(s)
 	ov, opts := splitCallOptions(opts)
 	p, rej := e.admit(ctx)
 	if rej != nil {
+		e.rejected(ctx, opts, targetName(cc), reasonOfRejection(rej), 1, rej)
 		if len(opts) > 0 {
 			finishOptions(opts, rej) // no attempt: grpc will not call OnFinish
 		}
@@ -153,6 +155,7 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 		limit:    ov.replay(s.o.replayBytes),
 		nobuf:    maxAttempts == 1,
 		call:     e.newCall(maxAttempts),
+		stats:    callStats{opts: opts, target: targetName(cc)},
 	}
 	r.cond.L = &r.mu
 	r.buf = r.one[:0]
@@ -272,6 +275,8 @@ type retryStream struct {
 	// afterFailure and nextAttempt); otherwise it is used with mu held
 	// (finishAtLocked).
 	call retry.Call
+	// stats is the call's metrics state; touched as call is.
+	stats callStats
 
 	mu        sync.Mutex
 	cond      sync.Cond // on mu: broadcast when recvBusy or resolving clears, or final is set
@@ -510,6 +515,7 @@ func (r *retryStream) finishAtLocked(a *attempt, err error, o breaker.Outcome) {
 	if rec {
 		a.permit.Done(o)
 	}
+	r.e.callEnded(r.ctx, &r.stats, r.call.Attempts())
 	r.reportFinish()
 }
 
@@ -653,13 +659,13 @@ func (r *retryStream) end(a *attempt, err error) (final error) {
 		// Until resolving clears, only this goroutine touches r.call (the
 		// others wait for it), so the shared step runs without mu.
 		d := r.e.decide(r.ctx, err, committed, tlr)
-		delay, final, _ := r.e.afterFailure(r.ctx, &r.call, err, d, now, p, o)
+		delay, final, _ := r.e.afterFailure(r.ctx, &r.call, &r.stats, err, d, now, p, o)
 		if final != nil {
 			resolved = true
 			return r.finish(final)
 		}
 		a.release()
-		p, final, _ = r.e.nextAttempt(r.ctx, &r.call, err, d, delay)
+		p, final, _ = r.e.nextAttempt(r.ctx, &r.call, &r.stats, err, d, delay)
 		if final != nil {
 			resolved = true
 			return r.finish(final)

@@ -149,8 +149,10 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	if e == nil {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
+	s.o.metrics.bind(s)
 	p, rej := e.admit(ctx)
 	if rej != nil {
+		e.rejected(ctx, opts, targetName(cc), reasonOfRejection(rej), 1, rej)
 		if len(opts) > 0 {
 			finishOptions(opts, rej) // no attempt: grpc will not call OnFinish
 		}
@@ -158,6 +160,7 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	}
 	ov, opts := splitCallOptions(opts)
 	maxAttempts := ov.attempts(e.pol.maxAttempts)
+	callOpts := opts
 	var st *unaryState // nil: a single attempt, nothing to learn from it (grpc applies every option once)
 	if maxAttempts > 1 {
 		st = newUnaryState(opts, ov.after)
@@ -168,7 +171,7 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	if err == nil {
 		e.budget.Succeeded(false) // no retry.Call was needed
 	} else {
-		err, unhealthy = e.unaryRetry(ctx, st, maxAttempts, p, err, o, now, req, reply, cc, invoker)
+		err, unhealthy = e.unaryRetry(ctx, st, callOpts, maxAttempts, p, err, o, now, req, reply, cc, invoker)
 	}
 	if st != nil {
 		if len(st.after) > 0 {
@@ -204,21 +207,23 @@ func (e *entry) unaryAttempt(ctx, actx context.Context, p breaker.Permit, req, r
 // p, failed with err (breaker outcome o, at now): decide → afterFailure
 // (which records the failed attempt) → nextAttempt → attempt,
 // until an attempt succeeds or retrying stops. st is the call's state, nil
-// for a call of a single attempt (which Next never retries). unhealthy
+// for a call of a single attempt (which Next never retries), opts the
+// caller's options (for the metrics' grpc.method). unhealthy
 // reports a call that ended because the method is unhealthy (the breaker is
 // open, or the last attempt failed with a failure code): it goes to the
 // policy's fallback.
-func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int, p breaker.Permit, err error, o breaker.Outcome, now time.Time, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) (_ error, unhealthy bool) {
+func (e *entry) unaryRetry(ctx context.Context, st *unaryState, opts []grpc.CallOption, maxAttempts int, p breaker.Permit, err error, o breaker.Outcome, now time.Time, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) (_ error, unhealthy bool) {
 	c := e.newCall(maxAttempts)
 	c.Begin()
+	cs := callStats{opts: opts, target: targetName(cc)}
 	var rctx context.Context // the context of the retries (nil before the first)
 	for {
 		d := e.decide(ctx, err, st.committed(), st.trailer())
-		delay, final, open := e.afterFailure(ctx, &c, err, d, now, p, o)
+		delay, final, open := e.afterFailure(ctx, &c, &cs, err, d, now, p, o)
 		if final != nil {
 			return final, open || o == breaker.Failure
 		}
-		p, final, open = e.nextAttempt(ctx, &c, err, d, delay)
+		p, final, open = e.nextAttempt(ctx, &c, &cs, err, d, delay)
 		if final != nil {
 			return final, open
 		}
@@ -226,6 +231,7 @@ func (e *entry) unaryRetry(ctx context.Context, st *unaryState, maxAttempts int,
 		st.newAttempt()
 		if o, now, err = e.unaryAttempt(ctx, rctx, p, req, reply, cc, invoker, st.opts); err == nil {
 			c.Done(nil, false)
+			e.callEnded(ctx, &cs, c.Attempts())
 			return nil, false
 		}
 	}

@@ -1,0 +1,427 @@
+package interceptors
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc"
+
+	"github.com/khive/grpc-resilience/breaker"
+)
+
+// MeterName is the instrumentation scope of the suite's instruments.
+const MeterName = "github.com/khive/grpc-resilience/interceptors"
+
+// MetricPrefix prefixes the names of the suite's own instruments (the
+// breaker and budget ones); the per-call retry instruments keep gRFC A96's
+// names.
+const MetricPrefix = "khive.resilience."
+
+// The names of the suite's instruments (see WithMeterProvider).
+const (
+	MetricCallRetries    = "grpc.client.call.retries"
+	MetricCallRetryDelay = "grpc.client.call.retry_delay"
+
+	MetricRejections          = MetricPrefix + "rejections"
+	MetricBreakerState        = MetricPrefix + "breaker.state"
+	MetricBreakerTransitions  = MetricPrefix + "breaker.transitions"
+	MetricThrottleProbability = MetricPrefix + "breaker.throttle_probability"
+	MetricBudgetBalance       = MetricPrefix + "budget.balance"
+	MetricBudgetRefusals      = MetricPrefix + "budget.refusals"
+)
+
+// The attribute keys of the suite's instruments.
+const (
+	AttrMethod       = "grpc.method"
+	AttrTarget       = "grpc.target"
+	AttrBreaker      = "breaker.name"
+	AttrBreakerState = "breaker.state"
+	AttrBreakerFrom  = "breaker.from"
+	AttrBreakerTo    = "breaker.to"
+	AttrRejectReason = "reject.reason"
+)
+
+// latencyBounds are gRFC A66's latency buckets, in seconds, which grpc's
+// OpenTelemetry plugin uses for its durations.
+var latencyBounds = []float64{0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1, 2, 5, 10, 20, 50, 100}
+
+// retryBounds are the buckets of grpc.client.call.retries: one per count up
+// to gRFC A6's cap of 5 attempts, as gRFC A45's retries_per_call had.
+var retryBounds = []float64{0, 1, 2, 3, 4, 5}
+
+// WithMeterProvider sets the OpenTelemetry MeterProvider of the suite's
+// instruments; the default is otel.GetMeterProvider(), a no-op until the
+// application installs one with otel.SetMeterProvider (instruments made
+// before that follow it).
+//
+// Per call, as gRFC A96 (attributes grpc.method and grpc.target, the
+// connection's cc.Target()), recorded when a call that retried ends: a call
+// without retries records nothing.
+//
+//   - grpc.client.call.retries (histogram, {retry}, buckets 0..5): the
+//     attempts after the first.
+//   - grpc.client.call.retry_delay (histogram, s, gRFC A66's latency
+//     buckets): the time the call spent waiting between its attempts.
+//
+// grpc.method is the method without its leading slash for a call that
+// carries grpc.StaticMethod() (generated stubs add it), else "other", as
+// grpc's OpenTelemetry plugin does; WithMetricsMethodFilter names more.
+// The suite records no transparent retries (grpc makes them below the
+// interceptors, unseen) and no hedges (it does not hedge).
+//
+// The suite's own instruments, under MetricPrefix:
+//
+//   - khive.resilience.rejections (counter, {attempt}; grpc.method,
+//     grpc.target, reject.reason): attempts the suite refused to make:
+//     first attempts the breaker rejected ("open", which includes forced
+//     open, "half-open", "throttled") and retries the breaker ("open",
+//     "half-open") or the retry budget ("budget") refused.
+//   - khive.resilience.breaker.state (gauge, 1; breaker.name, grpc.target,
+//     breaker.state): 1 for the breaker's current state, 0 for its other
+//     states (closed, open, half-open, forced-open, disabled, metrics-only).
+//   - khive.resilience.breaker.transitions (counter, {transition};
+//     breaker.name, grpc.target, breaker.from, breaker.to).
+//   - khive.resilience.breaker.throttle_probability (gauge, 1;
+//     breaker.name, grpc.target): the adaptive throttle's current reject
+//     probability.
+//   - khive.resilience.budget.balance (gauge, {retry}; grpc.target): the
+//     retries the target's budget allows now (tokens for a token bucket).
+//   - khive.resilience.budget.refusals (counter, {retry}; grpc.target):
+//     retries the target's budget refused, since the budget was made.
+//
+// breaker.name is the breaker's name (the full method by default, the key
+// with WithBreakerKey, "<policy> (overflow)" for an overflow breaker), and
+// grpc.target is "" for a breaker that is not a target's. The gauges and
+// the budget counter read the suite's state when the reader collects
+// (Suite.Snapshot): a successful call records nothing.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(o *options) { o.meterProvider = mp })
+}
+
+// WithMetricsMethodFilter records the grpc.method attribute of a call with
+// the method's name when f(method) is true (method is the full name,
+// "/pkg.Svc/Method"), even without grpc.StaticMethod(). Keep the set small:
+// every name is a time series.
+func WithMetricsMethodFilter(f func(method string) bool) Option {
+	return optionFunc(func(o *options) { o.methodFilter = f })
+}
+
+// metrics holds the suite's instruments.
+type metrics struct {
+	retries     metric.Int64Histogram
+	retryDelay  metric.Float64Histogram
+	transitions metric.Int64Counter
+	filter      func(string) bool
+
+	suite atomic.Pointer[Suite] // the observed suite, bound on its first call (bind)
+	reg   metric.Registration   // the observable instruments' callback (nil if it failed)
+
+	// attrs holds the attribute sets of the calls' measurements, one per
+	// grpc.method value (a method with grpc.StaticMethod(), or "other"),
+	// target and rejection reason: as many as the time series.
+	mu    sync.Mutex
+	attrs map[callKey]*attrSet
+}
+
+// attrSet is a prebuilt attribute set as the options of Record and Observe
+// (slices, so that passing them allocates nothing), and the count of the
+// rejections with these attributes.
+type attrSet struct {
+	rec      []metric.RecordOption
+	obs      []metric.ObserveOption
+	rejected atomic.Int64 // the rejections counter's value (reason sets only)
+}
+
+func newAttrSet(kv ...attribute.KeyValue) *attrSet {
+	o := metric.WithAttributeSet(attribute.NewSet(kv...))
+	return &attrSet{rec: []metric.RecordOption{o}, obs: []metric.ObserveOption{o}}
+}
+
+type callKey struct {
+	method, target, reason string
+}
+
+// newMetrics makes the suite's instruments from mp (nil: the global
+// MeterProvider). Errors go to otel.Handle: an instrument that failed is a
+// no-op.
+func newMetrics(mp metric.MeterProvider, filter func(string) bool) *metrics {
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	meter := mp.Meter(MeterName)
+	m := &metrics{filter: filter}
+	var err error
+	handle := func(e error) {
+		if e != nil {
+			otel.Handle(e)
+		}
+	}
+	m.retries, err = meter.Int64Histogram(MetricCallRetries, metric.WithUnit("{retry}"),
+		metric.WithDescription("Number of retries during the client call. If there were no retries, 0 is not reported."),
+		metric.WithExplicitBucketBoundaries(retryBounds...))
+	handle(err)
+	m.retryDelay, err = meter.Float64Histogram(MetricCallRetryDelay, metric.WithUnit("s"),
+		metric.WithDescription("Total time of delay while there is no active attempt during the client call."),
+		metric.WithExplicitBucketBoundaries(latencyBounds...))
+	handle(err)
+	// The rejections are counted by the suite (an atomic add on a
+	// rejection, which stays cheap) and observed at collection.
+	rejections, err := meter.Int64ObservableCounter(MetricRejections, metric.WithUnit("{attempt}"),
+		metric.WithDescription("Attempts the suite refused to make: rejected by the circuit breaker or refused by the retry budget."))
+	handle(err)
+	m.transitions, err = meter.Int64Counter(MetricBreakerTransitions, metric.WithUnit("{transition}"),
+		metric.WithDescription("Circuit breaker state changes."))
+	handle(err)
+	state, err := meter.Int64ObservableGauge(MetricBreakerState, metric.WithUnit("1"),
+		metric.WithDescription("Circuit breaker state: 1 for the current state, 0 for the others."))
+	handle(err)
+	prob, err := meter.Float64ObservableGauge(MetricThrottleProbability, metric.WithUnit("1"),
+		metric.WithDescription("The adaptive throttle's current probability of rejecting a new call."))
+	handle(err)
+	balance, err := meter.Float64ObservableGauge(MetricBudgetBalance, metric.WithUnit("{retry}"),
+		metric.WithDescription("Retries the target's retry budget allows now (tokens for a token bucket)."))
+	handle(err)
+	refusals, err := meter.Int64ObservableCounter(MetricBudgetRefusals, metric.WithUnit("{retry}"),
+		metric.WithDescription("Retries the target's retry budget refused."))
+	handle(err)
+	m.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		m.mu.Lock()
+		for k, a := range m.attrs {
+			if k.reason != "" {
+				o.ObserveInt64(rejections, a.rejected.Load(), a.obs...)
+			}
+		}
+		m.mu.Unlock()
+		if s := m.suite.Load(); s != nil {
+			observe(s.Snapshot(), o, state, prob, balance, refusals)
+		}
+		return nil
+	}, rejections, state, prob, balance, refusals)
+	handle(err)
+	return m
+}
+
+// observedStates are the states breaker.state reports.
+var observedStates = []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen, breaker.ForcedOpen, breaker.Disabled, breaker.MetricsOnly}
+
+// observe reports snap to o.
+func observe(snap Snapshot, o metric.Observer, state metric.Int64ObservableGauge, prob metric.Float64ObservableGauge, balance metric.Float64ObservableGauge, refusals metric.Int64ObservableCounter) {
+	for _, b := range snap.Methods {
+		name, target := attribute.String(AttrBreaker, b.Method), attribute.String(AttrTarget, b.Target)
+		for _, st := range observedStates {
+			v := int64(0)
+			if st.String() == b.State {
+				v = 1
+			}
+			o.ObserveInt64(state, v, metric.WithAttributes(name, target, attribute.String(AttrBreakerState, st.String())))
+		}
+		o.ObserveFloat64(prob, b.ThrottleProbability, metric.WithAttributes(name, target))
+	}
+	for _, t := range snap.Budget.Targets {
+		attrs := metric.WithAttributes(attribute.String(AttrTarget, t.Target))
+		o.ObserveFloat64(balance, t.Balance, attrs)
+		o.ObserveInt64(refusals, int64(t.Refused), attrs)
+	}
+}
+
+// unregister stops the observable instruments' callback, which otherwise
+// keeps the suite reachable from the MeterProvider. (For a Suite.Close.)
+func (m *metrics) unregister() {
+	if m.reg != nil {
+		if err := m.reg.Unregister(); err != nil {
+			otel.Handle(err)
+		}
+	}
+}
+
+// bind makes s the suite the observable instruments report (the first call
+// binds; later calls cost one atomic load).
+func (m *metrics) bind(s *Suite) {
+	if m.suite.Load() == nil {
+		m.suite.CompareAndSwap(nil, s)
+	}
+}
+
+// methodAttr returns the grpc.method attribute value of a call of method
+// with opts: the method without its leading slash when the call carries
+// grpc.StaticMethod() or the filter accepts it, else "other".
+func (m *metrics) methodAttr(method string, opts []grpc.CallOption) string {
+	if hasStaticMethod(opts) || m.filter != nil && m.filter(method) {
+		return strings.TrimLeft(method, "/")
+	}
+	return "other"
+}
+
+// callAttrs returns the attribute set of a call's measurements (reason ""
+// for the retry instruments), cached.
+func (m *metrics) callAttrs(method, target, reason string) *attrSet {
+	k := callKey{method, target, reason}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if a, ok := m.attrs[k]; ok {
+		return a
+	}
+	kv := []attribute.KeyValue{attribute.String(AttrMethod, method), attribute.String(AttrTarget, target)}
+	if reason != "" {
+		kv = append(kv, attribute.String(AttrRejectReason, reason))
+	}
+	a := newAttrSet(kv...)
+	if m.attrs == nil {
+		m.attrs = map[callKey]*attrSet{}
+	}
+	m.attrs[k] = a
+	return a
+}
+
+// callStats is what a call that may retry tracks for its metrics and
+// events.
+type callStats struct {
+	opts   []grpc.CallOption // the call's options (grpc.StaticMethod)
+	target string            // the connection's cc.Target()
+	waited time.Duration     // time spent waiting between attempts
+}
+
+// targetName returns the call's target ("" for a nil cs).
+func (cs *callStats) targetName() string {
+	if cs == nil {
+		return ""
+	}
+	return cs.target
+}
+
+// options returns the call's options (nil for a nil cs).
+func (cs *callStats) options() []grpc.CallOption {
+	if cs == nil {
+		return nil
+	}
+	return cs.opts
+}
+
+// callEnded records the retry metrics of a call of attempts attempts
+// (nothing for a call of one attempt).
+func (e *entry) callEnded(ctx context.Context, cs *callStats, attempts int) {
+	if attempts <= 1 || cs == nil {
+		return
+	}
+	m := e.s.o.metrics
+	a := m.callAttrs(m.methodAttr(e.method, cs.opts), cs.target, "")
+	m.retries.Record(ctx, int64(attempts-1), a.rec...)
+	m.retryDelay.Record(ctx, cs.waited.Seconds(), a.rec...)
+}
+
+// RejectReason is why the suite refused to make an attempt (RejectEvent,
+// the reject.reason attribute).
+type RejectReason string
+
+// The reasons of a rejection.
+const (
+	RejectOpen      RejectReason = "open"      // the breaker is open or forced open
+	RejectHalfOpen  RejectReason = "half-open" // the breaker is half-open with every probe slot taken
+	RejectThrottled RejectReason = "throttled" // the breaker's adaptive throttle shed a new call
+	RejectBudget    RejectReason = "budget"    // the retry budget refused a retry
+)
+
+// RejectEvent describes an attempt the suite refused to make (WithOnReject).
+type RejectEvent struct {
+	// Context is the call's context.
+	Context context.Context
+	Method  string
+	Target  string // the connection's cc.Target()
+	Reason  RejectReason
+	// Attempt is the attempt refused, 1-based: 1 for a call rejected before
+	// any attempt, more for a retry.
+	Attempt int
+	Err     error // the error the caller gets
+}
+
+// WithOnReject calls f for every attempt the suite refuses to make (a call
+// the breaker rejects, a retry the breaker or the retry budget refuses), on
+// the caller's goroutine.
+func WithOnReject(f func(RejectEvent)) Option {
+	return optionFunc(func(o *options) { o.onReject = f })
+}
+
+// reasonOfRejection returns the reason of a breaker's rejection err.
+func reasonOfRejection(err error) RejectReason {
+	var oe *breaker.OpenError
+	switch x := err.(type) {
+	case *rejectError:
+		oe = x.oe
+	case *breaker.OpenError:
+		oe = x
+	}
+	if oe != nil {
+		switch {
+		case oe.Throttled():
+			return RejectThrottled
+		case oe.State() == breaker.HalfOpen:
+			return RejectHalfOpen
+		}
+	}
+	return RejectOpen
+}
+
+// rejected reports an attempt (attempt, 1-based) the suite refused for
+// reason: the rejections counter, WithOnReject. err is the caller's error.
+func (e *entry) rejected(ctx context.Context, opts []grpc.CallOption, target string, reason RejectReason, attempt int, err error) {
+	o := &e.s.o
+	m := o.metrics
+	var a *attrSet
+	if r, ok := err.(*rejectError); ok && attempt == 1 {
+		a = r.attrs(m, e.method, target, reason, opts)
+	} else {
+		a = m.callAttrs(m.methodAttr(e.method, opts), target, string(reason))
+	}
+	a.rejected.Add(1)
+	if o.onReject != nil {
+		o.onReject(RejectEvent{Context: ctx, Method: e.method, Target: target, Reason: reason, Attempt: attempt, Err: err})
+	}
+}
+
+// rejectAttrs are the prebuilt attribute sets of a rejection error's
+// measurements: for a call with grpc.StaticMethod() and without.
+type rejectAttrs struct {
+	static, other *attrSet
+}
+
+// attrs returns the attribute set of a rejection of a call with opts,
+// built on the first rejection of the error's period (which is the
+// rejection of one method on one target), so that a rejection allocates
+// nothing.
+func (r *rejectError) attrs(m *metrics, method, target string, reason RejectReason, opts []grpc.CallOption) *attrSet {
+	ra := r.ma.Load()
+	if ra == nil {
+		ra = &rejectAttrs{
+			static: m.callAttrs(strings.TrimLeft(method, "/"), target, string(reason)),
+			other:  m.callAttrs(m.methodAttr(method, nil), target, string(reason)),
+		}
+		r.ma.Store(ra)
+	}
+	if hasStaticMethod(opts) {
+		return ra.static
+	}
+	return ra.other
+}
+
+// hasStaticMethod reports whether opts hold grpc.StaticMethod().
+func hasStaticMethod(opts []grpc.CallOption) bool {
+	for _, o := range opts {
+		if _, ok := o.(grpc.StaticMethodCallOption); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// transition records a breaker's state change.
+func (m *metrics) transition(name, target string, from, to breaker.State) {
+	m.transitions.Add(context.Background(), 1, metric.WithAttributes(
+		attribute.String(AttrBreaker, name), attribute.String(AttrTarget, target),
+		attribute.String(AttrBreakerFrom, from.String()), attribute.String(AttrBreakerTo, to.String())))
+}
