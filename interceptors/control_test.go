@@ -220,7 +220,7 @@ func TestStateChangesKeepsTheLatest(t *testing.T) {
 	// Change i (0-based) goes to forced-open when i is even; the last one
 	// kept is change n-1.
 	assert.Equal(t, "forced-open", got[len(got)-1].To) // n-1 = 56 is even
-	assert.Equal(t, "closed", got[0].To) // change 7 (odd) is the first kept
+	assert.Equal(t, "closed", got[0].To)               // change 7 (odd) is the first kept
 	for i := 1; i < len(got); i++ {
 		assert.Equal(t, got[i-1].To, got[i].From)
 		assert.False(t, got[i].Time.Before(got[i-1].Time))
