@@ -80,7 +80,10 @@ type Option func(*Handler)
 // breaker's name and target as the data lists them). A request must carry
 // the handler's token (TokenHeader, or the form field "token"), and, when
 // the browser sends them, an Origin of the request's own host and a
-// Sec-Fetch-Site of "same-origin"; otherwise it gets 403 Forbidden.
+// Sec-Fetch-Site of "same-origin"; otherwise it gets 403 Forbidden. (A
+// reverse proxy in front of the page must pass the Host header on, or the
+// Origin check fails.) Without WithControls a POST gets 405 Method Not
+// Allowed.
 func WithControls() Option { return func(h *Handler) { h.controls = true } }
 
 // WithRefresh sets how often the page fetches fresh data (default
