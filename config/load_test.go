@@ -177,7 +177,7 @@ func TestLoadInvalid(t *testing.T) {
 		{"zero max pushback", retryDoc(validRetry + `, "maxPushback": "0s"`), []string{"methodConfig[0].retryPolicy.maxPushback: must be greater than zero, got 0s"}},
 
 		// circuitBreaker.
-		{"unknown mode", breakerDoc(`"mode": "open"`), []string{`methodConfig[0].circuitBreaker.mode: must be "closed", "disabled" or "metrics-only", got "open"`}},
+		{"unknown mode", breakerDoc(`"mode": "open"`), []string{`methodConfig[0].circuitBreaker.mode: must be "closed", "disabled", "metrics-only" or "forced-open", got "open"`}},
 		{"negative streak", breakerDoc(`"consecutiveFailures": -1`), []string{"methodConfig[0].circuitBreaker.consecutiveFailures: must not be negative (0 turns the rule off), got -1"}},
 		{"rate zero", breakerDoc(`"failureRate": 0`), []string{"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 0"}},
 		{"rate above one", breakerDoc(`"failureRate": 1.5`), []string{"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 1.5"}},

@@ -219,8 +219,10 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 		c.Mode = breaker.Disabled
 	case "metrics-only":
 		c.Mode = breaker.MetricsOnly
+	case "forced-open":
+		c.Mode = breaker.ForcedOpen // interceptors.New starts the breakers forced open
 	default:
-		p.addf(join(path, "mode"), `must be "closed", "disabled" or "metrics-only", got %s`, quote(cb.GetMode()))
+		p.addf(join(path, "mode"), `must be "closed", "disabled", "metrics-only" or "forced-open", got %s`, quote(cb.GetMode()))
 	}
 	c.ConsecutiveFailures = ruleCount(cb.ConsecutiveFailures, join(path, "consecutiveFailures"), "the rule", p)
 	if cb.FailureRate != nil {
@@ -296,7 +298,11 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 		failure = statusCodes(l.GetValues(), fpath, p)
 	}
 	if p.count() == before {
-		if err := c.Validate(); err != nil { // a safety net
+		check := c
+		if check.Mode == breaker.ForcedOpen {
+			check.Mode = breaker.Closed // a starting state the breaker itself does not take as a Mode
+		}
+		if err := check.Validate(); err != nil { // a safety net
 			p.add(path, err.Error())
 		}
 	}

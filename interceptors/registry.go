@@ -30,6 +30,12 @@ type record struct {
 	pol    *policy
 	// overflow marks the overflow breaker of pol (see registry.overflowOf).
 	overflow bool
+	// forced tells that pol was a forced-open policy when the breaker was
+	// created or last reconfigured (registry.mu).
+	forced bool
+	// changed is the time of the breaker's latest state change (Unix
+	// nanoseconds), 0 if none.
+	changed atomic.Int64
 
 	// ent is the entry of the default key's (target, method) under the
 	// current table, so that a lookup beyond the connection's cache does not
@@ -81,23 +87,39 @@ type registry struct {
 }
 
 // breakerConfig returns the configuration of rec's breaker under pol: its
-// OnStateChange calls the policy's, then the suite's hooks with rec's
-// target.
+// OnStateChange stamps rec.changed and calls the policy's, then the suite's
+// hooks with rec's target.
 func (r *registry) breakerConfig(pol *policy, rec *record) breaker.Config {
 	cfg := pol.cfg
 	cfg.Name = rec.name
 	user, hook, target := cfg.OnStateChange, r.hook, rec.target
-	switch {
-	case hook == nil:
-	case user == nil:
-		cfg.OnStateChange = func(name string, from, to breaker.State) { hook(name, target, from, to) }
-	default:
-		cfg.OnStateChange = func(name string, from, to breaker.State) {
+	cfg.OnStateChange = func(name string, from, to breaker.State) {
+		rec.changed.Store(time.Now().UnixNano())
+		if user != nil {
 			user(name, from, to)
+		}
+		if hook != nil {
 			hook(name, target, from, to)
 		}
 	}
 	return cfg
+}
+
+// newBreaker creates rec's breaker under pol; under a forced-open policy of
+// tab it starts forced open. The start is no state change: no hook is
+// called (r.mu is held).
+func (r *registry) newBreaker(tab *table, pol *policy, rec *record) {
+	cfg := r.breakerConfig(pol, rec)
+	if !tab.forced[pol.key] {
+		rec.brk, _ = breaker.New(cfg) // pol.cfg was validated
+		return
+	}
+	quiet := cfg
+	quiet.OnStateChange = nil
+	rec.brk, _ = breaker.New(quiet)
+	rec.brk.Isolate()
+	_ = rec.brk.Reconfigure(cfg) // same Mode: keeps ForcedOpen
+	rec.forced = true
 }
 
 // get returns the record of the breaker of method called on target under
@@ -124,11 +146,11 @@ func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy)
 		}
 		if len(r.recs) >= r.max {
 			r.overflowed.Add(1)
-			return r.overflowOf(pol)
+			return r.overflowOf(tab, pol)
 		}
 	}
 	rec := &record{name: k.name, method: method, target: k.target, pol: pol}
-	rec.brk, _ = breaker.New(r.breakerConfig(pol, rec)) // pol.cfg was validated
+	r.newBreaker(tab, pol, rec)
 	if r.recs == nil {
 		r.recs = map[bkey]*record{}
 	}
@@ -138,13 +160,13 @@ func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy)
 
 // overflowOf returns the overflow breaker of pol, shared by the methods of
 // pol beyond the cap (r.mu held).
-func (r *registry) overflowOf(pol *policy) *record {
+func (r *registry) overflowOf(tab *table, pol *policy) *record {
 	if rec := r.overflow[pol.key]; rec != nil {
 		return rec
 	}
 	name := pol.key + " (overflow)"
 	rec := &record{name: name, pol: pol, overflow: true}
-	rec.brk, _ = breaker.New(r.breakerConfig(pol, rec))
+	r.newBreaker(tab, pol, rec)
 	if r.overflow == nil {
 		r.overflow = map[string]*record{}
 	}
@@ -223,8 +245,7 @@ func (r *registry) reconfigure(tab *table) []reconf {
 			r.drop(k, rec)
 			continue
 		}
-		rec.pol = pol
-		out = append(out, reconf{rec.brk, r.breakerConfig(pol, rec)})
+		out = append(out, r.reconfOf(tab, pol, rec))
 	}
 	for key, rec := range r.overflow {
 		pol := tab.policy(key)
@@ -233,14 +254,45 @@ func (r *registry) reconfigure(tab *table) []reconf {
 			rec.brk.Retire()
 			continue
 		}
-		rec.pol = pol
-		out = append(out, reconf{rec.brk, r.breakerConfig(pol, rec)})
+		out = append(out, r.reconfOf(tab, pol, rec))
 	}
 	return out
+}
+
+// reconfOf points rec at pol under tab and returns what to apply to its
+// breaker (r.mu held).
+func (r *registry) reconfOf(tab *table, pol *policy, rec *record) reconf {
+	forced := tab.forced[pol.key]
+	rc := reconf{brk: rec.brk, cfg: r.breakerConfig(pol, rec)}
+	rc.isolate = forced && !rec.forced
+	rc.release = !forced && rec.forced
+	rec.pol, rec.forced = pol, forced
+	return rc
 }
 
 // reconf is a breaker to reconfigure and its new configuration.
 type reconf struct {
 	brk *breaker.Breaker
 	cfg breaker.Config
+	// isolate: the policy became forced open. release: it no longer is,
+	// and a breaker still forced open switches to cfg.Mode.
+	isolate, release bool
+}
+
+// apply reconfigures the breaker (r.mu not held: it may call the hooks).
+func (rc reconf) apply() {
+	_ = rc.brk.Reconfigure(rc.cfg) // validated by resolve: cannot fail
+	switch {
+	case rc.isolate:
+		rc.brk.Isolate()
+	case rc.release && rc.brk.State() == breaker.ForcedOpen:
+		switch rc.cfg.Mode {
+		case breaker.Disabled:
+			rc.brk.Disable()
+		case breaker.MetricsOnly:
+			rc.brk.MetricsOnly()
+		default:
+			rc.brk.Reset()
+		}
+	}
 }

@@ -27,7 +27,11 @@ import (
 //     the rest of its open period, a half-open one keeps its probes, a
 //     closed one its statistics (its rolling window is cleared only if
 //     Window changed). A change of Mode (Closed, Disabled, MetricsOnly)
-//     switches the breaker to that mode. A breaker whose method no policy
+//     switches the breaker to that mode; a policy that becomes forced open
+//     (Breaker.Mode breaker.ForcedOpen) isolates its breakers, and one that
+//     stops being forced open switches its breakers still forced open to
+//     its Mode (a breaker that SetMode forced open under another policy
+//     stays so). A breaker whose method no policy
 //     covers any more is dropped: it never calls a hook again, and a call
 //     still in flight finishes with it.
 //   - Retry budgets are never reset: the budget settings (WithBudget,
@@ -51,7 +55,7 @@ func (s *Suite) Update(policies map[string]Policy) error {
 	todo := s.reg.reconfigure(tab)
 	s.reg.mu.Unlock()
 	for _, r := range todo {
-		_ = r.brk.Reconfigure(r.cfg) // validated by resolve: cannot fail
+		r.apply()
 	}
 	return nil
 }
@@ -91,8 +95,10 @@ func (t *table) policy(key string) *policy {
 //	    "method": "/pkg.Svc/Get", "target": "dns:///svc:443", "policy": "/pkg.Svc/*",
 //	    "state": "closed", "successes": 10, "failures": 1, "ignored": 0, "rejections": 0,
 //	    "throttled": 0, "transitions": 0, "consecutiveFailures": 0, "windowCalls": 11,
-//	    "windowFailures": 1, "windowThrottled": 0, "throttleProbability": 0, "shadowTrips": 0
+//	    "windowFailures": 1, "windowThrottled": 0, "throttleProbability": 0, "shadowTrips": 0,
+//	    "since": "2026-01-02T15:04:05.999Z"
 //	  }],
+//	  "passThrough": [{"method": "/grpc.health.v1.Health/Check", "target": "dns:///svc:443"}],
 //	  "breakers": {"count": 1, "max": 10000, "overflowed": 0, "evicted": 0},
 //	  "budget": {"mode": "ratio", "ratio": 0.2, "minRetriesPerSecond": 1, "window": "10s",
 //	    "targets": [{"target": "dns:///svc:443", "balance": 12.4, "reserve": 10,
@@ -107,8 +113,19 @@ func (t *table) policy(key string) *policy {
 type Snapshot struct {
 	Policies []SnapshotPolicy `json:"policies"`
 	Methods  []SnapshotMethod `json:"methods"`
-	Breakers SnapshotBreakers `json:"breakers"`
-	Budget   SnapshotBudget   `json:"budget"`
+	// PassThrough lists the methods called without a policy (they pass
+	// through untouched) on each open connection, as far as the
+	// connection's method cache holds them (at most 4096 methods per
+	// connection, those with a policy included).
+	PassThrough []SnapshotPassThrough `json:"passThrough"`
+	Breakers    SnapshotBreakers      `json:"breakers"`
+	Budget      SnapshotBudget        `json:"budget"`
+}
+
+// SnapshotPassThrough is a method without a policy called on a target.
+type SnapshotPassThrough struct {
+	Method string `json:"method"`
+	Target string `json:"target"`
 }
 
 // SnapshotBreakers is the suite's breaker count against its cap
@@ -151,7 +168,7 @@ type SnapshotRetry struct {
 
 // SnapshotBreaker is a policy's effective breaker settings.
 type SnapshotBreaker struct {
-	Mode                string   `json:"mode"` // "closed", "disabled" or "metrics-only"
+	Mode                string   `json:"mode"` // "closed", "disabled", "metrics-only" or "forced-open"
 	ConsecutiveFailures int      `json:"consecutiveFailures"`
 	ThrottleK           float64  `json:"throttleK"`
 	FailureRate         float64  `json:"failureRate"`
@@ -178,6 +195,12 @@ type SnapshotMethod struct {
 	Policy   string `json:"policy"`
 	Overflow bool   `json:"overflow,omitempty"`
 	State    string `json:"state"` // breaker.State.String()
+	// Since is when the breaker last changed state (absent: never).
+	Since *time.Time `json:"since,omitempty"`
+	// RetryAfter is the time left in the open period of an open breaker,
+	// when known (a call was rejected in this period), as a duration string
+	// ("0.250s"); absent otherwise.
+	RetryAfter string `json:"retryAfter,omitempty"`
 
 	Successes           uint64  `json:"successes"`
 	Failures            uint64  `json:"failures"`
@@ -224,6 +247,11 @@ type SnapshotTarget struct {
 func (s *Suite) Snapshot() Snapshot {
 	snap := Snapshot{Policies: []SnapshotPolicy{}, Methods: []SnapshotMethod{}}
 	snap.Budget = s.budgetView() // first: it drops the state of closed connections
+	var conns []*conn
+	s.conns.Range(func(_, v any) bool {
+		conns = append(conns, v.(*conn))
+		return true
+	})
 	type view struct {
 		rec *record
 		pol string
@@ -252,13 +280,27 @@ func (s *Suite) Snapshot() Snapshot {
 	}
 	slices.SortFunc(pols, func(a, b *policy) int { return strings.Compare(a.key, b.key) })
 	for _, p := range pols {
-		snap.Policies = append(snap.Policies, policyView(p))
+		pv := policyView(p)
+		if tab.forced[p.key] {
+			pv.Breaker.Mode = breaker.ForcedOpen.String()
+		}
+		snap.Policies = append(snap.Policies, pv)
 	}
 	for _, v := range recs {
 		m := methodView(v.rec.name, v.pol, v.rec.brk.Counts())
 		m.Target, m.Overflow = v.rec.target, v.rec.overflow
+		if ns := v.rec.changed.Load(); ns != 0 {
+			t := time.Unix(0, ns)
+			m.Since = &t
+		}
+		if m.State == breaker.Open.String() {
+			if d := openLeft(v.rec, conns); d > 0 {
+				m.RetryAfter = seconds(d.Round(time.Millisecond))
+			}
+		}
 		snap.Methods = append(snap.Methods, m)
 	}
+	snap.PassThrough = passThrough(tab, conns)
 	slices.SortFunc(snap.Methods, func(a, b SnapshotMethod) int {
 		if c := strings.Compare(a.Method, b.Method); c != 0 {
 			return c
@@ -266,6 +308,62 @@ func (s *Suite) Snapshot() Snapshot {
 		return strings.Compare(a.Target, b.Target)
 	})
 	return snap
+}
+
+// openLeft returns the time left in the open period of rec's breaker, as
+// its latest rejection error tells it, or 0 if unknown. The error is cached
+// by the entries of the connections (see entry.rejection); a cached error
+// of an earlier open period has no time left.
+func openLeft(rec *record, conns []*conn) time.Duration {
+	left := func(e *entry) time.Duration {
+		if e == nil || e.rec != rec {
+			return 0
+		}
+		if r := e.rej.Load(); r != nil && r.oe.State() == breaker.Open {
+			return r.oe.RetryAfter()
+		}
+		return 0
+	}
+	if d := left(rec.ent.Load()); d > 0 {
+		return d
+	}
+	for _, c := range conns {
+		if rec.target != "" && c.name != rec.target {
+			continue
+		}
+		if v, ok := c.methods.Load(rec.method); ok {
+			if d := left(v.(*entry)); d > 0 {
+				return d
+			}
+		}
+	}
+	return 0
+}
+
+// passThrough lists the methods without a policy under tab in the method
+// caches of conns, sorted by method then target.
+func passThrough(tab *table, conns []*conn) []SnapshotPassThrough {
+	out := []SnapshotPassThrough{}
+	seen := map[SnapshotPassThrough]bool{}
+	for _, c := range conns {
+		c.methods.Range(func(k, v any) bool {
+			if e := v.(*entry); e.pol == nil && tab.match(e.method) == nil {
+				p := SnapshotPassThrough{Method: e.method, Target: c.name}
+				if !seen[p] {
+					seen[p] = true
+					out = append(out, p)
+				}
+			}
+			return true
+		})
+	}
+	slices.SortFunc(out, func(a, b SnapshotPassThrough) int {
+		if c := strings.Compare(a.Method, b.Method); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Target, b.Target)
+	})
+	return out
 }
 
 func policyView(p *policy) SnapshotPolicy {

@@ -517,6 +517,7 @@ func TestSnapshotJSON(t *testing.T) {
 		      "consecutiveFailures": 0, "windowCalls": 1, "windowFailures": 0, "windowThrottled": 0,
 		      "throttleProbability": 0, "shadowTrips": 0}
 		  ],
+		  "passThrough": [],
 		  "breakers": {"count": 2, "max": 100, "overflowed": 0, "evicted": 0},
 		  "budget": {"mode": "token-bucket", "maxTokens": 10, "tokenRatio": 0.5,
 		    "targets": [{"target": "passthrough:///bufnet", "balance": 10, "reserve": 0, "allowed": 0, "refused": 0}]}
@@ -538,7 +539,7 @@ func TestSnapshotBudgetModes(t *testing.T) {
 	require.NoError(t, err)
 	got, err := json.Marshal(s.Snapshot())
 	require.NoError(t, err)
-	assert.JSONEq(t, `{"policies": [], "methods": [],
+	assert.JSONEq(t, `{"policies": [], "methods": [], "passThrough": [],
 	  "breakers": {"count": 0, "max": 10000, "overflowed": 0, "evicted": 0},
 	  "budget": {"mode": "none", "targets": []}}`, string(got))
 }

@@ -43,8 +43,9 @@ type Suite struct {
 
 	headers []*mdHolder // prebuilt attempt-header metadata (see retryContext)
 
-	reg registry   // the breakers, across Updates
-	umu sync.Mutex // serializes Updates
+	reg     registry   // the breakers, across Updates
+	umu     sync.Mutex // serializes Updates
+	changes changeRing // the latest state changes (StateChanges)
 
 	last  atomic.Pointer[conn] // the connection of the latest call
 	conns sync.Map             // *grpc.ClientConn -> *conn
@@ -67,6 +68,9 @@ type table struct {
 	exact   map[string]*policy // "/pkg.Svc/Method"
 	service map[string]*policy // "/pkg.Svc/" (the key without its "*")
 	star    *policy            // "*", or nil
+	// forced holds the keys of the policies whose Breaker.Mode is
+	// breaker.ForcedOpen (their policy's cfg.Mode is Closed).
+	forced map[string]bool
 }
 
 // conn is the per-connection state: its target, its target's budget and the
@@ -116,6 +120,11 @@ type entry struct {
 // through untouched. The "*" policy never covers the standard health check
 // service (/grpc.health.v1.Health/*): name it to cover it.
 //
+// Policy.Breaker.Mode may also be breaker.ForcedOpen: each breaker of the
+// policy starts forced open (every call rejected, as after SetMode with
+// breaker.ForcedOpen) and otherwise has the policy's settings in Closed mode;
+// SetMode can close it.
+//
 // Errors name the key (quoted, and cut after 64 bytes) and the field, such as
 //
 //	interceptors: policy "/echo.v1.Echo/*": Retry.MaxAttempts: must be at least 1, got -1
@@ -134,7 +143,7 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.reg.tab, s.reg.max, s.reg.hook = &s.tab, s.o.maxBreakers, s.o.stateChangeHook()
+	s.reg.tab, s.reg.max, s.reg.hook = &s.tab, s.o.maxBreakers, s.recordingHook(s.o.stateChangeHook())
 	s.tab.Store(tab)
 	return s, nil
 }
@@ -143,9 +152,19 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 func (s *Suite) resolve(policies map[string]Policy) (*table, error) {
 	tab := &table{exact: map[string]*policy{}, service: map[string]*policy{}}
 	for key, p := range policies {
+		forced := p.Breaker.Mode == breaker.ForcedOpen
+		if forced {
+			p.Breaker.Mode = breaker.Closed
+		}
 		pol, err := resolvePolicy(key, p)
 		if err != nil {
 			return nil, err
+		}
+		if forced {
+			if tab.forced == nil {
+				tab.forced = map[string]bool{}
+			}
+			tab.forced[key] = true
 		}
 		switch {
 		case key == "*":

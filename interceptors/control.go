@@ -1,0 +1,210 @@
+package interceptors
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/khive/grpc-resilience/breaker"
+)
+
+// ErrUnknownBreaker is matched (errors.Is) by the error of SetMode when no
+// breaker has the name and target given: the method was never called since
+// its policy was installed, its breaker was dropped (idle, or its
+// connection's target closed), or the name is wrong.
+var ErrUnknownBreaker = errors.New("interceptors: no such breaker")
+
+// ErrNotReady is matched (errors.Is) by the error of Ready.
+var ErrNotReady = errors.New("interceptors: not ready")
+
+// SetMode switches breakers by hand, as an operator would: mode
+// breaker.ForcedOpen isolates (every call rejected until the next SetMode),
+// breaker.Closed resets (closes with an empty window and starts a new
+// generation), breaker.Disabled and breaker.MetricsOnly switch to those
+// modes (see the breaker package). Any other mode is an error.
+//
+// name is a breaker's name as Snapshot lists it (SnapshotMethod.Method): the
+// method, the WithBreakerKey key, or "<policy key> (overflow)". target
+// selects the breaker of one target (SnapshotMethod.Target); "" selects every
+// breaker of that name. SetMode returns an error matching ErrUnknownBreaker
+// if no breaker matches.
+//
+// The mode holds until the breaker's next manual or automatic change: a
+// ForcedOpen or Disabled breaker stays so, a Closed or MetricsOnly one
+// follows its trip rules. An Update keeps it unless the policy's Mode
+// changes; a breaker that is dropped (see Update, WithMaxBreakers) loses it.
+// SetMode calls the state-change hooks, so a hook must not call it.
+func (s *Suite) SetMode(name, target string, mode breaker.State) error {
+	var apply func(*breaker.Breaker)
+	switch mode {
+	case breaker.ForcedOpen:
+		apply = (*breaker.Breaker).Isolate
+	case breaker.Closed:
+		apply = (*breaker.Breaker).Reset
+	case breaker.Disabled:
+		apply = (*breaker.Breaker).Disable
+	case breaker.MetricsOnly:
+		apply = (*breaker.Breaker).MetricsOnly
+	default:
+		return errors.New(`interceptors: SetMode: mode must be "forced-open", "closed", "disabled" or "metrics-only", got ` + quote(mode.String()))
+	}
+	brks := s.breakersOf(func(rec *record) bool {
+		return rec.name == name && (target == "" || rec.target == target)
+	})
+	if len(brks) == 0 {
+		msg := "interceptors: SetMode: no breaker " + quote(name)
+		if target != "" {
+			msg += " on target " + quote(target)
+		}
+		return &controlError{msg: msg, err: ErrUnknownBreaker}
+	}
+	for _, b := range brks {
+		apply(b)
+	}
+	return nil
+}
+
+// breakersOf returns the breakers whose record match selects, overflow
+// breakers included. The caller uses them after reg.mu is released (their
+// transitions call the hooks).
+func (s *Suite) breakersOf(match func(*record) bool) []*breaker.Breaker {
+	var out []*breaker.Breaker
+	s.reg.mu.Lock()
+	defer s.reg.mu.Unlock()
+	for _, rec := range s.reg.recs {
+		if match(rec) {
+			out = append(out, rec.brk)
+		}
+	}
+	for _, rec := range s.reg.overflow {
+		if match(rec) {
+			out = append(out, rec.brk)
+		}
+	}
+	return out
+}
+
+// controlError is an error of SetMode or Ready: a message and the sentinel
+// it matches.
+type controlError struct {
+	msg string
+	err error
+}
+
+func (e *controlError) Error() string { return e.msg }
+func (e *controlError) Unwrap() error { return e.err }
+
+// Ready reports whether the breakers of methods admit calls, for readiness
+// probes: nil when none of them is open or forced open, otherwise an error
+// matching ErrNotReady that lists each such breaker with its target and
+// state, sorted, as in
+//
+//	interceptors: not ready: "/pkg.Svc/Get" on "dns:///svc:443" is open
+//
+// With no methods it checks every breaker of the suite. A method is matched
+// by a breaker's name (the method, or its WithBreakerKey key) and by the
+// method that created the breaker; a method never called has no breaker and
+// is ready. A half-open breaker is ready (it admits probes), and so is a
+// throttling one.
+func (s *Suite) Ready(methods ...string) error {
+	type bad struct{ name, target, state string }
+	var open []bad
+	s.reg.mu.Lock()
+	check := func(rec *record) {
+		if len(methods) > 0 && !slices.Contains(methods, rec.name) && !slices.Contains(methods, rec.method) {
+			return
+		}
+		if st := rec.brk.State(); st == breaker.Open || st == breaker.ForcedOpen {
+			open = append(open, bad{rec.name, rec.target, st.String()})
+		}
+	}
+	for _, rec := range s.reg.recs {
+		check(rec)
+	}
+	if len(methods) == 0 {
+		for _, rec := range s.reg.overflow {
+			check(rec)
+		}
+	}
+	s.reg.mu.Unlock()
+	if len(open) == 0 {
+		return nil
+	}
+	slices.SortFunc(open, func(a, b bad) int {
+		if c := strings.Compare(a.name, b.name); c != 0 {
+			return c
+		}
+		return strings.Compare(a.target, b.target)
+	})
+	var sb strings.Builder
+	sb.WriteString("interceptors: not ready: ")
+	for i, b := range open {
+		if i > 0 {
+			sb.WriteString("; ")
+		}
+		sb.WriteString(quote(b.name))
+		if b.target != "" {
+			sb.WriteString(" on " + quote(b.target))
+		}
+		sb.WriteString(" is " + b.state)
+	}
+	return &controlError{msg: sb.String(), err: ErrNotReady}
+}
+
+// StateChange is one state change of one of the suite's breakers.
+type StateChange struct {
+	Time   time.Time `json:"time"`
+	Method string    `json:"method"` // the breaker's name (see SnapshotMethod.Method)
+	Target string    `json:"target,omitempty"`
+	From   string    `json:"from"` // breaker.State.String()
+	To     string    `json:"to"`
+}
+
+// RecentChanges is the number of state changes StateChanges keeps.
+const RecentChanges = 50
+
+// StateChanges returns the latest state changes of the suite's breakers
+// (at most RecentChanges), oldest first, including those made by SetMode
+// and by an Update's change of Mode.
+func (s *Suite) StateChanges() []StateChange {
+	return s.changes.list()
+}
+
+// changeRing keeps the latest RecentChanges state changes.
+type changeRing struct {
+	mu  sync.Mutex
+	buf [RecentChanges]StateChange
+	n   int // changes ever added
+}
+
+func (r *changeRing) add(c StateChange) {
+	r.mu.Lock()
+	r.buf[r.n%RecentChanges] = c
+	r.n++
+	r.mu.Unlock()
+}
+
+func (r *changeRing) list() []StateChange {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := min(r.n, RecentChanges)
+	out := make([]StateChange, 0, k)
+	for i := r.n - k; i < r.n; i++ {
+		out = append(out, r.buf[i%RecentChanges])
+	}
+	return out
+}
+
+// recordingHook returns the hook every breaker's OnStateChange calls: it
+// keeps the change (StateChanges) and calls next (the options' hooks), if
+// any.
+func (s *Suite) recordingHook(next func(name, target string, from, to breaker.State)) func(name, target string, from, to breaker.State) {
+	return func(name, target string, from, to breaker.State) {
+		s.changes.add(StateChange{Time: time.Now(), Method: name, Target: target, From: from.String(), To: to.String()})
+		if next != nil {
+			next(name, target, from, to)
+		}
+	}
+}
