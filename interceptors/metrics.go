@@ -240,8 +240,8 @@ func (m *metrics) unregister() {
 	}
 }
 
-// bind makes s the suite the observable instruments report (the first call
-// binds; later calls cost one atomic load).
+// bind makes s the suite the observable instruments report; New calls it
+// once.
 func (m *metrics) bind(s *Suite) {
 	if m.suite.Load() == nil {
 		m.suite.CompareAndSwap(nil, s)

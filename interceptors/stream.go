@@ -129,7 +129,6 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	if e == nil {
 		return streamer(ctx, desc, cc, method, opts...)
 	}
-	s.o.metrics.bind(s)
 	ov, opts := splitCallOptions(opts)
 	p, rej := e.admit(ctx)
 	if rej != nil {

@@ -145,6 +145,7 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	}
 	s.reg.tab, s.reg.max, s.reg.hook = &s.tab, s.o.maxBreakers, s.recordingHook(s.o.stateChangeHook())
 	s.tab.Store(tab)
+	s.o.metrics.bind(s)
 	return s, nil
 }
 

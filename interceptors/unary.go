@@ -149,7 +149,6 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	if e == nil {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	s.o.metrics.bind(s)
 	p, rej := e.admit(ctx)
 	if rej != nil {
 		e.rejected(ctx, opts, targetName(cc), reasonOfRejection(rej), 1, rej)
