@@ -137,6 +137,9 @@ type Counts struct {
 	// ThrottleProbability is the probability that Allow rejects a call now
 	// (in MetricsOnly, the probability it would reject).
 	ThrottleProbability float64
+	// OpenUntil is when the current open period ends (the breaker then
+	// turns half-open); zero unless the state is Open.
+	OpenUntil time.Time
 	// ShadowTrips counts the times a trip rule fired in MetricsOnly mode.
 	ShadowTrips uint64
 	// Generation is incremented on every transition and on Reset.
@@ -781,6 +784,10 @@ func (b *Breaker) Counts() Counts {
 	if b.state == Closed || b.state == MetricsOnly {
 		prob = b.throttleProbability(now)
 	}
+	var until time.Time
+	if b.state == Open {
+		until = b.cur.Load().err.until
+	}
 	return Counts{
 		State:               b.state,
 		Successes:           s.succ + b.otherSucc,
@@ -794,6 +801,7 @@ func (b *Breaker) Counts() Counts {
 		WindowFailures:      t.callFail,
 		WindowThrottled:     t.thr,
 		ThrottleProbability: prob,
+		OpenUntil:           until,
 		ShadowTrips:         b.shadowTrips,
 		Generation:          b.gen,
 	}

@@ -311,6 +311,9 @@ func (m *refModel) snapshot() Counts {
 	t := m.windowSum()
 	c.State = m.state
 	c.Generation = m.gen
+	if m.state == Open {
+		c.OpenUntil = m.openUntil
+	}
 	c.ConsecutiveFailures = m.streak
 	c.WindowCalls, c.WindowFailures, c.WindowThrottled = t.succ+t.callFail, t.callFail, t.thr
 	return c

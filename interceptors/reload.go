@@ -197,9 +197,8 @@ type SnapshotMethod struct {
 	State    string `json:"state"` // breaker.State.String()
 	// Since is when the breaker last changed state (absent: never).
 	Since *time.Time `json:"since,omitempty"`
-	// RetryAfter is the time left in the open period of an open breaker,
-	// when known (a call was rejected in this period), as a duration string
-	// ("0.250s"); absent otherwise.
+	// RetryAfter is the time left in the open period of an open breaker, as
+	// a duration string ("0.250s"); absent otherwise.
 	RetryAfter string `json:"retryAfter,omitempty"`
 
 	Successes           uint64  `json:"successes"`
@@ -287,16 +286,15 @@ func (s *Suite) Snapshot() Snapshot {
 		snap.Policies = append(snap.Policies, pv)
 	}
 	for _, v := range recs {
-		m := methodView(v.rec.name, v.pol, v.rec.brk.Counts())
+		c := v.rec.brk.Counts()
+		m := methodView(v.rec.name, v.pol, c)
 		m.Target, m.Overflow = v.rec.target, v.rec.overflow
 		if ns := v.rec.changed.Load(); ns != 0 {
 			t := time.Unix(0, ns)
 			m.Since = &t
 		}
-		if m.State == breaker.Open.String() {
-			if d := openLeft(v.rec, conns); d > 0 {
-				m.RetryAfter = seconds(d.Round(time.Millisecond))
-			}
+		if d := time.Until(c.OpenUntil); !c.OpenUntil.IsZero() && d > 0 {
+			m.RetryAfter = seconds(d.Round(time.Millisecond))
 		}
 		snap.Methods = append(snap.Methods, m)
 	}
@@ -308,36 +306,6 @@ func (s *Suite) Snapshot() Snapshot {
 		return strings.Compare(a.Target, b.Target)
 	})
 	return snap
-}
-
-// openLeft returns the time left in the open period of rec's breaker, as
-// its latest rejection error tells it, or 0 if unknown. The error is cached
-// by the entries of the connections (see entry.rejection); a cached error
-// of an earlier open period has no time left.
-func openLeft(rec *record, conns []*conn) time.Duration {
-	left := func(e *entry) time.Duration {
-		if e == nil || e.rec != rec {
-			return 0
-		}
-		if r := e.rej.Load(); r != nil && r.oe.State() == breaker.Open {
-			return r.oe.RetryAfter()
-		}
-		return 0
-	}
-	if d := left(rec.ent.Load()); d > 0 {
-		return d
-	}
-	for _, c := range conns {
-		if rec.target != "" && c.name != rec.target {
-			continue
-		}
-		if v, ok := c.methods.Load(rec.method); ok {
-			if d := left(v.(*entry)); d > 0 {
-				return d
-			}
-		}
-	}
-	return 0
 }
 
 // passThrough lists the methods without a policy under tab in the method
