@@ -124,7 +124,9 @@
 //     (grpc-retry-pushback-ms or RetryInfo), even when listed;
 //   - every method with a policy gets a circuit breaker (the library's
 //     defaults unless circuitBreaker says otherwise; mode "disabled" turns it
-//     off), and the "*" default does not cover the standard health check;
+//     off, "forced-open" isolates the methods until a reload or an operator
+//     releases them), and the "*" default does not cover the standard health
+//     check;
 //   - without retryThrottling or retryBudget, retries are bounded by the
 //     library's default ratio budget (20% of calls plus 1 per second, per
 //     target); use "retryBudget": {"disabled": true} for none, as in grpc;

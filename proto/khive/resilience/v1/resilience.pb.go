@@ -581,8 +581,10 @@ func (x *RetryBudget) GetWindow() *durationpb.Duration {
 // unset field takes the library's default.
 type CircuitBreaker struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// mode is "closed" (the default: a normal breaker), "disabled" (no breaker)
-	// or "metrics-only" (counts and evaluates the trip rules, never rejects).
+	// mode is "closed" (the default: a normal breaker), "disabled" (no breaker),
+	// "metrics-only" (counts and evaluates the rules, never rejects) or
+	// "forced-open" (rejects every call until the mode changes or an operator
+	// resets the breaker).
 	Mode string `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
 	// consecutive_failures is the streak of failed attempts that opens the
 	// breaker (a streak holding a failed retry or call; longer when the
