@@ -25,14 +25,22 @@ type Result struct {
 	Late      time.Duration // herd: the most a caller returned after its deadline (0: none)
 }
 
-// start starts an env with the defaults (breakerOn) or the breaker off, and
-// counts the breaker's openings.
-func start(breakerOn bool, opens *atomic.Int64) (*Env, error) {
-	return Start(Policies(breakerOn), interceptors.WithOnStateChange(func(_ string, _, to breaker.State) {
+// with starts an env with the defaults (breakerOn) or the breaker off, runs
+// f on it, and sets the result's Opens to the breaker's openings.
+func with(breakerOn bool, f func(e *Env) (Result, error)) (Result, error) {
+	var opens atomic.Int64
+	e, err := Start(Policies(breakerOn), interceptors.WithOnStateChange(func(_ string, _, to breaker.State) {
 		if to == breaker.Open {
 			opens.Add(1)
 		}
 	}))
+	if err != nil {
+		return Result{}, err
+	}
+	defer e.Close()
+	r, err := f(e)
+	r.Opens = int(opens.Load())
+	return r, err
 }
 
 // RollingRestart: every call's first attempt fails UNAVAILABLE (each new
@@ -41,117 +49,97 @@ func start(breakerOn bool, opens *atomic.Int64) (*Env, error) {
 // once, the retry budget's reserve refuses about 0.1% of the first retries,
 // with or without a breaker.)
 func RollingRestart(breakerOn bool) (Result, error) {
-	var opens atomic.Int64
-	e, err := start(breakerOn, &opens)
-	if err != nil {
-		return Result{}, err
-	}
-	defer e.Close()
-	e.Faults.failFirst = true
-	tl := Run(e, Load{Callers: 16, Interval: 10 * time.Millisecond, Timeout: time.Second}, 3*time.Second, time.Second, nil)
-	return Result{Success: tl.Rate(0, 3*time.Second), Opens: int(opens.Load())}, nil
+	return with(breakerOn, func(e *Env) (Result, error) {
+		e.Faults.failFirst = true
+		tl := Run(e, Load{Callers: 16, Interval: 10 * time.Millisecond, Timeout: time.Second}, 3*time.Second, time.Second, nil)
+		return Result{Success: tl.Rate(0, 3*time.Second)}, nil
+	})
 }
 
 // PartialFailure: half of the calls fail, every attempt of them (retries
 // cannot help); 16 callers, a call each every 20 ms, for 5 s.
 func PartialFailure(breakerOn bool) (Result, error) {
-	var opens atomic.Int64
-	e, err := start(breakerOn, &opens)
-	if err != nil {
-		return Result{}, err
-	}
-	defer e.Close()
-	e.Faults.callFailP = 0.5
-	tl := Run(e, Load{Callers: 16, Interval: 20 * time.Millisecond, Timeout: time.Second}, 5*time.Second, time.Second, nil)
-	return Result{Success: tl.Rate(0, 5*time.Second), Opens: int(opens.Load())}, nil
+	return with(breakerOn, func(e *Env) (Result, error) {
+		e.Faults.callFailP = 0.5
+		tl := Run(e, Load{Callers: 16, Interval: 20 * time.Millisecond, Timeout: time.Second}, 5*time.Second, time.Second, nil)
+		return Result{Success: tl.Rate(0, 5*time.Second)}, nil
+	})
 }
 
 // Brownout: about 200 calls/s against a server that serves 160 calls/s
 // and, from 2 s to 5 s, 80 (its capacity halves; the excess gets
 // RESOURCE_EXHAUSTED); 7 s in all.
 func Brownout(breakerOn bool) (Result, error) {
-	var opens atomic.Int64
-	e, err := start(breakerOn, &opens)
-	if err != nil {
-		return Result{}, err
-	}
-	defer e.Close()
-	e.Faults.SetCapacity(160)
-	sec := time.Second
-	tl := Run(e, Load{Callers: 20, Interval: 100 * time.Millisecond, Timeout: sec}, 7*sec, 50*time.Millisecond, func() {
-		time.Sleep(2 * sec)
-		e.Faults.SetCapacity(80)
-		time.Sleep(3 * sec)
+	return with(breakerOn, func(e *Env) (Result, error) {
 		e.Faults.SetCapacity(160)
+		sec := time.Second
+		tl := Run(e, Load{Callers: 20, Interval: 100 * time.Millisecond, Timeout: sec}, 7*sec, 50*time.Millisecond, func() {
+			time.Sleep(2 * sec)
+			e.Faults.SetCapacity(80)
+			time.Sleep(3 * sec)
+			e.Faults.SetCapacity(160)
+		})
+		before := tl.Goodput(sec, 2*sec)
+		r := Result{Goodput: tl.Goodput(2*sec, 5*sec), Before: before, Recovered: -1}
+		if at := tl.Recovery(5*sec, 500*time.Millisecond, 0.95*before); at >= 0 {
+			r.Recovered = at - 5*sec
+		}
+		return r, nil
 	})
-	before := tl.Goodput(sec, 2*sec)
-	r := Result{Goodput: tl.Goodput(2*sec, 5*sec), Before: before, Opens: int(opens.Load()), Recovered: -1}
-	if at := tl.Recovery(5*sec, 500*time.Millisecond, 0.95*before); at >= 0 {
-		r.Recovered = at - 5*sec
-	}
-	return r, nil
 }
 
 // Outage: 8 callers, a call each every 20 ms; the server is down from 1 s
 // to 4 s; 7 s in all. Success is measured from 1.2 s after the recovery;
 // Attempts counts the attempts that reached the server during the outage.
 func Outage(breakerOn bool) (Result, error) {
-	var opens atomic.Int64
-	e, err := start(breakerOn, &opens)
-	if err != nil {
-		return Result{}, err
-	}
-	defer e.Close()
-	sec := time.Second
-	var during int64
-	tl := Run(e, Load{Callers: 8, Interval: 20 * time.Millisecond, Timeout: sec}, 7*sec, 100*time.Millisecond, func() {
-		time.Sleep(sec)
-		before := e.Faults.Attempts()
-		e.Faults.SetDown(true)
-		time.Sleep(3 * sec)
-		e.Faults.SetDown(false)
-		during = e.Faults.Attempts() - before
+	return with(breakerOn, func(e *Env) (Result, error) {
+		sec := time.Second
+		var during int64
+		tl := Run(e, Load{Callers: 8, Interval: 20 * time.Millisecond, Timeout: sec}, 7*sec, 100*time.Millisecond, func() {
+			time.Sleep(sec)
+			before := e.Faults.Attempts()
+			e.Faults.SetDown(true)
+			time.Sleep(3 * sec)
+			e.Faults.SetDown(false)
+			during = e.Faults.Attempts() - before
+		})
+		return Result{Success: tl.Rate(5200*time.Millisecond, 7*sec), Attempts: during}, nil
 	})
-	return Result{Success: tl.Rate(5200*time.Millisecond, 7*sec), Attempts: during, Opens: int(opens.Load())}, nil
 }
 
 // Herd: an outage opens the breaker; when its open period has ended, 200
 // callers (deadline 1 s each) arrive at once, the server recovered or still
 // down. Attempts counts the attempts the crowd made reach the server.
 func Herd(breakerOn, recovered bool) (Result, error) {
-	var opens atomic.Int64
-	e, err := start(breakerOn, &opens)
-	if err != nil {
-		return Result{}, err
-	}
-	defer e.Close()
-	e.Faults.SetDown(true)
-	for range 20 {
-		_, _ = e.Client.Unary(context.Background(), &echov1.UnaryRequest{Message: "x"})
-	}
-	time.Sleep(1300 * time.Millisecond) // past the first open period (1 s ± 20%)
-	e.Faults.SetDown(!recovered)
-	before := e.Faults.Attempts()
-	var ok atomic.Int64
-	var late atomic.Int64
-	var wg sync.WaitGroup
-	for i := range 200 {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			deadline, _ := ctx.Deadline()
-			_, err := e.Client.Unary(ctx, &echov1.UnaryRequest{Message: "h" + strconv.Itoa(i)})
-			if err == nil {
-				ok.Add(1)
-			}
-			if d := time.Since(deadline); d > 0 {
-				for l := late.Load(); int64(d) > l && !late.CompareAndSwap(l, int64(d)); l = late.Load() {
+	return with(breakerOn, func(e *Env) (Result, error) {
+		e.Faults.SetDown(true)
+		for range 20 {
+			_, _ = e.Client.Unary(context.Background(), &echov1.UnaryRequest{Message: "x"})
+		}
+		time.Sleep(1300 * time.Millisecond) // past the first open period (1 s ± 20%)
+		e.Faults.SetDown(!recovered)
+		before := e.Faults.Attempts()
+		var ok atomic.Int64
+		var late atomic.Int64
+		var wg sync.WaitGroup
+		for i := range 200 {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				deadline, _ := ctx.Deadline()
+				_, err := e.Client.Unary(ctx, &echov1.UnaryRequest{Message: "h" + strconv.Itoa(i)})
+				if err == nil {
+					ok.Add(1)
 				}
-			}
-		})
-	}
-	wg.Wait()
-	return Result{Succeeded: int(ok.Load()), Attempts: e.Faults.Attempts() - before, Late: time.Duration(late.Load()), Opens: int(opens.Load())}, nil
+				if d := time.Since(deadline); d > 0 {
+					for l := late.Load(); int64(d) > l && !late.CompareAndSwap(l, int64(d)); l = late.Load() {
+					}
+				}
+			})
+		}
+		wg.Wait()
+		return Result{Succeeded: int(ok.Load()), Attempts: e.Faults.Attempts() - before, Late: time.Duration(late.Load())}, nil
+	})
 }
 
 // HerdRecovered is Herd with the server recovered.
@@ -164,28 +152,24 @@ func HerdDown(breakerOn bool) (Result, error) { return Herd(breakerOn, false) }
 // other breaker settings (Suite.Update), then 50 calls are made. Attempts
 // counts the attempts that reached the (still dead) server after the reload.
 func Reload(breakerOn bool) (Result, error) {
-	var opens atomic.Int64
-	e, err := start(breakerOn, &opens)
-	if err != nil {
-		return Result{}, err
-	}
-	defer e.Close()
-	e.Faults.SetDown(true)
-	for range 20 {
-		_, _ = e.Client.Unary(context.Background(), &echov1.UnaryRequest{Message: "x"})
-	}
-	p := Policies(breakerOn)
-	pol := p["*"]
-	pol.Breaker.ConsecutiveFailures = 20
-	p["*"] = pol
-	if err := e.Suite.Update(p); err != nil {
-		return Result{}, err
-	}
-	before := e.Faults.Attempts()
-	for i := range 50 {
-		_, _ = e.Client.Unary(context.Background(), &echov1.UnaryRequest{Message: "r" + strconv.Itoa(i)})
-	}
-	return Result{Attempts: e.Faults.Attempts() - before, Opens: int(opens.Load())}, nil
+	return with(breakerOn, func(e *Env) (Result, error) {
+		e.Faults.SetDown(true)
+		for range 20 {
+			_, _ = e.Client.Unary(context.Background(), &echov1.UnaryRequest{Message: "x"})
+		}
+		p := Policies(breakerOn)
+		pol := p["*"]
+		pol.Breaker.ConsecutiveFailures = 20
+		p["*"] = pol
+		if err := e.Suite.Update(p); err != nil {
+			return Result{}, err
+		}
+		before := e.Faults.Attempts()
+		for i := range 50 {
+			_, _ = e.Client.Unary(context.Background(), &echov1.UnaryRequest{Message: "r" + strconv.Itoa(i)})
+		}
+		return Result{Attempts: e.Faults.Attempts() - before}, nil
+	})
 }
 
 // Pair is a scenario's result with the defaults (On) and with the breaker
