@@ -261,7 +261,13 @@ func (r Report) Problems(slack time.Duration) []string {
 	check(pf.On.Success >= pf.Off.Success-0.02, "partial failure: %s succeeded, %s without a breaker", Pct(pf.On.Success), Pct(pf.Off.Success))
 	bo := r.Brownout
 	check(bo.On.Goodput >= 0.97*bo.Off.Goodput, "brownout: goodput %.0f/s, %.0f/s without a breaker", bo.On.Goodput, bo.Off.Goodput)
-	check(bo.On.Recovered >= 0 && bo.On.Recovered <= 200*time.Millisecond+slack, "brownout: goodput back after %v, want within 200ms", bo.On.Recovered)
+	// Recovery is judged against the plain client: on a busy machine's real
+	// clock even it may never get back to 95% of its earlier goodput, and
+	// then the breaker cannot be blamed for the same.
+	if bo.Off.Recovered >= 0 {
+		bound := max(200*time.Millisecond, bo.Off.Recovered) + slack
+		check(bo.On.Recovered >= 0 && bo.On.Recovered <= bound, "brownout: goodput back after %v, want within %v (no breaker: %v)", bo.On.Recovered, bound, bo.Off.Recovered)
+	}
 	check(r.Outage.On.Success >= 0.99, "outage: %s succeeded from 1.2s after the recovery, want >= 99%%", Pct(r.Outage.On.Success))
 	check(r.HerdRecovered.On.Succeeded >= 190, "herd, recovered: %d of 200 succeeded, want >= 190", r.HerdRecovered.On.Succeeded)
 	check(r.HerdDown.On.Attempts <= 1, "herd, still down: %d attempts reached the server, want <= 1 (HalfOpenMaxCalls)", r.HerdDown.On.Attempts)
