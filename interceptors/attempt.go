@@ -4,7 +4,6 @@ import (
 	"context"
 	"maps"
 	"strconv"
-	"sync/atomic"
 
 	"google.golang.org/grpc/metadata"
 )
@@ -26,27 +25,24 @@ func Attempt(ctx context.Context) int {
 // prebuiltHeaders is how many attempt-header values are prebuilt per suite.
 const prebuiltHeaders = 16
 
-// retryCtx is the context of the retries of one call: the caller's context
-// with the attempt number (Attempt) and, if the header is on, the outgoing
-// metadata with the attempt header set (one value, replacing any). One
-// retryCtx serves all the retries of a call: retryContext updates it in
-// place (atomically), so a context kept from an earlier attempt reports the
-// latest attempt.
+// retryCtx is the context of one retry: the caller's context with the
+// attempt number (Attempt) and, if the header is on, outgoing metadata with
+// the attempt header set (one value, replacing any). It never changes: each
+// retry derives its own.
 type retryCtx struct {
-	context.Context                          // the caller's context
-	n               atomic.Int64             // the current attempt, 1-based
-	md              atomic.Pointer[mdHolder] // the outgoing metadata, or nil
-	base            metadata.MD              // the caller's outgoing metadata (a copy), or nil
+	context.Context           // the caller's context
+	n               int       // the attempt, 1-based
+	md              *mdHolder // the outgoing metadata, or nil
 }
 
 // Value answers the attempt number and the attempt header's metadata, and
 // defers every other key to the caller's context.
 func (c *retryCtx) Value(key any) any {
 	if _, ok := key.(attemptKey); ok {
-		return int(c.n.Load())
+		return c.n
 	}
-	if m := c.md.Load(); m != nil {
-		if v := m.ctx.Value(key); v != nil {
+	if c.md != nil {
+		if v := c.md.ctx.Value(key); v != nil {
 			return v
 		}
 	}
@@ -76,46 +72,37 @@ func headerContexts(header string) []*mdHolder {
 }
 
 // retryContext returns the context for attempt (1-based) of a call whose
-// caller's context is ctx. prev is what it returned for the previous attempt
-// of the same call (nil before the first retry). For attempt 1 it returns
-// ctx itself. For a retry it returns a context derived from ctx that carries
-// Attempt and sets the attempt header (WithAttemptHeader) to attempt-1 in
-// the outgoing metadata, as one value that replaces the caller's if any.
-//
-// Cost: one allocation per call on its first retry when the caller's
-// context has no outgoing metadata (the value is prebuilt and the context
-// object reused); a copy of the caller's metadata per retry otherwise.
-// Use the result as the parent of the attempt's context
-// (retry.Policy.AttemptContext) for both unary calls and streams.
-func (s *Suite) retryContext(ctx, prev context.Context, attempt int) context.Context {
+// caller's context is ctx: ctx itself for attempt 1; for a retry, a context
+// derived from ctx that carries Attempt and sets the attempt header
+// (WithAttemptHeader) to attempt-1 in the outgoing metadata. It is the
+// parent of the attempt's context. Each retry gets its own context, taken
+// from *spare, which the call keeps across its retries: one allocation per
+// four retries, plus a copy of the caller's outgoing metadata per retry if
+// it has any.
+func (s *Suite) retryContext(ctx context.Context, attempt int, spare *[]retryCtx) context.Context {
 	if attempt <= 1 {
 		return ctx
 	}
-	rc, ok := prev.(*retryCtx)
-	if !ok {
-		rc = &retryCtx{Context: ctx}
-		if s.o.header != "" {
-			if md, ok := metadata.FromOutgoingContext(ctx); ok {
-				rc.base = md
-			}
-		}
+	if len(*spare) == 0 {
+		*spare = make([]retryCtx, 4)
 	}
-	rc.n.Store(int64(attempt))
+	rc := &(*spare)[0]
+	*spare = (*spare)[1:]
+	*rc = retryCtx{Context: ctx, n: attempt}
 	if s.o.header == "" {
 		return rc
 	}
 	n := attempt - 1
-	var m *mdHolder
-	if rc.base == nil && n <= prebuiltHeaders {
-		m = s.headers[n]
-	} else {
-		md := maps.Clone(rc.base)
-		if md == nil {
-			md = metadata.MD{}
-		}
-		md[s.o.header] = []string{strconv.Itoa(n)}
-		m = newMDHolder(md)
+	md, ok := metadata.FromOutgoingContext(ctx)
+	if !ok && n <= prebuiltHeaders {
+		rc.md = s.headers[n]
+		return rc
 	}
-	rc.md.Store(m)
+	md = maps.Clone(md)
+	if md == nil {
+		md = metadata.MD{}
+	}
+	md[s.o.header] = []string{strconv.Itoa(n)}
+	rc.md = newMDHolder(md)
 	return rc
 }

@@ -265,10 +265,10 @@ type retryStream struct {
 	// the stream ends (reportFinish), or nil.
 	after []grpc.CallOption
 
-	rctx    context.Context // the retries' context (Suite.retryContext), nil before the first; token holder only
-	unwatch func() bool     // stops the abandonment callback (see watch); guarded by mu once r is shared
-	first   attempt         // the first attempt, allocated with the stream
-	one     [1]sentMsg      // the first buffered message's slot (a server stream's request)
+	spare   []retryCtx  // the retries' contexts (retryContext)
+	unwatch func() bool // stops the abandonment callback (see watch); guarded by mu once r is shared
+	first   attempt     // the first attempt, allocated with the stream
+	one     [1]sentMsg  // the first buffered message's slot (a server stream's request)
 	// call is the retry state machine. While resolving is set only the
 	// resolving goroutine touches it, without mu (the shared step,
 	// afterFailure and nextAttempt); otherwise it is used with mu held
@@ -372,8 +372,7 @@ func splitAfter(opts []grpc.CallOption, n int) (after, rest []grpc.CallOption) {
 func (r *retryStream) attemptContext(a *attempt, n int) context.Context {
 	ctx := r.ctx
 	if n > 1 {
-		r.rctx = r.e.s.retryContext(r.ctx, r.rctx, n)
-		ctx = r.rctx
+		ctx = r.e.s.retryContext(r.ctx, n, &r.spare)
 	}
 	t := r.e.pol.retry.AttemptTimeout
 	if t <= 0 {

@@ -215,7 +215,7 @@ func (e *entry) unaryRetry(ctx context.Context, st *unaryState, opts []grpc.Call
 	c := e.newCall(maxAttempts)
 	c.Begin()
 	cs := callStats{opts: opts, target: targetName(cc)}
-	var rctx context.Context // the context of the retries (nil before the first)
+	var spare []retryCtx // the retries' contexts (retryContext)
 	for {
 		d := e.decide(ctx, err, st.committed(), st.trailer())
 		delay, final, open := e.afterFailure(ctx, &c, &cs, err, d, now, p, o)
@@ -226,7 +226,7 @@ func (e *entry) unaryRetry(ctx context.Context, st *unaryState, opts []grpc.Call
 		if final != nil {
 			return final, open
 		}
-		rctx = e.s.retryContext(ctx, rctx, c.Attempts())
+		rctx := e.s.retryContext(ctx, c.Attempts(), &spare)
 		st.newAttempt()
 		if o, now, err = e.unaryAttempt(ctx, rctx, p, req, reply, cc, invoker, st.opts); err == nil {
 			c.Done(nil, false)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -383,4 +384,31 @@ func TestDecideThenRecord(t *testing.T) {
 	require.NoError(t, err)
 	in = s.Unary()
 	check(t, s, func() { reason(t, in(ctx, m, nil, nil, nil, failing(9), opts...), retry.BudgetExhausted) }, 1, 0)
+}
+
+// TestRetryContextsAreImmutable: each attempt's context keeps its own
+// attempt number and header after later retries (contexts never change).
+func TestRetryContextsAreImmutable(t *testing.T) {
+	p := Policy{
+		Retry:   retry.Policy{MaxAttempts: 6, InitialBackoff: time.Nanosecond, MaxBackoff: time.Nanosecond},
+		Breaker: breaker.Config{Mode: breaker.Disabled},
+	}
+	s, err := New(map[string]Policy{"*": p}, WithoutBudget(), WithAttemptHeader("x-attempt"))
+	require.NoError(t, err)
+	var kept []context.Context
+	fail := func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+		kept = append(kept, ctx)
+		return status.Error(codes.Unavailable, "")
+	}
+	_ = s.Unary()(context.Background(), "/pkg.Svc/M", nil, nil, nil, fail)
+	require.Len(t, kept, 6)
+	for i, ctx := range kept {
+		assert.Equal(t, i+1, Attempt(ctx), "attempt %d", i+1)
+		md, _ := metadata.FromOutgoingContext(ctx)
+		if i == 0 {
+			assert.Empty(t, md.Get("x-attempt"))
+		} else {
+			assert.Equal(t, []string{strconv.Itoa(i)}, md.Get("x-attempt"), "attempt %d", i+1)
+		}
+	}
 }
