@@ -21,7 +21,7 @@ import (
 	"github.com/khive/grpc-resilience/config"
 	"github.com/khive/grpc-resilience/interceptors"
 	"github.com/khive/grpc-resilience/internal/echoserver"
-	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 )
 
 // These tests load realistic grpc service configs (no field of ours) and

@@ -18,8 +18,8 @@ import (
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/debugpage"
 	"github.com/khive/grpc-resilience/interceptors"
+	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 	"github.com/khive/grpc-resilience/internal/scenario"
-	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
 	"github.com/khive/grpc-resilience/retry"
 )
 

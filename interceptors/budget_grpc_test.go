@@ -14,7 +14,7 @@ import (
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
-	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 )
 
 // budgetPattern draws, for each of callers × calls calls, how many of its

@@ -10,7 +10,7 @@ import (
 
 	"github.com/khive/grpc-resilience/interceptors"
 	"github.com/khive/grpc-resilience/internal/echoserver"
-	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 )
 
 // streamBenchClients returns an echo client over bufconn without the suite

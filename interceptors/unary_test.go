@@ -18,7 +18,7 @@ import (
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
 	"github.com/khive/grpc-resilience/internal/echoserver"
-	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 	"github.com/khive/grpc-resilience/retry"
 )
 

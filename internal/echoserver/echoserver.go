@@ -17,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/khive/grpc-resilience/internal/echoserver"
-	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"

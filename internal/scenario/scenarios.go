@@ -10,7 +10,7 @@ import (
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
-	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 )
 
 // Result is what one run of a scenario measured.

@@ -666,7 +666,7 @@ const file_khive_echo_v1_echo_proto_rawDesc = "" +
 	"\fServerStream\x12\".khive.echo.v1.ServerStreamRequest\x1a#.khive.echo.v1.ServerStreamResponse0\x01\x12Y\n" +
 	"\fClientStream\x12\".khive.echo.v1.ClientStreamRequest\x1a#.khive.echo.v1.ClientStreamResponse(\x01\x12U\n" +
 	"\n" +
-	"BidiStream\x12 .khive.echo.v1.BidiStreamRequest\x1a!.khive.echo.v1.BidiStreamResponse(\x010\x01B=Z;github.com/khive/grpc-resilience/proto/khive/echo/v1;echov1b\x06proto3"
+	"BidiStream\x12 .khive.echo.v1.BidiStreamRequest\x1a!.khive.echo.v1.BidiStreamResponse(\x010\x01B9Z7github.com/khive/grpc-resilience/internal/echov1;echov1b\x06proto3"
 
 var (
 	file_khive_echo_v1_echo_proto_rawDescOnce sync.Once
