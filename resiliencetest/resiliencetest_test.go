@@ -23,9 +23,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/khive/grpc-resilience/interceptors"
 	"github.com/khive/grpc-resilience/internal/echoserver"
 	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 	"github.com/khive/grpc-resilience/resiliencetest"
+	"github.com/khive/grpc-resilience/retry"
 )
 
 const (
@@ -446,4 +448,55 @@ func TestStreamHandlerSeesTheFault(t *testing.T) {
 	_, err = s.Recv()
 	assert.Equal(t, codes.DataLoss, status.Code(err))
 	assert.False(t, errors.Is(err, io.EOF))
+}
+
+// With this project's client interceptors: a server stream struck before
+// its first message is retried; one struck after a message is committed
+// (gRFC A6) and fails.
+func TestProjectClientRetriesStreamsUntilCommitted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		inj := newInjector(t,
+			resiliencetest.Fault{Method: serverStream, Code: codes.Unavailable, FirstAttempts: 2},
+			resiliencetest.Fault{Method: serverStream, Code: codes.Unavailable, FirstAttempts: 3, AfterMessages: 1},
+		)
+		suite, err := interceptors.New(map[string]interceptors.Policy{
+			"/khive.echo.v1.EchoService/*": {Retry: retry.Policy{MaxAttempts: 5}},
+		})
+		require.NoError(t, err)
+		srv := echoserver.New(1)
+		lis := bufconn.Listen(1 << 20)
+		stop := echoserver.Serve(srv, lis, grpc.ChainUnaryInterceptor(inj.Unary()), grpc.ChainStreamInterceptor(inj.Stream()))
+		dial := append([]grpc.DialOption{
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+		}, suite.DialOptions()...)
+		cc, err := grpc.NewClient("passthrough:///bufnet", dial...)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = cc.Close(); stop() })
+		c := echov1.NewEchoServiceClient(cc)
+
+		// Attempts 1 and 2 fail before any message (the first fault);
+		// attempt 3 sends one message, then fails (the second fault).
+		s, err := c.ServerStream(t.Context(), &echov1.ServerStreamRequest{Message: "m", Count: 3})
+		require.NoError(t, err)
+		_, err = s.Recv()
+		require.NoError(t, err)
+		_, err = s.Recv()
+		assert.Equal(t, codes.Unavailable, status.Code(err), "committed after a message: not retried")
+		assert.Equal(t, 3, inj.Calls(serverStream))
+		assert.Equal(t, 3, inj.Injected(serverStream))
+
+		// The next call: both faults are spent.
+		s, err = c.ServerStream(t.Context(), &echov1.ServerStreamRequest{Message: "m", Count: 3})
+		require.NoError(t, err)
+		n := 0
+		for {
+			if _, err := s.Recv(); err != nil {
+				require.ErrorIs(t, err, io.EOF)
+				break
+			}
+			n++
+		}
+		assert.Equal(t, 3, n)
+	})
 }
