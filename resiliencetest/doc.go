@@ -24,6 +24,5 @@
 // seen and the calls struck, for the test to assert on.
 //
 // Probabilistic faults draw from one generator; with [WithSeed], calls that
-// arrive in the same order meet the same faults. New checks every fault and
-// names the invalid field.
+// arrive in the same order meet the same faults.
 package resiliencetest

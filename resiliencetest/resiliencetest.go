@@ -21,8 +21,7 @@ import (
 // PushbackTrailer is the trailer key of gRFC A6's server delay hint.
 const PushbackTrailer = "grpc-retry-pushback-ms"
 
-// Fault describes a failure (or a delay) and the calls it strikes. The zero
-// value of each field other than Method means "not used".
+// Fault describes a failure, or a delay, and the calls it strikes.
 type Fault struct {
 	// Method selects the calls: a full method name ("/pkg.Service/Method"),
 	// every method of a service ("/pkg.Service/*") or every method ("*").
