@@ -44,11 +44,12 @@ func Load(data []byte, f Format, opts ...Option) (*Config, error) {
 }
 
 func load(data []byte, f Format, lim limits) (*Config, error) {
-	doc, err := decode(data, f, lim)
+	var p problems
+	doc, err := decode(data, f, lim, &p)
 	if err != nil {
 		return nil, err
 	}
-	return FromProto(doc)
+	return build(doc, &p)
 }
 
 // LoadFile reads a document from a file: JSON for a ".json" name, YAML for
@@ -70,8 +71,13 @@ func LoadFile(name string, opts ...Option) (*Config, error) {
 // FromProto validates and converts a document already in its schema form
 // (built in Go, or decoded by the caller).
 func FromProto(doc *resiliencev1.ServiceConfig) (*Config, error) {
-	d, err := validate(doc)
-	if err != nil {
+	return build(doc, &problems{})
+}
+
+// build validates doc, adding to the problems p holds, and converts it.
+func build(doc *resiliencev1.ServiceConfig, p *problems) (*Config, error) {
+	d := validate(doc, p)
+	if err := p.err(); err != nil {
 		return nil, err
 	}
 	c := &Config{

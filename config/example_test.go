@@ -56,6 +56,8 @@ func ExampleLoadJSON_errors() {
 	}
 	// Output:
 	// methodConfig[0].retryPolicy.initialBackoff => invalid duration "100ms": want seconds with an "s" suffix, such as "0.1s" or "2s"
+	// methodConfig[0].retryPolicy.maxAttempts => must be at least 2, got 1
+	// methodConfig[0].retryPolicy.retryableStatusCodes[0] => unknown status code "unavailable" (names are upper case, as grpc spells them: "UNAVAILABLE")
 	// retryThrotling => unknown field (did you mean "retryThrottling"?)
 }
 

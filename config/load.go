@@ -11,8 +11,6 @@ import (
 	"strconv"
 	"strings"
 
-	"google.golang.org/protobuf/encoding/protojson"
-
 	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
 	"github.com/khive/grpc-resilience/retry"
 )
@@ -81,8 +79,8 @@ type Budget struct {
 }
 
 // decode reads data in format f into the schema message, within lim,
-// reporting problems with their paths.
-func decode(data []byte, f Format, lim limits) (*resiliencev1.ServiceConfig, error) {
+// adding to p each value that does not fit the schema.
+func decode(data []byte, f Format, lim limits, p *problems) (*resiliencev1.ServiceConfig, error) {
 	if f != JSON && f != YAML {
 		return nil, fmt.Errorf("config: unknown format %v", f)
 	}
@@ -100,18 +98,8 @@ func decode(data []byte, f Format, lim limits) (*resiliencev1.ServiceConfig, err
 		}
 		return nil, &Error{Problems: []*FieldError{fe}}
 	}
-	var p problems
-	checkShape(tree, (&resiliencev1.ServiceConfig{}).ProtoReflect().Descriptor(), nil, &p)
-	if err := p.err(); err != nil {
-		return nil, err
-	}
-	var buf bytes.Buffer
-	encodeJSON(&buf, tree)
 	doc := &resiliencev1.ServiceConfig{}
-	if err := protojson.Unmarshal(buf.Bytes(), doc); err != nil {
-		// checkShape catches what protojson rejects; this is a second net.
-		return nil, &Error{Problems: []*FieldError{{Msg: clean(err.Error())}}}
-	}
+	fill(doc.ProtoReflect(), tree, nil, p)
 	return doc, nil
 }
 

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,26 +89,28 @@ func TestLoadInvalid(t *testing.T) {
 		{"unknown field far away", `{"oops": 1}`, []string{"oops: unknown field"}},
 		{"snake_case proto name", `{"method_config": []}`, []string{`method_config: unknown field (did you mean "methodConfig"?)`}},
 		{"snake_case in retryPolicy", retryDoc(strings.Replace(validRetry, `"maxAttempts"`, `"max_attempts"`, 1)), []string{
+			"methodConfig[0].retryPolicy.maxAttempts: required", // as grpc-go reads it
 			`methodConfig[0].retryPolicy.max_attempts: unknown field (did you mean "maxAttempts"?)`}},
-		{"typo in retryPolicy", retryDoc(`"maxAttemps": 3`), []string{`methodConfig[0].retryPolicy.maxAttemps: unknown field (did you mean "maxAttempts"?)`}},
+		{"typo in retryPolicy", retryDoc(strings.Replace(validRetry, `"maxAttempts"`, `"maxAttemps"`, 1)), []string{
+			`methodConfig[0].retryPolicy.maxAttemps: unknown field (did you mean "maxAttempts"?)`, "methodConfig[0].retryPolicy.maxAttempts: required"}},
 		{"methodConfig not a list", `{"methodConfig": {}}`, []string{"methodConfig: must be a list, got an object"}},
 		{"name not a list", `{"methodConfig": [{"name": {"service": "a"}}]}`, []string{"methodConfig[0].name: must be a list, got an object"}},
 		{"null name entry", `{"methodConfig": [{"name": [null]}]}`, []string{"methodConfig[0].name[0]: must not be null"}},
 		{"service not a string", `{"methodConfig": [{"name": [{"service": 5}]}]}`, []string{"methodConfig[0].name[0].service: must be a string, got a number"}},
-		{"maxAttempts as string", retryDoc(`"maxAttempts": "3"`), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got a string"}},
-		{"maxAttempts fraction", retryDoc(`"maxAttempts": 2.5`), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got 2.5"}},
-		{"maxAttempts too big", retryDoc(`"maxAttempts": 3000000000`), []string{"methodConfig[0].retryPolicy.maxAttempts: integer 3000000000 is out of range"}},
-		{"multiplier as string", retryDoc(`"backoffMultiplier": "2"`), []string{"methodConfig[0].retryPolicy.backoffMultiplier: must be a number, got a string"}},
-		{"multiplier huge", retryDoc(`"backoffMultiplier": 1e999`), []string{"methodConfig[0].retryPolicy.backoffMultiplier: number 1e999 is out of range"}},
-		{"duration as number", retryDoc(`"initialBackoff": 0.1`), []string{`methodConfig[0].retryPolicy.initialBackoff: must be a duration string such as "0.1s", got a number`}},
-		{"duration without unit", retryDoc(`"initialBackoff": "100ms"`), []string{`methodConfig[0].retryPolicy.initialBackoff: invalid duration "100ms"`}},
-		{"duration exponent", retryDoc(`"maxBackoff": "1e3s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "1e3s"`}},
-		{"duration plus dot", retryDoc(`"maxBackoff": "+.5s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "+.5s"`}},
-		{"duration without digits", retryDoc(`"maxBackoff": ".s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration ".s"`}},
-		{"duration leading zero", retryDoc(`"maxBackoff": "01s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "01s"`}},
-		{"duration ten decimals", retryDoc(`"maxBackoff": "1.0000000001s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "1.0000000001s"`}},
-		{"duration beyond protobuf", retryDoc(`"maxBackoff": "315576000001s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: duration 315576000001s is out of range`}},
-		{"codes not a list", retryDoc(`"retryableStatusCodes": "UNAVAILABLE"`), []string{"methodConfig[0].retryPolicy.retryableStatusCodes: must be a list, got a string"}},
+		{"maxAttempts as string", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": "3"`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got a string"}},
+		{"maxAttempts fraction", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 2.5`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got 2.5"}},
+		{"maxAttempts too big", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 3000000000`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: integer 3000000000 is out of range"}},
+		{"multiplier as string", retryDoc(strings.Replace(validRetry, `"backoffMultiplier": 2`, `"backoffMultiplier": "2"`, 1)), []string{"methodConfig[0].retryPolicy.backoffMultiplier: must be a number, got a string"}},
+		{"multiplier huge", retryDoc(strings.Replace(validRetry, `"backoffMultiplier": 2`, `"backoffMultiplier": 1e999`, 1)), []string{"methodConfig[0].retryPolicy.backoffMultiplier: number 1e999 is out of range"}},
+		{"duration as number", retryDoc(strings.Replace(validRetry, `"initialBackoff": "0.1s"`, `"initialBackoff": 0.1`, 1)), []string{`methodConfig[0].retryPolicy.initialBackoff: must be a duration string such as "0.1s", got a number`}},
+		{"duration without unit", retryDoc(strings.Replace(validRetry, `"initialBackoff": "0.1s"`, `"initialBackoff": "100ms"`, 1)), []string{`methodConfig[0].retryPolicy.initialBackoff: invalid duration "100ms"`}},
+		{"duration exponent", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "1e3s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "1e3s"`}},
+		{"duration plus dot", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "+.5s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "+.5s"`}},
+		{"duration without digits", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": ".s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration ".s"`}},
+		{"duration leading zero", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "01s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "01s"`}},
+		{"duration ten decimals", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "1.0000000001s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "1.0000000001s"`}},
+		{"duration beyond protobuf", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "315576000001s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: duration 315576000001s is out of range`}},
+		{"codes not a list", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `"UNAVAILABLE"`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes: must be a list, got a string"}},
 		{"wait for ready not bool", `{"methodConfig": [{"name": [{}], "waitForReady": "yes"}]}`, []string{"methodConfig[0].waitForReady: must be true or false, got a string"}},
 		{"lb config not a list", `{"loadBalancingConfig": {"round_robin": {}}}`, []string{"loadBalancingConfig: must be a list, got an object"}},
 		{"health check not an object", `{"healthCheckConfig": "x"}`, []string{"healthCheckConfig: must be an object, got a string"}},
@@ -116,7 +119,7 @@ func TestLoadInvalid(t *testing.T) {
 		{"number beyond a double in a grpc object", `{"connectionScaling": {"x": [1e400]}, "loadBalancingConfig": [{"y": -1e999}]}`,
 			[]string{"connectionScaling.x[0]: number 1e400 is out of range", "loadBalancingConfig[0].y: number -1e999 is out of range"}},
 		{"number beyond a double in a code", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `[{"code": 1e400}]`, 1)),
-			[]string{"methodConfig[0].retryPolicy.retryableStatusCodes[0].code: number 1e400 is out of range"}},
+			[]string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: must be a status code name", "methodConfig[0].retryPolicy.retryableStatusCodes[0].code: number 1e400 is out of range"}},
 		{"several shape problems", `{"a": 1, "methodConfig": [{"b": 2}]}`, []string{"a: unknown field", "methodConfig[0].b: unknown field"}},
 
 		// Names.
@@ -132,10 +135,10 @@ func TestLoadInvalid(t *testing.T) {
 
 		// retryPolicy, as grpc-go checks it.
 		{"empty retryPolicy", retryDoc(``), []string{
-			"methodConfig[0].retryPolicy.maxAttempts: required",
-			"methodConfig[0].retryPolicy.initialBackoff: required",
-			"methodConfig[0].retryPolicy.maxBackoff: required",
 			"methodConfig[0].retryPolicy.backoffMultiplier: required",
+			"methodConfig[0].retryPolicy.initialBackoff: required",
+			"methodConfig[0].retryPolicy.maxAttempts: required",
+			"methodConfig[0].retryPolicy.maxBackoff: required",
 			"methodConfig[0].retryPolicy.retryableStatusCodes: required and must not be empty",
 		}},
 		{"maxAttempts 1", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 1`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got 1"}},
@@ -209,12 +212,12 @@ func TestLoadInvalid(t *testing.T) {
 		{"budget reserve zero", `{"retryBudget": {"minRetriesPerSecond": 0}}`, []string{"retryBudget.minRetriesPerSecond: must be greater than zero, got 0"}},
 		{"budget window short", `{"retryBudget": {"window": "0.001s"}}`, []string{"retryBudget.window: must be at least 10ms, got 1ms"}},
 
-		// Several problems at once, in document order.
+		// Several problems at once, sorted by path.
 		{"many", `{"methodConfig": [{"name": [{"service": "a.A"}], "retryPolicy": {` +
 			strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 1`, 1) + `}, "circuitBreaker": {"failureRate": 2}}], "retryThrottling": {"maxTokens": 0, "tokenRatio": 1}}`,
 			[]string{
-				"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got 1",
 				"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 2",
+				"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got 1",
 				"retryThrottling.maxTokens: must be in (0, 1000], got 0",
 			}},
 	} {
@@ -492,4 +495,30 @@ func BenchmarkLoad(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestLoadReportsEverything: a malformed value (a duration written "100ms",
+// a bad code name, a string for a number) hides none of the document's other
+// problems; all come at once, sorted by path with indexes in numeric order,
+// at most one per path; white space in a name stays an error.
+func TestLoadReportsEverything(t *testing.T) {
+	var entries []string
+	for i := range 11 {
+		entries = append(entries, fmt.Sprintf(`{"name": [{"service": "s%d.S"}]}`, i))
+	}
+	entries[2] = `{"name": [{"service": "a B"}], "retryPolicy": {"maxAttempts": 1, "initialBackoff": "100ms", "maxBackoff": "1s", "backoffMultiplier": "2", "retryableStatusCodes": ["BUSY", 14.0]}}`
+	entries[10] = `{"name": [{"service": "x.X"}], "circuitBreaker": {"recoveryTime": "1m", "halfOpenMaxCalls": -1}}`
+	assertProblems(t, LoadJSON, `{"retryThrottling": {"maxTokens": 0}, "methodConfig": [`+strings.Join(entries, ",")+`], "oops": 1}`, []string{
+		`methodConfig[2].name[0].service: invalid service name "a B"`,
+		"methodConfig[2].retryPolicy.backoffMultiplier: must be a number, got a string",
+		`methodConfig[2].retryPolicy.initialBackoff: invalid duration "100ms"`,
+		"methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1",
+		`methodConfig[2].retryPolicy.retryableStatusCodes[0]: unknown status code "BUSY"`,
+		"methodConfig[2].retryPolicy.retryableStatusCodes[1]: status code numbers are integers from 1 to 16, got 14.0",
+		"methodConfig[10].circuitBreaker.halfOpenMaxCalls: must be at least 1, got -1",
+		`methodConfig[10].circuitBreaker.recoveryTime: invalid duration "1m"`,
+		"oops: unknown field",
+		"retryThrottling.maxTokens: must be in (0, 1000], got 0",
+		"retryThrottling.tokenRatio: required",
+	})
 }

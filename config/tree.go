@@ -7,54 +7,41 @@ import (
 	"fmt"
 	"io"
 	"regexp"
-	"strconv"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
 
-// A document is first read into a generic tree, from JSON or from YAML, so
-// that both formats get the same checks and every problem can be reported
-// with its path. The tree's values are:
-//
-//	nil, bool, string, json.Number, []any, *object
-//
-// The tree is then written back as JSON for protojson.
+// A document is read into a tree of nil, bool, string, json.Number, []any
+// and *object values, from JSON or from YAML, so that both get the same
+// checks with paths; fill then sets the schema message from the tree.
 
 // object is a JSON object whose members keep their document order.
 type object struct {
 	keys []string
 	vals []any
-	set  map[string]struct{} // the keys, once there are many
+	set  map[string]bool // the keys, once there are 16
 }
 
 // has reports whether key is a member, in constant time for a large object.
 func (o *object) has(key string) bool {
 	if o.set != nil {
-		_, ok := o.set[key]
-		return ok
+		return o.set[key]
 	}
-	for _, k := range o.keys {
-		if k == key {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(o.keys, key)
 }
 
-// add appends a member.
 func (o *object) add(key string, v any) {
-	o.keys = append(o.keys, key)
-	o.vals = append(o.vals, v)
-	switch {
-	case o.set != nil:
-		o.set[key] = struct{}{}
-	case len(o.keys) == 16:
-		o.set = make(map[string]struct{}, 32)
+	o.keys, o.vals = append(o.keys, key), append(o.vals, v)
+	if o.set == nil && len(o.keys) == 16 {
+		o.set = make(map[string]bool, 32)
 		for _, k := range o.keys {
-			o.set[k] = struct{}{}
+			o.set[k] = true
 		}
+	} else if o.set != nil {
+		o.set[key] = true
 	}
 }
 
@@ -348,41 +335,6 @@ func describeYAML(n *yaml.Node) string {
 	return "a complex key"
 }
 
-// encodeJSON writes the tree as JSON.
-func encodeJSON(buf *bytes.Buffer, v any) {
-	switch v := v.(type) {
-	case nil:
-		buf.WriteString("null")
-	case bool:
-		buf.WriteString(strconv.FormatBool(v))
-	case json.Number:
-		buf.WriteString(string(v))
-	case string:
-		b, _ := json.Marshal(v) // a Go string always marshals
-		buf.Write(b)
-	case []any:
-		buf.WriteByte('[')
-		for i, e := range v {
-			if i > 0 {
-				buf.WriteByte(',')
-			}
-			encodeJSON(buf, e)
-		}
-		buf.WriteByte(']')
-	case *object:
-		buf.WriteByte('{')
-		for i, k := range v.keys {
-			if i > 0 {
-				buf.WriteByte(',')
-			}
-			encodeJSON(buf, k)
-			buf.WriteByte(':')
-			encodeJSON(buf, v.vals[i])
-		}
-		buf.WriteByte('}')
-	}
-}
-
 // kindOf names a tree value's JSON kind for messages.
 func kindOf(v any) string {
 	switch v.(type) {
@@ -396,7 +348,7 @@ func kindOf(v any) string {
 		return "a string"
 	case []any:
 		return "a list"
-	case *object:
+	case *object, map[string]any:
 		return "an object"
 	}
 	return fmt.Sprintf("%T", v)

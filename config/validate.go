@@ -1,13 +1,16 @@
 package config
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -35,15 +38,14 @@ type document struct {
 
 // validate checks doc, mirroring grpc-go's service config checks where they
 // apply and the breaker, retry and budget rules for our fields, and converts
-// it. Every problem is reported with its path.
-func validate(doc *resiliencev1.ServiceConfig) (*document, error) {
-	var p problems
+// it, adding each problem to p with its path.
+func validate(doc *resiliencev1.ServiceConfig, p *problems) *document {
 	d := &document{methods: map[string]method{}}
 	if doc == nil {
 		p.add("", "no document")
-		return nil, p.err()
+		return d
 	}
-	d.ignored = ignoredTop(doc)
+	d.ignored = ignored(doc.ProtoReflect(), "")
 
 	seen := map[string]string{} // policy key -> path of its name
 	for i, mc := range doc.GetMethodConfig() {
@@ -52,11 +54,11 @@ func validate(doc *resiliencev1.ServiceConfig) (*document, error) {
 			p.add(path, "must not be null")
 			continue
 		}
-		d.ignored = append(d.ignored, ignoredMethod(mc, path)...)
-		m := validateMethod(mc, path, &p)
+		d.ignored = append(d.ignored, ignored(mc.ProtoReflect(), path)...)
+		m := validateMethod(mc, path, p)
 		for j, n := range mc.GetName() {
 			npath := index(join(path, "name"), j)
-			key, ok := policyKey(n, npath, &p)
+			key, ok := policyKey(n, npath, p)
 			if !ok {
 				continue
 			}
@@ -69,11 +71,8 @@ func validate(doc *resiliencev1.ServiceConfig) (*document, error) {
 			d.methods[key] = m
 		}
 	}
-	d.budget = validateBudget(doc, &p)
-	if err := p.err(); err != nil {
-		return nil, err
-	}
-	return d, nil
+	d.budget = validateBudget(doc, p)
+	return d
 }
 
 // policyKey maps a grpc name to the interceptors' policy key.
@@ -139,7 +138,6 @@ func validateMethod(mc *resiliencev1.MethodConfig, path string, p *problems) met
 
 func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retry.Policy, []codes.Code) {
 	var r retry.Policy
-	before := p.count()
 
 	switch {
 	case rp.MaxAttempts == nil:
@@ -200,7 +198,7 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	r.MinAttemptTime = optionalDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), p)
 	r.MaxPushback = optionalDuration(rp.GetMaxPushback(), join(path, "maxPushback"), p)
 
-	if p.count() == before {
+	if p.count() == 0 {
 		if err := r.Validate(); err != nil { // a safety net: the checks above cover the rules
 			p.add(path, err.Error())
 		}
@@ -210,7 +208,6 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 
 func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) (breaker.Config, []codes.Code) {
 	var c breaker.Config
-	before := p.count()
 
 	switch cb.GetMode() {
 	case "", "closed":
@@ -297,7 +294,7 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 		}
 		failure = statusCodes(l.GetValues(), fpath, p)
 	}
-	if p.count() == before {
+	if p.count() == 0 {
 		check := c
 		if check.Mode == breaker.ForcedOpen {
 			check.Mode = breaker.Closed // a starting state the breaker itself does not take as a Mode
@@ -362,7 +359,6 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 		return Budget{Mode: NoBudget}
 	}
 	b := Budget{Mode: RatioBudget}
-	before := p.count()
 	if rb.Ratio != nil {
 		if f := rb.GetRatio(); math.IsNaN(f) || f <= 0 || f > 1000 {
 			p.addf("retryBudget.ratio", "must be in (0, 1000], got %v", f)
@@ -381,7 +377,7 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 	if b.Ratio.Window > 0 && b.Ratio.Window < 10*time.Millisecond {
 		p.addf("retryBudget.window", "must be at least 10ms, got %v", b.Ratio.Window)
 	}
-	if p.count() == before {
+	if p.count() == 0 {
 		if err := b.Ratio.Validate(); err != nil { // a safety net
 			p.add("retryBudget", err.Error())
 		}
@@ -407,22 +403,21 @@ func optionalDuration(d *durationpb.Duration, path string, p *problems) time.Dur
 	return positiveDuration(d, path, p)
 }
 
+// positiveDuration checks that d is valid, fits a time.Duration (about 292
+// years) and is greater than zero.
 func positiveDuration(d *durationpb.Duration, path string, p *problems) time.Duration {
-	if err := d.CheckValid(); err != nil {
-		p.addf(path, "invalid duration: %v", err)
-		return 0
-	}
 	const maxSeconds = math.MaxInt64 / int64(time.Second)
-	if d.GetSeconds() > maxSeconds || d.GetSeconds() < -maxSeconds {
-		p.addf(path, "duration %ds is out of range (at most about 292 years)", d.GetSeconds())
-		return 0
+	switch s := d.GetSeconds(); {
+	case s > maxSeconds || s < -maxSeconds:
+		p.addf(path, "duration %ds is out of range (at most about 292 years)", s)
+	case d.CheckValid() != nil:
+		p.addf(path, "invalid duration: %v", d.CheckValid())
+	case d.AsDuration() <= 0:
+		p.addf(path, "must be greater than zero, got %v", d.AsDuration())
+	default:
+		return d.AsDuration()
 	}
-	v := d.AsDuration()
-	if v <= 0 {
-		p.addf(path, "must be greater than zero, got %v", v)
-		return 0
-	}
-	return v
+	return 0
 }
 
 // statusCodes converts a list of status codes written as names or numbers,
@@ -439,47 +434,22 @@ func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code 
 	return out
 }
 
-// codeByName holds the names grpc-go reads in service configs
-// (codes.Code.UnmarshalJSON): upper case, "CANCELLED" with two Ls.
-var codeByName = map[string]codes.Code{
-	"OK":                  codes.OK,
-	"CANCELLED":           codes.Canceled,
-	"UNKNOWN":             codes.Unknown,
-	"INVALID_ARGUMENT":    codes.InvalidArgument,
-	"DEADLINE_EXCEEDED":   codes.DeadlineExceeded,
-	"NOT_FOUND":           codes.NotFound,
-	"ALREADY_EXISTS":      codes.AlreadyExists,
-	"PERMISSION_DENIED":   codes.PermissionDenied,
-	"RESOURCE_EXHAUSTED":  codes.ResourceExhausted,
-	"FAILED_PRECONDITION": codes.FailedPrecondition,
-	"ABORTED":             codes.Aborted,
-	"OUT_OF_RANGE":        codes.OutOfRange,
-	"UNIMPLEMENTED":       codes.Unimplemented,
-	"INTERNAL":            codes.Internal,
-	"UNAVAILABLE":         codes.Unavailable,
-	"DATA_LOSS":           codes.DataLoss,
-	"UNAUTHENTICATED":     codes.Unauthenticated,
-}
-
+// statusCode reads a code as grpc-go does (codes.Code.UnmarshalJSON).
 func statusCode(v *structpb.Value, path string, p *problems) (codes.Code, bool) {
 	var c codes.Code
 	switch k := v.GetKind().(type) {
 	case *structpb.Value_NumberValue:
-		f := k.NumberValue
-		if f != math.Trunc(f) || f < 0 || f > float64(codes.Unauthenticated) {
+		if f := k.NumberValue; f != math.Trunc(f) || c.UnmarshalJSON(strconv.AppendFloat(nil, f, 'f', -1, 64)) != nil {
 			p.addf(path, "unknown status code %v: numbers go from 1 to 16", f)
 			return 0, false
 		}
-		c = codes.Code(f)
 	case *structpb.Value_StringValue:
-		s := k.StringValue
-		var ok bool
-		if c, ok = codeByName[s]; !ok {
-			p.addf(path, "unknown status code %s%s", quote(s), codeHint(s))
+		if b, _ := json.Marshal(k.StringValue); c.UnmarshalJSON(b) != nil {
+			p.addf(path, "unknown status code %s%s", quote(k.StringValue), codeHint(k.StringValue))
 			return 0, false
 		}
 	default:
-		p.addf(path, `must be a status code name such as "UNAVAILABLE" or a number such as 14, got %s`, valueKind(v))
+		p.addf(path, `must be a status code name such as "UNAVAILABLE" or a number such as 14, got %s`, kindOf(v.AsInterface()))
 		return 0, false
 	}
 	if c == codes.OK {
@@ -495,59 +465,27 @@ func codeHint(s string) string {
 	if u == "CANCELED" {
 		u = "CANCELLED"
 	}
-	if _, ok := codeByName[u]; ok {
+	var c codes.Code
+	if b, _ := json.Marshal(u); c.UnmarshalJSON(b) == nil {
 		return fmt.Sprintf(" (names are upper case, as grpc spells them: %s)", quote(u))
 	}
 	return ""
 }
 
-func valueKind(v *structpb.Value) string {
-	switch v.GetKind().(type) {
-	case *structpb.Value_BoolValue:
-		return "a boolean"
-	case *structpb.Value_ListValue:
-		return "a list"
-	case *structpb.Value_StructValue:
-		return "an object"
-	}
-	return "null"
+// ignoredFields are the grpc fields this library does not act on.
+var ignoredFields = map[protoreflect.Name]bool{
+	"load_balancing_policy": true, "load_balancing_config": true, "health_check_config": true, "connection_scaling": true,
+	"wait_for_ready": true, "timeout": true, "max_request_message_bytes": true, "max_response_message_bytes": true, "hedging_policy": true,
 }
 
-// ignoredTop lists the grpc fields of the document that this library does
-// not act on.
-func ignoredTop(doc *resiliencev1.ServiceConfig) []string {
+// ignored lists the paths of the ignored fields m holds.
+func ignored(m protoreflect.Message, path string) []string {
 	var out []string
-	if doc.GetLoadBalancingPolicy() != "" {
-		out = append(out, "loadBalancingPolicy")
-	}
-	if doc.GetLoadBalancingConfig() != nil {
-		out = append(out, "loadBalancingConfig")
-	}
-	if doc.GetHealthCheckConfig() != nil {
-		out = append(out, "healthCheckConfig")
-	}
-	if doc.GetConnectionScaling() != nil {
-		out = append(out, "connectionScaling")
-	}
-	return out
-}
-
-func ignoredMethod(mc *resiliencev1.MethodConfig, path string) []string {
-	var out []string
-	if mc.WaitForReady != nil {
-		out = append(out, join(path, "waitForReady"))
-	}
-	if mc.GetTimeout() != nil {
-		out = append(out, join(path, "timeout"))
-	}
-	if mc.MaxRequestMessageBytes != nil {
-		out = append(out, join(path, "maxRequestMessageBytes"))
-	}
-	if mc.MaxResponseMessageBytes != nil {
-		out = append(out, join(path, "maxResponseMessageBytes"))
-	}
-	if mc.GetHedgingPolicy() != nil {
-		out = append(out, join(path, "hedgingPolicy"))
+	fields := m.Descriptor().Fields()
+	for i := range fields.Len() {
+		if fd := fields.Get(i); ignoredFields[fd.Name()] && m.Has(fd) {
+			out = append(out, join(path, fd.JSONName()))
+		}
 	}
 	return out
 }
