@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -170,8 +171,7 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	}
 	retryable := statusCodes(list, codesPath, p)
 
-	// Ours.
-	jitterOK := true
+	// Ours: zero or absent means the default, as in retry.Policy.
 	switch rp.GetJitter() {
 	case "", "proportional":
 		r.Jitter = retry.ProportionalJitter // A6
@@ -180,23 +180,19 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	case "none":
 		r.Jitter = retry.NoJitter
 	default:
-		jitterOK = false
 		p.addf(join(path, "jitter"), `must be "proportional", "full" or "none", got %s`, quote(rp.GetJitter()))
 	}
-	if rp.JitterFactor != nil && jitterOK {
-		fpath := join(path, "jitterFactor")
-		switch f := rp.GetJitterFactor(); {
-		case r.Jitter != retry.ProportionalJitter:
-			p.addf(fpath, "applies to proportional jitter only, not %s", quote(rp.GetJitter()))
-		case math.IsNaN(f) || f <= 0 || f > 1:
-			p.addf(fpath, `must be in (0, 1], got %v (use jitter: "none" for no jitter)`, f)
-		default:
-			r.JitterFactor = f
-		}
+	switch f := rp.GetJitterFactor(); {
+	case rp.JitterFactor != nil && r.Jitter != retry.ProportionalJitter:
+		p.addf(join(path, "jitterFactor"), "applies to proportional jitter only, not %s", quote(rp.GetJitter()))
+	case math.IsNaN(f) || f < 0 || f > 1:
+		p.addf(join(path, "jitterFactor"), `must be in [0, 1] (0 means the default 0.2; jitter: "none" for no jitter), got %v`, f)
+	default:
+		r.JitterFactor = f
 	}
-	r.AttemptTimeout = optionalDuration(rp.GetPerAttemptTimeout(), join(path, "perAttemptTimeout"), p)
-	r.MinAttemptTime = optionalDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), p)
-	r.MaxPushback = optionalDuration(rp.GetMaxPushback(), join(path, "maxPushback"), p)
+	r.AttemptTimeout = ourDuration(rp.GetPerAttemptTimeout(), join(path, "perAttemptTimeout"), false, p)
+	r.MinAttemptTime = ourDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), false, p)
+	r.MaxPushback = ourDuration(rp.GetMaxPushback(), join(path, "maxPushback"), false, p)
 
 	if p.count() == 0 {
 		if err := r.Validate(); err != nil { // a safety net: the checks above cover the rules
@@ -206,12 +202,27 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	return r, retryable
 }
 
+// validateBreaker converts a circuitBreaker with breaker.Config's rule: zero
+// or absent means the default, a negative value turns off what can be off
+// (consecutiveFailures, throttleK, recoveryJitter, halfOpenMaxWait) and is
+// an error elsewhere; an empty failureStatusCodes means no code is a
+// failure.
 func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) (breaker.Config, []codes.Code) {
-	var c breaker.Config
-
+	at := func(field string) string { return join(path, field) }
+	c := breaker.Config{
+		ConsecutiveFailures: int(cb.GetConsecutiveFailures()),
+		ThrottleK:           cb.GetThrottleK(),
+		FailureRate:         cb.GetFailureRate(),
+		MinimumCalls:        int(cb.GetMinimumCalls()),
+		RecoveryJitter:      cb.GetRecoveryJitter(),
+		HalfOpenMaxCalls:    int(cb.GetHalfOpenMaxCalls()),
+		Window:              ourDuration(cb.GetWindow(), at("window"), false, p),
+		RecoveryTime:        ourDuration(cb.GetRecoveryTime(), at("recoveryTime"), false, p),
+		MaxRecoveryTime:     ourDuration(cb.GetMaxRecoveryTime(), at("maxRecoveryTime"), false, p),
+		HalfOpenMaxWait:     ourDuration(cb.GetHalfOpenMaxWait(), at("halfOpenMaxWait"), true, p),
+	}
 	switch cb.GetMode() {
 	case "", "closed":
-		c.Mode = breaker.Closed
 	case "disabled":
 		c.Mode = breaker.Disabled
 	case "metrics-only":
@@ -219,80 +230,36 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 	case "forced-open":
 		c.Mode = breaker.ForcedOpen // interceptors.New starts the breakers forced open
 	default:
-		p.addf(join(path, "mode"), `must be "closed", "disabled", "metrics-only" or "forced-open", got %s`, quote(cb.GetMode()))
+		p.addf(at("mode"), `must be "closed", "disabled", "metrics-only" or "forced-open", got %s`, quote(cb.GetMode()))
 	}
-	c.ConsecutiveFailures = ruleCount(cb.ConsecutiveFailures, join(path, "consecutiveFailures"), "the rule", p)
-	if cb.FailureRate != nil {
-		if f := cb.GetFailureRate(); math.IsNaN(f) || f <= 0 || f > 1 {
-			p.addf(join(path, "failureRate"), "must be in (0, 1], got %v", f)
-		} else {
-			c.FailureRate = f
-		}
+	if k := c.ThrottleK; math.IsNaN(k) || math.IsInf(k, 1) || k > 0 && k < 1 {
+		p.addf(at("throttleK"), "must be at least 1 (0 means the default 2, a negative value turns the throttle off), got %v", k)
 	}
-	if cb.MinimumCalls != nil {
-		if n := cb.GetMinimumCalls(); n < 1 {
-			p.addf(join(path, "minimumCalls"), "must be at least 1, got %d", n)
-		} else {
-			c.MinimumCalls = int(n)
-		}
+	if f := c.FailureRate; math.IsNaN(f) || f < 0 || f > 1 {
+		p.addf(at("failureRate"), "must be in [0, 1] (0 turns the rule off), got %v", f)
 	}
-	if cb.ThrottleK != nil {
-		switch k := cb.GetThrottleK(); {
-		case k == 0:
-			c.ThrottleK = -1 // off
-		case math.IsNaN(k) || math.IsInf(k, 0) || k < 1:
-			p.addf(join(path, "throttleK"), "must be at least 1 (0 turns the throttle off), got %v", k)
-		default:
-			c.ThrottleK = k
-		}
+	if j := c.RecoveryJitter; math.IsNaN(j) || j >= 1 {
+		p.addf(at("recoveryJitter"), "must be less than 1 (a negative value means no jitter), got %v", j)
 	}
-	if w := cb.GetHalfOpenMaxWait(); w != nil {
-		if w.CheckValid() == nil && w.AsDuration() == 0 {
-			c.HalfOpenMaxWait = -1 // "0s": never wait
-		} else {
-			c.HalfOpenMaxWait = positiveDuration(w, join(path, "halfOpenMaxWait"), p)
-		}
+	if c.MinimumCalls < 0 {
+		p.addf(at("minimumCalls"), "must not be negative (0 means the default 20), got %d", c.MinimumCalls)
 	}
-	c.Window = optionalDuration(cb.GetWindow(), join(path, "window"), p)
+	if c.HalfOpenMaxCalls < 0 {
+		p.addf(at("halfOpenMaxCalls"), "must not be negative (0 means the default 1), got %d", c.HalfOpenMaxCalls)
+	}
 	if c.Window > 0 && c.Window < 10 {
-		p.addf(join(path, "window"), "must be at least 10ns, got %v", c.Window)
+		p.addf(at("window"), "must be at least 10ns, got %v", c.Window)
 	}
-	c.RecoveryTime = optionalDuration(cb.GetRecoveryTime(), join(path, "recoveryTime"), p)
-	c.MaxRecoveryTime = optionalDuration(cb.GetMaxRecoveryTime(), join(path, "maxRecoveryTime"), p)
-	recovery := c.RecoveryTime
-	if recovery == 0 {
-		recovery = breaker.DefaultRecoveryTime
-	}
+	recovery := cmp.Or(c.RecoveryTime, breaker.DefaultRecoveryTime)
 	switch {
-	case c.MaxRecoveryTime == 0 && cb.GetMaxRecoveryTime() == nil && recovery > breaker.DefaultMaxRecoveryTime:
-		c.MaxRecoveryTime = recovery // documented: the default cap is 60s or recoveryTime if larger
+	case c.MaxRecoveryTime == 0 && recovery > breaker.DefaultMaxRecoveryTime:
+		c.MaxRecoveryTime = recovery // the default cap is 60s, or recoveryTime if larger
 	case c.MaxRecoveryTime > 0 && c.MaxRecoveryTime < recovery:
-		p.addf(join(path, "maxRecoveryTime"), "must be at least recoveryTime (%v), got %v", recovery, c.MaxRecoveryTime)
-	}
-	if cb.RecoveryJitter != nil {
-		switch j := cb.GetRecoveryJitter(); {
-		case math.IsNaN(j) || j < 0 || j >= 1:
-			p.addf(join(path, "recoveryJitter"), "must be in [0, 1), got %v", j)
-		case j == 0:
-			c.RecoveryJitter = -1 // no jitter
-		default:
-			c.RecoveryJitter = j
-		}
-	}
-	if cb.HalfOpenMaxCalls != nil {
-		if n := cb.GetHalfOpenMaxCalls(); n < 1 {
-			p.addf(join(path, "halfOpenMaxCalls"), "must be at least 1, got %d", n)
-		} else {
-			c.HalfOpenMaxCalls = int(n)
-		}
+		p.addf(at("maxRecoveryTime"), "must be at least recoveryTime (%v), got %v", recovery, c.MaxRecoveryTime)
 	}
 	var failure []codes.Code
 	if l := cb.GetFailureStatusCodes(); l != nil {
-		fpath := join(path, "failureStatusCodes")
-		if len(l.GetValues()) == 0 {
-			p.add(fpath, `must not be empty (to never trip, use mode: "disabled" or "metrics-only")`)
-		}
-		failure = statusCodes(l.GetValues(), fpath, p)
+		failure = statusCodes(l.GetValues(), at("failureStatusCodes"), p)
 	}
 	if p.count() == 0 {
 		check := c
@@ -304,21 +271,6 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 		}
 	}
 	return c, failure
-}
-
-// ruleCount converts a count that may turn a trip rule off: absent is 0 (the
-// breaker's default), 0 is -1 (off), a negative value an error.
-func ruleCount(n *int32, path, rule string, p *problems) int {
-	switch {
-	case n == nil:
-		return 0
-	case *n < 0:
-		p.addf(path, "must not be negative (0 turns %s off), got %d", rule, *n)
-		return 0
-	case *n == 0:
-		return -1
-	}
-	return int(*n)
 }
 
 func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
@@ -358,24 +310,19 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 		}
 		return Budget{Mode: NoBudget}
 	}
-	b := Budget{Mode: RatioBudget}
-	if rb.Ratio != nil {
-		if f := rb.GetRatio(); math.IsNaN(f) || f <= 0 || f > 1000 {
-			p.addf("retryBudget.ratio", "must be in (0, 1000], got %v", f)
-		} else {
-			b.Ratio.Ratio = f
-		}
+	b := Budget{Mode: RatioBudget, Ratio: retry.BudgetConfig{
+		Ratio:               rb.GetRatio(),
+		MinRetriesPerSecond: rb.GetMinRetriesPerSecond(),
+		Window:              ourDuration(rb.GetWindow(), "retryBudget.window", false, p),
+	}}
+	if f := b.Ratio.Ratio; math.IsNaN(f) || f < 0 || f > 1000 {
+		p.addf("retryBudget.ratio", "must be in [0, 1000] (0 means the default 0.2), got %v", f)
 	}
-	if rb.MinRetriesPerSecond != nil {
-		if f := rb.GetMinRetriesPerSecond(); math.IsNaN(f) || math.IsInf(f, 0) || f <= 0 {
-			p.addf("retryBudget.minRetriesPerSecond", "must be greater than zero, got %v", f)
-		} else {
-			b.Ratio.MinRetriesPerSecond = f
-		}
+	if f := b.Ratio.MinRetriesPerSecond; math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
+		p.addf("retryBudget.minRetriesPerSecond", "must not be negative (0 means the default 1), got %v", f)
 	}
-	b.Ratio.Window = optionalDuration(rb.GetWindow(), "retryBudget.window", p)
-	if b.Ratio.Window > 0 && b.Ratio.Window < 10*time.Millisecond {
-		p.addf("retryBudget.window", "must be at least 10ms, got %v", b.Ratio.Window)
+	if w := b.Ratio.Window; w > 0 && w < 10*time.Millisecond {
+		p.addf("retryBudget.window", "must be at least 10ms, got %v", w)
 	}
 	if p.count() == 0 {
 		if err := b.Ratio.Validate(); err != nil { // a safety net
@@ -391,29 +338,38 @@ func requiredDuration(d *durationpb.Duration, path string, p *problems) time.Dur
 		p.add(path, "required, greater than zero")
 		return 0
 	}
-	return positiveDuration(d, path, p)
-}
-
-// optionalDuration checks one of our durations: absent (0 = the default) or
-// greater than zero.
-func optionalDuration(d *durationpb.Duration, path string, p *problems) time.Duration {
-	if d == nil {
+	v := duration(d, path, p)
+	if v <= 0 {
+		p.addf(path, "must be greater than zero, got %v", v) // dropped after a problem of duration
 		return 0
 	}
-	return positiveDuration(d, path, p)
+	return v
 }
 
-// positiveDuration checks that d is valid, fits a time.Duration (about 292
-// years) and is greater than zero.
-func positiveDuration(d *durationpb.Duration, path string, p *problems) time.Duration {
+// ourDuration checks one of our durations: absent or zero means the default
+// (0); a negative value means off (-1) if off is true, else it is an error.
+func ourDuration(d *durationpb.Duration, path string, off bool, p *problems) time.Duration {
+	switch v := duration(d, path, p); {
+	case v >= 0:
+		return v
+	case off:
+		return -1
+	default:
+		p.addf(path, "must not be negative (0 means the default), got %v", v)
+		return 0
+	}
+}
+
+// duration converts d (absent: 0), which must be valid and fit a
+// time.Duration (about 292 years).
+func duration(d *durationpb.Duration, path string, p *problems) time.Duration {
 	const maxSeconds = math.MaxInt64 / int64(time.Second)
 	switch s := d.GetSeconds(); {
+	case d == nil:
 	case s > maxSeconds || s < -maxSeconds:
 		p.addf(path, "duration %ds is out of range (at most about 292 years)", s)
 	case d.CheckValid() != nil:
 		p.addf(path, "invalid duration: %v", d.CheckValid())
-	case d.AsDuration() <= 0:
-		p.addf(path, "must be greater than zero, got %v", d.AsDuration())
 	default:
 		return d.AsDuration()
 	}
@@ -425,7 +381,7 @@ func positiveDuration(d *durationpb.Duration, path string, p *problems) time.Dur
 // upper-case name ("UNAVAILABLE", "CANCELLED"). OK is not accepted: it is
 // not a failure. Duplicates are dropped.
 func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code {
-	var out []codes.Code
+	out := []codes.Code{} // empty: none
 	for i, v := range list {
 		if c, ok := statusCode(v, index(path, i), p); ok && !slices.Contains(out, c) {
 			out = append(out, c)
