@@ -72,18 +72,21 @@ func (e *Error) Unwrap() []error {
 type problems struct {
 	list []*FieldError
 	seen map[string]bool
+	hint map[*FieldError]func() string // appended to Msg if listed
 }
 
-func (p *problems) add(path, msg string) {
+func (p *problems) add(path, msg string) *FieldError {
 	k := strings.ToLower(path)
 	if p.seen[k] {
-		return
+		return nil
 	}
 	if p.seen == nil {
-		p.seen = map[string]bool{}
+		p.seen, p.hint = map[string]bool{}, map[*FieldError]func() string{}
 	}
 	p.seen[k] = true
-	p.list = append(p.list, &FieldError{Path: path, Msg: msg})
+	fe := &FieldError{Path: path, Msg: msg}
+	p.list = append(p.list, fe)
+	return fe
 }
 
 func (p *problems) addf(path, format string, args ...any) { p.add(path, fmt.Sprintf(format, args...)) }
@@ -99,6 +102,11 @@ func (p *problems) err() error {
 	}
 	slices.SortStableFunc(p.list, func(a, b *FieldError) int { return comparePaths(a.Path, b.Path) })
 	n := min(len(p.list), maxProblems)
+	for _, fe := range p.list[:n] {
+		if h := p.hint[fe]; h != nil {
+			fe.Msg += h()
+		}
+	}
 	return &Error{Problems: p.list[:n:n], More: len(p.list) - n}
 }
 

@@ -35,10 +35,15 @@ func fill(m protoreflect.Message, v any, l *loc, p *problems) {
 		at, val := l.field(key), obj.vals[i]
 		fd := fieldByName(fields, key)
 		if fd == nil {
-			p.at(at, "unknown field%s", suggest(key, fields))
+			if fe := p.add(at.String(), "unknown field"); fe != nil {
+				p.hint[fe] = func() string { return suggest(key, fields) }
+			}
 			continue
 		}
-		if other, dup := seen[fd.Number()]; dup {
+		if other, dup := seen[fd.Number()]; dup && other == key {
+			p.at(at, "duplicate field")
+			continue
+		} else if dup {
 			p.at(at, "duplicate field (also written as %s)", quote(other))
 			continue
 		}
@@ -172,6 +177,9 @@ func structValue(v any, l *loc, p *problems) *structpb.Value {
 	case *object:
 		s := &structpb.Struct{Fields: make(map[string]*structpb.Value, len(v.keys))}
 		for i, k := range v.keys {
+			if _, dup := s.Fields[k]; dup {
+				p.at(l.field(k), "duplicate field")
+			}
 			s.Fields[k] = structValue(v.vals[i], l.field(k), p)
 		}
 		return structpb.NewStructValue(s)

@@ -2,12 +2,12 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"regexp"
-	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -18,35 +18,14 @@ import (
 // and *object values, from JSON or from YAML, so that both get the same
 // checks with paths; fill then sets the schema message from the tree.
 
-// object is a JSON object whose members keep their document order.
+// object is a JSON object whose members keep their document order; fill
+// and structValue report duplicate keys.
 type object struct {
 	keys []string
 	vals []any
-	set  map[string]bool // the keys, once there are 16
 }
 
-// has reports whether key is a member, in constant time for a large object.
-func (o *object) has(key string) bool {
-	if o.set != nil {
-		return o.set[key]
-	}
-	return slices.Contains(o.keys, key)
-}
-
-func (o *object) add(key string, v any) {
-	o.keys, o.vals = append(o.keys, key), append(o.vals, v)
-	if o.set == nil && len(o.keys) == 16 {
-		o.set = make(map[string]bool, 32)
-		for _, k := range o.keys {
-			o.set[k] = true
-		}
-	} else if o.set != nil {
-		o.set[key] = true
-	}
-}
-
-// parseJSON reads a JSON document within b. Duplicate keys are errors
-// (protojson also rejects them; encoding/json would keep the last one).
+// parseJSON reads a JSON document within b.
 func parseJSON(data []byte, b *budget) (any, error) {
 	if !utf8.Valid(data) {
 		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
@@ -100,16 +79,12 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 				return nil, err
 			}
 			key, _ := tok.(string) // the decoder only returns string keys
-			child := l.field(key)
-			if obj.has(key) {
-				return nil, &FieldError{Path: child.String(), Msg: "duplicate field"}
-			}
 			b.bytes -= len(key)
-			v, err := readJSON(dec, child, depth+1, b)
+			v, err := readJSON(dec, l.field(key), depth+1, b)
 			if err != nil {
 				return nil, err
 			}
-			obj.add(key, v)
+			obj.keys, obj.vals = append(obj.keys, key), append(obj.vals, v)
 		}
 		_, err := dec.Token() // '}'
 		return obj, err
@@ -162,10 +137,9 @@ func position(data []byte, off int64) (line, col int) {
 	return line, col
 }
 
-// parseYAML reads a YAML document (one only) into the generic tree, within
-// b. Mapping keys must be strings; duplicate keys, merge keys (<<),
-// non-finite numbers and custom tags are errors; aliases are expanded, each
-// expansion counted in b.
+// parseYAML reads a YAML document (one only) within b. Mapping keys must be
+// strings; merge keys (<<), non-finite numbers and custom tags are errors;
+// aliases are expanded, each expansion counted in b.
 func parseYAML(data []byte, b *budget) (v any, err error) {
 	if !utf8.Valid(data) {
 		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
@@ -241,16 +215,12 @@ func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, error) {
 				}
 				return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: mapping keys must be strings, got %s", k.Line, describeYAML(k))}
 			}
-			child := l.field(k.Value)
-			if obj.has(k.Value) {
-				return nil, &FieldError{Path: child.String(), Msg: fmt.Sprintf("line %d: duplicate field", k.Line)}
-			}
 			b.bytes -= len(k.Value)
-			v, err := convertYAML(n.Content[i+1], child, depth+1, b)
+			v, err := convertYAML(n.Content[i+1], l.field(k.Value), depth+1, b)
 			if err != nil {
 				return nil, err
 			}
-			obj.add(k.Value, v)
+			obj.keys, obj.vals = append(obj.keys, k.Value), append(obj.vals, v)
 		}
 		return obj, nil
 	case yaml.ScalarNode:
@@ -287,40 +257,24 @@ func scalarYAML(n *yaml.Node, l *loc) (any, error) {
 	}
 }
 
-// yamlDecimal is a decimal number of the YAML 1.2 core schema.
-var yamlDecimal = regexp.MustCompile(`^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`)
+// yamlDecimal is a decimal number of the YAML 1.2 core schema, without the
+// leading zero that YAML 1.1 reads as octal (010).
+var yamlDecimal = regexp.MustCompile(`^([-+]?)(0|[1-9][0-9]*)?(\.[0-9]*)?([eE][-+]?[0-9]+)?$`)
 
 // yamlNumber rewrites a decimal YAML number in JSON syntax, keeping its form
-// ("3.0" stays a fraction, as in JSON; "+1" is "1", ".5" is "0.5"), so that
-// YAML and JSON documents get the same checks. It refuses what yaml.v3 reads
-// as a number outside the YAML 1.2 core schema, or differently from it: a
-// leading zero ("010", octal in YAML 1.1), 0b10, 1_000, and also 0x10 and
-// 0o10.
+// ("3.0" stays a fraction; "+1" is "1", ".5" is "0.5"), so that YAML and JSON
+// get the same checks. It refuses what yaml.v3 reads as a number outside
+// the YAML 1.2 core schema, or differently: 010, 0b10, 1_000, 0x10, 0o10.
 func yamlNumber(s string) (json.Number, bool) {
-	if !yamlDecimal.MatchString(s) {
+	m := yamlDecimal.FindStringSubmatch(s)
+	if m == nil || m[2] == "" && len(m[3]) < 2 {
 		return "", false
 	}
-	sign := ""
-	switch s[0] {
-	case '-':
-		sign, s = "-", s[1:]
-	case '+':
-		s = s[1:]
+	whole, frac := cmp.Or(m[2], "0"), m[3]
+	if frac == "." {
+		frac = ".0"
 	}
-	mant, exp := s, ""
-	if i := strings.IndexAny(s, "eE"); i >= 0 {
-		mant, exp = s[:i], s[i:]
-	}
-	if len(mant) > 1 && mant[0] == '0' && mant[1] != '.' {
-		return "", false // 010
-	}
-	if mant[0] == '.' {
-		mant = "0" + mant
-	}
-	if mant[len(mant)-1] == '.' {
-		mant += "0"
-	}
-	return json.Number(sign + mant + exp), true
+	return json.Number(strings.TrimPrefix(m[1], "+") + whole + frac + m[4]), true
 }
 
 func describeYAML(n *yaml.Node) string {

@@ -83,7 +83,7 @@ func TestYAMLInvalid(t *testing.T) {
 		{"second document broken", "{}\n---\n[\n", []string{"invalid YAML: "}},
 		{"scalar", "hello\n", []string{"the document must be an object, got a string"}},
 		{"null document", "null\n", []string{"the document must be an object, got null"}},
-		{"duplicate key", "methodConfig: []\nmethodConfig: []\n", []string{"methodConfig: line 2: duplicate field"}},
+		{"duplicate key", "methodConfig: []\nmethodConfig: []\n", []string{"methodConfig: duplicate field"}},
 		{"merge key", "base: &b {maxAttempts: 3}\nmethodConfig:\n  - retryPolicy:\n      <<: *b\n", []string{"methodConfig[0].retryPolicy: line 4: YAML merge keys (<<) are not supported"}},
 		{"integer key", "methodConfig:\n  - 1: x\n", []string{"methodConfig[0]: line 2: mapping keys must be strings, got !!int \"1\""}},
 		{"list key", "? [a]\n: 1\n", []string{"line 1: mapping keys must be strings, got a sequence"}},
