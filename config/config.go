@@ -1,7 +1,10 @@
 package config
 
 import (
+	"context"
 	"slices"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 
 	"github.com/khive/grpc-resilience/interceptors"
 	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
@@ -36,20 +39,20 @@ func LoadYAML(data []byte) (*Config, error) { return Load(data, YAML) }
 // panics; a rejected document returns an *Error listing each problem with
 // its path.
 func Load(data []byte, f Format, opts ...Option) (*Config, error) {
-	lim, err := newLimits(opts)
+	o, err := newOptions(opts)
 	if err != nil {
 		return nil, err
 	}
-	return load(data, f, lim)
+	return load(data, f, o)
 }
 
-func load(data []byte, f Format, lim limits) (*Config, error) {
+func load(data []byte, f Format, o options) (*Config, error) {
 	var p problems
-	doc, err := decode(data, f, lim, &p)
+	doc, err := decode(data, f, o, &p)
 	if err != nil {
 		return nil, err
 	}
-	return build(doc, &p)
+	return build(doc, o, &p)
 }
 
 // LoadFile reads a document from a file: JSON for a ".json" name, YAML for
@@ -57,28 +60,42 @@ func load(data []byte, f Format, lim limits) (*Config, error) {
 // if not. The file must be a regular file (or a link to one) of at most
 // the WithMaxBytes limit; opts set the limits as for Load.
 func LoadFile(name string, opts ...Option) (*Config, error) {
-	lim, err := newLimits(opts)
+	o, err := newOptions(opts)
 	if err != nil {
 		return nil, err
 	}
-	data, f, err := readFile(name, lim)
+	data, f, err := readFile(name, o)
 	if err != nil {
 		return nil, err
 	}
-	return load(data, f, lim)
+	return load(data, f, o)
 }
 
 // FromProto validates and converts a document already in its schema form
 // (built in Go, or decoded by the caller).
-func FromProto(doc *resiliencev1.ServiceConfig) (*Config, error) {
-	return build(doc, &problems{})
+func FromProto(doc *resiliencev1.ServiceConfig, opts ...Option) (*Config, error) {
+	o, err := newOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	return build(doc, o, &problems{})
 }
 
 // build validates doc, adding to the problems p holds, and converts it.
-func build(doc *resiliencev1.ServiceConfig, p *problems) (*Config, error) {
-	d := validate(doc, p)
+func build(doc *resiliencev1.ServiceConfig, o options, p *problems) (*Config, error) {
+	d := validate(doc, o.maxAttempts, p)
+	for _, path := range d.ignored {
+		if o.strict {
+			p.add(path, "not supported by this library (strict loading)")
+		}
+	}
 	if err := p.err(); err != nil {
 		return nil, err
+	}
+	for _, path := range d.ignored {
+		if o.logger != nil {
+			o.logger.Log(context.Background(), logging.LevelWarn, "config: a field of the document has no effect", "config.field", path)
+		}
 	}
 	c := &Config{
 		Policies: make(map[string]interceptors.Policy, len(d.keys)),

@@ -78,18 +78,18 @@ type Budget struct {
 	MaxTokens, TokenRatio float64
 }
 
-// decode reads data in format f into the schema message, within lim,
+// decode reads data in format f into the schema message, within o,
 // adding to p each value that does not fit the schema.
-func decode(data []byte, f Format, lim limits, p *problems) (*resiliencev1.ServiceConfig, error) {
+func decode(data []byte, f Format, o options, p *problems) (*resiliencev1.ServiceConfig, error) {
 	if f != JSON && f != YAML {
 		return nil, fmt.Errorf("config: unknown format %v", f)
 	}
-	err := lim.checkSize(int64(len(data)))
+	err := o.checkSize(int64(len(data)))
 	var tree any
 	if err == nil && f == JSON {
-		tree, err = parseJSON(data, newBudget(lim, f))
+		tree, err = parseJSON(data, newBudget(o, f))
 	} else if err == nil {
-		tree, err = parseYAML(data, newBudget(lim, f))
+		tree, err = parseYAML(data, newBudget(o, f))
 	}
 	if err != nil {
 		var fe *FieldError
@@ -123,14 +123,14 @@ func formatOf(name string, data []byte) Format {
 }
 
 // readFile reads a document file and its format: a regular file (or a
-// link to one) of at most lim.maxBytes bytes. Opening a FIFO could block
+// link to one) of at most o.maxBytes bytes. Opening a FIFO could block
 // and a device could be read forever, so the type is checked before the
 // file is opened, and again on the opened file.
-func readFile(name string, lim limits) ([]byte, Format, error) {
+func readFile(name string, o options) ([]byte, Format, error) {
 	fail := func(err error) ([]byte, Format, error) { return nil, 0, fmt.Errorf("config: %w", err) }
 	if fi, err := os.Stat(name); err != nil {
 		return fail(err)
-	} else if err := regular(name, fi, lim); err != nil {
+	} else if err := regular(name, fi, o); err != nil {
 		return fail(err)
 	}
 	file, err := os.OpenFile(name, os.O_RDONLY|openFlags, 0)
@@ -140,15 +140,15 @@ func readFile(name string, lim limits) ([]byte, Format, error) {
 	defer file.Close()
 	fi, err := file.Stat()
 	if err == nil {
-		err = regular(name, fi, lim)
+		err = regular(name, fi, o)
 	}
 	if err != nil {
 		return fail(err)
 	}
 	// The file may grow after Stat: read one byte past the limit to know.
-	data, err := io.ReadAll(io.LimitReader(file, int64(lim.maxBytes)+1))
+	data, err := io.ReadAll(io.LimitReader(file, int64(o.maxBytes)+1))
 	if err == nil {
-		err = lim.checkSize(int64(len(data)))
+		err = o.checkSize(int64(len(data)))
 	}
 	if err != nil {
 		return fail(&fs.PathError{Op: "read", Path: name, Err: err})
@@ -157,11 +157,11 @@ func readFile(name string, lim limits) ([]byte, Format, error) {
 }
 
 // regular rejects what is not a regular file within the size limit.
-func regular(name string, fi fs.FileInfo, lim limits) error {
+func regular(name string, fi fs.FileInfo, o options) error {
 	if !fi.Mode().IsRegular() {
 		return &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("not a regular file (%v)", fi.Mode().Type())}
 	}
-	if err := lim.checkSize(fi.Size()); err != nil {
+	if err := o.checkSize(fi.Size()); err != nil {
 		return &fs.PathError{Op: "open", Path: name, Err: err}
 	}
 	return nil

@@ -276,11 +276,11 @@ func TestLoadServiceConfig(t *testing.T) {
 			RetryableCodes: []codes.Code{codes.Unavailable, codes.DeadlineExceeded, codes.Canceled},
 		},
 		"/khive.echo.v1.EchoService/*": {
-			Retry:          a6(7, 500*time.Millisecond, 10*time.Second, 1.5), // 7: not capped at 5
+			Retry:          a6(5, 500*time.Millisecond, 10*time.Second, 1.5), // 7 capped at 5, as in grpc-go
 			RetryableCodes: []codes.Code{codes.Unavailable},
 		},
 		"/other.v1.Other/*": {
-			Retry:          a6(7, 500*time.Millisecond, 10*time.Second, 1.5),
+			Retry:          a6(5, 500*time.Millisecond, 10*time.Second, 1.5),
 			RetryableCodes: []codes.Code{codes.Unavailable},
 		},
 		"*": {Retry: retry.Policy{MaxAttempts: 1}}, // no retryPolicy: one attempt, default breaker

@@ -187,10 +187,14 @@ func structValue(v any, l *loc, p *problems) *structpb.Value {
 	return structpb.NewNullValue()
 }
 
-// fieldByName finds the field key names: its JSON name, in any case.
+// fieldByName finds the field key names: its JSON name or an alias, in any
+// case.
 func fieldByName(fields protoreflect.FieldDescriptors, key string) protoreflect.FieldDescriptor {
 	if fd := fields.ByJSONName(key); fd != nil {
 		return fd
+	}
+	if strings.EqualFold(key, "perAttemptRecvTimeout") { // grpc's service_config.proto name
+		return fields.ByJSONName("perAttemptTimeout")
 	}
 	for i := range fields.Len() {
 		if fd := fields.Get(i); strings.EqualFold(fd.JSONName(), key) {

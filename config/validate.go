@@ -40,7 +40,7 @@ type document struct {
 // validate checks doc, mirroring grpc-go's service config checks where they
 // apply and the breaker, retry and budget rules for our fields, and converts
 // it, adding each problem to p with its path.
-func validate(doc *resiliencev1.ServiceConfig, p *problems) *document {
+func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, p *problems) *document {
 	d := &document{methods: map[string]method{}}
 	if doc == nil {
 		p.add("", "no document")
@@ -56,7 +56,7 @@ func validate(doc *resiliencev1.ServiceConfig, p *problems) *document {
 			continue
 		}
 		d.ignored = append(d.ignored, ignored(mc.ProtoReflect(), path)...)
-		m := validateMethod(mc, path, p)
+		m := validateMethod(mc, path, maxAttempts, p)
 		for j, n := range mc.GetName() {
 			npath := index(join(path, "name"), j)
 			key, ok := policyKey(n, npath, p)
@@ -124,10 +124,10 @@ func describeKey(key string) string {
 	}
 }
 
-func validateMethod(mc *resiliencev1.MethodConfig, path string, p *problems) method {
+func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int, p *problems) method {
 	var m method
 	if rp := mc.GetRetryPolicy(); rp != nil {
-		m.retry, m.retryable = validateRetry(rp, join(path, "retryPolicy"), p)
+		m.retry, m.retryable = validateRetry(rp, join(path, "retryPolicy"), maxAttempts, p)
 	} else {
 		m.retry = retry.Policy{MaxAttempts: 1} // no retryPolicy: one attempt (A6)
 	}
@@ -137,7 +137,9 @@ func validateMethod(mc *resiliencev1.MethodConfig, path string, p *problems) met
 	return m
 }
 
-func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retry.Policy, []codes.Code) {
+// validateRetry checks a retryPolicy as grpc-go does, maxAttempts capped at
+// maxAttempts (A6).
+func validateRetry(rp *resiliencev1.RetryPolicy, path string, maxAttempts int, p *problems) (retry.Policy, []codes.Code) {
 	var r retry.Policy
 
 	switch {
@@ -146,7 +148,7 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	case rp.GetMaxAttempts() < 2:
 		p.addf(join(path, "maxAttempts"), "must be at least 2, got %d", rp.GetMaxAttempts())
 	default:
-		r.MaxAttempts = int(rp.GetMaxAttempts())
+		r.MaxAttempts = min(int(rp.GetMaxAttempts()), maxAttempts)
 	}
 	r.InitialBackoff = requiredDuration(rp.GetInitialBackoff(), join(path, "initialBackoff"), p)
 	r.MaxBackoff = requiredDuration(rp.GetMaxBackoff(), join(path, "maxBackoff"), p)

@@ -71,7 +71,7 @@ func describeBudget(b interceptors.SnapshotBudget) string {
 // its own. It returns an error at once if interval is not positive, apply
 // is nil or an option is invalid.
 func WatchFile(ctx context.Context, name string, interval time.Duration, apply func(*Config) error, onError func(error), opts ...Option) error {
-	lim, err := newLimits(opts)
+	o, err := newOptions(opts)
 	if err != nil {
 		return err
 	}
@@ -90,7 +90,7 @@ func WatchFile(ctx context.Context, name string, interval time.Duration, apply f
 	seen := false
 	lastReadErr := ""
 	poll := func() {
-		data, f, err := readFile(name, lim)
+		data, f, err := readFile(name, o)
 		if err != nil {
 			if msg := err.Error(); msg != lastReadErr {
 				lastReadErr = msg
@@ -103,7 +103,7 @@ func WatchFile(ctx context.Context, name string, interval time.Duration, apply f
 			return
 		}
 		seen, last = true, data
-		c, err := load(data, f, lim)
+		c, err := load(data, f, o)
 		if err == nil {
 			err = apply(c)
 		}

@@ -1,0 +1,111 @@
+package config_test
+
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+
+	"github.com/khive/grpc-resilience/config"
+	"github.com/khive/grpc-resilience/internal/echoserver"
+	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+)
+
+// These tests give one document to grpc-go alone (its native retry, its
+// service config) and to this package, and compare what the server sees.
+
+// echoClient dials srv over bufconn with opts; it must run in the test's
+// synctest bubble.
+func echoClient(t *testing.T, srv *echoserver.Server, opts ...grpc.DialOption) echov1.EchoServiceClient {
+	t.Helper()
+	cc, closeAll, err := echoserver.Bufconn(srv, opts...)
+	require.NoError(t, err)
+	t.Cleanup(closeAll)
+	return echov1.NewEchoServiceClient(cc)
+}
+
+// suiteOptions builds the dial options of a suite made from doc.
+func suiteOptions(t *testing.T, doc string, opts ...config.Option) []grpc.DialOption {
+	t.Helper()
+	cfg, err := config.Load([]byte(doc), config.JSON, opts...)
+	require.NoError(t, err)
+	suite, err := cfg.NewSuite()
+	require.NoError(t, err)
+	return suite.DialOptions()
+}
+
+// TestMaxAttemptsCappedAsGRPC: maxAttempts above 5 counts as 5, as in
+// grpc-go; WithMaxAttempts raises the cap as grpc.WithMaxCallAttempts does.
+func TestMaxAttemptsCappedAsGRPC(t *testing.T) {
+	const doc = `{"methodConfig": [{"name": [{"service": "khive.echo.v1.EchoService"}],
+	  "retryPolicy": {"maxAttempts": 7, "initialBackoff": "0.01s", "maxBackoff": "0.01s", "backoffMultiplier": 1,
+	    "retryableStatusCodes": ["UNAVAILABLE"]}}]}`
+	for _, tc := range []struct {
+		name      string
+		cap, want int
+	}{{"default", 0, 5}, {"raised", 7, 7}, {"raised beyond", 10, 7}, {"lowered", 3, 3}} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				grpcOpts := []grpc.DialOption{grpc.WithDefaultServiceConfig(doc)}
+				var cfgOpts []config.Option
+				if tc.cap > 0 {
+					grpcOpts = append(grpcOpts, grpc.WithMaxCallAttempts(tc.cap))
+					cfgOpts = append(cfgOpts, config.WithMaxAttempts(tc.cap))
+				}
+				srv := echoserver.New(1)
+				for key, opts := range map[string][]grpc.DialOption{"grpc": grpcOpts, "suite": suiteOptions(t, doc, cfgOpts...)} {
+					_, err := echoClient(t, srv, opts...).Unary(t.Context(), &echov1.UnaryRequest{
+						Fault: &echov1.Fault{Code: uint32(codes.Unavailable), Key: key}})
+					require.Error(t, err)
+				}
+				assert.Equal(t, tc.want, srv.Attempts("grpc"), "grpc-go")
+				assert.Equal(t, tc.want, srv.Attempts("suite"), "suite")
+			})
+		})
+	}
+	_, err := config.Load([]byte(doc), config.JSON, config.WithMaxAttempts(1))
+	assert.ErrorContains(t, err, "WithMaxAttempts: must be at least 2, got 1")
+}
+
+// TestPerAttemptRecvTimeout: grpc's service_config.proto name loads, as does
+// this library's own, perAttemptTimeout; both at once is a duplicate.
+func TestPerAttemptRecvTimeout(t *testing.T) {
+	const retry = `"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": [14]`
+	doc := func(fields string) []byte {
+		return []byte(`{"methodConfig": [{"name": [{}], "retryPolicy": {` + retry + fields + `}}]}`)
+	}
+	for _, name := range []string{"perAttemptRecvTimeout", "perAttemptTimeout", "PerAttemptRecvTimeout"} {
+		c, err := config.LoadJSON(doc(`, "` + name + `": "0.25s"`))
+		require.NoError(t, err, name)
+		assert.Equal(t, "250ms", c.Policies["*"].Retry.AttemptTimeout.String(), name)
+	}
+	_, err := config.LoadJSON(doc(`, "perAttemptRecvTimeout": "1s", "perAttemptTimeout": "1s"`))
+	assert.ErrorContains(t, err, `methodConfig[0].retryPolicy.perAttemptTimeout: duplicate field (also written as "perAttemptRecvTimeout")`)
+}
+
+// TestUnsupportedFields: a field nothing applies is listed in Ignored and
+// logged as a warning when the document loads, or is an error with
+// WithStrict.
+func TestUnsupportedFields(t *testing.T) {
+	const doc = `{"methodConfig": [{"name": [{}], "hedgingPolicy": {"maxAttempts": 3}}], "connectionScaling": {}}`
+	var logged []string
+	logger := logging.LoggerFunc(func(_ context.Context, level logging.Level, msg string, fields ...any) {
+		assert.Equal(t, logging.LevelWarn, level)
+		assert.Equal(t, "config.field", fields[0])
+		logged = append(logged, fields[1].(string))
+	})
+	c, err := config.Load([]byte(doc), config.JSON, config.WithLogger(logger))
+	require.NoError(t, err)
+	want := []string{"connectionScaling", "methodConfig[0].hedgingPolicy"}
+	assert.ElementsMatch(t, want, c.Ignored)
+	assert.ElementsMatch(t, want, logged)
+
+	_, err = config.Load([]byte(doc), config.JSON, config.WithStrict())
+	assert.EqualError(t, err, "config: connectionScaling: not supported by this library (strict loading); "+
+		"methodConfig[0].hedgingPolicy: not supported by this library (strict loading)")
+}
