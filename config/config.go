@@ -3,6 +3,7 @@ package config
 import (
 	"context"
 	"slices"
+	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 
@@ -20,10 +21,13 @@ type Config struct {
 	// Budget is the retry budget of the document (retryThrottling or
 	// retryBudget).
 	Budget Budget
-	// Ignored lists the paths of the grpc fields present in the document that
-	// this library does not act on, such as "methodConfig[0].timeout" or
-	// "loadBalancingConfig", so that a caller can log them.
+	// Ignored lists the paths of the grpc fields of the document that
+	// neither the interceptors nor DialOptions apply: hedgingPolicy and
+	// connectionScaling, such as "methodConfig[0].hedgingPolicy".
 	Ignored []string
+
+	timeouts   map[string]time.Duration // by policy key
+	grpcConfig string                   // the JSON DialOptions hands grpc
 }
 
 // LoadJSON reads a JSON document. See the package documentation for the
@@ -98,12 +102,17 @@ func build(doc *resiliencev1.ServiceConfig, o options, p *problems) (*Config, er
 		}
 	}
 	c := &Config{
-		Policies: make(map[string]interceptors.Policy, len(d.keys)),
-		Budget:   d.budget,
-		Ignored:  d.ignored,
+		Policies:   make(map[string]interceptors.Policy, len(d.keys)),
+		Budget:     d.budget,
+		Ignored:    d.ignored,
+		timeouts:   map[string]time.Duration{},
+		grpcConfig: grpcConfig(doc),
 	}
 	for _, key := range d.keys {
 		m := d.methods[key]
+		if m.timeout != nil {
+			c.timeouts[key] = *m.timeout
+		}
 		c.Policies[key] = interceptors.Policy{
 			Retry:          m.retry,
 			Breaker:        m.breaker,

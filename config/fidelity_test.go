@@ -2,14 +2,19 @@ package config_test
 
 import (
 	"context"
+	"errors"
+	"net"
+	"strings"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/khive/grpc-resilience/config"
 	"github.com/khive/grpc-resilience/internal/echoserver"
@@ -108,4 +113,85 @@ func TestUnsupportedFields(t *testing.T) {
 	_, err = config.Load([]byte(doc), config.JSON, config.WithStrict())
 	assert.EqualError(t, err, "config: connectionScaling: not supported by this library (strict loading); "+
 		"methodConfig[0].hedgingPolicy: not supported by this library (strict loading)")
+}
+
+// dialBoth returns a client made by grpc-go alone from doc (its native
+// retry included) and one made by the suite from the same doc with
+// Config.DialOptions, both to srv.
+func dialBoth(t *testing.T, srv *echoserver.Server, doc string, dial ...grpc.DialOption) map[string]echov1.EchoServiceClient {
+	t.Helper()
+	cfg, err := config.LoadJSON([]byte(doc))
+	require.NoError(t, err)
+	suite, err := cfg.NewSuite()
+	require.NoError(t, err)
+	return map[string]echov1.EchoServiceClient{
+		"grpc":  echoClient(t, srv, append(dial, grpc.WithDefaultServiceConfig(doc))...),
+		"suite": echoClient(t, srv, append(append(dial, cfg.DialOptions()...), suite.DialOptions()...)...),
+	}
+}
+
+// TestDialOptionsTimeout: the methodConfig's timeout is the call's deadline
+// (the earlier of the caller's and the config's), retries included, as with
+// grpc-go alone: a 3 s call fails with DEADLINE_EXCEEDED after 2 s, a 1 s
+// call succeeds, and retries stop at the deadline.
+func TestDialOptionsTimeout(t *testing.T) {
+	const doc = `{"methodConfig": [{"name": [{"service": "khive.echo.v1.EchoService"}], "timeout": "2s",
+	  "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "0.1s", "backoffMultiplier": 1,
+	    "retryableStatusCodes": ["UNAVAILABLE"]}}]}`
+	for _, tc := range []struct {
+		name    string
+		fault   *echov1.Fault
+		code    codes.Code
+		elapsed time.Duration
+	}{
+		{"slow", &echov1.Fault{DelayMs: 3000}, codes.DeadlineExceeded, 2 * time.Second},
+		{"fast enough", &echov1.Fault{DelayMs: 1000}, codes.OK, time.Second},
+		{"retries stop at the deadline", &echov1.Fault{DelayMs: 1500, Code: uint32(codes.Unavailable)}, codes.DeadlineExceeded, 2 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+				defer cancel()
+				for who, client := range dialBoth(t, echoserver.New(1), doc) {
+					start := time.Now()
+					_, err := client.Unary(ctx, &echov1.UnaryRequest{Message: "m", Fault: tc.fault})
+					assert.Equal(t, tc.code, status.Code(err), "%s: %v", who, err)
+					assert.Equal(t, tc.elapsed, time.Since(start), who)
+				}
+			})
+		})
+	}
+}
+
+// TestDialOptionsGRPCFields: waitForReady and the message size limits have
+// grpc-go's effect: a call waits for a connection that never comes until
+// its deadline (DEADLINE_EXCEEDED, not UNAVAILABLE), and a reply larger than
+// maxResponseMessageBytes fails with RESOURCE_EXHAUSTED.
+func TestDialOptionsGRPCFields(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		down := grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) { return nil, errors.New("down") })
+		for _, tc := range []struct {
+			doc  string
+			want codes.Code
+		}{
+			{`{"methodConfig": [{"name": [{}], "waitForReady": true}]}`, codes.DeadlineExceeded},
+			{`{"methodConfig": [{"name": [{}], "waitForReady": false}]}`, codes.Unavailable},
+		} {
+			for who, client := range dialBoth(t, echoserver.New(1), tc.doc, down) {
+				ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+				_, err := client.Unary(ctx, &echov1.UnaryRequest{Message: "m"})
+				cancel()
+				assert.Equal(t, tc.want, status.Code(err), "%s %s: %v", who, tc.doc, err)
+			}
+		}
+		const limit = `{"methodConfig": [{"name": [{}], "maxResponseMessageBytes": 64, "maxRequestMessageBytes": 1024}]}`
+		for who, client := range dialBoth(t, echoserver.New(1), limit) {
+			_, err := client.Unary(t.Context(), &echov1.UnaryRequest{Message: strings.Repeat("m", 100)})
+			assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%s: %v", who, err)
+			_, err = client.Unary(t.Context(), &echov1.UnaryRequest{Message: strings.Repeat("m", 2000)})
+			assert.Equal(t, codes.ResourceExhausted, status.Code(err), "%s: %v", who, err)
+			_, err = client.Unary(t.Context(), &echov1.UnaryRequest{Message: "m"})
+			assert.NoError(t, err, who)
+		}
+	})
 }

@@ -61,9 +61,14 @@ func FuzzLoad(f *testing.F) {
 			if _, err := c.NewSuite(); err != nil {
 				t.Fatalf("%v: loaded, but interceptors.New rejects it: %v", format, err)
 			}
-			if format == JSON && grpcChecked(c) {
-				if err := grpcParse(string(data)); err != nil {
-					t.Fatalf("loaded, but grpc-go rejects it as a service config: %v", err)
+			if grpcChecked(c) {
+				if err := grpcParse(c.grpcConfig); err != nil {
+					t.Fatalf("%v: loaded, but grpc-go rejects what DialOptions hands it: %v: %s", format, err, c.grpcConfig)
+				}
+				if format == JSON {
+					if err := grpcParse(string(data)); err != nil {
+						t.Fatalf("loaded, but grpc-go rejects it as a service config: %v", err)
+					}
 				}
 			}
 		}

@@ -27,6 +27,7 @@ type method struct {
 	breaker   breaker.Config
 	retryable []codes.Code // nil: the interceptors' default
 	failure   []codes.Code // nil: the interceptors' default
+	timeout   *time.Duration
 }
 
 // document is a validated document.
@@ -133,6 +134,10 @@ func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int,
 	}
 	if cb := mc.GetCircuitBreaker(); cb != nil {
 		m.breaker, m.failure = validateBreaker(cb, join(path, "circuitBreaker"), p)
+	}
+	if t := mc.GetTimeout(); t != nil {
+		d := duration(t, join(path, "timeout"), p)
+		m.timeout = &d
 	}
 	return m
 }
@@ -430,11 +435,9 @@ func codeHint(s string) string {
 	return ""
 }
 
-// ignoredFields are the grpc fields this library does not act on.
-var ignoredFields = map[protoreflect.Name]bool{
-	"load_balancing_policy": true, "load_balancing_config": true, "health_check_config": true, "connection_scaling": true,
-	"wait_for_ready": true, "timeout": true, "max_request_message_bytes": true, "max_response_message_bytes": true, "hedging_policy": true,
-}
+// ignoredFields are the grpc fields neither the interceptors nor
+// Config.DialOptions apply.
+var ignoredFields = map[protoreflect.Name]bool{"connection_scaling": true, "hedging_policy": true}
 
 // ignored lists the paths of the ignored fields m holds.
 func ignored(m protoreflect.Message, path string) []string {
