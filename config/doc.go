@@ -4,7 +4,11 @@
 //
 //	cfg, err := config.LoadFile("policy.yaml")
 //	suite, err := cfg.NewSuite()
-//	cc, err := grpc.NewClient(target, append(suite.DialOptions(), creds)...)
+//	opts := append(cfg.DialOptions(), suite.DialOptions()...)
+//	cc, err := grpc.NewClient(target, append(opts, creds)...)
+//
+// The suite applies the retry policies, breakers and budget;
+// [Config.DialOptions] applies the other grpc fields as grpc-go does.
 //
 // The schema is the message khive.resilience.v1.ServiceConfig, whose
 // comments describe every field; [FromProto] takes it directly. A name with
@@ -17,13 +21,14 @@
 // Field names are matched as grpc-go matches them, ignoring case; status
 // codes are grpc's upper-case names ("CANCELLED") or integers; durations are
 // strings of seconds ("0.1s"). A field written twice, in any spelling, and
-// any unknown field are errors. The grpc fields this library does not act on
-// are listed in [Config.Ignored]. A retryPolicy is checked as grpc-go checks
-// it; this library's fields follow the rule of the Go API: zero or absent
-// means the default, a negative value turns off what can be off and is an
-// error elsewhere, an absent list means the default and an empty list none.
-// A YAML document is read with the YAML 1.2 core schema; numbers are
-// decimal.
+// any unknown field are errors. A retryPolicy is checked as grpc-go checks
+// it, its maxAttempts capped at 5 ([WithMaxAttempts] changes the cap). This
+// library's fields follow the rule of the Go API: zero or absent means the
+// default, a negative value turns off what can be off and is an error
+// elsewhere, an absent list means the default and an empty list none. The
+// grpc fields nothing here applies are listed in [Config.Ignored], logged
+// with [WithLogger] and errors with [WithStrict]. A YAML document is read
+// with the YAML 1.2 core schema; numbers are decimal.
 //
 // # Errors
 //
@@ -52,6 +57,6 @@
 // budget differs from the suite's. [WatchFile] polls a file and applies each
 // new content.
 //
-// docs/config.md has the details: what grpc-go does differently with the
-// same document, the memory bounds, the YAML rules.
+// docs/config.md has the details: what the suite does differently from
+// grpc-go with the same document, the memory bounds, the YAML rules.
 package config
