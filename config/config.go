@@ -11,15 +11,12 @@ import (
 	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
 )
 
-// Config is a loaded and validated policy document, converted for the
-// interceptors package.
+// Config is a loaded and validated policy document.
 type Config struct {
-	// Policies maps policy keys to policies: "/pkg.Svc/Method" for a name
-	// with a method, "/pkg.Svc/*" for a service, "*" for the default. Pass it
-	// to interceptors.New or Suite.Update (NewSuite and Apply do).
+	// Policies maps policy keys ("/pkg.Svc/Method", "/pkg.Svc/*", "*") to
+	// the policies of [interceptors.New].
 	Policies map[string]interceptors.Policy
-	// Budget is the retry budget of the document (retryThrottling or
-	// retryBudget).
+	// Budget is the retry budget of the document.
 	Budget Budget
 	// Ignored lists the paths of the grpc fields of the document that
 	// neither the interceptors nor DialOptions apply: hedgingPolicy and
@@ -30,18 +27,14 @@ type Config struct {
 	grpcConfig string                   // the JSON DialOptions hands grpc
 }
 
-// LoadJSON reads a JSON document. See the package documentation for the
-// schema and the checks.
+// LoadJSON is Load(data, JSON).
 func LoadJSON(data []byte) (*Config, error) { return Load(data, JSON) }
 
-// LoadYAML reads a YAML document (one document; YAML 1.2 core schema). The
-// document has the same fields as its JSON form.
+// LoadYAML is Load(data, YAML).
 func LoadYAML(data []byte) (*Config, error) { return Load(data, YAML) }
 
-// Load reads a document in format f, within the limits (the defaults, or
-// as opts set them; see the package documentation, "Limits"). It never
-// panics; a rejected document returns an *Error listing each problem with
-// its path.
+// Load reads a document in format f. A rejected document returns an
+// [*Error].
 func Load(data []byte, f Format, opts ...Option) (*Config, error) {
 	o, err := newOptions(opts)
 	if err != nil {

@@ -2,7 +2,6 @@ package config
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -10,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
 	"github.com/khive/grpc-resilience/retry"
@@ -18,22 +18,17 @@ import (
 // Format is a document's syntax.
 type Format uint8
 
+// The formats. A YAML document is read with the YAML 1.2 core schema and
+// then checked as the equivalent JSON.
 const (
-	// JSON is read with protojson after the checks of this package.
 	JSON Format = iota + 1
-	// YAML is read with go.yaml.in/yaml/v3, held to the YAML 1.2 core schema
-	// (yaml.v3 alone reads some numbers as YAML 1.1 does), and then handled
-	// as the equivalent JSON.
 	YAML
 )
 
 // String returns "json" or "yaml".
 func (f Format) String() string {
-	switch f {
-	case JSON:
-		return "json"
-	case YAML:
-		return "yaml"
+	if f == JSON || f == YAML {
+		return [...]string{"", "json", "yaml"}[f]
 	}
 	return "Format(" + strconv.Itoa(int(f)) + ")"
 }
@@ -56,15 +51,8 @@ const (
 
 // String returns "default", "ratio", "token-bucket" or "none".
 func (m BudgetMode) String() string {
-	switch m {
-	case DefaultBudget:
-		return "default"
-	case RatioBudget:
-		return "ratio"
-	case TokenBucket:
-		return "token-bucket"
-	case NoBudget:
-		return "none"
+	if m <= NoBudget {
+		return [...]string{"default", "ratio", "token-bucket", "none"}[m]
 	}
 	return "BudgetMode(" + strconv.Itoa(int(m)) + ")"
 }
@@ -84,18 +72,19 @@ func decode(data []byte, f Format, o options, p *problems) (*resiliencev1.Servic
 	if f != JSON && f != YAML {
 		return nil, fmt.Errorf("config: unknown format %v", f)
 	}
-	err := o.checkSize(int64(len(data)))
 	var tree any
-	if err == nil && f == JSON {
-		tree, err = parseJSON(data, newBudget(o, f))
-	} else if err == nil {
-		tree, err = parseYAML(data, newBudget(o, f))
+	var fe *FieldError
+	switch err := o.checkSize(int64(len(data))); {
+	case err != nil:
+		fe = err.(*FieldError)
+	case !utf8.Valid(data):
+		fe = &FieldError{Msg: "the document is not valid UTF-8"}
+	case f == JSON:
+		tree, fe = parseJSON(data, newBudget(o, f))
+	default:
+		tree, fe = parseYAML(data, newBudget(o, f))
 	}
-	if err != nil {
-		var fe *FieldError
-		if !errors.As(err, &fe) {
-			fe = &FieldError{Msg: err.Error()}
-		}
+	if fe != nil {
 		return nil, &Error{Problems: []*FieldError{fe}}
 	}
 	doc := &resiliencev1.ServiceConfig{}
@@ -103,15 +92,8 @@ func decode(data []byte, f Format, o options, p *problems) (*resiliencev1.Servic
 	return doc, nil
 }
 
-// sniff guesses a document's format: JSON if it starts with "{", else YAML.
-func sniff(data []byte) Format {
-	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) > 0 && t[0] == '{' {
-		return JSON
-	}
-	return YAML
-}
-
-// formatOf picks the format from a file name's extension, or sniffs data.
+// formatOf picks the format from a file name's extension, else JSON if
+// data starts with "{", else YAML.
 func formatOf(name string, data []byte) Format {
 	switch strings.ToLower(filepath.Ext(name)) {
 	case ".json":
@@ -119,7 +101,10 @@ func formatOf(name string, data []byte) Format {
 	case ".yaml", ".yml":
 		return YAML
 	}
-	return sniff(data)
+	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+		return JSON
+	}
+	return YAML
 }
 
 // readFile reads a document file and its format: a regular file (or a

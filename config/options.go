@@ -94,8 +94,8 @@ func newBudget(lim options, f Format) *budget {
 	return &budget{lim: lim, values: lim.maxValues, bytes: lim.maxBytes, aliases: f == YAML}
 }
 
-// take counts one value of n bytes at l.
-func (b *budget) take(l *loc, n int) error {
+// take counts one value of n bytes at l, depth levels deep.
+func (b *budget) take(l *loc, n, depth int) *FieldError {
 	b.values--
 	b.bytes -= n
 	after := ""
@@ -103,10 +103,12 @@ func (b *budget) take(l *loc, n int) error {
 		after = " after expanding YAML aliases"
 	}
 	switch {
+	case depth > maxDepth:
+		return problem(l, "nested more than %d levels deep", maxDepth)
 	case b.values < 0:
-		return &FieldError{Path: l.String(), Msg: fmt.Sprintf("the document holds more than %d values%s (the limit; see WithMaxValues)", b.lim.maxValues, after)}
+		return problem(l, "the document holds more than %d values%s (the limit; see WithMaxValues)", b.lim.maxValues, after)
 	case b.bytes < 0:
-		return &FieldError{Path: l.String(), Msg: fmt.Sprintf("the document's keys and values hold more than %d bytes%s (the limit; see WithMaxBytes)", b.lim.maxBytes, after)}
+		return problem(l, "the document's keys and values hold more than %d bytes%s (the limit; see WithMaxBytes)", b.lim.maxBytes, after)
 	}
 	return nil
 }

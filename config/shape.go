@@ -100,15 +100,15 @@ func convert(v any, fd protoreflect.FieldDescriptor, l *loc, zero protoreflect.V
 		case "google.protobuf.Value":
 			return protoreflect.ValueOfMessage(structValue(v, l, p).ProtoReflect()), true
 		case "google.protobuf.Struct":
-			if _, ok := v.(*object); !ok {
-				return bad("must be an object, got %s", kindOf(v))
+			if s := structValue(v, l, p).GetStructValue(); s != nil {
+				return protoreflect.ValueOfMessage(s.ProtoReflect()), true
 			}
-			return protoreflect.ValueOfMessage(structValue(v, l, p).GetStructValue().ProtoReflect()), true
+			return bad("must be an object, got %s", kindOf(v))
 		case "google.protobuf.ListValue":
-			if _, ok := v.([]any); !ok {
-				return bad("must be a list, got %s", kindOf(v))
+			if s := structValue(v, l, p).GetListValue(); s != nil {
+				return protoreflect.ValueOfMessage(s.ProtoReflect()), true
 			}
-			return protoreflect.ValueOfMessage(structValue(v, l, p).GetListValue().ProtoReflect()), true
+			return bad("must be a list, got %s", kindOf(v))
 		}
 		fill(zero.Message(), v, l, p)
 		return zero, true
@@ -254,16 +254,30 @@ func parseDuration(s string) (*durationpb.Duration, string) {
 
 // suggest returns ` (did you mean "x"?)` for a near miss of a field name:
 // the same name in another case or with underscores, or up to two letters
-// off.
+// off (a Levenshtein distance, for keys of at most 64 bytes).
 func suggest(key string, fields protoreflect.FieldDescriptors) string {
-	norm := func(s string) string { return strings.ToLower(strings.ReplaceAll(s, "_", "")) }
-	best, bestDist := "", 3
+	if fd := fieldByName(fields, strings.ReplaceAll(key, "_", "")); fd != nil {
+		return fmt.Sprintf(" (did you mean %q?)", fd.JSONName())
+	}
+	best, bestDist, a := "", 3, strings.ToLower(key)
 	for i := range fields.Len() {
 		name := fields.Get(i).JSONName()
-		if norm(name) == norm(key) {
-			return fmt.Sprintf(" (did you mean %q?)", name)
+		b := strings.ToLower(name)
+		if len(a) > 64 || len(a)-len(b) >= bestDist || len(b)-len(a) >= bestDist {
+			continue
 		}
-		if d := editDistance(strings.ToLower(key), strings.ToLower(name), bestDist); d < bestDist {
+		prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
+		for j := range prev {
+			prev[j] = j
+		}
+		for i := 1; i <= len(a); i++ {
+			cur[0] = i
+			for j := 1; j <= len(b); j++ {
+				cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+boolInt(a[i-1] != b[j-1]))
+			}
+			prev, cur = cur, prev
+		}
+		if d := prev[len(b)]; d < bestDist {
 			best, bestDist = name, d
 		}
 	}
@@ -273,26 +287,9 @@ func suggest(key string, fields protoreflect.FieldDescriptors) string {
 	return fmt.Sprintf(" (did you mean %q?)", best)
 }
 
-// editDistance is the Levenshtein distance of a and b, or limit when it is
-// at least limit.
-func editDistance(a, b string, limit int) int {
-	if len(a) > 64 || len(b) > 64 || len(a)-len(b) >= limit || len(b)-len(a) >= limit {
-		return limit
+func boolInt(b bool) int {
+	if b {
+		return 1
 	}
-	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return min(prev[len(b)], limit)
+	return 0
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"regexp"
 	"strings"
-	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -25,33 +24,45 @@ type object struct {
 	vals []any
 }
 
+func problem(l *loc, format string, args ...any) *FieldError {
+	return &FieldError{Path: l.String(), Msg: fmt.Sprintf(format, args...)}
+}
+
 // parseJSON reads a JSON document within b.
-func parseJSON(data []byte, b *budget) (any, error) {
-	if !utf8.Valid(data) {
-		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
-	}
+func parseJSON(data []byte, b *budget) (any, *FieldError) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, &FieldError{Msg: "the document is empty"}
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	v, err := readJSON(dec, nil, 0, b)
-	if err != nil {
-		return nil, jsonError(data, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		if err == nil {
+	if err == nil {
+		if _, err = dec.Token(); err == nil {
 			err = errors.New("more than one JSON value")
+		} else if err == io.EOF {
+			return v, nil
 		}
-		return nil, jsonError(data, err)
 	}
-	return v, nil
+	var fe *FieldError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &fe):
+		return nil, fe
+	case errors.As(err, &se):
+		line, col := 1, 1
+		for _, c := range data[:min(se.Offset, int64(len(data)))] {
+			if line, col = line+boolInt(c == '\n'), col+1; c == '\n' {
+				col = 1
+			}
+		}
+		return nil, &FieldError{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %s", line, col, clean(se.Error()))}
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return nil, &FieldError{Msg: "invalid JSON: unexpected end of the document"}
+	}
+	return nil, &FieldError{Msg: "invalid JSON: " + clean(err.Error())}
 }
 
 func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
-	if depth > maxDepth {
-		return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
-	}
 	tok, err := dec.Token()
 	if err != nil {
 		return nil, err
@@ -63,15 +74,11 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 	case json.Number:
 		n = len(tok)
 	}
-	if err := b.take(l, n); err != nil {
-		return nil, err
+	if fe := b.take(l, n, depth); fe != nil {
+		return nil, fe
 	}
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return tok, nil // nil, bool, string or json.Number
-	}
-	switch d {
-	case '{':
+	switch tok {
+	case json.Delim('{'):
 		obj := &object{}
 		for dec.More() {
 			tok, err := dec.Token()
@@ -88,7 +95,7 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 		}
 		_, err := dec.Token() // '}'
 		return obj, err
-	case '[':
+	case json.Delim('['):
 		list := []any{}
 		for dec.More() {
 			v, err := readJSON(dec, l.index(len(list)), depth+1, b)
@@ -100,104 +107,57 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 		_, err := dec.Token() // ']'
 		return list, err
 	}
-	return nil, fmt.Errorf("unexpected %q", rune(d))
-}
-
-// jsonError turns a decoding error into a *FieldError, with the line and
-// column of a syntax error.
-func jsonError(data []byte, err error) *FieldError {
-	var fe *FieldError
-	if errors.As(err, &fe) {
-		return fe
-	}
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		line, col := position(data, se.Offset)
-		return &FieldError{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %s", line, col, clean(se.Error()))}
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		return &FieldError{Msg: "invalid JSON: unexpected end of the document"}
-	}
-	return &FieldError{Msg: "invalid JSON: " + clean(err.Error())}
-}
-
-// position converts a byte offset into a 1-based line and column.
-func position(data []byte, off int64) (line, col int) {
-	if off > int64(len(data)) {
-		off = int64(len(data))
-	}
-	line, col = 1, 1
-	for _, c := range data[:off] {
-		if c == '\n' {
-			line, col = line+1, 1
-		} else {
-			col++
-		}
-	}
-	return line, col
+	return tok, nil // nil, bool, string or json.Number
 }
 
 // parseYAML reads a YAML document (one only) within b. Mapping keys must be
 // strings; merge keys (<<), non-finite numbers and custom tags are errors;
 // aliases are expanded, each expansion counted in b.
-func parseYAML(data []byte, b *budget) (v any, err error) {
-	if !utf8.Valid(data) {
-		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
-	}
+func parseYAML(data []byte, b *budget) (v any, fe *FieldError) {
 	defer func() {
-		// The YAML parser reports errors by panicking internally and recovering;
-		// this is a second net so that no input can panic Load.
+		// yaml.v3 panics and recovers internally; a second net, so that no
+		// input can panic Load.
 		if r := recover(); r != nil {
-			v, err = nil, &FieldError{Msg: "invalid YAML: " + clean(fmt.Sprint(r))}
+			v, fe = nil, &FieldError{Msg: "invalid YAML: " + clean(fmt.Sprint(r))}
 		}
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if err == io.EOF {
-			return nil, &FieldError{Msg: "the document is empty"}
+	var doc, next yaml.Node
+	err := dec.Decode(&doc)
+	if err == nil {
+		if err = dec.Decode(&next); err == nil {
+			return nil, &FieldError{Msg: "the YAML stream holds more than one document"}
 		}
-		return nil, &FieldError{Msg: "invalid YAML: " + clean(err.Error())}
 	}
-	var next yaml.Node
-	switch err := dec.Decode(&next); {
-	case err == nil:
-		return nil, &FieldError{Msg: "the YAML stream holds more than one document"}
+	switch {
+	case err == io.EOF && len(doc.Content) == 0:
+		return nil, &FieldError{Msg: "the document is empty"}
 	case err != io.EOF:
 		return nil, &FieldError{Msg: "invalid YAML: " + clean(err.Error())}
 	}
-	return convertYAML(&doc, nil, 0, b)
+	return convertYAML(doc.Content[0], nil, 0, b)
 }
 
-func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, error) {
-	if depth > maxDepth {
-		return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
-	}
-	if n.Kind == yaml.MappingNode && n.ShortTag() != "!!map" || n.Kind == yaml.SequenceNode && n.ShortTag() != "!!seq" {
-		return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: unsupported YAML tag %s", n.Line, show(n.Tag))}
-	}
-	switch n.Kind {
-	case yaml.DocumentNode:
-		if len(n.Content) == 0 {
-			return nil, &FieldError{Msg: "the document is empty"}
-		}
-		return convertYAML(n.Content[0], l, depth, b)
-	case yaml.AliasNode:
+func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, *FieldError) {
+	if n.Kind == yaml.AliasNode {
 		if n.Alias == nil {
-			return nil, &FieldError{Path: l.String(), Msg: "unresolved YAML alias"}
+			return nil, problem(l, "unresolved YAML alias")
 		}
 		return convertYAML(n.Alias, l, depth+1, b)
 	}
-	if err := b.take(l, len(n.Value)); err != nil {
-		return nil, err
+	if n.Kind == yaml.MappingNode && n.ShortTag() != "!!map" || n.Kind == yaml.SequenceNode && n.ShortTag() != "!!seq" {
+		return nil, problem(l, "line %d: unsupported YAML tag %s", n.Line, show(n.Tag))
+	}
+	if fe := b.take(l, len(n.Value), depth); fe != nil {
+		return nil, fe
 	}
 	switch n.Kind {
 	case yaml.SequenceNode:
 		list := make([]any, 0, len(n.Content))
 		for _, e := range n.Content {
-			v, err := convertYAML(e, l.index(len(list)), depth+1, b)
-			if err != nil {
-				return nil, err
+			v, fe := convertYAML(e, l.index(len(list)), depth+1, b)
+			if fe != nil {
+				return nil, fe
 			}
 			list = append(list, v)
 		}
@@ -209,29 +169,23 @@ func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, error) {
 			if k.Kind == yaml.AliasNode && k.Alias != nil {
 				k = k.Alias
 			}
-			if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
-				if k.ShortTag() == "!!merge" {
-					return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: YAML merge keys (<<) are not supported", k.Line)}
-				}
-				return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: mapping keys must be strings, got %s", k.Line, describeYAML(k))}
+			if k.ShortTag() == "!!merge" {
+				return nil, problem(l, "line %d: YAML merge keys (<<) are not supported", k.Line)
+			} else if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
+				what := map[yaml.Kind]string{yaml.MappingNode: "a mapping", yaml.SequenceNode: "a sequence"}[k.Kind]
+				return nil, problem(l, "line %d: mapping keys must be strings, got %s", k.Line, cmp.Or(what, k.ShortTag()+" "+quote(k.Value)))
 			}
 			b.bytes -= len(k.Value)
-			v, err := convertYAML(n.Content[i+1], l.field(k.Value), depth+1, b)
-			if err != nil {
-				return nil, err
+			v, fe := convertYAML(n.Content[i+1], l.field(k.Value), depth+1, b)
+			if fe != nil {
+				return nil, fe
 			}
 			obj.keys, obj.vals = append(obj.keys, k.Value), append(obj.vals, v)
 		}
 		return obj, nil
-	case yaml.ScalarNode:
-		return scalarYAML(n, l)
 	}
-	return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: unsupported YAML node", n.Line)}
-}
-
-func scalarYAML(n *yaml.Node, l *loc) (any, error) {
-	bad := func(format string, args ...any) error {
-		return &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}
+	bad := func(format string, args ...any) (any, *FieldError) {
+		return nil, problem(l, "line %d: "+format, append([]any{n.Line}, args...)...)
 	}
 	switch tag := n.ShortTag(); tag {
 	case "!!null":
@@ -242,18 +196,18 @@ func scalarYAML(n *yaml.Node, l *loc) (any, error) {
 		}
 		return n.Value, nil
 	case "!!bool":
-		var b bool
-		if err := n.Decode(&b); err != nil {
-			return nil, bad("invalid boolean %s", quote(n.Value))
+		var v bool
+		if n.Decode(&v) != nil {
+			return bad("invalid boolean %s", quote(n.Value))
 		}
-		return b, nil
+		return v, nil
 	case "!!int", "!!float":
 		if num, ok := yamlNumber(n.Value); ok {
 			return num, nil
 		}
-		return nil, bad("must be a finite decimal number such as 10 or 0.5, got %s", show(n.Value))
+		return bad("must be a finite decimal number such as 10 or 0.5, got %s", show(n.Value))
 	default:
-		return nil, bad("unsupported YAML tag %s", show(tag))
+		return bad("unsupported YAML tag %s", show(tag))
 	}
 }
 
@@ -275,18 +229,6 @@ func yamlNumber(s string) (json.Number, bool) {
 		frac = ".0"
 	}
 	return json.Number(strings.TrimPrefix(m[1], "+") + whole + frac + m[4]), true
-}
-
-func describeYAML(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a sequence"
-	case yaml.ScalarNode:
-		return n.ShortTag() + " " + quote(n.Value)
-	}
-	return "a complex key"
 }
 
 // kindOf names a tree value's JSON kind for messages.

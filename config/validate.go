@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -47,7 +46,9 @@ func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, p *problems) *do
 		p.add("", "no document")
 		return d
 	}
-	d.ignored = ignored(doc.ProtoReflect(), "")
+	if doc.GetConnectionScaling() != nil {
+		d.ignored = append(d.ignored, "connectionScaling")
+	}
 
 	seen := map[string]string{} // policy key -> path of its name
 	for i, mc := range doc.GetMethodConfig() {
@@ -56,7 +57,9 @@ func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, p *problems) *do
 			p.add(path, "must not be null")
 			continue
 		}
-		d.ignored = append(d.ignored, ignored(mc.ProtoReflect(), path)...)
+		if mc.GetHedgingPolicy() != nil {
+			d.ignored = append(d.ignored, join(path, "hedgingPolicy"))
+		}
 		m := validateMethod(mc, path, maxAttempts, p)
 		for j, n := range mc.GetName() {
 			npath := index(join(path, "name"), j)
@@ -433,20 +436,4 @@ func codeHint(s string) string {
 		return fmt.Sprintf(" (names are upper case, as grpc spells them: %s)", quote(u))
 	}
 	return ""
-}
-
-// ignoredFields are the grpc fields neither the interceptors nor
-// Config.DialOptions apply.
-var ignoredFields = map[protoreflect.Name]bool{"connection_scaling": true, "hedging_policy": true}
-
-// ignored lists the paths of the ignored fields m holds.
-func ignored(m protoreflect.Message, path string) []string {
-	var out []string
-	fields := m.Descriptor().Fields()
-	for i := range fields.Len() {
-		if fd := fields.Get(i); ignoredFields[fd.Name()] && m.Has(fd) {
-			out = append(out, join(path, fd.JSONName()))
-		}
-	}
-	return out
 }
