@@ -84,15 +84,12 @@ func build(doc *resiliencev1.ServiceConfig, o options, p *problems) (*Config, er
 	for _, path := range d.ignored {
 		if o.strict {
 			p.add(path, "not supported by this library (strict loading)")
+		} else if o.logger != nil && p.count() == 0 {
+			o.logger.Log(context.Background(), logging.LevelWarn, "config: a field of the document has no effect", "config.field", path)
 		}
 	}
 	if err := p.err(); err != nil {
 		return nil, err
-	}
-	for _, path := range d.ignored {
-		if o.logger != nil {
-			o.logger.Log(context.Background(), logging.LevelWarn, "config: a field of the document has no effect", "config.field", path)
-		}
 	}
 	c := &Config{
 		Policies:   make(map[string]interceptors.Policy, len(d.keys)),

@@ -42,18 +42,14 @@ type Error struct {
 //
 //	config: methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1; retryThrottling.maxTokens: required, in (0, 1000]
 func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString("config: ")
+	msgs := make([]string, len(e.Problems), len(e.Problems)+1)
 	for i, p := range e.Problems {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		b.WriteString(p.Error())
+		msgs[i] = p.Error()
 	}
 	if e.More > 0 {
-		b.WriteString("; and " + strconv.Itoa(e.More) + " more")
+		msgs = append(msgs, "and "+strconv.Itoa(e.More)+" more")
 	}
-	return b.String()
+	return "config: " + strings.Join(msgs, "; ")
 }
 
 // Unwrap returns the problems, so errors.As finds a *FieldError.

@@ -87,33 +87,21 @@ func policyKey(n *resiliencev1.MethodConfig_Name, path string, p *problems) (str
 		return "", false
 	}
 	svc, m := n.GetService(), n.GetMethod()
-	ok := true
 	if svc == "" && m != "" {
 		p.addf(join(path, "method"), "%s needs a service (grpc: cannot combine an empty service with a method)", quote(m))
 		return "", false
 	}
-	if svc != "" && !validName(svc) {
-		p.addf(join(path, "service"), `invalid service name %s: must not contain "/", "*" or spaces`, quote(svc))
-		ok = false
+	ok := true
+	for field, name := range map[string]string{"service": svc, "method": m} {
+		if strings.ContainsAny(name, "*/ \t\r\n\v\f") {
+			p.addf(join(path, field), `invalid %s name %s: must not contain "/", "*" or spaces`, field, quote(name))
+			ok = false
+		}
 	}
-	if m != "" && !validName(m) {
-		p.addf(join(path, "method"), `invalid method name %s: must not contain "/", "*" or spaces`, quote(m))
-		ok = false
+	if svc == "" {
+		return "*", ok
 	}
-	switch {
-	case !ok:
-		return "", false
-	case svc == "":
-		return "*", true
-	case m == "":
-		return "/" + svc + "/*", true
-	default:
-		return "/" + svc + "/" + m, true
-	}
-}
-
-func validName(s string) bool {
-	return !strings.ContainsAny(s, "*/ \t\r\n\v\f")
+	return "/" + svc + "/" + cmp.Or(m, "*"), ok
 }
 
 func describeKey(key string) string {
