@@ -69,7 +69,7 @@ func LoadFile(name string, opts ...Option) (*Config, error) {
 }
 
 // FromProto validates and converts a document already in its schema form
-// (built in Go, or decoded by the caller).
+// (built in Go, or decoded by the caller); the size limits do not apply.
 func FromProto(doc *resiliencev1.ServiceConfig, opts ...Option) (*Config, error) {
 	o, err := newOptions(opts)
 	if err != nil {

@@ -24,7 +24,8 @@ import (
 //
 // grpc uses a default service config only when the name resolver provides
 // none, and applies healthCheckConfig only in a program that imports
-// google.golang.org/grpc/health.
+// google.golang.org/grpc/health. The options keep this Config's values:
+// Apply does not change them.
 func (c *Config) DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithDefaultServiceConfig(c.grpcConfig),
