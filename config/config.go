@@ -2,7 +2,6 @@ package config
 
 import (
 	"context"
-	"slices"
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -80,8 +79,9 @@ func FromProto(doc *resiliencev1.ServiceConfig, opts ...Option) (*Config, error)
 
 // build validates doc, adding to the problems p holds, and converts it.
 func build(doc *resiliencev1.ServiceConfig, o options, p *problems) (*Config, error) {
-	d := validate(doc, o.maxAttempts, p)
-	for _, path := range d.ignored {
+	c := &Config{Policies: map[string]interceptors.Policy{}, timeouts: map[string]time.Duration{}}
+	validate(doc, o.maxAttempts, c, p)
+	for _, path := range c.Ignored {
 		if o.strict {
 			p.add(path, "not supported by this library (strict loading)")
 		} else if o.logger != nil && p.count() == 0 {
@@ -91,25 +91,7 @@ func build(doc *resiliencev1.ServiceConfig, o options, p *problems) (*Config, er
 	if err := p.err(); err != nil {
 		return nil, err
 	}
-	c := &Config{
-		Policies:   make(map[string]interceptors.Policy, len(d.keys)),
-		Budget:     d.budget,
-		Ignored:    d.ignored,
-		timeouts:   map[string]time.Duration{},
-		grpcConfig: grpcConfig(doc),
-	}
-	for _, key := range d.keys {
-		m := d.methods[key]
-		if m.timeout != nil {
-			c.timeouts[key] = *m.timeout
-		}
-		c.Policies[key] = interceptors.Policy{
-			Retry:          m.retry,
-			Breaker:        m.breaker,
-			RetryableCodes: slices.Clone(m.retryable), // each key its own slice
-			FailureCodes:   slices.Clone(m.failure),
-		}
-	}
+	c.grpcConfig = grpcConfig(doc)
 	return c, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -22,11 +23,7 @@ import (
 func fill(m protoreflect.Message, v any, l *loc, p *problems) {
 	obj, ok := v.(*object)
 	if !ok {
-		if l == nil {
-			p.at(l, "the document must be an object, got %s", kindOf(v))
-		} else {
-			p.at(l, "must be an object, got %s", kindOf(v))
-		}
+		p.at(l, "%smust be an object, got %s", map[bool]string{true: "the document "}[l == nil], kindOf(v))
 		return
 	}
 	fields := m.Descriptor().Fields()
@@ -237,19 +234,11 @@ func parseDuration(s string) (*durationpb.Duration, string) {
 	if !durationSyntax.MatchString(s) {
 		return nil, "invalid duration " + quote(s) + `: want seconds with an "s" suffix, such as "0.1s" or "2s"`
 	}
-	whole, frac, _ := strings.Cut(strings.TrimLeft(s[:len(s)-1], "+-"), ".")
-	var sec int64
-	if whole != "" {
-		var err error
-		if sec, err = strconv.ParseInt(whole, 10, 64); err != nil {
-			return nil, "duration " + number(s) + " is out of range"
-		}
+	d, err := time.ParseDuration(s) // exact for the syntax above
+	if err != nil {
+		return nil, "duration " + number(s) + " is out of range (at most about 292 years)"
 	}
-	nanos, _ := strconv.Atoi((frac + "000000000")[:9])
-	if s[0] == '-' {
-		sec, nanos = -sec, -nanos
-	}
-	return &durationpb.Duration{Seconds: sec, Nanos: int32(nanos)}, ""
+	return durationpb.New(d), ""
 }
 
 // suggest returns ` (did you mean "x"?)` for a near miss of a field name:

@@ -15,39 +15,21 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/interceptors"
 	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
 	"github.com/khive/grpc-resilience/retry"
 )
 
-// method is one validated methodConfig entry, before it becomes an
-// interceptors.Policy.
-type method struct {
-	retry     retry.Policy
-	breaker   breaker.Config
-	retryable []codes.Code // nil: the interceptors' default
-	failure   []codes.Code // nil: the interceptors' default
-	timeout   *time.Duration
-}
-
-// document is a validated document.
-type document struct {
-	keys    []string          // policy keys in document order
-	methods map[string]method // by policy key
-	budget  Budget
-	ignored []string
-}
-
 // validate checks doc, mirroring grpc-go's service config checks where they
 // apply and the breaker, retry and budget rules for our fields, and converts
-// it, adding each problem to p with its path.
-func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, p *problems) *document {
-	d := &document{methods: map[string]method{}}
+// it into c, adding each problem to p with its path.
+func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, c *Config, p *problems) {
 	if doc == nil {
 		p.add("", "no document")
-		return d
+		return
 	}
 	if doc.GetConnectionScaling() != nil {
-		d.ignored = append(d.ignored, "connectionScaling")
+		c.Ignored = append(c.Ignored, "connectionScaling")
 	}
 
 	seen := map[string]string{} // policy key -> path of its name
@@ -58,9 +40,9 @@ func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, p *problems) *do
 			continue
 		}
 		if mc.GetHedgingPolicy() != nil {
-			d.ignored = append(d.ignored, join(path, "hedgingPolicy"))
+			c.Ignored = append(c.Ignored, join(path, "hedgingPolicy"))
 		}
-		m := validateMethod(mc, path, maxAttempts, p)
+		pol, timeout := validateMethod(mc, path, maxAttempts, p)
 		for j, n := range mc.GetName() {
 			npath := index(join(path, "name"), j)
 			key, ok := policyKey(n, npath, p)
@@ -72,12 +54,14 @@ func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, p *problems) *do
 				continue
 			}
 			seen[key] = npath
-			d.keys = append(d.keys, key)
-			d.methods[key] = m
+			pol.RetryableCodes, pol.FailureCodes = slices.Clone(pol.RetryableCodes), slices.Clone(pol.FailureCodes) // each key its own
+			c.Policies[key] = pol
+			if timeout != nil {
+				c.timeouts[key] = *timeout
+			}
 		}
 	}
-	d.budget = validateBudget(doc, p)
-	return d
+	c.Budget = validateBudget(doc, p)
 }
 
 // policyKey maps a grpc name to the interceptors' policy key.
@@ -116,21 +100,19 @@ func describeKey(key string) string {
 	}
 }
 
-func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int, p *problems) method {
-	var m method
+func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int, p *problems) (pol interceptors.Policy, timeout *time.Duration) {
+	pol.Retry = retry.Policy{MaxAttempts: 1} // no retryPolicy: one attempt (A6)
 	if rp := mc.GetRetryPolicy(); rp != nil {
-		m.retry, m.retryable = validateRetry(rp, join(path, "retryPolicy"), maxAttempts, p)
-	} else {
-		m.retry = retry.Policy{MaxAttempts: 1} // no retryPolicy: one attempt (A6)
+		pol.Retry, pol.RetryableCodes = validateRetry(rp, join(path, "retryPolicy"), maxAttempts, p)
 	}
 	if cb := mc.GetCircuitBreaker(); cb != nil {
-		m.breaker, m.failure = validateBreaker(cb, join(path, "circuitBreaker"), p)
+		pol.Breaker, pol.FailureCodes = validateBreaker(cb, join(path, "circuitBreaker"), p)
 	}
 	if t := mc.GetTimeout(); t != nil {
 		d := duration(t, join(path, "timeout"), p)
-		m.timeout = &d
+		timeout = &d
 	}
-	return m
+	return pol, timeout
 }
 
 // validateRetry checks a retryPolicy as grpc-go does, maxAttempts capped at
