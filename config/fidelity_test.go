@@ -163,6 +163,22 @@ func TestDialOptionsTimeout(t *testing.T) {
 	}
 }
 
+// TestDialOptionsTimeoutStream: the timeout bounds a stream as it bounds a
+// unary call, as with grpc-go alone.
+func TestDialOptionsTimeoutStream(t *testing.T) {
+	const doc = `{"methodConfig": [{"name": [{"service": "khive.echo.v1.EchoService"}], "timeout": "2s"}]}`
+	synctest.Test(t, func(t *testing.T) {
+		for who, client := range dialBoth(t, echoserver.New(1), doc) {
+			start := time.Now()
+			st, err := client.ServerStream(t.Context(), &echov1.ServerStreamRequest{Message: "m", Count: 2, Fault: &echov1.Fault{DelayMs: 3000}})
+			require.NoError(t, err, who)
+			_, err = st.Recv()
+			assert.Equal(t, codes.DeadlineExceeded, status.Code(err), "%s: %v", who, err)
+			assert.Equal(t, 2*time.Second, time.Since(start), who)
+		}
+	})
+}
+
 // TestDialOptionsGRPCFields: waitForReady and the message size limits have
 // grpc-go's effect: a call waits for a connection that never comes until
 // its deadline (DEADLINE_EXCEEDED, not UNAVAILABLE), and a reply larger than

@@ -41,7 +41,7 @@ func (c *Config) DialOptions() []grpc.DialOption {
 				cancel()
 				return nil, err
 			}
-			return &timedStream{s, cancel}, nil
+			return &timedStream{s, desc.ServerStreams, cancel}, nil
 		}),
 	}
 }
@@ -62,15 +62,17 @@ func (c *Config) withTimeout(ctx context.Context, method string) (context.Contex
 	return ctx, func() {}
 }
 
-// timedStream releases its timeout's context when the stream ends.
+// timedStream releases its timeout's context when the stream ends: at an
+// error or io.EOF, or at the reply of a call without a server stream.
 type timedStream struct {
 	grpc.ClientStream
-	cancel context.CancelFunc
+	serverStreams bool
+	cancel        context.CancelFunc
 }
 
 func (s *timedStream) RecvMsg(m any) error {
 	err := s.ClientStream.RecvMsg(m)
-	if err != nil {
+	if err != nil || !s.serverStreams {
 		s.cancel()
 	}
 	return err
