@@ -1,54 +1,54 @@
 package config
 
 import (
-	"slices"
+	"context"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 
 	"github.com/khive/grpc-resilience/interceptors"
 	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
 )
 
-// Config is a loaded and validated policy document, converted for the
-// interceptors package.
+// Config is a loaded and validated policy document.
 type Config struct {
-	// Policies maps policy keys to policies: "/pkg.Svc/Method" for a name
-	// with a method, "/pkg.Svc/*" for a service, "*" for the default. Pass it
-	// to interceptors.New or Suite.Update (NewSuite and Apply do).
+	// Policies maps policy keys ("/pkg.Svc/Method", "/pkg.Svc/*", "*") to
+	// the policies of [interceptors.New].
 	Policies map[string]interceptors.Policy
-	// Budget is the retry budget of the document (retryThrottling or
-	// retryBudget).
+	// Budget is the retry budget of the document.
 	Budget Budget
-	// Ignored lists the paths of the grpc fields present in the document that
-	// this library does not act on, such as "methodConfig[0].timeout" or
-	// "loadBalancingConfig", so that a caller can log them.
+	// Ignored lists the paths of the grpc fields of the document that
+	// neither the interceptors nor DialOptions apply: hedgingPolicy and
+	// connectionScaling, such as "methodConfig[0].hedgingPolicy".
 	Ignored []string
+
+	timeouts   map[string]time.Duration // by policy key
+	grpcConfig string                   // the JSON DialOptions hands grpc
 }
 
-// LoadJSON reads a JSON document. See the package documentation for the
-// schema and the checks.
+// LoadJSON is Load(data, JSON).
 func LoadJSON(data []byte) (*Config, error) { return Load(data, JSON) }
 
-// LoadYAML reads a YAML document (one document; YAML 1.2 core schema). The
-// document has the same fields as its JSON form.
+// LoadYAML is Load(data, YAML).
 func LoadYAML(data []byte) (*Config, error) { return Load(data, YAML) }
 
-// Load reads a document in format f, within the limits (the defaults, or
-// as opts set them; see the package documentation, "Limits"). It never
-// panics; a rejected document returns an *Error listing each problem with
-// its path.
+// Load reads a document in format f. A rejected document returns an
+// [*Error].
 func Load(data []byte, f Format, opts ...Option) (*Config, error) {
-	lim, err := newLimits(opts)
+	o, err := newOptions(opts)
 	if err != nil {
 		return nil, err
 	}
-	return load(data, f, lim)
+	return load(data, f, o)
 }
 
-func load(data []byte, f Format, lim limits) (*Config, error) {
-	doc, err := decode(data, f, lim)
+func load(data []byte, f Format, o options) (*Config, error) {
+	var p problems
+	doc, err := decode(data, f, o, &p)
 	if err != nil {
 		return nil, err
 	}
-	return FromProto(doc)
+	return build(doc, o, &p)
 }
 
 // LoadFile reads a document from a file: JSON for a ".json" name, YAML for
@@ -56,38 +56,42 @@ func load(data []byte, f Format, lim limits) (*Config, error) {
 // if not. The file must be a regular file (or a link to one) of at most
 // the WithMaxBytes limit; opts set the limits as for Load.
 func LoadFile(name string, opts ...Option) (*Config, error) {
-	lim, err := newLimits(opts)
+	o, err := newOptions(opts)
 	if err != nil {
 		return nil, err
 	}
-	data, f, err := readFile(name, lim)
+	data, f, err := readFile(name, o)
 	if err != nil {
 		return nil, err
 	}
-	return load(data, f, lim)
+	return load(data, f, o)
 }
 
 // FromProto validates and converts a document already in its schema form
-// (built in Go, or decoded by the caller).
-func FromProto(doc *resiliencev1.ServiceConfig) (*Config, error) {
-	d, err := validate(doc)
+// (built in Go, or decoded by the caller); the size limits do not apply.
+func FromProto(doc *resiliencev1.ServiceConfig, opts ...Option) (*Config, error) {
+	o, err := newOptions(opts)
 	if err != nil {
 		return nil, err
 	}
-	c := &Config{
-		Policies: make(map[string]interceptors.Policy, len(d.keys)),
-		Budget:   d.budget,
-		Ignored:  d.ignored,
-	}
-	for _, key := range d.keys {
-		m := d.methods[key]
-		c.Policies[key] = interceptors.Policy{
-			Retry:          m.retry,
-			Breaker:        m.breaker,
-			RetryableCodes: slices.Clone(m.retryable), // each key its own slice
-			FailureCodes:   slices.Clone(m.failure),
+	return build(doc, o, &problems{})
+}
+
+// build validates doc, adding to the problems p holds, and converts it.
+func build(doc *resiliencev1.ServiceConfig, o options, p *problems) (*Config, error) {
+	c := &Config{Policies: map[string]interceptors.Policy{}, timeouts: map[string]time.Duration{}}
+	validate(doc, o.maxAttempts, c, p)
+	for _, path := range c.Ignored {
+		if o.strict {
+			p.add(path, "not supported by this library (strict loading)")
+		} else if o.logger != nil && p.count() == 0 {
+			o.logger.Log(context.Background(), logging.LevelWarn, "config: a field of the document has no effect", "config.field", path)
 		}
 	}
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	c.grpcConfig = grpcConfig(doc)
 	return c, nil
 }
 

@@ -1,21 +1,21 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 )
 
-// maxProblems bounds how many problems one Error reports; the rest are
-// counted in its message.
+// maxProblems bounds how many problems an [Error] lists.
 const maxProblems = 20
 
 // FieldError is one problem in a document. Path names the field with the
-// document's JSON names, as in "methodConfig[2].retryPolicy.maxAttempts"
-// (a key other than letters, digits, "_" and "-" is quoted and truncated
-// as in messages: loadBalancingConfig[0]."a b"); it is empty for a problem
-// with the document as a whole (such as a syntax error).
+// document's JSON names, as in "methodConfig[2].retryPolicy.maxAttempts";
+// a key other than letters, digits, "_" and "-" is quoted. Path is empty
+// for a problem with the document as a whole, such as a syntax error.
 type FieldError struct {
 	Path string
 	Msg  string
@@ -29,8 +29,9 @@ func (e *FieldError) Error() string {
 	return e.Path + ": " + e.Msg
 }
 
-// Error is what Load and its variants return for a document they reject. It
-// lists every problem found (up to 20), in document order.
+// Error is what Load and its variants return for a document they reject:
+// every problem found, at most one per path, sorted by path (list elements
+// by index), the first 20 listed.
 type Error struct {
 	Problems []*FieldError
 	// More counts the problems found beyond those listed.
@@ -41,18 +42,14 @@ type Error struct {
 //
 //	config: methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1; retryThrottling.maxTokens: required, in (0, 1000]
 func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString("config: ")
+	msgs := make([]string, len(e.Problems), len(e.Problems)+1)
 	for i, p := range e.Problems {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		b.WriteString(p.Error())
+		msgs[i] = p.Error()
 	}
 	if e.More > 0 {
-		b.WriteString("; and " + strconv.Itoa(e.More) + " more")
+		msgs = append(msgs, "and "+strconv.Itoa(e.More)+" more")
 	}
-	return b.String()
+	return "config: " + strings.Join(msgs, "; ")
 }
 
 // Unwrap returns the problems, so errors.As finds a *FieldError.
@@ -64,51 +61,72 @@ func (e *Error) Unwrap() []error {
 	return errs
 }
 
-// problems collects FieldErrors while a document is checked.
+// problems collects the problems of a document, at most one per path
+// (compared ignoring case, as field names are): a later problem at a path
+// already reported, such as "required" after "invalid duration", adds
+// nothing.
 type problems struct {
 	list []*FieldError
-	more int
+	seen map[string]bool
+	hint map[*FieldError]func() string // appended to Msg if listed
 }
 
-func (p *problems) add(path, msg string) {
-	if len(p.list) >= maxProblems {
-		p.more++
-		return
-	}
-	p.list = append(p.list, &FieldError{Path: path, Msg: msg})
-}
-
-func (p *problems) addf(path, format string, args ...any) {
-	if p.full() {
-		p.more++
-		return
-	}
-	p.add(path, fmt.Sprintf(format, args...))
-}
-
-// at adds a problem at l; its path is only built if the problem is listed.
-func (p *problems) at(l *loc, format string, args ...any) {
-	if p.full() {
-		p.more++
-		return
-	}
-	p.add(l.String(), fmt.Sprintf(format, args...))
-}
-
-// full reports whether further problems are only counted.
-func (p *problems) full() bool { return len(p.list) >= maxProblems }
-
-func (p *problems) empty() bool { return len(p.list) == 0 }
-
-// count is the number of problems found so far, listed or not.
-func (p *problems) count() int { return len(p.list) + p.more }
-
-// err returns the collected problems as an *Error, or nil.
-func (p *problems) err() error {
-	if p.empty() {
+func (p *problems) add(path, msg string) *FieldError {
+	k := strings.ToLower(path)
+	if p.seen[k] {
 		return nil
 	}
-	return &Error{Problems: p.list, More: p.more}
+	if p.seen == nil {
+		p.seen, p.hint = map[string]bool{}, map[*FieldError]func() string{}
+	}
+	p.seen[k] = true
+	fe := &FieldError{Path: path, Msg: msg}
+	p.list = append(p.list, fe)
+	return fe
+}
+
+func (p *problems) addf(path, format string, args ...any) { p.add(path, fmt.Sprintf(format, args...)) }
+
+func (p *problems) at(l *loc, format string, args ...any) { p.addf(l.String(), format, args...) }
+
+func (p *problems) count() int { return len(p.list) }
+
+// err returns the problems as an *Error, or nil.
+func (p *problems) err() error {
+	if len(p.list) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(p.list, func(a, b *FieldError) int { return comparePaths(a.Path, b.Path) })
+	n := min(len(p.list), maxProblems)
+	for _, fe := range p.list[:n] {
+		if h := p.hint[fe]; h != nil {
+			fe.Msg += h()
+		}
+	}
+	return &Error{Problems: p.list[:n:n], More: len(p.list) - n}
+}
+
+// comparePaths orders paths by byte, except that runs of digits compare as
+// numbers: methodConfig[2] before methodConfig[10].
+func comparePaths(a, b string) int {
+	digits := func(s string) int { return len(s) - len(strings.TrimLeft(s, "0123456789")) }
+	for a != "" && b != "" {
+		if na, nb := digits(a), digits(b); na > 0 && nb > 0 {
+			if c := cmp.Compare(na, nb); c != 0 {
+				return c
+			}
+			if c := strings.Compare(a[:na], b[:nb]); c != 0 {
+				return c
+			}
+			a, b = a[na:], b[nb:]
+			continue
+		}
+		if a[0] != b[0] {
+			return cmp.Compare(int(a[0]), int(b[0]))
+		}
+		a, b = a[1:], b[1:]
+	}
+	return cmp.Compare(len(a), len(b))
 }
 
 // join builds child paths: join("methodConfig[2]", "retryPolicy").
@@ -120,14 +138,10 @@ func join(path, field string) string {
 }
 
 // index builds element paths: index("methodConfig", 2) = "methodConfig[2]".
-func index(path string, i int) string {
-	return path + "[" + strconv.Itoa(i) + "]"
-}
+func index(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]" }
 
-// loc is where a value sits in the generic tree: the parent's loc and a key
-// or an index. Its path string is built only for a problem (building one
-// per value would cost the depth times the key lengths for every value).
-// The root is the nil *loc.
+// loc is where a value sits in the document, its path built only for a
+// problem. The root is the nil *loc.
 type loc struct {
 	parent *loc
 	key    string // a member's key, when !elem
@@ -138,38 +152,23 @@ type loc struct {
 func (l *loc) field(key string) *loc { return &loc{parent: l, key: key} }
 func (l *loc) index(i int) *loc      { return &loc{parent: l, idx: i, elem: true} }
 
-// String returns the path, as join and index build it, with each key that
-// is not a plain name (letters, digits, "_" and "-", at most maxQuoted
-// bytes) quoted and truncated by quote: a."b c"[2].
+// String returns the path, each key that is not a plain name quoted.
 func (l *loc) String() string {
-	var chain []*loc
-	for ; l != nil; l = l.parent {
-		chain = append(chain, l)
+	if l == nil {
+		return ""
 	}
-	var b strings.Builder
-	for i := len(chain) - 1; i >= 0; i-- {
-		switch e := chain[i]; {
-		case e.elem:
-			b.WriteString("[" + strconv.Itoa(e.idx) + "]")
-		case i == len(chain)-1:
-			b.WriteString(pathKey(e.key))
-		default:
-			b.WriteString("." + pathKey(e.key))
-		}
+	if l.elem {
+		return index(l.parent.String(), l.idx)
 	}
-	return b.String()
+	key := l.key
+	if !bare(key, "_-") {
+		key = quote(key)
+	}
+	return join(l.parent.String(), key)
 }
 
-// pathKey writes a document key as a path element.
-func pathKey(key string) string {
-	if bare(key, "_-") {
-		return key
-	}
-	return quote(key)
-}
-
-// show returns a scalar or a tag of the document for an error message: as
-// it is if short and made of letters, digits and "._+-!:", else quoted.
+// show returns a scalar or a tag of the document for a message: as it is if
+// short and made of letters, digits and "._+-!:", else quoted.
 func show(s string) string {
 	if bare(s, "._+-!:") {
 		return s
@@ -191,36 +190,33 @@ func bare(s, extra string) bool {
 	return true
 }
 
-// maxQuoted is how many bytes of a piece of the document an error message
-// shows.
+// maxQuoted is how many bytes of a piece of the document a message shows.
 const maxQuoted = 64
 
-// quote returns s for an error message: Go-quoted (so a newline or an
-// escape sequence in the document cannot forge a log line) and, beyond
-// maxQuoted bytes, truncated with its length: "abc"... (1048576 bytes).
+// quote returns s for a message: Go-quoted, so that a newline or an escape
+// sequence cannot forge a log line, and cut after maxQuoted bytes with its
+// length: "abc"... (1048576 bytes).
 func quote(s string) string {
 	short, more := truncate(s, maxQuoted)
 	return strconv.Quote(short) + more
 }
 
-// number returns a number or a duration of the document (whose syntax was
-// checked: digits, signs, ".", "e", "s") for an error message, truncated
-// as by quote but not quoted.
+// number returns a number or a duration of the document, whose syntax was
+// checked, truncated as by quote.
 func number(s string) string {
 	short, more := truncate(s, maxQuoted)
 	return short + more
 }
 
-// clean bounds a message from another package that may hold pieces of the
-// document (a YAML anchor name, a protojson error): control characters
-// escaped as quote does, truncated beyond 4*maxQuoted bytes.
+// clean bounds a message of another package that may hold pieces of the
+// document: control characters escaped, cut after 4*maxQuoted bytes.
 func clean(msg string) string {
 	short, more := truncate(msg, 4*maxQuoted)
 	q := strconv.Quote(short)
 	return q[1:len(q)-1] + more
 }
 
-// truncate cuts s to at most n bytes, on a rune boundary; more is
+// truncate cuts s to at most n bytes on a rune boundary; more is
 // "... (len bytes)" if it did.
 func truncate(s string, n int) (short, more string) {
 	if len(s) <= n {

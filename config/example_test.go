@@ -12,7 +12,8 @@ func Example() {
 	cfg, err := config.LoadYAML([]byte(`
 methodConfig:
   - name: [{service: khive.echo.v1.EchoService}]
-    timeout: 2s            # a grpc field this library ignores
+    timeout: 2s            # applied by cfg.DialOptions
+    hedgingPolicy: {maxAttempts: 2, hedgingDelay: 0.1s} # not supported: listed in Ignored
     retryPolicy:
       maxAttempts: 3
       initialBackoff: 0.1s
@@ -30,11 +31,11 @@ retryThrottling: {maxTokens: 10, tokenRatio: 0.1}
 	fmt.Println(p.Retry.MaxAttempts, p.Retry.InitialBackoff, p.Retry.Jitter, p.RetryableCodes)
 	fmt.Println(p.Breaker.ConsecutiveFailures, cfg.Budget.Mode, cfg.Ignored)
 
-	suite, err := cfg.NewSuite() // then: grpc.NewClient(target, append(suite.DialOptions(), ...)...)
+	suite, err := cfg.NewSuite() // then: grpc.NewClient(target, append(cfg.DialOptions(), suite.DialOptions()...)...)
 	fmt.Println(suite != nil, err)
 	// Output:
 	// 3 100ms proportional [Unavailable Aborted]
-	// 5 token-bucket [methodConfig[0].timeout]
+	// 5 token-bucket [methodConfig[0].hedgingPolicy]
 	// true <nil>
 }
 
@@ -56,6 +57,8 @@ func ExampleLoadJSON_errors() {
 	}
 	// Output:
 	// methodConfig[0].retryPolicy.initialBackoff => invalid duration "100ms": want seconds with an "s" suffix, such as "0.1s" or "2s"
+	// methodConfig[0].retryPolicy.maxAttempts => must be at least 2, got 1
+	// methodConfig[0].retryPolicy.retryableStatusCodes[0] => unknown status code "unavailable" (names are upper case, as grpc spells them: "UNAVAILABLE")
 	// retryThrotling => unknown field (did you mean "retryThrottling"?)
 }
 

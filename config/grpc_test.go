@@ -1,13 +1,13 @@
 package config
 
 import (
-	"encoding/json"
-	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -29,10 +29,11 @@ func grpcParse(doc string) error {
 }
 
 // grpcChecked reports whether grpc-go's verdict on a document Load accepted
-// must be "valid": Load does not look into loadBalancingConfig (it ignores
-// it), which grpc-go parses against its registered balancers.
+// must be "valid": Load does not look into loadBalancingConfig (it hands it
+// to grpc in DialOptions), which grpc-go parses against its registered
+// balancers.
 func grpcChecked(c *Config) bool {
-	return !slices.Contains(c.Ignored, "loadBalancingConfig")
+	return !strings.Contains(c.grpcConfig, `"loadBalancingConfig"`)
 }
 
 // TestDocumentsAreGRPCServiceConfigs: every document Load accepts in these
@@ -103,13 +104,18 @@ func TestGRPCRejectsWhatWeRejectAsGRPCDoes(t *testing.T) {
 	}
 }
 
-// TestCodeNamesAreGRPCs: the status code names Load reads are grpc-go's
-// (codes.Code.UnmarshalJSON), every one of them.
+// TestCodeNamesAreGRPCs: Load reads every status code name grpc-go reads
+// (google.rpc.Code's names, "CANCELLED" with two Ls), and its number.
 func TestCodeNamesAreGRPCs(t *testing.T) {
-	require.Len(t, codeByName, int(codes.Unauthenticated)+1)
-	for name, c := range codeByName {
-		var got codes.Code
-		require.NoError(t, json.Unmarshal([]byte(`"`+name+`"`), &got), name)
-		assert.Equal(t, c, got, name)
+	require.Len(t, code.Code_name, int(codes.Unauthenticated)+1)
+	for n, name := range code.Code_name {
+		if n == 0 {
+			continue
+		}
+		for _, v := range []string{strconv.Quote(name), strconv.Itoa(int(n))} {
+			c, err := LoadJSON([]byte(retryDoc(strings.Replace(validRetry, `"UNAVAILABLE"`, v, 1))))
+			require.NoError(t, err, name)
+			assert.Equal(t, []codes.Code{codes.Code(n)}, c.Policies["/s.S/*"].RetryableCodes, name)
+		}
 	}
 }

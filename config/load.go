@@ -2,7 +2,6 @@ package config
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -10,8 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-
-	"google.golang.org/protobuf/encoding/protojson"
+	"unicode/utf8"
 
 	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
 	"github.com/khive/grpc-resilience/retry"
@@ -20,22 +18,17 @@ import (
 // Format is a document's syntax.
 type Format uint8
 
+// The formats. A YAML document is read with the YAML 1.2 core schema and
+// then checked as the equivalent JSON.
 const (
-	// JSON is read with protojson after the checks of this package.
 	JSON Format = iota + 1
-	// YAML is read with go.yaml.in/yaml/v3, held to the YAML 1.2 core schema
-	// (yaml.v3 alone reads some numbers as YAML 1.1 does), and then handled
-	// as the equivalent JSON.
 	YAML
 )
 
 // String returns "json" or "yaml".
 func (f Format) String() string {
-	switch f {
-	case JSON:
-		return "json"
-	case YAML:
-		return "yaml"
+	if f == JSON || f == YAML {
+		return [...]string{"", "json", "yaml"}[f]
 	}
 	return "Format(" + strconv.Itoa(int(f)) + ")"
 }
@@ -58,15 +51,8 @@ const (
 
 // String returns "default", "ratio", "token-bucket" or "none".
 func (m BudgetMode) String() string {
-	switch m {
-	case DefaultBudget:
-		return "default"
-	case RatioBudget:
-		return "ratio"
-	case TokenBucket:
-		return "token-bucket"
-	case NoBudget:
-		return "none"
+	if m <= NoBudget {
+		return [...]string{"default", "ratio", "token-bucket", "none"}[m]
 	}
 	return "BudgetMode(" + strconv.Itoa(int(m)) + ")"
 }
@@ -80,50 +66,34 @@ type Budget struct {
 	MaxTokens, TokenRatio float64
 }
 
-// decode reads data in format f into the schema message, within lim,
-// reporting problems with their paths.
-func decode(data []byte, f Format, lim limits) (*resiliencev1.ServiceConfig, error) {
+// decode reads data in format f into the schema message, within o,
+// adding to p each value that does not fit the schema.
+func decode(data []byte, f Format, o options, p *problems) (*resiliencev1.ServiceConfig, error) {
 	if f != JSON && f != YAML {
 		return nil, fmt.Errorf("config: unknown format %v", f)
 	}
-	err := lim.checkSize(int64(len(data)))
 	var tree any
-	if err == nil && f == JSON {
-		tree, err = parseJSON(data, newBudget(lim, f))
-	} else if err == nil {
-		tree, err = parseYAML(data, newBudget(lim, f))
+	var fe *FieldError
+	switch err := o.checkSize(int64(len(data))); {
+	case err != nil:
+		fe = err.(*FieldError)
+	case !utf8.Valid(data):
+		fe = &FieldError{Msg: "the document is not valid UTF-8"}
+	case f == JSON:
+		tree, fe = parseJSON(data, newBudget(o, f))
+	default:
+		tree, fe = parseYAML(data, newBudget(o, f))
 	}
-	if err != nil {
-		var fe *FieldError
-		if !errors.As(err, &fe) {
-			fe = &FieldError{Msg: err.Error()}
-		}
+	if fe != nil {
 		return nil, &Error{Problems: []*FieldError{fe}}
 	}
-	var p problems
-	checkShape(tree, (&resiliencev1.ServiceConfig{}).ProtoReflect().Descriptor(), nil, &p)
-	if err := p.err(); err != nil {
-		return nil, err
-	}
-	var buf bytes.Buffer
-	encodeJSON(&buf, tree)
 	doc := &resiliencev1.ServiceConfig{}
-	if err := protojson.Unmarshal(buf.Bytes(), doc); err != nil {
-		// checkShape catches what protojson rejects; this is a second net.
-		return nil, &Error{Problems: []*FieldError{{Msg: clean(err.Error())}}}
-	}
+	fill(doc.ProtoReflect(), tree, nil, p)
 	return doc, nil
 }
 
-// sniff guesses a document's format: JSON if it starts with "{", else YAML.
-func sniff(data []byte) Format {
-	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) > 0 && t[0] == '{' {
-		return JSON
-	}
-	return YAML
-}
-
-// formatOf picks the format from a file name's extension, or sniffs data.
+// formatOf picks the format from a file name's extension, else JSON if
+// data starts with "{", else YAML.
 func formatOf(name string, data []byte) Format {
 	switch strings.ToLower(filepath.Ext(name)) {
 	case ".json":
@@ -131,18 +101,21 @@ func formatOf(name string, data []byte) Format {
 	case ".yaml", ".yml":
 		return YAML
 	}
-	return sniff(data)
+	if t := bytes.TrimLeft(data, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+		return JSON
+	}
+	return YAML
 }
 
 // readFile reads a document file and its format: a regular file (or a
-// link to one) of at most lim.maxBytes bytes. Opening a FIFO could block
+// link to one) of at most o.maxBytes bytes. Opening a FIFO could block
 // and a device could be read forever, so the type is checked before the
 // file is opened, and again on the opened file.
-func readFile(name string, lim limits) ([]byte, Format, error) {
+func readFile(name string, o options) ([]byte, Format, error) {
 	fail := func(err error) ([]byte, Format, error) { return nil, 0, fmt.Errorf("config: %w", err) }
 	if fi, err := os.Stat(name); err != nil {
 		return fail(err)
-	} else if err := regular(name, fi, lim); err != nil {
+	} else if err := regular(name, fi, o); err != nil {
 		return fail(err)
 	}
 	file, err := os.OpenFile(name, os.O_RDONLY|openFlags, 0)
@@ -152,15 +125,15 @@ func readFile(name string, lim limits) ([]byte, Format, error) {
 	defer file.Close()
 	fi, err := file.Stat()
 	if err == nil {
-		err = regular(name, fi, lim)
+		err = regular(name, fi, o)
 	}
 	if err != nil {
 		return fail(err)
 	}
 	// The file may grow after Stat: read one byte past the limit to know.
-	data, err := io.ReadAll(io.LimitReader(file, int64(lim.maxBytes)+1))
+	data, err := io.ReadAll(io.LimitReader(file, int64(o.maxBytes)+1))
 	if err == nil {
-		err = lim.checkSize(int64(len(data)))
+		err = o.checkSize(int64(len(data)))
 	}
 	if err != nil {
 		return fail(&fs.PathError{Op: "read", Path: name, Err: err})
@@ -169,11 +142,11 @@ func readFile(name string, lim limits) ([]byte, Format, error) {
 }
 
 // regular rejects what is not a regular file within the size limit.
-func regular(name string, fi fs.FileInfo, lim limits) error {
+func regular(name string, fi fs.FileInfo, o options) error {
 	if !fi.Mode().IsRegular() {
 		return &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("not a regular file (%v)", fi.Mode().Type())}
 	}
-	if err := lim.checkSize(fi.Size()); err != nil {
+	if err := o.checkSize(fi.Size()); err != nil {
 		return &fs.PathError{Op: "open", Path: name, Err: err}
 	}
 	return nil

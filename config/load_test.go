@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,26 +89,28 @@ func TestLoadInvalid(t *testing.T) {
 		{"unknown field far away", `{"oops": 1}`, []string{"oops: unknown field"}},
 		{"snake_case proto name", `{"method_config": []}`, []string{`method_config: unknown field (did you mean "methodConfig"?)`}},
 		{"snake_case in retryPolicy", retryDoc(strings.Replace(validRetry, `"maxAttempts"`, `"max_attempts"`, 1)), []string{
+			"methodConfig[0].retryPolicy.maxAttempts: required", // as grpc-go reads it
 			`methodConfig[0].retryPolicy.max_attempts: unknown field (did you mean "maxAttempts"?)`}},
-		{"typo in retryPolicy", retryDoc(`"maxAttemps": 3`), []string{`methodConfig[0].retryPolicy.maxAttemps: unknown field (did you mean "maxAttempts"?)`}},
+		{"typo in retryPolicy", retryDoc(strings.Replace(validRetry, `"maxAttempts"`, `"maxAttemps"`, 1)), []string{
+			`methodConfig[0].retryPolicy.maxAttemps: unknown field (did you mean "maxAttempts"?)`, "methodConfig[0].retryPolicy.maxAttempts: required"}},
 		{"methodConfig not a list", `{"methodConfig": {}}`, []string{"methodConfig: must be a list, got an object"}},
 		{"name not a list", `{"methodConfig": [{"name": {"service": "a"}}]}`, []string{"methodConfig[0].name: must be a list, got an object"}},
 		{"null name entry", `{"methodConfig": [{"name": [null]}]}`, []string{"methodConfig[0].name[0]: must not be null"}},
 		{"service not a string", `{"methodConfig": [{"name": [{"service": 5}]}]}`, []string{"methodConfig[0].name[0].service: must be a string, got a number"}},
-		{"maxAttempts as string", retryDoc(`"maxAttempts": "3"`), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got a string"}},
-		{"maxAttempts fraction", retryDoc(`"maxAttempts": 2.5`), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got 2.5"}},
-		{"maxAttempts too big", retryDoc(`"maxAttempts": 3000000000`), []string{"methodConfig[0].retryPolicy.maxAttempts: integer 3000000000 is out of range"}},
-		{"multiplier as string", retryDoc(`"backoffMultiplier": "2"`), []string{"methodConfig[0].retryPolicy.backoffMultiplier: must be a number, got a string"}},
-		{"multiplier huge", retryDoc(`"backoffMultiplier": 1e999`), []string{"methodConfig[0].retryPolicy.backoffMultiplier: number 1e999 is out of range"}},
-		{"duration as number", retryDoc(`"initialBackoff": 0.1`), []string{`methodConfig[0].retryPolicy.initialBackoff: must be a duration string such as "0.1s", got a number`}},
-		{"duration without unit", retryDoc(`"initialBackoff": "100ms"`), []string{`methodConfig[0].retryPolicy.initialBackoff: invalid duration "100ms"`}},
-		{"duration exponent", retryDoc(`"maxBackoff": "1e3s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "1e3s"`}},
-		{"duration plus dot", retryDoc(`"maxBackoff": "+.5s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "+.5s"`}},
-		{"duration without digits", retryDoc(`"maxBackoff": ".s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration ".s"`}},
-		{"duration leading zero", retryDoc(`"maxBackoff": "01s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "01s"`}},
-		{"duration ten decimals", retryDoc(`"maxBackoff": "1.0000000001s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "1.0000000001s"`}},
-		{"duration beyond protobuf", retryDoc(`"maxBackoff": "315576000001s"`), []string{`methodConfig[0].retryPolicy.maxBackoff: duration 315576000001s is out of range`}},
-		{"codes not a list", retryDoc(`"retryableStatusCodes": "UNAVAILABLE"`), []string{"methodConfig[0].retryPolicy.retryableStatusCodes: must be a list, got a string"}},
+		{"maxAttempts as string", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": "3"`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got a string"}},
+		{"maxAttempts fraction", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 2.5`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: must be an integer, got 2.5"}},
+		{"maxAttempts too big", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 3000000000`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: integer 3000000000 is out of range"}},
+		{"multiplier as string", retryDoc(strings.Replace(validRetry, `"backoffMultiplier": 2`, `"backoffMultiplier": "2"`, 1)), []string{"methodConfig[0].retryPolicy.backoffMultiplier: must be a number, got a string"}},
+		{"multiplier huge", retryDoc(strings.Replace(validRetry, `"backoffMultiplier": 2`, `"backoffMultiplier": 1e999`, 1)), []string{"methodConfig[0].retryPolicy.backoffMultiplier: number 1e999 is out of range"}},
+		{"duration as number", retryDoc(strings.Replace(validRetry, `"initialBackoff": "0.1s"`, `"initialBackoff": 0.1`, 1)), []string{`methodConfig[0].retryPolicy.initialBackoff: must be a duration string such as "0.1s", got a number`}},
+		{"duration without unit", retryDoc(strings.Replace(validRetry, `"initialBackoff": "0.1s"`, `"initialBackoff": "100ms"`, 1)), []string{`methodConfig[0].retryPolicy.initialBackoff: invalid duration "100ms"`}},
+		{"duration exponent", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "1e3s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "1e3s"`}},
+		{"duration plus dot", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "+.5s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "+.5s"`}},
+		{"duration without digits", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": ".s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration ".s"`}},
+		{"duration leading zero", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "01s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "01s"`}},
+		{"duration ten decimals", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "1.0000000001s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: invalid duration "1.0000000001s"`}},
+		{"duration beyond protobuf", retryDoc(strings.Replace(validRetry, `"maxBackoff": "1s"`, `"maxBackoff": "315576000001s"`, 1)), []string{`methodConfig[0].retryPolicy.maxBackoff: duration 315576000001s is out of range`}},
+		{"codes not a list", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `"UNAVAILABLE"`, 1)), []string{"methodConfig[0].retryPolicy.retryableStatusCodes: must be a list, got a string"}},
 		{"wait for ready not bool", `{"methodConfig": [{"name": [{}], "waitForReady": "yes"}]}`, []string{"methodConfig[0].waitForReady: must be true or false, got a string"}},
 		{"lb config not a list", `{"loadBalancingConfig": {"round_robin": {}}}`, []string{"loadBalancingConfig: must be a list, got an object"}},
 		{"health check not an object", `{"healthCheckConfig": "x"}`, []string{"healthCheckConfig: must be an object, got a string"}},
@@ -116,7 +119,7 @@ func TestLoadInvalid(t *testing.T) {
 		{"number beyond a double in a grpc object", `{"connectionScaling": {"x": [1e400]}, "loadBalancingConfig": [{"y": -1e999}]}`,
 			[]string{"connectionScaling.x[0]: number 1e400 is out of range", "loadBalancingConfig[0].y: number -1e999 is out of range"}},
 		{"number beyond a double in a code", retryDoc(strings.Replace(validRetry, `["UNAVAILABLE"]`, `[{"code": 1e400}]`, 1)),
-			[]string{"methodConfig[0].retryPolicy.retryableStatusCodes[0].code: number 1e400 is out of range"}},
+			[]string{"methodConfig[0].retryPolicy.retryableStatusCodes[0]: must be a status code name", "methodConfig[0].retryPolicy.retryableStatusCodes[0].code: number 1e400 is out of range"}},
 		{"several shape problems", `{"a": 1, "methodConfig": [{"b": 2}]}`, []string{"a: unknown field", "methodConfig[0].b: unknown field"}},
 
 		// Names.
@@ -132,10 +135,10 @@ func TestLoadInvalid(t *testing.T) {
 
 		// retryPolicy, as grpc-go checks it.
 		{"empty retryPolicy", retryDoc(``), []string{
-			"methodConfig[0].retryPolicy.maxAttempts: required",
-			"methodConfig[0].retryPolicy.initialBackoff: required",
-			"methodConfig[0].retryPolicy.maxBackoff: required",
 			"methodConfig[0].retryPolicy.backoffMultiplier: required",
+			"methodConfig[0].retryPolicy.initialBackoff: required",
+			"methodConfig[0].retryPolicy.maxAttempts: required",
+			"methodConfig[0].retryPolicy.maxBackoff: required",
 			"methodConfig[0].retryPolicy.retryableStatusCodes: required and must not be empty",
 		}},
 		{"maxAttempts 1", retryDoc(strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 1`, 1)), []string{"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got 1"}},
@@ -170,29 +173,18 @@ func TestLoadInvalid(t *testing.T) {
 		// Our retry fields.
 		{"unknown jitter", retryDoc(validRetry + `, "jitter": "equal"`), []string{`methodConfig[0].retryPolicy.jitter: must be "proportional", "full" or "none", got "equal"`}},
 		{"jitter factor with full jitter", retryDoc(validRetry + `, "jitter": "full", "jitterFactor": 0.1`), []string{`methodConfig[0].retryPolicy.jitterFactor: applies to proportional jitter only, not "full"`}},
-		{"jitter factor zero", retryDoc(validRetry + `, "jitterFactor": 0`), []string{"methodConfig[0].retryPolicy.jitterFactor: must be in (0, 1], got 0"}},
-		{"jitter factor above one", retryDoc(validRetry + `, "jitterFactor": 1.5`), []string{"methodConfig[0].retryPolicy.jitterFactor: must be in (0, 1], got 1.5"}},
-		{"zero per-attempt timeout", retryDoc(validRetry + `, "perAttemptTimeout": "0s"`), []string{"methodConfig[0].retryPolicy.perAttemptTimeout: must be greater than zero, got 0s"}},
-		{"negative min attempt time", retryDoc(validRetry + `, "minAttemptTime": "-0.001s"`), []string{"methodConfig[0].retryPolicy.minAttemptTime: must be greater than zero, got -1ms"}},
-		{"zero max pushback", retryDoc(validRetry + `, "maxPushback": "0s"`), []string{"methodConfig[0].retryPolicy.maxPushback: must be greater than zero, got 0s"}},
+		{"jitter factor above one", retryDoc(validRetry + `, "jitterFactor": 1.5`), []string{"methodConfig[0].retryPolicy.jitterFactor: must be in [0, 1] (0 means the default 0.2; jitter: \"none\" for no jitter), got 1.5"}},
+		{"negative min attempt time", retryDoc(validRetry + `, "minAttemptTime": "-0.001s"`), []string{"methodConfig[0].retryPolicy.minAttemptTime: must not be negative (0 means the default), got -1ms"}},
 
 		// circuitBreaker.
 		{"unknown mode", breakerDoc(`"mode": "open"`), []string{`methodConfig[0].circuitBreaker.mode: must be "closed", "disabled", "metrics-only" or "forced-open", got "open"`}},
-		{"negative streak", breakerDoc(`"consecutiveFailures": -1`), []string{"methodConfig[0].circuitBreaker.consecutiveFailures: must not be negative (0 turns the rule off), got -1"}},
-		{"rate zero", breakerDoc(`"failureRate": 0`), []string{"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 0"}},
-		{"rate above one", breakerDoc(`"failureRate": 1.5`), []string{"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 1.5"}},
-		{"negative minimum calls", breakerDoc(`"minimumCalls": -5`), []string{"methodConfig[0].circuitBreaker.minimumCalls: must be at least 1, got -5"}},
-		{"zero minimum calls", breakerDoc(`"minimumCalls": 0`), []string{"methodConfig[0].circuitBreaker.minimumCalls: must be at least 1, got 0"}},
-		{"throttleK below 1", breakerDoc(`"throttleK": 0.5`), []string{"methodConfig[0].circuitBreaker.throttleK: must be at least 1 (0 turns the throttle off), got 0.5"}},
-		{"negative halfOpenMaxWait", breakerDoc(`"halfOpenMaxWait": "-1s"`), []string{"methodConfig[0].circuitBreaker.halfOpenMaxWait"}},
-		{"zero window", breakerDoc(`"window": "0s"`), []string{"methodConfig[0].circuitBreaker.window: must be greater than zero, got 0s"}},
+		{"rate above one", breakerDoc(`"failureRate": 1.5`), []string{"methodConfig[0].circuitBreaker.failureRate: must be in [0, 1] (0 turns the rule off), got 1.5"}},
+		{"negative minimum calls", breakerDoc(`"minimumCalls": -5`), []string{"methodConfig[0].circuitBreaker.minimumCalls: must not be negative (0 means the default 20), got -5"}},
+		{"throttleK below 1", breakerDoc(`"throttleK": 0.5`), []string{"methodConfig[0].circuitBreaker.throttleK: must be at least 1 (0 means the default 2, a negative value turns the throttle off), got 0.5"}},
 		{"tiny window", breakerDoc(`"window": "0.000000005s"`), []string{"methodConfig[0].circuitBreaker.window: must be at least 10ns, got 5ns"}},
-		{"zero recovery", breakerDoc(`"recoveryTime": "0s"`), []string{"methodConfig[0].circuitBreaker.recoveryTime: must be greater than zero, got 0s"}},
 		{"max recovery below recovery", breakerDoc(`"recoveryTime": "10s", "maxRecoveryTime": "5s"`), []string{"methodConfig[0].circuitBreaker.maxRecoveryTime: must be at least recoveryTime (10s), got 5s"}},
 		{"max recovery below default recovery", breakerDoc(`"maxRecoveryTime": "0.5s"`), []string{"methodConfig[0].circuitBreaker.maxRecoveryTime: must be at least recoveryTime (1s), got 500ms"}},
-		{"jitter one", breakerDoc(`"recoveryJitter": 1`), []string{"methodConfig[0].circuitBreaker.recoveryJitter: must be in [0, 1), got 1"}},
-		{"zero probes", breakerDoc(`"halfOpenMaxCalls": 0`), []string{"methodConfig[0].circuitBreaker.halfOpenMaxCalls: must be at least 1, got 0"}},
-		{"empty failure codes", breakerDoc(`"failureStatusCodes": []`), []string{"methodConfig[0].circuitBreaker.failureStatusCodes: must not be empty"}},
+		{"jitter one", breakerDoc(`"recoveryJitter": 1`), []string{"methodConfig[0].circuitBreaker.recoveryJitter: must be less than 1 (a negative value means no jitter), got 1"}},
 		{"bad failure code", breakerDoc(`"failureStatusCodes": ["UNAVAILABLE", 99]`), []string{"methodConfig[0].circuitBreaker.failureStatusCodes[1]: unknown status code 99"}},
 		{"failure codes not a list", breakerDoc(`"failureStatusCodes": "UNAVAILABLE"`), []string{"methodConfig[0].circuitBreaker.failureStatusCodes: must be a list, got a string"}},
 
@@ -205,16 +197,14 @@ func TestLoadInvalid(t *testing.T) {
 		{"tokenRatio too fine", `{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.0001}}`, []string{"retryThrottling.tokenRatio: must be at least 0.001"}},
 		{"throttling and budget", `{"retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}, "retryBudget": {}}`, []string{"retryBudget: cannot be combined with retryThrottling"}},
 		{"budget disabled with ratio", `{"retryBudget": {"disabled": true, "ratio": 0.1}}`, []string{"retryBudget.disabled: no other retryBudget field may be set with it"}},
-		{"budget ratio zero", `{"retryBudget": {"ratio": 0}}`, []string{"retryBudget.ratio: must be in (0, 1000], got 0"}},
-		{"budget reserve zero", `{"retryBudget": {"minRetriesPerSecond": 0}}`, []string{"retryBudget.minRetriesPerSecond: must be greater than zero, got 0"}},
 		{"budget window short", `{"retryBudget": {"window": "0.001s"}}`, []string{"retryBudget.window: must be at least 10ms, got 1ms"}},
 
-		// Several problems at once, in document order.
+		// Several problems at once, sorted by path.
 		{"many", `{"methodConfig": [{"name": [{"service": "a.A"}], "retryPolicy": {` +
 			strings.Replace(validRetry, `"maxAttempts": 3`, `"maxAttempts": 1`, 1) + `}, "circuitBreaker": {"failureRate": 2}}], "retryThrottling": {"maxTokens": 0, "tokenRatio": 1}}`,
 			[]string{
+				"methodConfig[0].circuitBreaker.failureRate: must be in [0, 1] (0 turns the rule off), got 2",
 				"methodConfig[0].retryPolicy.maxAttempts: must be at least 2, got 1",
-				"methodConfig[0].circuitBreaker.failureRate: must be in (0, 1], got 2",
 				"retryThrottling.maxTokens: must be in (0, 1000], got 0",
 			}},
 	} {
@@ -286,22 +276,23 @@ func TestLoadServiceConfig(t *testing.T) {
 			RetryableCodes: []codes.Code{codes.Unavailable, codes.DeadlineExceeded, codes.Canceled},
 		},
 		"/khive.echo.v1.EchoService/*": {
-			Retry:          a6(7, 500*time.Millisecond, 10*time.Second, 1.5), // 7: not capped at 5
+			Retry:          a6(5, 500*time.Millisecond, 10*time.Second, 1.5), // 7 capped at 5, as in grpc-go
 			RetryableCodes: []codes.Code{codes.Unavailable},
 		},
 		"/other.v1.Other/*": {
-			Retry:          a6(7, 500*time.Millisecond, 10*time.Second, 1.5),
+			Retry:          a6(5, 500*time.Millisecond, 10*time.Second, 1.5),
 			RetryableCodes: []codes.Code{codes.Unavailable},
 		},
 		"*": {Retry: retry.Policy{MaxAttempts: 1}}, // no retryPolicy: one attempt, default breaker
 	}, c.Policies)
 	assert.Equal(t, Budget{Mode: TokenBucket, MaxTokens: 10, TokenRatio: 0.1}, c.Budget)
-	assert.Equal(t, []string{
-		"loadBalancingPolicy", "loadBalancingConfig", "healthCheckConfig",
-		"methodConfig[0].waitForReady", "methodConfig[0].timeout",
-		"methodConfig[0].maxRequestMessageBytes", "methodConfig[0].maxResponseMessageBytes",
-		"methodConfig[2].timeout", "methodConfig[3].hedgingPolicy",
-	}, c.Ignored)
+	assert.Equal(t, []string{"methodConfig[3].hedgingPolicy"}, c.Ignored)
+	assert.JSONEq(t, `{"loadBalancingPolicy": "round_robin", "loadBalancingConfig": [{"round_robin": {}}],
+	  "healthCheckConfig": {"serviceName": "echo"},
+	  "methodConfig": [{"name": [{"service": "khive.echo.v1.EchoService", "method": "Unary"}], "waitForReady": true,
+	    "maxRequestMessageBytes": 1024, "maxResponseMessageBytes": 2048}]}`, c.grpcConfig)
+	assert.Equal(t, map[string]time.Duration{"/khive.echo.v1.EchoService/Unary": 2500 * time.Millisecond, "*": time.Second}, c.timeouts)
+	require.NoError(t, grpcParse(c.grpcConfig))
 
 	s, err := c.NewSuite()
 	require.NoError(t, err)
@@ -319,15 +310,15 @@ func TestLoadOurFields(t *testing.T) {
 	      "jitterFactor": 0.5, "perAttemptTimeout": "0.25s", "minAttemptTime": "0.01s", "maxPushback": "2s"
 	    },
 	    "circuitBreaker": {
-	      "consecutiveFailures": 0, "failureRate": 0.25, "minimumCalls": 50, "window": "30s",
-	      "recoveryTime": "90s", "recoveryJitter": 0, "halfOpenMaxCalls": 3, "throttleK": 1.5, "halfOpenMaxWait": "0.2s",
+	      "consecutiveFailures": -1, "failureRate": 0.25, "minimumCalls": 50, "window": "30s",
+	      "recoveryTime": "90s", "recoveryJitter": -1, "halfOpenMaxCalls": 3, "throttleK": 1.5, "halfOpenMaxWait": "0.2s",
 	      "failureStatusCodes": ["UNAVAILABLE", 13]
 	    }
 	  }, {
 	    "name": [{"service": "a.v1.A"}],
 	    "retryPolicy": {"maxAttempts": 2, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1,
 	      "retryableStatusCodes": ["UNAVAILABLE"], "jitter": "none"},
-	    "circuitBreaker": {"mode": "metrics-only", "throttleK": 0, "halfOpenMaxWait": "0s", "maxRecoveryTime": "120s"}
+	    "circuitBreaker": {"mode": "metrics-only", "throttleK": -1, "halfOpenMaxWait": "-1s", "maxRecoveryTime": "120s"}
 	  }, {
 	    "name": [{}],
 	    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "5s", "backoffMultiplier": 2,
@@ -492,4 +483,89 @@ func BenchmarkLoad(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestLoadReportsEverything: a malformed value (a duration written "100ms",
+// a bad code name, a string for a number) hides none of the document's other
+// problems; all come at once, sorted by path with indexes in numeric order,
+// at most one per path; white space in a name stays an error.
+func TestLoadReportsEverything(t *testing.T) {
+	var entries []string
+	for i := range 11 {
+		entries = append(entries, fmt.Sprintf(`{"name": [{"service": "s%d.S"}]}`, i))
+	}
+	entries[2] = `{"name": [{"service": "a B"}], "retryPolicy": {"maxAttempts": 1, "initialBackoff": "100ms", "maxBackoff": "1s", "backoffMultiplier": "2", "retryableStatusCodes": ["BUSY", 14.0]}}`
+	entries[10] = `{"name": [{"service": "x.X"}], "circuitBreaker": {"recoveryTime": "1m", "halfOpenMaxCalls": -1}}`
+	assertProblems(t, LoadJSON, `{"retryThrottling": {"maxTokens": 0}, "methodConfig": [`+strings.Join(entries, ",")+`], "oops": 1}`, []string{
+		`methodConfig[2].name[0].service: invalid service name "a B"`,
+		"methodConfig[2].retryPolicy.backoffMultiplier: must be a number, got a string",
+		`methodConfig[2].retryPolicy.initialBackoff: invalid duration "100ms"`,
+		"methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1",
+		`methodConfig[2].retryPolicy.retryableStatusCodes[0]: unknown status code "BUSY"`,
+		"methodConfig[2].retryPolicy.retryableStatusCodes[1]: status code numbers are integers from 1 to 16, got 14.0",
+		"methodConfig[10].circuitBreaker.halfOpenMaxCalls: must not be negative (0 means the default 1), got -1",
+		`methodConfig[10].circuitBreaker.recoveryTime: invalid duration "1m"`,
+		"oops: unknown field",
+		"retryThrottling.maxTokens: must be in (0, 1000], got 0",
+		"retryThrottling.tokenRatio: required",
+	})
+}
+
+// TestLoadZeroAndNegative: the file format reads zero and negative values
+// as breaker.Config, retry.Policy and retry.BudgetConfig do: zero or absent
+// means the default, a negative value turns off what can be off and is an
+// error elsewhere; an absent list means the default, an empty one none.
+func TestLoadZeroAndNegative(t *testing.T) {
+	for _, tc := range []struct {
+		body string
+		want breaker.Config
+	}{
+		{`"consecutiveFailures": 0`, breaker.Config{}},
+		{`"consecutiveFailures": -1`, breaker.Config{ConsecutiveFailures: -1}},
+		{`"throttleK": 0`, breaker.Config{}},
+		{`"throttleK": -1`, breaker.Config{ThrottleK: -1}},
+		{`"recoveryJitter": 0`, breaker.Config{}},
+		{`"recoveryJitter": -1`, breaker.Config{RecoveryJitter: -1}},
+		{`"halfOpenMaxWait": "0s"`, breaker.Config{}},
+		{`"halfOpenMaxWait": "-1s"`, breaker.Config{HalfOpenMaxWait: -1}},
+		{`"minimumCalls": 0`, breaker.Config{}},
+		{`"halfOpenMaxCalls": 0`, breaker.Config{}},
+		{`"failureRate": 0`, breaker.Config{}},
+		{`"window": "0s", "recoveryTime": "0s", "maxRecoveryTime": "0s"`, breaker.Config{}},
+	} {
+		c, err := LoadJSON([]byte(breakerDoc(tc.body)))
+		require.NoError(t, err, tc.body)
+		assert.Equal(t, tc.want, c.Policies["/s.S/*"].Breaker, tc.body)
+	}
+	for _, body := range []string{`"minimumCalls": -1`, `"halfOpenMaxCalls": -1`, `"window": "-1s"`, `"recoveryTime": "-1s"`, `"maxRecoveryTime": "-1s"`} {
+		_, err := LoadJSON([]byte(breakerDoc(body)))
+		assert.ErrorContains(t, err, "must not be negative (0 means the default", body)
+	}
+
+	c, err := LoadJSON([]byte(breakerDoc(`"failureStatusCodes": []`)))
+	require.NoError(t, err)
+	assert.Equal(t, []codes.Code{}, c.Policies["/s.S/*"].FailureCodes, "an empty list: no code is a failure")
+	c, err = LoadJSON([]byte(breakerDoc(`"mode": "closed"`)))
+	require.NoError(t, err)
+	assert.Nil(t, c.Policies["/s.S/*"].FailureCodes, "absent: the default codes")
+
+	c, err = LoadJSON([]byte(retryDoc(validRetry + `, "jitterFactor": 0, "perAttemptTimeout": "0s", "minAttemptTime": "0s", "maxPushback": "0s"`)))
+	require.NoError(t, err)
+	assert.Equal(t, retry.Policy{MaxAttempts: 3, InitialBackoff: 100 * time.Millisecond, MaxBackoff: time.Second, Multiplier: 2,
+		Jitter: retry.ProportionalJitter}, c.Policies["/s.S/*"].Retry)
+	_, err = LoadJSON([]byte(retryDoc(validRetry + `, "jitterFactor": -0.1`)))
+	assert.ErrorContains(t, err, "jitterFactor: must be in [0, 1]")
+
+	c, err = LoadJSON([]byte(`{"retryBudget": {"ratio": 0, "minRetriesPerSecond": 0, "window": "0s"}}`))
+	require.NoError(t, err)
+	assert.Equal(t, Budget{Mode: RatioBudget}, c.Budget)
+	_, err = LoadJSON([]byte(`{"retryBudget": {"ratio": -1, "minRetriesPerSecond": -1}}`))
+	assert.ErrorContains(t, err, "retryBudget.minRetriesPerSecond: must not be negative")
+	assert.ErrorContains(t, err, "retryBudget.ratio: must be in [0, 1000]")
+
+	// The suite takes each of them.
+	c, err = LoadJSON([]byte(breakerDoc(`"consecutiveFailures": -1, "throttleK": -1, "recoveryJitter": -1, "halfOpenMaxWait": "-1s", "failureStatusCodes": []`)))
+	require.NoError(t, err)
+	_, err = c.NewSuite()
+	require.NoError(t, err)
 }

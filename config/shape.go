@@ -7,104 +7,191 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
-// checkShape walks the generic tree against the schema and reports, with
-// paths, what protojson would reject with a line number only: unknown
-// fields, values of the wrong kind, integers out of range, numbers beyond
-// a double (also inside the free-form grpc objects), malformed durations. It reads names as grpc-go does (fieldByName) and rewrites each
-// key to its JSON name for protojson. It is stricter than protojson where
-// grpc-go is: numbers must be JSON numbers (not strings) and integers must
-// be written as integers.
-func checkShape(v any, md protoreflect.MessageDescriptor, l *loc, p *problems) {
-	switch md.FullName() {
-	case "google.protobuf.Value": // any JSON value; the validator checks what it must hold
-		checkNumbers(v, l, p)
-		return
-	case "google.protobuf.Struct":
-		if _, ok := v.(*object); !ok {
-			p.at(l, "must be an object, got %s", kindOf(v))
-		}
-		checkNumbers(v, l, p)
-		return
-	case "google.protobuf.ListValue":
-		if _, ok := v.([]any); !ok {
-			p.at(l, "must be a list, got %s", kindOf(v))
-		}
-		checkNumbers(v, l, p)
-		return
-	case "google.protobuf.Duration":
-		checkDuration(v, l, p)
-		return
-	}
+// fill sets the fields of m from the tree value v, reporting with its path
+// each value that does not fit the schema. A field is named as grpc-go's
+// encoding/json names it: by its JSON name in any case ("MaxAttempts"); the
+// snake_case proto names are unknown, since grpc-go would ignore them. A
+// list element that does not fit is kept as an empty value, so that the
+// validator's paths stay right.
+func fill(m protoreflect.Message, v any, l *loc, p *problems) {
 	obj, ok := v.(*object)
 	if !ok {
-		if l == nil {
-			p.at(l, "the document must be an object, got %s", kindOf(v))
-		} else {
-			p.at(l, "must be an object, got %s", kindOf(v))
-		}
+		p.at(l, "%smust be an object, got %s", map[bool]string{true: "the document "}[l == nil], kindOf(v))
 		return
 	}
-	fields := md.Fields()
+	fields := m.Descriptor().Fields()
 	seen := map[protoreflect.FieldNumber]string{}
 	for i, key := range obj.keys {
-		child := l.field(key)
+		at, val := l.field(key), obj.vals[i]
 		fd := fieldByName(fields, key)
 		if fd == nil {
-			if !p.full() {
-				p.at(child, "unknown field%s", suggest(key, fields))
-			} else {
-				p.more++
+			if fe := p.add(at.String(), "unknown field"); fe != nil {
+				p.hint[fe] = func() string { return suggest(key, fields) }
 			}
 			continue
 		}
-		if other, dup := seen[fd.Number()]; dup {
-			p.at(child, "duplicate field (also written as %s)", quote(other))
+		if other, dup := seen[fd.Number()]; dup && other == key {
+			p.at(at, "duplicate field")
+			continue
+		} else if dup {
+			p.at(at, "duplicate field (also written as %s)", quote(other))
 			continue
 		}
 		seen[fd.Number()] = key
-		obj.keys[i] = fd.JSONName() // the name protojson reads
-		val := obj.vals[i]
-		if list, ok := val.([]any); ok && statusCodeFields[fd.Name()] {
-			checkCodes(list, child, p)
-			continue
+		if codeLists[fd.Name()] {
+			checkCodes(val, at, p)
 		}
-		if val == nil && !isValue(fd) {
-			continue // protojson: null is the same as absent
-		}
-		if fd.IsList() {
-			list, ok := val.([]any)
-			if !ok {
-				p.at(child, "must be a list, got %s", kindOf(val))
-				continue
+		list, isList := val.([]any)
+		switch {
+		case val == nil && !isValue(fd):
+			// null is absent, as in protojson
+		case !fd.IsList():
+			if x, ok := convert(val, fd, at, m.NewField(fd), p); ok {
+				m.Set(fd, x)
 			}
+		case !isList:
+			p.at(at, "must be a list, got %s", kindOf(val))
+		default:
+			dst := m.Mutable(fd).List()
 			for j, e := range list {
+				x := dst.NewElement()
 				if e == nil && !isValue(fd) {
-					p.at(child.index(j), "must not be null")
-					continue
+					p.at(at.index(j), "must not be null")
+				} else if y, ok := convert(e, fd, at.index(j), x, p); ok {
+					x = y
 				}
-				checkField(e, fd, child.index(j), p)
+				dst.Append(x)
 			}
-			continue
 		}
-		checkField(val, fd, child, p)
 	}
 }
 
-// fieldByName finds the field a document's key names as grpc-go's
-// encoding/json does: the lowerCamelCase JSON name, ignoring case
-// ("MaxAttempts" is maxAttempts, as in grpc-go's own tests). The snake_case
-// proto names, which protojson would also accept, are unknown: grpc-go
-// would ignore such a field, so the document would mean something else to
-// it.
+// convert returns the value of field fd (or of one element) held by v; zero
+// is a new value of the field's type.
+func convert(v any, fd protoreflect.FieldDescriptor, l *loc, zero protoreflect.Value, p *problems) (protoreflect.Value, bool) {
+	bad := func(format string, args ...any) (protoreflect.Value, bool) {
+		p.at(l, format, args...)
+		return zero, false
+	}
+	num, isNum := v.(json.Number)
+	switch fd.Kind() {
+	case protoreflect.MessageKind:
+		switch fd.Message().FullName() {
+		case "google.protobuf.Duration":
+			s, ok := v.(string)
+			if !ok {
+				return bad(`must be a duration string such as "0.1s", got %s`, kindOf(v))
+			}
+			d, err := parseDuration(s)
+			if err != "" {
+				return bad("%s", err)
+			}
+			return protoreflect.ValueOfMessage(d.ProtoReflect()), true
+		case "google.protobuf.Value":
+			return protoreflect.ValueOfMessage(structValue(v, l, p).ProtoReflect()), true
+		case "google.protobuf.Struct":
+			if s := structValue(v, l, p).GetStructValue(); s != nil {
+				return protoreflect.ValueOfMessage(s.ProtoReflect()), true
+			}
+			return bad("must be an object, got %s", kindOf(v))
+		case "google.protobuf.ListValue":
+			if s := structValue(v, l, p).GetListValue(); s != nil {
+				return protoreflect.ValueOfMessage(s.ProtoReflect()), true
+			}
+			return bad("must be a list, got %s", kindOf(v))
+		}
+		fill(zero.Message(), v, l, p)
+		return zero, true
+	case protoreflect.StringKind:
+		if s, ok := v.(string); ok {
+			return protoreflect.ValueOfString(s), true
+		}
+		return bad("must be a string, got %s", kindOf(v))
+	case protoreflect.BoolKind:
+		if b, ok := v.(bool); ok {
+			return protoreflect.ValueOfBool(b), true
+		}
+		return bad("must be true or false, got %s", kindOf(v))
+	case protoreflect.DoubleKind:
+		if !isNum {
+			return bad("must be a number, got %s", kindOf(v))
+		}
+		f, err := strconv.ParseFloat(string(num), 64)
+		if err != nil || math.IsInf(f, 0) {
+			return bad("number %s is out of range", number(string(num)))
+		}
+		return protoreflect.ValueOfFloat64(f), true
+	case protoreflect.Int32Kind, protoreflect.Int64Kind:
+		if !isNum {
+			return bad("must be an integer, got %s", kindOf(v))
+		}
+		bits := 64
+		if fd.Kind() == protoreflect.Int32Kind {
+			bits = 32
+		}
+		i, err := strconv.ParseInt(string(num), 10, bits)
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+			return bad("integer %s is out of range", number(string(num)))
+		} else if err != nil {
+			return bad("must be an integer, got %s", number(string(num)))
+		}
+		if bits == 32 {
+			return protoreflect.ValueOfInt32(int32(i)), true
+		}
+		return protoreflect.ValueOfInt64(i), true
+	}
+	return bad("unsupported field kind %v", fd.Kind()) // the schema has no other kind
+}
+
+// structValue converts a free-form value. A number beyond a double is
+// reported and becomes null.
+func structValue(v any, l *loc, p *problems) *structpb.Value {
+	switch v := v.(type) {
+	case bool:
+		return structpb.NewBoolValue(v)
+	case string:
+		return structpb.NewStringValue(v)
+	case json.Number:
+		f, err := strconv.ParseFloat(string(v), 64)
+		if err != nil || math.IsInf(f, 0) {
+			p.at(l, "number %s is out of range", number(string(v)))
+			return structpb.NewNullValue()
+		}
+		return structpb.NewNumberValue(f)
+	case []any:
+		list := &structpb.ListValue{Values: make([]*structpb.Value, len(v))}
+		for i, e := range v {
+			list.Values[i] = structValue(e, l.index(i), p)
+		}
+		return structpb.NewListValue(list)
+	case *object:
+		s := &structpb.Struct{Fields: make(map[string]*structpb.Value, len(v.keys))}
+		for i, k := range v.keys {
+			if _, dup := s.Fields[k]; dup {
+				p.at(l.field(k), "duplicate field")
+			}
+			s.Fields[k] = structValue(v.vals[i], l.field(k), p)
+		}
+		return structpb.NewStructValue(s)
+	}
+	return structpb.NewNullValue()
+}
+
+// fieldByName finds the field key names: its JSON name or an alias, in any
+// case.
 func fieldByName(fields protoreflect.FieldDescriptors, key string) protoreflect.FieldDescriptor {
 	if fd := fields.ByJSONName(key); fd != nil {
 		return fd
+	}
+	if strings.EqualFold(key, "perAttemptRecvTimeout") { // grpc's service_config.proto name
+		return fields.ByJSONName("perAttemptTimeout")
 	}
 	for i := range fields.Len() {
 		if fd := fields.Get(i); strings.EqualFold(fd.JSONName(), key) {
@@ -114,44 +201,20 @@ func fieldByName(fields protoreflect.FieldDescriptors, key string) protoreflect.
 	return nil
 }
 
-// statusCodeFields are the lists of status codes, names or numbers.
-var statusCodeFields = map[protoreflect.Name]bool{
-	"retryable_status_codes": true,
-	"failure_status_codes":   true,
-}
+// codeLists are the fields holding status codes, names or numbers.
+var codeLists = map[protoreflect.Name]bool{"retryable_status_codes": true, "failure_status_codes": true}
 
-// checkCodes rejects status code numbers that grpc-go would not parse: a
-// code number must be written as an unsigned integer ("14", not "14.0" or
-// "1.4e1"). Names, and values that are neither, are checked by the
-// validator.
-func checkCodes(list []any, l *loc, p *problems) {
+// checkCodes rejects, as grpc-go does, a code number not written as an
+// unsigned integer ("14", not "14.0"), and makes it null; the validator
+// checks the rest.
+func checkCodes(v any, l *loc, p *problems) {
+	list, _ := v.([]any)
 	for j, e := range list {
-		n, ok := e.(json.Number)
-		if !ok {
-			checkNumbers(e, l.index(j), p)
-			continue
-		}
-		if _, err := strconv.ParseUint(string(n), 10, 32); err != nil {
-			p.at(l.index(j), "status code numbers are integers from 1 to 16, got %s", number(string(n)))
-		}
-	}
-}
-
-// checkNumbers reports the numbers of a free-form value (Value, Struct,
-// ListValue) that protojson cannot hold, being beyond a double's range.
-func checkNumbers(v any, l *loc, p *problems) {
-	switch v := v.(type) {
-	case json.Number:
-		if f, err := strconv.ParseFloat(string(v), 64); err != nil || math.IsInf(f, 0) {
-			p.at(l, "number %s is out of range", number(string(v)))
-		}
-	case []any:
-		for i, e := range v {
-			checkNumbers(e, l.index(i), p)
-		}
-	case *object:
-		for i, k := range v.keys {
-			checkNumbers(v.vals[i], l.field(k), p)
+		if n, ok := e.(json.Number); ok {
+			if _, err := strconv.ParseUint(string(n), 10, 32); err != nil {
+				p.at(l.index(j), "status code numbers are integers from 1 to 16, got %s", number(string(n)))
+				list[j] = nil
+			}
 		}
 	}
 }
@@ -160,89 +223,50 @@ func isValue(fd protoreflect.FieldDescriptor) bool {
 	return fd.Kind() == protoreflect.MessageKind && fd.Message().FullName() == "google.protobuf.Value"
 }
 
-// checkField checks one (non-list) value of field fd.
-func checkField(v any, fd protoreflect.FieldDescriptor, l *loc, p *problems) {
-	switch fd.Kind() {
-	case protoreflect.MessageKind:
-		checkShape(v, fd.Message(), l, p)
-	case protoreflect.StringKind:
-		if _, ok := v.(string); !ok {
-			p.at(l, "must be a string, got %s", kindOf(v))
-		}
-	case protoreflect.BoolKind:
-		if _, ok := v.(bool); !ok {
-			p.at(l, "must be true or false, got %s", kindOf(v))
-		}
-	case protoreflect.DoubleKind, protoreflect.FloatKind:
-		if _, ok := v.(json.Number); !ok {
-			p.at(l, "must be a number, got %s", kindOf(v))
-			return
-		}
-		checkNumbers(v, l, p)
-	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
-		checkInt(v, l, math.MinInt32, math.MaxInt32, p)
-	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
-		checkInt(v, l, math.MinInt64, math.MaxInt64, p)
-	default:
-		// The schema uses no other kinds; let protojson judge.
-	}
-}
-
-func checkInt(v any, l *loc, lo, hi int64, p *problems) {
-	n, ok := v.(json.Number)
-	if !ok {
-		p.at(l, "must be an integer, got %s", kindOf(v))
-		return
-	}
-	i, err := strconv.ParseInt(string(n), 10, 64)
-	if err != nil {
-		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
-			p.at(l, "integer %s is out of range", number(string(n)))
-			return
-		}
-		p.at(l, "must be an integer, got %s", number(string(n)))
-		return
-	}
-	if i < lo || i > hi {
-		p.at(l, "integer %s is out of range", number(string(n)))
-	}
-}
-
 // durationSyntax is what both grpc-go and protojson read as a duration: a
 // decimal number of seconds with an "s" suffix and at most nine fractional
-// digits ("0.1s", "1.5s", "30s", ".5s", "1.s", "-1s"). protojson alone also
-// takes "+.5s" and ".s", grpc-go alone "01s".
+// digits ("0.1s", "30s", ".5s", "1.s", "-1s").
 var durationSyntax = regexp.MustCompile(`^([-+]?(0|[1-9][0-9]*)(\.[0-9]{0,9})?|-?\.[0-9]{1,9})s$`)
 
-// checkDuration accepts what both protojson and grpc-go accept.
-func checkDuration(v any, l *loc, p *problems) {
-	s, ok := v.(string)
-	if !ok {
-		p.at(l, `must be a duration string such as "0.1s", got %s`, kindOf(v))
-		return
-	}
+// parseDuration reads a duration, or says why it cannot; the validator
+// checks its range.
+func parseDuration(s string) (*durationpb.Duration, string) {
 	if !durationSyntax.MatchString(s) {
-		p.at(l, `invalid duration %s: want seconds with an "s" suffix, such as "0.1s" or "2s"`, quote(s))
-		return
+		return nil, "invalid duration " + quote(s) + `: want seconds with an "s" suffix, such as "0.1s" or "2s"`
 	}
-	b, _ := json.Marshal(s)
-	if err := protojson.Unmarshal(b, &durationpb.Duration{}); err != nil {
-		p.at(l, "duration %s is out of range", number(s))
+	d, err := time.ParseDuration(s) // exact for the syntax above
+	if err != nil {
+		return nil, "duration " + number(s) + " is out of range (at most about 292 years)"
 	}
+	return durationpb.New(d), ""
 }
 
-// suggest returns " (did you mean "x"?)" for a near miss of a field name:
-// the same name in another case or with underscores, or one or two letters
-// off.
+// suggest returns ` (did you mean "x"?)` for a near miss of a field name:
+// the same name in another case or with underscores, or up to two letters
+// off (a Levenshtein distance, for keys of at most 64 bytes).
 func suggest(key string, fields protoreflect.FieldDescriptors) string {
-	norm := func(s string) string { return strings.ToLower(strings.ReplaceAll(s, "_", "")) }
-	best, bestDist := "", 3
+	if fd := fieldByName(fields, strings.ReplaceAll(key, "_", "")); fd != nil {
+		return fmt.Sprintf(" (did you mean %q?)", fd.JSONName())
+	}
+	best, bestDist, a := "", 3, strings.ToLower(key)
 	for i := range fields.Len() {
 		name := fields.Get(i).JSONName()
-		if norm(name) == norm(key) {
-			return fmt.Sprintf(" (did you mean %q?)", name)
+		b := strings.ToLower(name)
+		if len(a) > 64 || len(a)-len(b) >= bestDist || len(b)-len(a) >= bestDist {
+			continue
 		}
-		if d := editDistance(strings.ToLower(key), strings.ToLower(name), bestDist); d < bestDist {
+		prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
+		for j := range prev {
+			prev[j] = j
+		}
+		for i := 1; i <= len(a); i++ {
+			cur[0] = i
+			for j := 1; j <= len(b); j++ {
+				cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+boolInt(a[i-1] != b[j-1]))
+			}
+			prev, cur = cur, prev
+		}
+		if d := prev[len(b)]; d < bestDist {
 			best, bestDist = name, d
 		}
 	}
@@ -252,30 +276,9 @@ func suggest(key string, fields protoreflect.FieldDescriptors) string {
 	return fmt.Sprintf(" (did you mean %q?)", best)
 }
 
-// editDistance is the Levenshtein distance of a and b, or limit when it is
-// at least limit (long keys are not compared).
-func editDistance(a, b string, limit int) int {
-	if len(a) > 64 || len(b) > 64 {
-		return limit
+func boolInt(b bool) int {
+	if b {
+		return 1
 	}
-	if d := len(a) - len(b); d >= limit || -d >= limit {
-		return limit
-	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return min(prev[len(b)], limit)
+	return 0
 }

@@ -2,90 +2,67 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"regexp"
-	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
 
-// A document is first read into a generic tree, from JSON or from YAML, so
-// that both formats get the same checks and every problem can be reported
-// with its path. The tree's values are:
-//
-//	nil, bool, string, json.Number, []any, *object
-//
-// The tree is then written back as JSON for protojson.
+// A document is read into a tree of nil, bool, string, json.Number, []any
+// and *object values, from JSON or from YAML, so that both get the same
+// checks with paths; fill then sets the schema message from the tree.
 
-// object is a JSON object whose members keep their document order.
+// object is a JSON object whose members keep their document order; fill
+// and structValue report duplicate keys.
 type object struct {
 	keys []string
 	vals []any
-	set  map[string]struct{} // the keys, once there are many
 }
 
-// has reports whether key is a member, in constant time for a large object.
-func (o *object) has(key string) bool {
-	if o.set != nil {
-		_, ok := o.set[key]
-		return ok
-	}
-	for _, k := range o.keys {
-		if k == key {
-			return true
-		}
-	}
-	return false
+func problem(l *loc, format string, args ...any) *FieldError {
+	return &FieldError{Path: l.String(), Msg: fmt.Sprintf(format, args...)}
 }
 
-// add appends a member.
-func (o *object) add(key string, v any) {
-	o.keys = append(o.keys, key)
-	o.vals = append(o.vals, v)
-	switch {
-	case o.set != nil:
-		o.set[key] = struct{}{}
-	case len(o.keys) == 16:
-		o.set = make(map[string]struct{}, 32)
-		for _, k := range o.keys {
-			o.set[k] = struct{}{}
-		}
-	}
-}
-
-// parseJSON reads a JSON document within b. Duplicate keys are errors
-// (protojson also rejects them; encoding/json would keep the last one).
-func parseJSON(data []byte, b *budget) (any, error) {
-	if !utf8.Valid(data) {
-		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
-	}
+// parseJSON reads a JSON document within b.
+func parseJSON(data []byte, b *budget) (any, *FieldError) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, &FieldError{Msg: "the document is empty"}
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	v, err := readJSON(dec, nil, 0, b)
-	if err != nil {
-		return nil, jsonError(data, err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		if err == nil {
+	if err == nil {
+		if _, err = dec.Token(); err == nil {
 			err = errors.New("more than one JSON value")
+		} else if err == io.EOF {
+			return v, nil
 		}
-		return nil, jsonError(data, err)
 	}
-	return v, nil
+	var fe *FieldError
+	var se *json.SyntaxError
+	switch {
+	case errors.As(err, &fe):
+		return nil, fe
+	case errors.As(err, &se):
+		line, col := 1, 1
+		for _, c := range data[:min(se.Offset, int64(len(data)))] {
+			if line, col = line+boolInt(c == '\n'), col+1; c == '\n' {
+				col = 1
+			}
+		}
+		return nil, &FieldError{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %s", line, col, clean(se.Error()))}
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return nil, &FieldError{Msg: "invalid JSON: unexpected end of the document"}
+	}
+	return nil, &FieldError{Msg: "invalid JSON: " + clean(err.Error())}
 }
 
 func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
-	if depth > maxDepth {
-		return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
-	}
 	tok, err := dec.Token()
 	if err != nil {
 		return nil, err
@@ -97,15 +74,11 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 	case json.Number:
 		n = len(tok)
 	}
-	if err := b.take(l, n); err != nil {
-		return nil, err
+	if fe := b.take(l, n, depth); fe != nil {
+		return nil, fe
 	}
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return tok, nil // nil, bool, string or json.Number
-	}
-	switch d {
-	case '{':
+	switch tok {
+	case json.Delim('{'):
 		obj := &object{}
 		for dec.More() {
 			tok, err := dec.Token()
@@ -113,20 +86,16 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 				return nil, err
 			}
 			key, _ := tok.(string) // the decoder only returns string keys
-			child := l.field(key)
-			if obj.has(key) {
-				return nil, &FieldError{Path: child.String(), Msg: "duplicate field"}
-			}
 			b.bytes -= len(key)
-			v, err := readJSON(dec, child, depth+1, b)
+			v, err := readJSON(dec, l.field(key), depth+1, b)
 			if err != nil {
 				return nil, err
 			}
-			obj.add(key, v)
+			obj.keys, obj.vals = append(obj.keys, key), append(obj.vals, v)
 		}
 		_, err := dec.Token() // '}'
 		return obj, err
-	case '[':
+	case json.Delim('['):
 		list := []any{}
 		for dec.More() {
 			v, err := readJSON(dec, l.index(len(list)), depth+1, b)
@@ -138,105 +107,57 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 		_, err := dec.Token() // ']'
 		return list, err
 	}
-	return nil, fmt.Errorf("unexpected %q", rune(d))
+	return tok, nil // nil, bool, string or json.Number
 }
 
-// jsonError turns a decoding error into a *FieldError, with the line and
-// column of a syntax error.
-func jsonError(data []byte, err error) *FieldError {
-	var fe *FieldError
-	if errors.As(err, &fe) {
-		return fe
-	}
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
-		line, col := position(data, se.Offset)
-		return &FieldError{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %s", line, col, clean(se.Error()))}
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-		return &FieldError{Msg: "invalid JSON: unexpected end of the document"}
-	}
-	return &FieldError{Msg: "invalid JSON: " + clean(err.Error())}
-}
-
-// position converts a byte offset into a 1-based line and column.
-func position(data []byte, off int64) (line, col int) {
-	if off > int64(len(data)) {
-		off = int64(len(data))
-	}
-	line, col = 1, 1
-	for _, c := range data[:off] {
-		if c == '\n' {
-			line, col = line+1, 1
-		} else {
-			col++
-		}
-	}
-	return line, col
-}
-
-// parseYAML reads a YAML document (one only) into the generic tree, within
-// b. Mapping keys must be strings; duplicate keys, merge keys (<<),
-// non-finite numbers and custom tags are errors; aliases are expanded, each
-// expansion counted in b.
-func parseYAML(data []byte, b *budget) (v any, err error) {
-	if !utf8.Valid(data) {
-		return nil, &FieldError{Msg: "the document is not valid UTF-8"}
-	}
+// parseYAML reads a YAML document (one only) within b. Mapping keys must be
+// strings; merge keys (<<), non-finite numbers and custom tags are errors;
+// aliases are expanded, each expansion counted in b.
+func parseYAML(data []byte, b *budget) (v any, fe *FieldError) {
 	defer func() {
-		// The YAML parser reports errors by panicking internally and recovering;
-		// this is a second net so that no input can panic Load.
+		// yaml.v3 panics and recovers internally; a second net, so that no
+		// input can panic Load.
 		if r := recover(); r != nil {
-			v, err = nil, &FieldError{Msg: "invalid YAML: " + clean(fmt.Sprint(r))}
+			v, fe = nil, &FieldError{Msg: "invalid YAML: " + clean(fmt.Sprint(r))}
 		}
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
-		if err == io.EOF {
-			return nil, &FieldError{Msg: "the document is empty"}
+	var doc, next yaml.Node
+	err := dec.Decode(&doc)
+	if err == nil {
+		if err = dec.Decode(&next); err == nil {
+			return nil, &FieldError{Msg: "the YAML stream holds more than one document"}
 		}
-		return nil, &FieldError{Msg: "invalid YAML: " + clean(err.Error())}
 	}
-	var next yaml.Node
-	switch err := dec.Decode(&next); {
-	case err == nil:
-		return nil, &FieldError{Msg: "the YAML stream holds more than one document"}
+	switch {
+	case err == io.EOF && len(doc.Content) == 0:
+		return nil, &FieldError{Msg: "the document is empty"}
 	case err != io.EOF:
 		return nil, &FieldError{Msg: "invalid YAML: " + clean(err.Error())}
 	}
-	return convertYAML(&doc, nil, 0, b)
+	return convertYAML(doc.Content[0], nil, 0, b)
 }
 
-func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, error) {
-	if depth > maxDepth {
-		return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("nested more than %d levels deep", maxDepth)}
-	}
-	if n.Kind == yaml.MappingNode && n.ShortTag() != "!!map" || n.Kind == yaml.SequenceNode && n.ShortTag() != "!!seq" {
-		return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: unsupported YAML tag %s", n.Line, show(n.Tag))}
-	}
-	switch n.Kind {
-	case yaml.DocumentNode:
-		if len(n.Content) == 0 {
-			return nil, &FieldError{Msg: "the document is empty"}
-		}
-		return convertYAML(n.Content[0], l, depth, b)
-	case yaml.AliasNode:
+func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, *FieldError) {
+	if n.Kind == yaml.AliasNode {
 		if n.Alias == nil {
-			return nil, &FieldError{Path: l.String(), Msg: "unresolved YAML alias"}
+			return nil, problem(l, "unresolved YAML alias")
 		}
 		return convertYAML(n.Alias, l, depth+1, b)
 	}
-	if err := b.take(l, len(n.Value)); err != nil {
-		return nil, err
+	if n.Kind == yaml.MappingNode && n.ShortTag() != "!!map" || n.Kind == yaml.SequenceNode && n.ShortTag() != "!!seq" {
+		return nil, problem(l, "line %d: unsupported YAML tag %s", n.Line, show(n.Tag))
+	}
+	if fe := b.take(l, len(n.Value), depth); fe != nil {
+		return nil, fe
 	}
 	switch n.Kind {
 	case yaml.SequenceNode:
 		list := make([]any, 0, len(n.Content))
 		for _, e := range n.Content {
-			v, err := convertYAML(e, l.index(len(list)), depth+1, b)
-			if err != nil {
-				return nil, err
+			v, fe := convertYAML(e, l.index(len(list)), depth+1, b)
+			if fe != nil {
+				return nil, fe
 			}
 			list = append(list, v)
 		}
@@ -248,33 +169,23 @@ func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, error) {
 			if k.Kind == yaml.AliasNode && k.Alias != nil {
 				k = k.Alias
 			}
-			if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
-				if k.ShortTag() == "!!merge" {
-					return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: YAML merge keys (<<) are not supported", k.Line)}
-				}
-				return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: mapping keys must be strings, got %s", k.Line, describeYAML(k))}
-			}
-			child := l.field(k.Value)
-			if obj.has(k.Value) {
-				return nil, &FieldError{Path: child.String(), Msg: fmt.Sprintf("line %d: duplicate field", k.Line)}
+			if k.ShortTag() == "!!merge" {
+				return nil, problem(l, "line %d: YAML merge keys (<<) are not supported", k.Line)
+			} else if k.Kind != yaml.ScalarNode || k.ShortTag() != "!!str" {
+				what := map[yaml.Kind]string{yaml.MappingNode: "a mapping", yaml.SequenceNode: "a sequence"}[k.Kind]
+				return nil, problem(l, "line %d: mapping keys must be strings, got %s", k.Line, cmp.Or(what, k.ShortTag()+" "+quote(k.Value)))
 			}
 			b.bytes -= len(k.Value)
-			v, err := convertYAML(n.Content[i+1], child, depth+1, b)
-			if err != nil {
-				return nil, err
+			v, fe := convertYAML(n.Content[i+1], l.field(k.Value), depth+1, b)
+			if fe != nil {
+				return nil, fe
 			}
-			obj.add(k.Value, v)
+			obj.keys, obj.vals = append(obj.keys, k.Value), append(obj.vals, v)
 		}
 		return obj, nil
-	case yaml.ScalarNode:
-		return scalarYAML(n, l)
 	}
-	return nil, &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: unsupported YAML node", n.Line)}
-}
-
-func scalarYAML(n *yaml.Node, l *loc) (any, error) {
-	bad := func(format string, args ...any) error {
-		return &FieldError{Path: l.String(), Msg: fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}
+	bad := func(format string, args ...any) (any, *FieldError) {
+		return nil, problem(l, "line %d: "+format, append([]any{n.Line}, args...)...)
 	}
 	switch tag := n.ShortTag(); tag {
 	case "!!null":
@@ -285,102 +196,39 @@ func scalarYAML(n *yaml.Node, l *loc) (any, error) {
 		}
 		return n.Value, nil
 	case "!!bool":
-		var b bool
-		if err := n.Decode(&b); err != nil {
-			return nil, bad("invalid boolean %s", quote(n.Value))
+		var v bool
+		if n.Decode(&v) != nil {
+			return bad("invalid boolean %s", quote(n.Value))
 		}
-		return b, nil
+		return v, nil
 	case "!!int", "!!float":
 		if num, ok := yamlNumber(n.Value); ok {
 			return num, nil
 		}
-		return nil, bad("must be a finite decimal number such as 10 or 0.5, got %s", show(n.Value))
+		return bad("must be a finite decimal number such as 10 or 0.5, got %s", show(n.Value))
 	default:
-		return nil, bad("unsupported YAML tag %s", show(tag))
+		return bad("unsupported YAML tag %s", show(tag))
 	}
 }
 
-// yamlDecimal is a decimal number of the YAML 1.2 core schema.
-var yamlDecimal = regexp.MustCompile(`^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`)
+// yamlDecimal is a decimal number of the YAML 1.2 core schema, without the
+// leading zero that YAML 1.1 reads as octal (010).
+var yamlDecimal = regexp.MustCompile(`^([-+]?)(0|[1-9][0-9]*)?(\.[0-9]*)?([eE][-+]?[0-9]+)?$`)
 
 // yamlNumber rewrites a decimal YAML number in JSON syntax, keeping its form
-// ("3.0" stays a fraction, as in JSON; "+1" is "1", ".5" is "0.5"), so that
-// YAML and JSON documents get the same checks. It refuses what yaml.v3 reads
-// as a number outside the YAML 1.2 core schema, or differently from it: a
-// leading zero ("010", octal in YAML 1.1), 0b10, 1_000, and also 0x10 and
-// 0o10.
+// ("3.0" stays a fraction; "+1" is "1", ".5" is "0.5"), so that YAML and JSON
+// get the same checks. It refuses what yaml.v3 reads as a number outside
+// the YAML 1.2 core schema, or differently: 010, 0b10, 1_000, 0x10, 0o10.
 func yamlNumber(s string) (json.Number, bool) {
-	if !yamlDecimal.MatchString(s) {
+	m := yamlDecimal.FindStringSubmatch(s)
+	if m == nil || m[2] == "" && len(m[3]) < 2 {
 		return "", false
 	}
-	sign := ""
-	switch s[0] {
-	case '-':
-		sign, s = "-", s[1:]
-	case '+':
-		s = s[1:]
+	whole, frac := cmp.Or(m[2], "0"), m[3]
+	if frac == "." {
+		frac = ".0"
 	}
-	mant, exp := s, ""
-	if i := strings.IndexAny(s, "eE"); i >= 0 {
-		mant, exp = s[:i], s[i:]
-	}
-	if len(mant) > 1 && mant[0] == '0' && mant[1] != '.' {
-		return "", false // 010
-	}
-	if mant[0] == '.' {
-		mant = "0" + mant
-	}
-	if mant[len(mant)-1] == '.' {
-		mant += "0"
-	}
-	return json.Number(sign + mant + exp), true
-}
-
-func describeYAML(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a sequence"
-	case yaml.ScalarNode:
-		return n.ShortTag() + " " + quote(n.Value)
-	}
-	return "a complex key"
-}
-
-// encodeJSON writes the tree as JSON.
-func encodeJSON(buf *bytes.Buffer, v any) {
-	switch v := v.(type) {
-	case nil:
-		buf.WriteString("null")
-	case bool:
-		buf.WriteString(strconv.FormatBool(v))
-	case json.Number:
-		buf.WriteString(string(v))
-	case string:
-		b, _ := json.Marshal(v) // a Go string always marshals
-		buf.Write(b)
-	case []any:
-		buf.WriteByte('[')
-		for i, e := range v {
-			if i > 0 {
-				buf.WriteByte(',')
-			}
-			encodeJSON(buf, e)
-		}
-		buf.WriteByte(']')
-	case *object:
-		buf.WriteByte('{')
-		for i, k := range v.keys {
-			if i > 0 {
-				buf.WriteByte(',')
-			}
-			encodeJSON(buf, k)
-			buf.WriteByte(':')
-			encodeJSON(buf, v.vals[i])
-		}
-		buf.WriteByte('}')
-	}
+	return json.Number(strings.TrimPrefix(m[1], "+") + whole + frac + m[4]), true
 }
 
 // kindOf names a tree value's JSON kind for messages.
@@ -396,7 +244,7 @@ func kindOf(v any) string {
 		return "a string"
 	case []any:
 		return "a list"
-	case *object:
+	case *object, map[string]any:
 		return "an object"
 	}
 	return fmt.Sprintf("%T", v)

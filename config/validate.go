@@ -1,9 +1,12 @@
 package config
 
 import (
+	"cmp"
+	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,38 +15,22 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/khive/grpc-resilience/breaker"
+	"github.com/khive/grpc-resilience/interceptors"
 	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
 	"github.com/khive/grpc-resilience/retry"
 )
 
-// method is one validated methodConfig entry, before it becomes an
-// interceptors.Policy.
-type method struct {
-	retry     retry.Policy
-	breaker   breaker.Config
-	retryable []codes.Code // nil: the interceptors' default
-	failure   []codes.Code // nil: the interceptors' default
-}
-
-// document is a validated document.
-type document struct {
-	keys    []string          // policy keys in document order
-	methods map[string]method // by policy key
-	budget  Budget
-	ignored []string
-}
-
 // validate checks doc, mirroring grpc-go's service config checks where they
 // apply and the breaker, retry and budget rules for our fields, and converts
-// it. Every problem is reported with its path.
-func validate(doc *resiliencev1.ServiceConfig) (*document, error) {
-	var p problems
-	d := &document{methods: map[string]method{}}
+// it into c, adding each problem to p with its path.
+func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, c *Config, p *problems) {
 	if doc == nil {
 		p.add("", "no document")
-		return nil, p.err()
+		return
 	}
-	d.ignored = ignoredTop(doc)
+	if doc.GetConnectionScaling() != nil {
+		c.Ignored = append(c.Ignored, "connectionScaling")
+	}
 
 	seen := map[string]string{} // policy key -> path of its name
 	for i, mc := range doc.GetMethodConfig() {
@@ -52,11 +39,13 @@ func validate(doc *resiliencev1.ServiceConfig) (*document, error) {
 			p.add(path, "must not be null")
 			continue
 		}
-		d.ignored = append(d.ignored, ignoredMethod(mc, path)...)
-		m := validateMethod(mc, path, &p)
+		if mc.GetHedgingPolicy() != nil {
+			c.Ignored = append(c.Ignored, join(path, "hedgingPolicy"))
+		}
+		pol, timeout := validateMethod(mc, path, maxAttempts, p)
 		for j, n := range mc.GetName() {
 			npath := index(join(path, "name"), j)
-			key, ok := policyKey(n, npath, &p)
+			key, ok := policyKey(n, npath, p)
 			if !ok {
 				continue
 			}
@@ -65,15 +54,14 @@ func validate(doc *resiliencev1.ServiceConfig) (*document, error) {
 				continue
 			}
 			seen[key] = npath
-			d.keys = append(d.keys, key)
-			d.methods[key] = m
+			pol.RetryableCodes, pol.FailureCodes = slices.Clone(pol.RetryableCodes), slices.Clone(pol.FailureCodes) // each key its own
+			c.Policies[key] = pol
+			if timeout != nil {
+				c.timeouts[key] = *timeout
+			}
 		}
 	}
-	d.budget = validateBudget(doc, &p)
-	if err := p.err(); err != nil {
-		return nil, err
-	}
-	return d, nil
+	c.Budget = validateBudget(doc, p)
 }
 
 // policyKey maps a grpc name to the interceptors' policy key.
@@ -83,33 +71,21 @@ func policyKey(n *resiliencev1.MethodConfig_Name, path string, p *problems) (str
 		return "", false
 	}
 	svc, m := n.GetService(), n.GetMethod()
-	ok := true
 	if svc == "" && m != "" {
 		p.addf(join(path, "method"), "%s needs a service (grpc: cannot combine an empty service with a method)", quote(m))
 		return "", false
 	}
-	if svc != "" && !validName(svc) {
-		p.addf(join(path, "service"), `invalid service name %s: must not contain "/", "*" or spaces`, quote(svc))
-		ok = false
+	ok := true
+	for field, name := range map[string]string{"service": svc, "method": m} {
+		if strings.ContainsAny(name, "*/ \t\r\n\v\f") {
+			p.addf(join(path, field), `invalid %s name %s: must not contain "/", "*" or spaces`, field, quote(name))
+			ok = false
+		}
 	}
-	if m != "" && !validName(m) {
-		p.addf(join(path, "method"), `invalid method name %s: must not contain "/", "*" or spaces`, quote(m))
-		ok = false
+	if svc == "" {
+		return "*", ok
 	}
-	switch {
-	case !ok:
-		return "", false
-	case svc == "":
-		return "*", true
-	case m == "":
-		return "/" + svc + "/*", true
-	default:
-		return "/" + svc + "/" + m, true
-	}
-}
-
-func validName(s string) bool {
-	return !strings.ContainsAny(s, "*/ \t\r\n\v\f")
+	return "/" + svc + "/" + cmp.Or(m, "*"), ok
 }
 
 func describeKey(key string) string {
@@ -124,22 +100,25 @@ func describeKey(key string) string {
 	}
 }
 
-func validateMethod(mc *resiliencev1.MethodConfig, path string, p *problems) method {
-	var m method
+func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int, p *problems) (pol interceptors.Policy, timeout *time.Duration) {
+	pol.Retry = retry.Policy{MaxAttempts: 1} // no retryPolicy: one attempt (A6)
 	if rp := mc.GetRetryPolicy(); rp != nil {
-		m.retry, m.retryable = validateRetry(rp, join(path, "retryPolicy"), p)
-	} else {
-		m.retry = retry.Policy{MaxAttempts: 1} // no retryPolicy: one attempt (A6)
+		pol.Retry, pol.RetryableCodes = validateRetry(rp, join(path, "retryPolicy"), maxAttempts, p)
 	}
 	if cb := mc.GetCircuitBreaker(); cb != nil {
-		m.breaker, m.failure = validateBreaker(cb, join(path, "circuitBreaker"), p)
+		pol.Breaker, pol.FailureCodes = validateBreaker(cb, join(path, "circuitBreaker"), p)
 	}
-	return m
+	if t := mc.GetTimeout(); t != nil {
+		d := duration(t, join(path, "timeout"), p)
+		timeout = &d
+	}
+	return pol, timeout
 }
 
-func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retry.Policy, []codes.Code) {
+// validateRetry checks a retryPolicy as grpc-go does, maxAttempts capped at
+// maxAttempts (A6).
+func validateRetry(rp *resiliencev1.RetryPolicy, path string, maxAttempts int, p *problems) (retry.Policy, []codes.Code) {
 	var r retry.Policy
-	before := p.count()
 
 	switch {
 	case rp.MaxAttempts == nil:
@@ -147,7 +126,7 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	case rp.GetMaxAttempts() < 2:
 		p.addf(join(path, "maxAttempts"), "must be at least 2, got %d", rp.GetMaxAttempts())
 	default:
-		r.MaxAttempts = int(rp.GetMaxAttempts())
+		r.MaxAttempts = min(int(rp.GetMaxAttempts()), maxAttempts)
 	}
 	r.InitialBackoff = requiredDuration(rp.GetInitialBackoff(), join(path, "initialBackoff"), p)
 	r.MaxBackoff = requiredDuration(rp.GetMaxBackoff(), join(path, "maxBackoff"), p)
@@ -172,8 +151,7 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	}
 	retryable := statusCodes(list, codesPath, p)
 
-	// Ours.
-	jitterOK := true
+	// Ours: zero or absent means the default, as in retry.Policy.
 	switch rp.GetJitter() {
 	case "", "proportional":
 		r.Jitter = retry.ProportionalJitter // A6
@@ -182,25 +160,21 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	case "none":
 		r.Jitter = retry.NoJitter
 	default:
-		jitterOK = false
 		p.addf(join(path, "jitter"), `must be "proportional", "full" or "none", got %s`, quote(rp.GetJitter()))
 	}
-	if rp.JitterFactor != nil && jitterOK {
-		fpath := join(path, "jitterFactor")
-		switch f := rp.GetJitterFactor(); {
-		case r.Jitter != retry.ProportionalJitter:
-			p.addf(fpath, "applies to proportional jitter only, not %s", quote(rp.GetJitter()))
-		case math.IsNaN(f) || f <= 0 || f > 1:
-			p.addf(fpath, `must be in (0, 1], got %v (use jitter: "none" for no jitter)`, f)
-		default:
-			r.JitterFactor = f
-		}
+	switch f := rp.GetJitterFactor(); {
+	case rp.JitterFactor != nil && r.Jitter != retry.ProportionalJitter:
+		p.addf(join(path, "jitterFactor"), "applies to proportional jitter only, not %s", quote(rp.GetJitter()))
+	case math.IsNaN(f) || f < 0 || f > 1:
+		p.addf(join(path, "jitterFactor"), `must be in [0, 1] (0 means the default 0.2; jitter: "none" for no jitter), got %v`, f)
+	default:
+		r.JitterFactor = f
 	}
-	r.AttemptTimeout = optionalDuration(rp.GetPerAttemptTimeout(), join(path, "perAttemptTimeout"), p)
-	r.MinAttemptTime = optionalDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), p)
-	r.MaxPushback = optionalDuration(rp.GetMaxPushback(), join(path, "maxPushback"), p)
+	r.AttemptTimeout = ourDuration(rp.GetPerAttemptTimeout(), join(path, "perAttemptTimeout"), false, p)
+	r.MinAttemptTime = ourDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), false, p)
+	r.MaxPushback = ourDuration(rp.GetMaxPushback(), join(path, "maxPushback"), false, p)
 
-	if p.count() == before {
+	if p.count() == 0 {
 		if err := r.Validate(); err != nil { // a safety net: the checks above cover the rules
 			p.add(path, err.Error())
 		}
@@ -208,13 +182,27 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, p *problems) (retr
 	return r, retryable
 }
 
+// validateBreaker converts a circuitBreaker with breaker.Config's rule: zero
+// or absent means the default, a negative value turns off what can be off
+// (consecutiveFailures, throttleK, recoveryJitter, halfOpenMaxWait) and is
+// an error elsewhere; an empty failureStatusCodes means no code is a
+// failure.
 func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) (breaker.Config, []codes.Code) {
-	var c breaker.Config
-	before := p.count()
-
+	at := func(field string) string { return join(path, field) }
+	c := breaker.Config{
+		ConsecutiveFailures: int(cb.GetConsecutiveFailures()),
+		ThrottleK:           cb.GetThrottleK(),
+		FailureRate:         cb.GetFailureRate(),
+		MinimumCalls:        int(cb.GetMinimumCalls()),
+		RecoveryJitter:      cb.GetRecoveryJitter(),
+		HalfOpenMaxCalls:    int(cb.GetHalfOpenMaxCalls()),
+		Window:              ourDuration(cb.GetWindow(), at("window"), false, p),
+		RecoveryTime:        ourDuration(cb.GetRecoveryTime(), at("recoveryTime"), false, p),
+		MaxRecoveryTime:     ourDuration(cb.GetMaxRecoveryTime(), at("maxRecoveryTime"), false, p),
+		HalfOpenMaxWait:     ourDuration(cb.GetHalfOpenMaxWait(), at("halfOpenMaxWait"), true, p),
+	}
 	switch cb.GetMode() {
 	case "", "closed":
-		c.Mode = breaker.Closed
 	case "disabled":
 		c.Mode = breaker.Disabled
 	case "metrics-only":
@@ -222,82 +210,38 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 	case "forced-open":
 		c.Mode = breaker.ForcedOpen // interceptors.New starts the breakers forced open
 	default:
-		p.addf(join(path, "mode"), `must be "closed", "disabled", "metrics-only" or "forced-open", got %s`, quote(cb.GetMode()))
+		p.addf(at("mode"), `must be "closed", "disabled", "metrics-only" or "forced-open", got %s`, quote(cb.GetMode()))
 	}
-	c.ConsecutiveFailures = ruleCount(cb.ConsecutiveFailures, join(path, "consecutiveFailures"), "the rule", p)
-	if cb.FailureRate != nil {
-		if f := cb.GetFailureRate(); math.IsNaN(f) || f <= 0 || f > 1 {
-			p.addf(join(path, "failureRate"), "must be in (0, 1], got %v", f)
-		} else {
-			c.FailureRate = f
-		}
+	if k := c.ThrottleK; math.IsNaN(k) || math.IsInf(k, 1) || k > 0 && k < 1 {
+		p.addf(at("throttleK"), "must be at least 1 (0 means the default 2, a negative value turns the throttle off), got %v", k)
 	}
-	if cb.MinimumCalls != nil {
-		if n := cb.GetMinimumCalls(); n < 1 {
-			p.addf(join(path, "minimumCalls"), "must be at least 1, got %d", n)
-		} else {
-			c.MinimumCalls = int(n)
-		}
+	if f := c.FailureRate; math.IsNaN(f) || f < 0 || f > 1 {
+		p.addf(at("failureRate"), "must be in [0, 1] (0 turns the rule off), got %v", f)
 	}
-	if cb.ThrottleK != nil {
-		switch k := cb.GetThrottleK(); {
-		case k == 0:
-			c.ThrottleK = -1 // off
-		case math.IsNaN(k) || math.IsInf(k, 0) || k < 1:
-			p.addf(join(path, "throttleK"), "must be at least 1 (0 turns the throttle off), got %v", k)
-		default:
-			c.ThrottleK = k
-		}
+	if j := c.RecoveryJitter; math.IsNaN(j) || j >= 1 {
+		p.addf(at("recoveryJitter"), "must be less than 1 (a negative value means no jitter), got %v", j)
 	}
-	if w := cb.GetHalfOpenMaxWait(); w != nil {
-		if w.CheckValid() == nil && w.AsDuration() == 0 {
-			c.HalfOpenMaxWait = -1 // "0s": never wait
-		} else {
-			c.HalfOpenMaxWait = positiveDuration(w, join(path, "halfOpenMaxWait"), p)
-		}
+	if c.MinimumCalls < 0 {
+		p.addf(at("minimumCalls"), "must not be negative (0 means the default 20), got %d", c.MinimumCalls)
 	}
-	c.Window = optionalDuration(cb.GetWindow(), join(path, "window"), p)
+	if c.HalfOpenMaxCalls < 0 {
+		p.addf(at("halfOpenMaxCalls"), "must not be negative (0 means the default 1), got %d", c.HalfOpenMaxCalls)
+	}
 	if c.Window > 0 && c.Window < 10 {
-		p.addf(join(path, "window"), "must be at least 10ns, got %v", c.Window)
+		p.addf(at("window"), "must be at least 10ns, got %v", c.Window)
 	}
-	c.RecoveryTime = optionalDuration(cb.GetRecoveryTime(), join(path, "recoveryTime"), p)
-	c.MaxRecoveryTime = optionalDuration(cb.GetMaxRecoveryTime(), join(path, "maxRecoveryTime"), p)
-	recovery := c.RecoveryTime
-	if recovery == 0 {
-		recovery = breaker.DefaultRecoveryTime
-	}
+	recovery := cmp.Or(c.RecoveryTime, breaker.DefaultRecoveryTime)
 	switch {
-	case c.MaxRecoveryTime == 0 && cb.GetMaxRecoveryTime() == nil && recovery > breaker.DefaultMaxRecoveryTime:
-		c.MaxRecoveryTime = recovery // documented: the default cap is 60s or recoveryTime if larger
+	case c.MaxRecoveryTime == 0 && recovery > breaker.DefaultMaxRecoveryTime:
+		c.MaxRecoveryTime = recovery // the default cap is 60s, or recoveryTime if larger
 	case c.MaxRecoveryTime > 0 && c.MaxRecoveryTime < recovery:
-		p.addf(join(path, "maxRecoveryTime"), "must be at least recoveryTime (%v), got %v", recovery, c.MaxRecoveryTime)
-	}
-	if cb.RecoveryJitter != nil {
-		switch j := cb.GetRecoveryJitter(); {
-		case math.IsNaN(j) || j < 0 || j >= 1:
-			p.addf(join(path, "recoveryJitter"), "must be in [0, 1), got %v", j)
-		case j == 0:
-			c.RecoveryJitter = -1 // no jitter
-		default:
-			c.RecoveryJitter = j
-		}
-	}
-	if cb.HalfOpenMaxCalls != nil {
-		if n := cb.GetHalfOpenMaxCalls(); n < 1 {
-			p.addf(join(path, "halfOpenMaxCalls"), "must be at least 1, got %d", n)
-		} else {
-			c.HalfOpenMaxCalls = int(n)
-		}
+		p.addf(at("maxRecoveryTime"), "must be at least recoveryTime (%v), got %v", recovery, c.MaxRecoveryTime)
 	}
 	var failure []codes.Code
 	if l := cb.GetFailureStatusCodes(); l != nil {
-		fpath := join(path, "failureStatusCodes")
-		if len(l.GetValues()) == 0 {
-			p.add(fpath, `must not be empty (to never trip, use mode: "disabled" or "metrics-only")`)
-		}
-		failure = statusCodes(l.GetValues(), fpath, p)
+		failure = statusCodes(l.GetValues(), at("failureStatusCodes"), p)
 	}
-	if p.count() == before {
+	if p.count() == 0 {
 		check := c
 		if check.Mode == breaker.ForcedOpen {
 			check.Mode = breaker.Closed // a starting state the breaker itself does not take as a Mode
@@ -307,21 +251,6 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 		}
 	}
 	return c, failure
-}
-
-// ruleCount converts a count that may turn a trip rule off: absent is 0 (the
-// breaker's default), 0 is -1 (off), a negative value an error.
-func ruleCount(n *int32, path, rule string, p *problems) int {
-	switch {
-	case n == nil:
-		return 0
-	case *n < 0:
-		p.addf(path, "must not be negative (0 turns %s off), got %d", rule, *n)
-		return 0
-	case *n == 0:
-		return -1
-	}
-	return int(*n)
 }
 
 func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
@@ -361,27 +290,21 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 		}
 		return Budget{Mode: NoBudget}
 	}
-	b := Budget{Mode: RatioBudget}
-	before := p.count()
-	if rb.Ratio != nil {
-		if f := rb.GetRatio(); math.IsNaN(f) || f <= 0 || f > 1000 {
-			p.addf("retryBudget.ratio", "must be in (0, 1000], got %v", f)
-		} else {
-			b.Ratio.Ratio = f
-		}
+	b := Budget{Mode: RatioBudget, Ratio: retry.BudgetConfig{
+		Ratio:               rb.GetRatio(),
+		MinRetriesPerSecond: rb.GetMinRetriesPerSecond(),
+		Window:              ourDuration(rb.GetWindow(), "retryBudget.window", false, p),
+	}}
+	if f := b.Ratio.Ratio; math.IsNaN(f) || f < 0 || f > 1000 {
+		p.addf("retryBudget.ratio", "must be in [0, 1000] (0 means the default 0.2), got %v", f)
 	}
-	if rb.MinRetriesPerSecond != nil {
-		if f := rb.GetMinRetriesPerSecond(); math.IsNaN(f) || math.IsInf(f, 0) || f <= 0 {
-			p.addf("retryBudget.minRetriesPerSecond", "must be greater than zero, got %v", f)
-		} else {
-			b.Ratio.MinRetriesPerSecond = f
-		}
+	if f := b.Ratio.MinRetriesPerSecond; math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
+		p.addf("retryBudget.minRetriesPerSecond", "must not be negative (0 means the default 1), got %v", f)
 	}
-	b.Ratio.Window = optionalDuration(rb.GetWindow(), "retryBudget.window", p)
-	if b.Ratio.Window > 0 && b.Ratio.Window < 10*time.Millisecond {
-		p.addf("retryBudget.window", "must be at least 10ms, got %v", b.Ratio.Window)
+	if w := b.Ratio.Window; w > 0 && w < 10*time.Millisecond {
+		p.addf("retryBudget.window", "must be at least 10ms, got %v", w)
 	}
-	if p.count() == before {
+	if p.count() == 0 {
 		if err := b.Ratio.Validate(); err != nil { // a safety net
 			p.add("retryBudget", err.Error())
 		}
@@ -395,34 +318,42 @@ func requiredDuration(d *durationpb.Duration, path string, p *problems) time.Dur
 		p.add(path, "required, greater than zero")
 		return 0
 	}
-	return positiveDuration(d, path, p)
-}
-
-// optionalDuration checks one of our durations: absent (0 = the default) or
-// greater than zero.
-func optionalDuration(d *durationpb.Duration, path string, p *problems) time.Duration {
-	if d == nil {
-		return 0
-	}
-	return positiveDuration(d, path, p)
-}
-
-func positiveDuration(d *durationpb.Duration, path string, p *problems) time.Duration {
-	if err := d.CheckValid(); err != nil {
-		p.addf(path, "invalid duration: %v", err)
-		return 0
-	}
-	const maxSeconds = math.MaxInt64 / int64(time.Second)
-	if d.GetSeconds() > maxSeconds || d.GetSeconds() < -maxSeconds {
-		p.addf(path, "duration %ds is out of range (at most about 292 years)", d.GetSeconds())
-		return 0
-	}
-	v := d.AsDuration()
+	v := duration(d, path, p)
 	if v <= 0 {
-		p.addf(path, "must be greater than zero, got %v", v)
+		p.addf(path, "must be greater than zero, got %v", v) // dropped after a problem of duration
 		return 0
 	}
 	return v
+}
+
+// ourDuration checks one of our durations: absent or zero means the default
+// (0); a negative value means off (-1) if off is true, else it is an error.
+func ourDuration(d *durationpb.Duration, path string, off bool, p *problems) time.Duration {
+	switch v := duration(d, path, p); {
+	case v >= 0:
+		return v
+	case off:
+		return -1
+	default:
+		p.addf(path, "must not be negative (0 means the default), got %v", v)
+		return 0
+	}
+}
+
+// duration converts d (absent: 0), which must be valid and fit a
+// time.Duration (about 292 years).
+func duration(d *durationpb.Duration, path string, p *problems) time.Duration {
+	const maxSeconds = math.MaxInt64 / int64(time.Second)
+	switch s := d.GetSeconds(); {
+	case d == nil:
+	case s > maxSeconds || s < -maxSeconds:
+		p.addf(path, "duration %ds is out of range (at most about 292 years)", s)
+	case d.CheckValid() != nil:
+		p.addf(path, "invalid duration: %v", d.CheckValid())
+	default:
+		return d.AsDuration()
+	}
+	return 0
 }
 
 // statusCodes converts a list of status codes written as names or numbers,
@@ -430,7 +361,7 @@ func positiveDuration(d *durationpb.Duration, path string, p *problems) time.Dur
 // upper-case name ("UNAVAILABLE", "CANCELLED"). OK is not accepted: it is
 // not a failure. Duplicates are dropped.
 func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code {
-	var out []codes.Code
+	out := []codes.Code{} // empty: none
 	for i, v := range list {
 		if c, ok := statusCode(v, index(path, i), p); ok && !slices.Contains(out, c) {
 			out = append(out, c)
@@ -439,47 +370,22 @@ func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code 
 	return out
 }
 
-// codeByName holds the names grpc-go reads in service configs
-// (codes.Code.UnmarshalJSON): upper case, "CANCELLED" with two Ls.
-var codeByName = map[string]codes.Code{
-	"OK":                  codes.OK,
-	"CANCELLED":           codes.Canceled,
-	"UNKNOWN":             codes.Unknown,
-	"INVALID_ARGUMENT":    codes.InvalidArgument,
-	"DEADLINE_EXCEEDED":   codes.DeadlineExceeded,
-	"NOT_FOUND":           codes.NotFound,
-	"ALREADY_EXISTS":      codes.AlreadyExists,
-	"PERMISSION_DENIED":   codes.PermissionDenied,
-	"RESOURCE_EXHAUSTED":  codes.ResourceExhausted,
-	"FAILED_PRECONDITION": codes.FailedPrecondition,
-	"ABORTED":             codes.Aborted,
-	"OUT_OF_RANGE":        codes.OutOfRange,
-	"UNIMPLEMENTED":       codes.Unimplemented,
-	"INTERNAL":            codes.Internal,
-	"UNAVAILABLE":         codes.Unavailable,
-	"DATA_LOSS":           codes.DataLoss,
-	"UNAUTHENTICATED":     codes.Unauthenticated,
-}
-
+// statusCode reads a code as grpc-go does (codes.Code.UnmarshalJSON).
 func statusCode(v *structpb.Value, path string, p *problems) (codes.Code, bool) {
 	var c codes.Code
 	switch k := v.GetKind().(type) {
 	case *structpb.Value_NumberValue:
-		f := k.NumberValue
-		if f != math.Trunc(f) || f < 0 || f > float64(codes.Unauthenticated) {
+		if f := k.NumberValue; f != math.Trunc(f) || c.UnmarshalJSON(strconv.AppendFloat(nil, f, 'f', -1, 64)) != nil {
 			p.addf(path, "unknown status code %v: numbers go from 1 to 16", f)
 			return 0, false
 		}
-		c = codes.Code(f)
 	case *structpb.Value_StringValue:
-		s := k.StringValue
-		var ok bool
-		if c, ok = codeByName[s]; !ok {
-			p.addf(path, "unknown status code %s%s", quote(s), codeHint(s))
+		if b, _ := json.Marshal(k.StringValue); c.UnmarshalJSON(b) != nil {
+			p.addf(path, "unknown status code %s%s", quote(k.StringValue), codeHint(k.StringValue))
 			return 0, false
 		}
 	default:
-		p.addf(path, `must be a status code name such as "UNAVAILABLE" or a number such as 14, got %s`, valueKind(v))
+		p.addf(path, `must be a status code name such as "UNAVAILABLE" or a number such as 14, got %s`, kindOf(v.AsInterface()))
 		return 0, false
 	}
 	if c == codes.OK {
@@ -495,59 +401,9 @@ func codeHint(s string) string {
 	if u == "CANCELED" {
 		u = "CANCELLED"
 	}
-	if _, ok := codeByName[u]; ok {
+	var c codes.Code
+	if b, _ := json.Marshal(u); c.UnmarshalJSON(b) == nil {
 		return fmt.Sprintf(" (names are upper case, as grpc spells them: %s)", quote(u))
 	}
 	return ""
-}
-
-func valueKind(v *structpb.Value) string {
-	switch v.GetKind().(type) {
-	case *structpb.Value_BoolValue:
-		return "a boolean"
-	case *structpb.Value_ListValue:
-		return "a list"
-	case *structpb.Value_StructValue:
-		return "an object"
-	}
-	return "null"
-}
-
-// ignoredTop lists the grpc fields of the document that this library does
-// not act on.
-func ignoredTop(doc *resiliencev1.ServiceConfig) []string {
-	var out []string
-	if doc.GetLoadBalancingPolicy() != "" {
-		out = append(out, "loadBalancingPolicy")
-	}
-	if doc.GetLoadBalancingConfig() != nil {
-		out = append(out, "loadBalancingConfig")
-	}
-	if doc.GetHealthCheckConfig() != nil {
-		out = append(out, "healthCheckConfig")
-	}
-	if doc.GetConnectionScaling() != nil {
-		out = append(out, "connectionScaling")
-	}
-	return out
-}
-
-func ignoredMethod(mc *resiliencev1.MethodConfig, path string) []string {
-	var out []string
-	if mc.WaitForReady != nil {
-		out = append(out, join(path, "waitForReady"))
-	}
-	if mc.GetTimeout() != nil {
-		out = append(out, join(path, "timeout"))
-	}
-	if mc.MaxRequestMessageBytes != nil {
-		out = append(out, join(path, "maxRequestMessageBytes"))
-	}
-	if mc.MaxResponseMessageBytes != nil {
-		out = append(out, join(path, "maxResponseMessageBytes"))
-	}
-	if mc.GetHedgingPolicy() != nil {
-		out = append(out, join(path, "hedgingPolicy"))
-	}
-	return out
 }

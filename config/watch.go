@@ -11,15 +11,11 @@ import (
 	"github.com/khive/grpc-resilience/interceptors"
 )
 
-// Apply installs the document's policies on a live suite (Suite.Update):
-// atomically, without failing calls in flight, keeping every breaker's state
-// (an open breaker stays open; new settings apply from then on) and every
-// retry budget.
-//
-// A Suite's budget settings are fixed when it is built, so Apply refuses a
-// document whose retryThrottling or retryBudget differs from the suite's
-// budget (build a new Suite to change it); on any error the suite keeps its
-// policies.
+// Apply installs the document's policies on a live suite with
+// [interceptors.Suite.Update], keeping every breaker's state and the retry
+// budget. It refuses a document whose retry budget differs from the
+// suite's, which is fixed when the suite is built; on any error the suite
+// keeps its policies.
 func (c *Config) Apply(s *interceptors.Suite) error {
 	want, err := interceptors.New(nil, c.Budget.Option())
 	if err != nil {
@@ -47,31 +43,23 @@ func describeBudget(b interceptors.SnapshotBudget) string {
 	return b.Mode
 }
 
-// WatchFile polls the document in the file name every interval and calls
-// apply with the loaded Config each time the file's content changes, the
-// first time at once. Typical apply functions are Config.Apply on a live
-// suite:
+// WatchFile reads the file name as [LoadFile] does, at once and then every
+// interval, and calls apply with the Config each time the content changes:
 //
 //	go config.WatchFile(ctx, "policy.yaml", 5*time.Second,
 //		func(c *config.Config) error { return c.Apply(suite) },
 //		func(err error) { log.Print(err) })
 //
-// A content that fails to load, or that apply rejects, is reported to
-// onError (if not nil) once and skipped: the previous policies stay in
-// force until the file changes again. A file that cannot be read, or that
-// is not a regular file (a FIFO, a device, or a link to one) or exceeds the
-// WithMaxBytes limit, is reported once per distinct error. The file is read
-// whole on every tick (documents are small); the format comes from its name
-// as in LoadFile, and opts set the limits as for Load.
-// Replace the file atomically (write another file in the same directory,
-// then rename it over this one): a poll that falls between the truncation
-// and the end of an in-place write sees a partial document and reports it.
+// A content that fails to load or that apply rejects is reported to onError
+// (if not nil) once and skipped; a file that cannot be read is reported once
+// per distinct error. Replace the file atomically (rename another file over
+// it): a poll during an in-place write sees a partial document.
 //
-// WatchFile returns ctx.Err() when ctx is done, and starts no goroutine of
-// its own. It returns an error at once if interval is not positive, apply
-// is nil or an option is invalid.
+// WatchFile starts no goroutine and returns ctx.Err() when ctx is done, or
+// an error at once if interval is not positive, apply is nil or an option
+// is invalid.
 func WatchFile(ctx context.Context, name string, interval time.Duration, apply func(*Config) error, onError func(error), opts ...Option) error {
-	lim, err := newLimits(opts)
+	o, err := newOptions(opts)
 	if err != nil {
 		return err
 	}
@@ -90,7 +78,7 @@ func WatchFile(ctx context.Context, name string, interval time.Duration, apply f
 	seen := false
 	lastReadErr := ""
 	poll := func() {
-		data, f, err := readFile(name, lim)
+		data, f, err := readFile(name, o)
 		if err != nil {
 			if msg := err.Error(); msg != lastReadErr {
 				lastReadErr = msg
@@ -103,7 +91,7 @@ func WatchFile(ctx context.Context, name string, interval time.Duration, apply f
 			return
 		}
 		seen, last = true, data
-		c, err := load(data, f, lim)
+		c, err := load(data, f, o)
 		if err == nil {
 			err = apply(c)
 		}

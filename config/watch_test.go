@@ -132,7 +132,7 @@ func TestWatchFile(t *testing.T) {
 		require.Equal(t, 2, applied)
 		assert.Equal(t, 5, w.applied[1].Policies["/khive.echo.v1.EchoService/*"].Retry.MaxAttempts)
 
-		write(`{"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 1}}]}`)
+		write(`{"methodConfig": [{"name": [{}], "retryPolicy": {"maxAttempts": 1, "initialBackoff": "1s", "maxBackoff": "1s", "backoffMultiplier": 1, "retryableStatusCodes": [14]}}]}`)
 		tick()
 		tick()
 		applied, errs = w.counts()

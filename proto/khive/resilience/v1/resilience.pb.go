@@ -14,11 +14,14 @@
 // snake_case proto names are not accepted (grpc-go would ignore them).
 // A grpc-go service config parses as it is: status codes may be names
 // ("UNAVAILABLE") or numbers (14), durations are strings such as "0.1s".
-// The grpc fields this library does not act on (load balancing, health
-// checks, method timeout, waitForReady, message size limits, hedging) are
-// accepted and ignored; any other unknown field is an error. The Go loader
-// (package config) validates every value and names the field of each
-// problem, for example "methodConfig[2].retryPolicy.maxAttempts".
+// The grpc fields the interceptors do not act on go to grpc itself
+// (Config.DialOptions of package config), except hedging_policy and
+// connection_scaling, which are accepted and ignored; any other unknown
+// field is an error. The fields of this library read zero or absent as the
+// default, a negative value as "off" where the setting can be off (an error
+// elsewhere), an absent list as the default and an empty list as none. The
+// Go loader (package config) validates every value and names the field of
+// each problem, for example "methodConfig[2].retryPolicy.maxAttempts".
 
 package resiliencev1
 
@@ -52,12 +55,12 @@ type ServiceConfig struct {
 	RetryThrottling *RetryThrottling `protobuf:"bytes,3,opt,name=retry_throttling,json=retryThrottling,proto3" json:"retry_throttling,omitempty"`
 	// retry_budget (ours) is the ratio retry budget, one per client target.
 	RetryBudget *RetryBudget `protobuf:"bytes,20,opt,name=retry_budget,json=retryBudget,proto3" json:"retry_budget,omitempty"`
-	// load_balancing_policy is a grpc field; accepted and ignored.
+	// load_balancing_policy is a grpc field, applied by grpc.
 	LoadBalancingPolicy string `protobuf:"bytes,1,opt,name=load_balancing_policy,json=loadBalancingPolicy,proto3" json:"load_balancing_policy,omitempty"`
-	// load_balancing_config is a grpc field (a list of policies); accepted and
-	// ignored.
+	// load_balancing_config is a grpc field (a list of policies), applied by
+	// grpc.
 	LoadBalancingConfig *structpb.ListValue `protobuf:"bytes,4,opt,name=load_balancing_config,json=loadBalancingConfig,proto3" json:"load_balancing_config,omitempty"`
-	// health_check_config is a grpc field; accepted and ignored.
+	// health_check_config is a grpc field, applied by grpc.
 	HealthCheckConfig *HealthCheckConfig `protobuf:"bytes,5,opt,name=health_check_config,json=healthCheckConfig,proto3" json:"health_check_config,omitempty"`
 	// connection_scaling is a grpc field; accepted and ignored.
 	ConnectionScaling *structpb.Struct `protobuf:"bytes,6,opt,name=connection_scaling,json=connectionScaling,proto3" json:"connection_scaling,omitempty"`
@@ -198,14 +201,15 @@ type MethodConfig struct {
 	// name lists the methods this entry applies to. An entry without names
 	// applies to nothing (grpc skips it); it is still validated.
 	Name []*MethodConfig_Name `protobuf:"bytes,1,rep,name=name,proto3" json:"name,omitempty"`
-	// wait_for_ready is a grpc field; accepted and ignored.
+	// wait_for_ready is a grpc field, applied by grpc.
 	WaitForReady *bool `protobuf:"varint,2,opt,name=wait_for_ready,json=waitForReady,proto3,oneof" json:"wait_for_ready,omitempty"`
-	// timeout is a grpc field (a whole-call timeout); accepted and ignored.
-	// For a per-attempt timeout see RetryPolicy.per_attempt_timeout.
+	// timeout is a grpc field: the call's deadline, retries included (the
+	// earlier of the caller's and this). For a per-attempt timeout see
+	// RetryPolicy.per_attempt_timeout.
 	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	// max_request_message_bytes is a grpc field; accepted and ignored.
+	// max_request_message_bytes is a grpc field, applied by grpc.
 	MaxRequestMessageBytes *int64 `protobuf:"varint,4,opt,name=max_request_message_bytes,json=maxRequestMessageBytes,proto3,oneof" json:"max_request_message_bytes,omitempty"`
-	// max_response_message_bytes is a grpc field; accepted and ignored.
+	// max_response_message_bytes is a grpc field, applied by grpc.
 	MaxResponseMessageBytes *int64 `protobuf:"varint,5,opt,name=max_response_message_bytes,json=maxResponseMessageBytes,proto3,oneof" json:"max_response_message_bytes,omitempty"`
 	// retry_policy enables retries (gRFC A6 fields plus ours). Without it the
 	// methods are tried once, as in grpc.
@@ -310,8 +314,9 @@ func (x *MethodConfig) GetCircuitBreaker() *CircuitBreaker {
 // A6 fields are required and checked as grpc-go checks them.
 type RetryPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// max_attempts counts the first attempt; at least 2. Unlike grpc, which
-	// treats values above 5 as 5, this library applies no cap.
+	// max_attempts counts the first attempt; at least 2. Values above 5 count
+	// as 5, as in grpc (the Go loader's WithMaxAttempts changes the cap, as
+	// grpc.WithMaxCallAttempts does).
 	MaxAttempts *int32 `protobuf:"varint,1,opt,name=max_attempts,json=maxAttempts,proto3,oneof" json:"max_attempts,omitempty"`
 	// initial_backoff is the delay before the first retry, before jitter;
 	// greater than zero.
@@ -331,10 +336,12 @@ type RetryPolicy struct {
 	// the delay times U(1-f, 1+f) with f = jitter_factor, clamped to
 	// max_backoff), "full" (uniform in [0, delay)) or "none".
 	Jitter string `protobuf:"bytes,20,opt,name=jitter,proto3" json:"jitter,omitempty"`
-	// jitter_factor (ours) is f of proportional jitter, in (0, 1]; default 0.2.
+	// jitter_factor (ours) is f of proportional jitter, in [0, 1]; 0 means the
+	// default 0.2.
 	JitterFactor *float64 `protobuf:"fixed64,21,opt,name=jitter_factor,json=jitterFactor,proto3,oneof" json:"jitter_factor,omitempty"`
-	// per_attempt_timeout (ours) bounds each attempt; it never extends the
-	// caller's deadline. Unset means none.
+	// per_attempt_timeout bounds each attempt; it never extends the caller's
+	// deadline. Unset or 0 means none. In JSON it is also read as
+	// perAttemptRecvTimeout, the name of grpc's service_config.proto.
 	PerAttemptTimeout *durationpb.Duration `protobuf:"bytes,22,opt,name=per_attempt_timeout,json=perAttemptTimeout,proto3" json:"per_attempt_timeout,omitempty"`
 	// min_attempt_time (ours): a retry is started only if the caller's
 	// remaining deadline is at least the delay plus this; default 1ms.
@@ -509,11 +516,13 @@ type RetryBudget struct {
 	// disabled turns the budget off: retries are limited by max_attempts only.
 	// No other field may be set with it.
 	Disabled bool `protobuf:"varint,1,opt,name=disabled,proto3" json:"disabled,omitempty"`
-	// ratio is the retries allowed per call, in (0, 1000]; default 0.2.
+	// ratio is the retries allowed per call, in [0, 1000]; 0 means the
+	// default 0.2.
 	Ratio *float64 `protobuf:"fixed64,2,opt,name=ratio,proto3,oneof" json:"ratio,omitempty"`
-	// min_retries_per_second is the reserve, greater than zero; default 1.
+	// min_retries_per_second is the reserve, not negative; 0 means the
+	// default 1.
 	MinRetriesPerSecond *float64 `protobuf:"fixed64,3,opt,name=min_retries_per_second,json=minRetriesPerSecond,proto3,oneof" json:"min_retries_per_second,omitempty"`
-	// window is how long calls count, at least 10ms; default 10s.
+	// window is how long calls count, at least 10ms; 0 means the default 10s.
 	Window        *durationpb.Duration `protobuf:"bytes,4,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -578,7 +587,7 @@ func (x *RetryBudget) GetWindow() *durationpb.Duration {
 }
 
 // CircuitBreaker (ours) configures the per-method circuit breaker. Every
-// unset field takes the library's default.
+// unset or zero field takes the library's default.
 type CircuitBreaker struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// mode is "closed" (the default: a normal breaker), "disabled" (no breaker),
@@ -588,14 +597,14 @@ type CircuitBreaker struct {
 	Mode string `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
 	// consecutive_failures is the streak of failed attempts that opens the
 	// breaker (a streak holding a failed retry or call; longer when the
-	// window's attempts fail more than 30% of the time); default 12; 0 turns
-	// the streak rule off.
+	// window's attempts fail more than 30% of the time); default 12; a
+	// negative value turns the streak rule off.
 	ConsecutiveFailures *int32 `protobuf:"varint,2,opt,name=consecutive_failures,json=consecutiveFailures,proto3,oneof" json:"consecutive_failures,omitempty"`
 	// failure_rate, if set, opens the breaker when failed calls / calls in
-	// the window reach it; in (0, 1]; absent: the rule is off.
+	// the window reach it; in [0, 1]; 0 or absent: the rule is off.
 	FailureRate *float64 `protobuf:"fixed64,3,opt,name=failure_rate,json=failureRate,proto3,oneof" json:"failure_rate,omitempty"`
 	// minimum_calls is the number of calls the window must hold before the
-	// throttle or the failure_rate rule acts; at least 1; default 20.
+	// throttle or the failure_rate rule acts; not negative; default 20.
 	MinimumCalls *int32 `protobuf:"varint,4,opt,name=minimum_calls,json=minimumCalls,proto3,oneof" json:"minimum_calls,omitempty"`
 	// window is the rolling window of the throttle and the failure_rate rule;
 	// default 10s.
@@ -606,23 +615,25 @@ type CircuitBreaker struct {
 	// max_recovery_time caps the open period; at least recovery_time; default
 	// 60s (or recovery_time if larger).
 	MaxRecoveryTime *durationpb.Duration `protobuf:"bytes,7,opt,name=max_recovery_time,json=maxRecoveryTime,proto3" json:"max_recovery_time,omitempty"`
-	// recovery_jitter multiplies each open period by U(1-j, 1+j); in [0, 1);
-	// default 0.2; 0 means no jitter.
+	// recovery_jitter multiplies each open period by U(1-j, 1+j); below 1;
+	// default 0.2; a negative value means no jitter.
 	RecoveryJitter *float64 `protobuf:"fixed64,8,opt,name=recovery_jitter,json=recoveryJitter,proto3,oneof" json:"recovery_jitter,omitempty"`
 	// half_open_max_calls is the number of probes admitted when half-open; the
-	// breaker closes after that many successes; at least 1; default 1.
+	// breaker closes after that many successes; not negative; default 1.
 	HalfOpenMaxCalls *int32 `protobuf:"varint,9,opt,name=half_open_max_calls,json=halfOpenMaxCalls,proto3,oneof" json:"half_open_max_calls,omitempty"`
 	// failure_status_codes overrides the codes the breaker counts as failures
-	// (names or numbers, non-empty). Default: UNAVAILABLE, INTERNAL, UNKNOWN,
+	// (names or numbers; empty: none). Default: UNAVAILABLE, INTERNAL, UNKNOWN,
 	// DATA_LOSS, RESOURCE_EXHAUSTED, and DEADLINE_EXCEEDED while the caller's
 	// context is live.
 	FailureStatusCodes *structpb.ListValue `protobuf:"bytes,10,opt,name=failure_status_codes,json=failureStatusCodes,proto3" json:"failure_status_codes,omitempty"`
 	// throttle_k is the K of adaptive throttling: calls are shed with
 	// probability max(0, (calls - K*accepts)/(calls+1)) over the window;
-	// default 2; 0 turns the throttle off; otherwise at least 1.
+	// default 2; a negative value turns the throttle off; otherwise at
+	// least 1.
 	ThrottleK *float64 `protobuf:"fixed64,11,opt,name=throttle_k,json=throttleK,proto3,oneof" json:"throttle_k,omitempty"`
 	// half_open_max_wait bounds how long a call waits for a half-open probe's
-	// verdict when every probe slot is taken; default 1s; 0s: never wait.
+	// verdict when every probe slot is taken; default 1s; a negative value:
+	// never wait.
 	HalfOpenMaxWait *durationpb.Duration `protobuf:"bytes,12,opt,name=half_open_max_wait,json=halfOpenMaxWait,proto3" json:"half_open_max_wait,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
