@@ -18,7 +18,7 @@ import (
 
 	"github.com/khive/grpc-resilience/config"
 	"github.com/khive/grpc-resilience/internal/echoserver"
-	echov1 "github.com/khive/grpc-resilience/proto/khive/echo/v1"
+	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 )
 
 // These tests give one document to grpc-go alone (its native retry, its
