@@ -77,7 +77,9 @@ func run() error {
 		return err
 	}
 	srv := echoserver.New(1)
-	cc, closeAll, err := echoserver.Loopback(srv, suite.DialOptions()...)
+	// The document's grpc fields (timeout, waitForReady, ...) first, then the
+	// suite: the timeout bounds the whole call, retries included.
+	cc, closeAll, err := echoserver.Loopback(srv, append(cfg.DialOptions(), suite.DialOptions()...)...)
 	if err != nil {
 		return err
 	}
