@@ -311,37 +311,27 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 	}()
 	for {
 		r.mu.Lock()
-		for r.final == nil && (r.phase == retrying || r.phase == reading && !turn &&
+		cut := false
+		for !cut && r.final == nil && (r.phase == retrying || r.phase == reading && !turn &&
 			(recv || res == errOver && r.cur == a && !r.committed)) {
 			ch := r.changedLocked()
 			r.mu.Unlock()
-			if !r.wait(ch) {
-				r.mu.Lock()
-				cur := r.cur
-				r.mu.Unlock()
-				if _, local := res.(localError); local {
-					return cur, res
-				}
-				return cur, r.ctxErr()
-			}
+			cut = !r.wait(ch)
 			r.mu.Lock()
 		}
-		if r.final != nil {
+		if cut || r.final != nil {
 			cur, err := r.cur, r.final
 			r.mu.Unlock()
-			if _, ok := res.(localError); ok {
-				return cur, res
+			if err == nil {
+				err = r.ctxErr()
 			}
-			return cur, err
+			return cur, orLocal(res, err)
 		}
 		if a != nil && r.cur != a {
 			a, res = nil, nil // a retry replaced a: run op again on the new attempt
 		}
-		switch {
-		case a == nil && op == nil, a != nil && res == nil: // op succeeded on a
-			if a == nil {
-				a = r.cur
-			}
+		if a != nil && res == nil || a == nil && op == nil { // op succeeded on a, still current
+			a = r.cur
 			if onSuccess != nil {
 				onSuccess(a)
 			}
@@ -351,33 +341,25 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 			}
 			r.mu.Unlock()
 			return a, nil
-		case res == errOver && r.committed:
-			r.mu.Unlock()
-			return a, errOver
-		case a == nil:
-			a = r.cur
 		}
+		if res == errOver && r.committed {
+			r.mu.Unlock()
+			return a, errOver // a's status is RecvMsg's
+		}
+		a = r.cur
 		if (recv || res == errOver) && !turn {
 			r.phase, turn = reading, true
 		}
 		committed := r.committed
 		r.mu.Unlock()
 
-		var ended error // a's end, for end to resolve
-		switch _, local := res.(localError); {
-		case res == errOver: // read a's status (we hold the turn)
-			headers, st := drain(a.cs)
-			if headers {
-				r.mu.Lock()
-				r.commitLocked() // a's messages and status are for RecvMsg
-				r.mu.Unlock()
-				a.record(breaker.Success)
+		ended := res // a's end, for end to resolve
+		switch {
+		case res == errOver: // we hold the turn: read a's status
+			if ended = r.readEnd(a); ended == errOver {
 				return a, errOver
 			}
-			ended = st
-		case local:
-			ended = res
-		default:
+		case res == nil:
 			res = op(a)
 			if res == nil && committed && !turn {
 				return a, nil // a committed attempt is never replaced
@@ -388,13 +370,33 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 			ended, res = res, nil
 		}
 		if err := r.end(a, ended); err != nil {
-			if _, local := res.(localError); local {
-				return a, res
-			}
-			return a, err
+			return a, orLocal(res, err)
 		}
 		a, res = nil, nil // replaced: run op on the new attempt
 	}
+}
+
+// orLocal returns res if it is a localError (the caller's own send failed),
+// otherwise err.
+func orLocal(res, err error) error {
+	if _, local := res.(localError); local {
+		return res
+	}
+	return err
+}
+
+// readEnd reads the status of attempt a, which is over (the caller holds
+// the turn): errOver if a received headers (it commits the stream, and its
+// status is RecvMsg's), otherwise a's end.
+func (r *retryStream) readEnd(a *attempt) error {
+	if headers, st := drain(a.cs); !headers {
+		return st
+	}
+	r.mu.Lock()
+	r.commitLocked()
+	r.mu.Unlock()
+	a.record(breaker.Success)
+	return errOver
 }
 
 // endTurnLocked gives the turn back.
