@@ -51,79 +51,43 @@ import (
 )
 
 // Stream returns the stream client interceptor of the suite. It serves the
-// three streaming kinds (server-, client- and bidi-streaming) with the same
-// per-attempt step as Unary: every attempt passes the method's breaker,
-// every failed attempt is classified and decided on, and retry.Call applies
-// MaxAttempts, the retry budget and the deadline. A method without a policy
-// passes through untouched.
+// three streaming kinds with the same per-attempt step as Unary (breaker,
+// classification, retry.Call's MaxAttempts, budget and deadline); a method
+// without a policy passes through untouched.
 //
-// # Commit
+// A stream is retried only until it commits (gRFC A6): when a response
+// message or headers arrive (a failure after headers is never retried),
+// when the caller calls Header (once headers arrive), Trailer or Context
+// (as the grpc.ClientStream contract says), or when the messages sent
+// exceed the replay buffer (WithReplayBuffer, 256 KiB by default; a
+// grpc.MaxRetryRPCBufferSize call option wins), each counting its encoded
+// size, at least one byte; a message that is not a protobuf message
+// commits. Until then the stream keeps every sent message as it was sent
+// (a caller may reuse one message value), and when an attempt fails
+// retryably it opens a new one and replays the messages in order, then
+// CloseSend if called: the caller sees no failed attempt and no duplicate.
 //
-// A stream is retried only until it commits (gRFC A6). It commits when
+// Retry.AttemptTimeout bounds each attempt until it commits or receives
+// response headers, never past the caller's deadline; an attempt it cuts
+// fails with DEADLINE_EXCEEDED (a breaker failure), unless it had failed.
 //
-//   - a response message arrives, or the attempt turns out to have received
-//     response headers (a failure after headers is never retried, even if
-//     no message came: the server may have acted on the request);
-//   - the caller calls Header (once headers arrive), Trailer or Context;
-//   - the messages sent so far exceed the replay buffer (WithReplayBuffer,
-//     256 KiB by default; a grpc.MaxRetryRPCBufferSize call option wins).
-//     A message counts its encoded size (at least one byte); a message
-//     that is not a protobuf message cannot be kept and commits the stream.
+// Each attempt is recorded in the breaker once: as a success as soon as it
+// answers (a message or headers; the end of a committed stream records
+// nothing more), otherwise at its end after the retry decision, as for
+// unary calls; a local SendMsg error (such as a message too large) is
+// ignored, and so is the current attempt as soon as the caller's context
+// ends. The first attempt is admitted as a unary call's (if rejected, the
+// stream is not created), later ones with Breaker.AllowRetry.
 //
-// Before the commit, the stream keeps every sent message as it was sent
-// (its encoding, so a caller may reuse one message value for every send).
-// When an attempt fails before committing and the failure is retryable,
-// the stream opens a new attempt and replays the messages in order, then
-// CloseSend if the caller had called it, and carries on: the caller sees
-// neither the failed attempt nor a duplicate. After the commit the buffer
-// is dropped and the stream is a thin wrapper.
-//
-// Context commits, as the grpc.ClientStream contract says ("Once called,
-// subsequent client-side retries are disabled"): the context it returns is
-// the current attempt's. Code that wants retries should call Context only
-// after Header or RecvMsg.
-//
-// # Attempt timeout
-//
-// Retry.AttemptTimeout bounds each attempt until it commits, not the whole
-// stream, counting from the attempt's start (for client and bidi streams
-// it includes the caller's own sending up to the first response). An
-// attempt that has not committed or received response headers within
-// AttemptTimeout is cancelled and fails with DEADLINE_EXCEEDED (a failure
-// for the breaker; retried only if the policy lists DEADLINE_EXCEEDED);
-// one that had already failed by then keeps its own status. The server is
-// not told about it, and it never extends the caller's deadline.
-//
-// # Outcomes
-//
-// Each attempt's outcome is recorded in the breaker once. An attempt that
-// answers (its first response message, or its response headers) commits
-// the stream and is a success at that moment; the end of a committed
-// stream records nothing more. An attempt that ends without answering is
-// recorded at its end, after the retry decision, as for unary calls:
-// io.EOF (or a client-streaming response) is a success, a failure is
-// classified, a stream the caller canceled is ignored, and so is an error
-// SendMsg generated locally (such as a message too large). When the
-// caller's context ends, the current attempt is recorded as ignored at
-// once, so a half-open breaker gets its probe back even if nobody reads
-// the stream's end. The first attempt is admitted as a unary call's (it
-// may wait for a half-open verdict, or be throttled: the stream is then
-// not created), later attempts with Breaker.AllowRetry.
-//
-// # Concurrency
-//
-// SendMsg, RecvMsg and Header may run concurrently (bidi streaming). The
-// retry runs on the goroutine that observes the failure (RecvMsg's, or
-// SendMsg's or Header's when no RecvMsg is in progress), and so do the
-// OnRetry and OnGiveUp hooks, which must not call the stream; the other
-// callers wait for the new attempt, or until the caller's context ends
-// (they then return as for an ended stream: SendMsg io.EOF, RecvMsg the
-// context's status). If a hook, the logger or an inner interceptor panics
-// during a retry, the stream ends with the last attempt's error before the
-// panic goes on. The replay runs while no receive is in progress, so a
-// bidi server that echoes more than the flow-control windows hold (about
-// 64 KiB each way) before the replay ends can stall it until the
-// deadline; keep the replay buffer below that for such servers.
+// SendMsg, RecvMsg and Header may run concurrently. A retry, with the
+// OnRetry and OnGiveUp hooks (which must not call the stream), runs on the
+// goroutine that observes the failure; the others wait for it or for the
+// caller's context to end (then returning as for an ended stream). If a
+// hook, the logger or an inner interceptor panics during a retry, the
+// stream ends with the last attempt's error and the panic goes on. The
+// replay runs while no receive is in progress: keep the replay buffer
+// below the flow-control windows (about 64 KiB) for a bidi server that
+// echoes before the replay ends.
 func (s *Suite) Stream() grpc.StreamClientInterceptor { return s.stream }
 
 // stream is the stream client interceptor (Suite.Stream).
@@ -146,44 +110,37 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	if ov.after > 0 && maxAttempts > 1 {
 		after, opts = splitAfter(opts, ov.after)
 	}
-	r := &retryStream{
-		e:        e,
-		ctx:      ctx,
-		desc:     desc,
-		cc:       cc,
-		streamer: streamer,
-		opts:     opts,
-		after:    after,
-		limit:    ov.replay(s.o.replayBytes),
-		nobuf:    maxAttempts == 1,
-		call:     e.newCall(maxAttempts),
-		stats:    callStats{opts: opts, target: targetName(cc)},
-	}
+	r := &retryStream{e: e, ctx: ctx, desc: desc, cc: cc, streamer: streamer, opts: opts, after: after,
+		limit: ov.replay(s.o.replayBytes), nobuf: maxAttempts == 1, call: e.newCall(maxAttempts),
+		stats: callStats{opts: opts, target: targetName(cc)}}
 	r.ops = r.one[:0]
 	r.first.permit, r.first.probe = p, e.brk.State() == breaker.HalfOpen
 	r.cur = &r.first
 	r.call.Begin()
 	r.watch()
-	if _, err := r.withRetry(true, r.start, nil); err != nil {
+	start := func(a *attempt) error { // the first attempt's op (end opens the others)
+		if a.cs != nil {
+			return nil
+		}
+		return r.open(a, 1)
+	}
+	if _, err := r.withRetry(true, start, nil); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-// errAttemptTimeout is the cancellation cause of a stream attempt whose
-// AttemptTimeout elapsed before it committed.
-var errAttemptTimeout = errors.New("interceptors: stream attempt timeout")
+var (
+	// errAttemptTimeout cancels an attempt whose AttemptTimeout elapsed,
+	// which then counts as errAttemptTimedOut.
+	errAttemptTimeout  = errors.New("interceptors: stream attempt timeout")
+	errAttemptTimedOut = status.Error(codes.DeadlineExceeded, "interceptors: stream attempt timed out before it committed (Retry.AttemptTimeout)")
+	// errOver is an op's report that its attempt is over, status unread.
+	errOver = errors.New("interceptors: stream attempt over")
+)
 
-// errAttemptTimedOut is the error such an attempt counts as.
-var errAttemptTimedOut = status.Error(codes.DeadlineExceeded, "interceptors: stream attempt timed out before it committed (Retry.AttemptTimeout)")
-
-// errOver is what an op reports when it finds its attempt over with its
-// status unread (SendMsg's io.EOF, Header without headers).
-var errOver = errors.New("interceptors: stream attempt over")
-
-// localError is what an op reports for an error SendMsg generated locally
-// (such as a message too large): grpc has aborted the attempt, and the
-// stream ends with err.
+// localError is an op's report of an error SendMsg generated locally (such
+// as a message too large): grpc aborted the attempt; the stream ends.
 type localError struct{ err error }
 
 func (l localError) Error() string { return l.err.Error() }
@@ -193,16 +150,15 @@ type attempt struct {
 	cs       grpc.ClientStream // nil until opened, and if opening it failed
 	permit   breaker.Permit
 	taken    atomic.Bool             // permit went out (take)
-	ctx      context.Context         // with an AttemptTimeout timer: the attempt's context
-	cancel   context.CancelCauseFunc // and its cancel
-	timer    *time.Timer
-	probe    bool // admitted while the breaker was half-open: likely a probe
-	finished bool // grpc finished the attempt's stream (noted only with after-call options); guarded by the stream's mu
+	ctx      context.Context         // with an AttemptTimeout timer: its context,
+	cancel   context.CancelCauseFunc // cancel,
+	timer    *time.Timer             // and timer
+	probe    bool                    // admitted while the breaker was half-open
+	finished bool                    // grpc finished its stream (only with after-call options); under mu
 }
 
-// take returns a's permit the first time, then the zero Permit, which
-// records nothing: every outcome of a goes through it, so a is recorded
-// exactly once.
+// take returns a's permit (ok) the first time only: every outcome of a
+// goes through it, so a is recorded exactly once.
 func (a *attempt) take() (breaker.Permit, bool) {
 	if a.taken.Load() || a.taken.Swap(true) {
 		return breaker.Permit{}, false
@@ -217,7 +173,7 @@ func (a *attempt) record(o breaker.Outcome) {
 	}
 }
 
-// stopTimer disarms the AttemptTimeout timer: the attempt committed.
+// stopTimer disarms the AttemptTimeout timer.
 func (a *attempt) stopTimer() {
 	if a.timer != nil {
 		a.timer.Stop()
@@ -230,11 +186,6 @@ func (a *attempt) release() {
 	if a.cancel != nil {
 		a.cancel(nil)
 	}
-}
-
-// timedOut reports whether AttemptTimeout cancelled the attempt.
-func (a *attempt) timedOut() bool {
-	return a.ctx != nil && context.Cause(a.ctx) == errAttemptTimeout
 }
 
 // phase says who may touch the current attempt's end.
@@ -253,8 +204,7 @@ type replayOp struct {
 	start, end int
 }
 
-// retryStream is the grpc.ClientStream of a stream that has a policy (see
-// the comment at the top of this file).
+// retryStream is the grpc.ClientStream of a stream that has a policy.
 type retryStream struct {
 	e        *entry
 	ctx      context.Context // the caller's
@@ -262,41 +212,39 @@ type retryStream struct {
 	cc       *grpc.ClientConn
 	streamer grpc.Streamer
 	opts     []grpc.CallOption
-	after    []grpc.CallOption // the caller's after-call options, applied once at the end (reportFinish), or nil
+	after    []grpc.CallOption // the caller's after-call options, applied once at the end, or nil
 	limit    int               // replay-buffer bytes
-	nobuf    bool              // a single attempt: nothing to replay, nothing to keep
+	nobuf    bool              // a single attempt: nothing to keep
 	spare    []retryCtx        // the retries' contexts (retryContext)
-	first    attempt           // the first attempt, allocated with the stream
-	one      [2]replayOp       // the first kept ops' slots (a server stream's request and CloseSend)
+	first    attempt
+	one      [2]replayOp // ops' first slots (a server stream's request and CloseSend)
 
-	// call and stats belong to the goroutine in phase retrying; outside a
-	// retry only finish touches them, under mu.
+	// call and stats belong to the goroutine in phase retrying; otherwise
+	// only finish touches them, under mu.
 	call  retry.Call
 	stats callStats
 
-	mu        sync.Mutex // guards what follows; never held while calling the inner stream or user code
+	mu        sync.Mutex // guards what follows; never held over the inner stream or user code
 	phase     phase
-	changed   chan struct{} // closed at the next change of phase or final (see changedLocked), or nil
+	changed   chan struct{} // closed at the next change of phase or final, or nil
 	cur       *attempt      // the current attempt (once the stream is over: the last one)
 	committed bool
-	ops       []replayOp // the ops to replay, while uncommitted
-	raw       []byte     // the encodings of ops' messages, back to back
-	size      int        // the messages' replay-buffer size
-	final     error      // once set, the stream is over (io.EOF: success) and RecvMsg returns it
+	ops       []replayOp // to replay, while uncommitted
+	raw       []byte     // the encodings of ops' messages
+	size      int        // the replay buffer's use
+	final     error      // once set, the stream is over (io.EOF: success)
 	reported  bool       // the after-call options were applied
 	unwatch   func() bool
 }
 
-// withRetry is the funnel every method of the stream goes through (see the
-// top of this file). op runs without mu on the current attempt and returns
-// nil, errOver, a localError or the attempt's end (only when recv: an op
-// that receives holds the turn); op nil means "nothing to run". onSuccess,
-// if not nil, runs with mu held once op succeeded on an attempt that is
-// still current. withRetry returns the current attempt and nil if op
-// succeeded; otherwise the stream's final error, errOver (the attempt is
-// over and committed: its status is RecvMsg's), a localError op returned,
-// or the context's status if the caller's context ended while it waited.
-func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess func(*attempt)) (*attempt, error) {
+// withRetry is the funnel. op (nil: nothing to run) runs without mu on the
+// current attempt and returns nil, errOver, a localError or, if recv (the
+// caller then holds the turn), the attempt's end. onSuccess (if not nil)
+// runs under mu once op succeeded on an attempt still current. It returns
+// the current attempt and nil, errOver (the attempt is over and committed:
+// its status is RecvMsg's), op's localError, the stream's final error, or
+// the context's status if the caller's context ended while it waited.
+func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess func()) (*attempt, error) {
 	var (
 		a    *attempt // the attempt op ran on, until settled
 		res  error    // op's result on a: nil, errOver or a localError
@@ -305,7 +253,8 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 	defer func() {
 		if turn {
 			r.mu.Lock()
-			r.endTurnLocked()
+			r.phase = idle
+			r.broadcastLocked()
 			r.mu.Unlock()
 		}
 	}()
@@ -314,7 +263,10 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 		cut := false
 		for !cut && r.final == nil && (r.phase == retrying || r.phase == reading && !turn &&
 			(recv || res == errOver && r.cur == a && !r.committed)) {
-			ch := r.changedLocked()
+			if r.changed == nil {
+				r.changed = make(chan struct{}) // closed at the next change of phase or final
+			}
+			ch := r.changed
 			r.mu.Unlock()
 			cut = !r.wait(ch)
 			r.mu.Lock()
@@ -333,11 +285,11 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 		if a != nil && res == nil || a == nil && op == nil { // op succeeded on a, still current
 			a = r.cur
 			if onSuccess != nil {
-				onSuccess(a)
+				onSuccess()
 			}
 			if turn {
-				r.endTurnLocked()
-				turn = false
+				r.phase, turn = idle, false
+				r.broadcastLocked()
 			}
 			r.mu.Unlock()
 			return a, nil
@@ -376,8 +328,7 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 	}
 }
 
-// orLocal returns res if it is a localError (the caller's own send failed),
-// otherwise err.
+// orLocal returns res if it is a localError, otherwise err.
 func orLocal(res, err error) error {
 	if _, local := res.(localError); local {
 		return res
@@ -385,9 +336,9 @@ func orLocal(res, err error) error {
 	return err
 }
 
-// readEnd reads the status of attempt a, which is over (the caller holds
-// the turn): errOver if a received headers (it commits the stream, and its
-// status is RecvMsg's), otherwise a's end.
+// readEnd reads the status of a, which is over, for the turn holder:
+// errOver if a received headers (committed: its status is RecvMsg's),
+// otherwise a's end.
 func (r *retryStream) readEnd(a *attempt) error {
 	if headers, st := drain(a.cs); !headers {
 		return st
@@ -399,21 +350,6 @@ func (r *retryStream) readEnd(a *attempt) error {
 	return errOver
 }
 
-// endTurnLocked gives the turn back.
-func (r *retryStream) endTurnLocked() {
-	r.phase = idle
-	r.broadcastLocked()
-}
-
-// changedLocked returns a channel that is closed at the next change of
-// phase or final.
-func (r *retryStream) changedLocked() <-chan struct{} {
-	if r.changed == nil {
-		r.changed = make(chan struct{})
-	}
-	return r.changed
-}
-
 // broadcastLocked wakes every waiter (wait).
 func (r *retryStream) broadcastLocked() {
 	if r.changed != nil {
@@ -422,9 +358,8 @@ func (r *retryStream) broadcastLocked() {
 	}
 }
 
-// wait is the stream's only wait: it waits for ch (see changedLocked), or
-// for the caller's context to end (false), so that no caller blocks past
-// its context, whatever the retrying goroutine is stuck in.
+// wait is the stream's only wait: for ch, or for the caller's context to
+// end (false), so that nobody blocks past it, whatever a retry is stuck in.
 func (r *retryStream) wait(ch <-chan struct{}) bool {
 	if r.ctx.Err() != nil {
 		return false
@@ -442,34 +377,46 @@ func (r *retryStream) ctxErr() error {
 	return status.FromContextError(r.ctx.Err()).Err()
 }
 
-// start is the first attempt's op: it opens the attempt's stream (later
-// attempts are opened by end).
-func (r *retryStream) start(a *attempt) error {
-	if a.cs != nil {
-		return nil
-	}
-	return r.open(a, 1)
-}
-
-// open opens the stream of attempt a, the n-th (1-based).
+// open opens the stream of attempt a, the n-th, under the caller's context
+// (with the attempt header on retries) and a's AttemptTimeout, unless the
+// caller's deadline comes first. While the timer is armed, or if a is
+// likely a half-open probe, a goroutine waits for a's response headers:
+// the server is answering, so it disarms the timer and records a success
+// without waiting for a message or for the caller to call Header.
 func (r *retryStream) open(a *attempt, n int) error {
-	cs, err := r.streamer(r.attemptContext(a, n), r.desc, r.cc, r.e.method, r.attemptOpts(a)...)
+	ctx := r.ctx
+	if n > 1 {
+		ctx = r.e.s.retryContext(r.ctx, n, &r.spare)
+	}
+	if t := r.e.pol.retry.AttemptTimeout; t > 0 {
+		if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > t {
+			var cancel context.CancelCauseFunc
+			ctx, cancel = context.WithCancelCause(ctx)
+			a.ctx, a.cancel = ctx, cancel
+			a.timer = time.AfterFunc(t, func() { cancel(errAttemptTimeout) })
+		}
+	}
+	cs, err := r.streamer(ctx, r.desc, r.cc, r.e.method, r.attemptOpts(a)...)
 	if err != nil {
 		return err
 	}
 	a.cs = cs
-	r.watchHeaders(a)
+	if a.timer != nil || a.probe {
+		go func() {
+			if md, _ := cs.Header(); md != nil {
+				a.stopTimer()
+				a.record(breaker.Success)
+			}
+		}()
+	}
 	return nil
 }
 
-// end resolves the end of attempt a with err (io.EOF: success): it returns
-// nil when a new attempt replaced a (the caller runs its op again), or the
-// stream's final error. Except for io.EOF and local errors, the caller
-// holds the turn.
+// end resolves the end of attempt a with err (io.EOF: success): nil when a
+// new attempt replaced a, or the stream's final error. Except for io.EOF
+// and local errors, the caller holds the turn. If user code it runs (hooks,
+// the logger, inner interceptors) panics, the stream ends first (abort).
 func (r *retryStream) end(a *attempt, err error) error {
-	// While phase is retrying everyone else waits for this goroutine, which
-	// runs user code (hooks, the logger, inner interceptors): if any of it
-	// panics, end the stream before the panic goes on (abort).
 	var b *attempt // the attempt being opened and replayed, until installed
 	resolved := false
 	defer func() {
@@ -477,30 +424,27 @@ func (r *retryStream) end(a *attempt, err error) error {
 			r.abort(a, b, err)
 		}
 	}()
+	done := func(final error) error { resolved = true; return final }
 	for {
-		if l, ok := err.(localError); ok {
-			resolved = true
-			return r.finish(a, l.err, breaker.Ignored, callDone)
-		}
-		if err == io.EOF {
-			resolved = true
-			return r.finish(a, io.EOF, breaker.Success, callDone)
+		if l, local := err.(localError); local || err == io.EOF {
+			if local {
+				return done(r.finish(a, l.err, breaker.Ignored, callDone))
+			}
+			return done(r.finish(a, io.EOF, breaker.Success, callDone))
 		}
 		r.mu.Lock()
-		if r.final != nil {
-			f := r.final
+		if f := r.final; f != nil {
 			r.mu.Unlock()
-			resolved = true
-			return f
+			return done(f)
 		}
 		r.cur = a // a may be a new attempt that failed before it was installed
 		committed := r.committed
 		r.phase = retrying
 		r.mu.Unlock()
 
-		p, rec := a.take() // zero if a was recorded already (at its commit, or as abandoned)
+		p, rec := a.take() // not if recorded already (at its commit, or as abandoned)
 		var tlr metadata.MD
-		answered := false // a received response headers: committed (A6), and a success
+		answered := false // a received response headers: committed (A6), a success
 		if a.cs != nil && (rec || !committed) {
 			md, _ := a.cs.Header() // does not block: a is over
 			answered = md != nil
@@ -509,7 +453,7 @@ func (r *retryStream) end(a *attempt, err error) error {
 				tlr = a.cs.Trailer()
 			}
 		}
-		if a.timedOut() && statusOf(err).Code() == codes.Canceled && r.ctx.Err() == nil {
+		if a.ctx != nil && context.Cause(a.ctx) == errAttemptTimeout && statusOf(err).Code() == codes.Canceled && r.ctx.Err() == nil {
 			err = errAttemptTimedOut // our timer cancelled a
 		}
 		now := time.Now() // one clock read for the breaker and the retry decision
@@ -520,29 +464,26 @@ func (r *retryStream) end(a *attempt, err error) error {
 		d := r.e.decide(r.ctx, err, committed, tlr)
 		delay, final, _ := r.e.afterFailure(r.ctx, &r.call, &r.stats, err, d, now, p, o)
 		if final != nil {
-			resolved = true
-			return r.finish(a, final, breaker.Ignored, stepEnded)
+			return done(r.finish(a, final, breaker.Ignored, stepEnded))
 		}
 		a.release()
 		p, final, _ = r.e.nextAttempt(r.ctx, &r.call, &r.stats, err, d, delay)
 		if final != nil {
-			resolved = true
-			return r.finish(a, final, breaker.Ignored, stepEnded)
+			return done(r.finish(a, final, breaker.Ignored, stepEnded))
 		}
 		r.watch()
 		b = &attempt{permit: p, probe: r.e.brk.State() == breaker.HalfOpen}
 		if err = r.open(b, r.call.Attempts()); err == nil {
 			if err = r.replay(b); err == nil {
-				resolved = true
-				return nil
+				return done(nil)
 			}
 		}
 		a, b = b, nil // b ended while opening or replaying, with err
 	}
 }
 
-// replay replays the kept ops on b, a new attempt, and installs it. It
-// returns nil, or b's end (not committed) if b ended during the replay.
+// replay replays the ops on b, a new attempt, and installs it; or returns
+// b's end if b ended uncommitted during the replay.
 func (r *retryStream) replay(b *attempt) error {
 	r.mu.Lock()
 	ops, raw := r.ops, r.raw // nobody keeps or commits while retrying
@@ -574,8 +515,7 @@ func (r *retryStream) replay(b *attempt) error {
 	return nil
 }
 
-// install makes b, whose replay is over, the current attempt, and ends the
-// retry (the turn stays with its holder).
+// install makes b, replayed, the current attempt and ends the retry.
 func (r *retryStream) install(b *attempt, committed bool) {
 	r.mu.Lock()
 	r.cur = b
@@ -593,10 +533,8 @@ func (r *retryStream) install(b *attempt, committed bool) {
 	}
 }
 
-// abort ends the stream when the goroutine resolving the failure of attempt
-// a (with err) panics: the stream ends with err (the last attempt's error)
-// and the panic goes on. b is the attempt being opened, if any: it says
-// nothing about the server.
+// abort ends the stream with err, a's, when end panics; b, the attempt
+// being opened if any, says nothing about the server.
 func (r *retryStream) abort(a, b *attempt, err error) {
 	if b != nil {
 		b.record(breaker.Ignored)
@@ -614,9 +552,9 @@ const (
 	aborted                 // a panic during a retry: call.Done, refunding a retry granted but never begun
 )
 
-// finish is the one place the stream ends: at attempt a, with err (io.EOF:
-// success), o for a's permit unless a was recorded already. Only the first
-// call ends the stream; finish returns the stream's final error.
+// finish is the one place the stream ends: at a, with err (io.EOF:
+// success), and o for a unless recorded already. The first call wins; it
+// returns the stream's final error.
 func (r *retryStream) finish(a *attempt, err error, o breaker.Outcome, how ending) error {
 	r.mu.Lock()
 	if r.final != nil {
@@ -624,13 +562,12 @@ func (r *retryStream) finish(a *attempt, err error, o breaker.Outcome, how endin
 		r.mu.Unlock()
 		return f
 	}
-	switch {
-	case how == aborted:
-		r.call.Done(err, true)
-	case how == callDone && err == io.EOF:
-		r.call.Done(nil, false)
-	case how == callDone:
-		r.call.Done(err, false)
+	if how != stepEnded {
+		callErr := err
+		if err == io.EOF {
+			callErr = nil
+		}
+		r.call.Done(callErr, how == aborted)
 	}
 	r.cur, r.final = a, err
 	r.dropBufferLocked()
@@ -644,15 +581,13 @@ func (r *retryStream) finish(a *attempt, err error, o breaker.Outcome, how endin
 	if how == callDone {
 		r.e.callEnded(r.ctx, &r.stats, r.call.Attempts())
 	}
-	r.reportFinish()
+	r.report(nil, nil)
 	return err
 }
 
-// drain finds out how a stream that is over (its SendMsg returned io.EOF,
-// or its Header nothing) ended. headers reports that response headers
-// arrived: the attempt is committed, and its messages and status are left
-// for RecvMsg. Otherwise err is the stream's status, read with RecvMsg
-// (which cannot consume a message: no message comes without headers).
+// drain finds out how a stream that is over ended: with response headers
+// (its messages and status are left for RecvMsg), or with status err, read
+// with RecvMsg (which consumes no message: none comes without headers).
 func drain(cs grpc.ClientStream) (headers bool, err error) {
 	if md, _ := cs.Header(); md != nil {
 		return true, nil
@@ -664,11 +599,9 @@ func drain(cs grpc.ClientStream) (headers bool, err error) {
 }
 
 // SendMsg sends m on the current attempt and, until the stream commits,
-// keeps it for replay. If the attempt turns out to have failed and is
-// retried, SendMsg sends m on the new attempt, after the replay; otherwise
-// it returns io.EOF as grpc does, and RecvMsg returns the status. As grpc,
-// a stream that is not client-streaming returns nil instead of io.EOF
-// (generated code treats any error of its single send as the call's).
+// keeps it for replay; if the attempt failed and is retried, it sends m on
+// the new one. Otherwise, as grpc, it returns io.EOF and RecvMsg the
+// status; a stream that is not client-streaming returns nil instead.
 func (r *retryStream) SendMsg(m any) error {
 	_, err := r.withRetry(false, func(a *attempt) error {
 		switch err := a.cs.SendMsg(m); err {
@@ -679,7 +612,7 @@ func (r *retryStream) SendMsg(m any) error {
 		default:
 			return localError{err}
 		}
-	}, func(*attempt) { r.keepLocked(m) })
+	}, func() { r.keepLocked(m) })
 	if l, ok := err.(localError); ok {
 		return l.err
 	}
@@ -689,13 +622,13 @@ func (r *retryStream) SendMsg(m any) error {
 	return io.EOF
 }
 
-// CloseSend closes the send direction of the current attempt, and of every
-// later attempt (it is replayed).
+// CloseSend closes the send direction of the current attempt and, through
+// the replay, of every later one.
 func (r *retryStream) CloseSend() error {
 	r.withRetry(false, func(a *attempt) error {
 		_ = a.cs.CloseSend()
 		return nil
-	}, func(*attempt) {
+	}, func() {
 		if !r.committed && !r.nobuf {
 			r.ops = append(r.ops, replayOp{})
 		}
@@ -703,11 +636,10 @@ func (r *retryStream) CloseSend() error {
 	return nil
 }
 
-// RecvMsg receives the next message. When the current attempt fails before
-// the stream commits and the failure is retryable, RecvMsg opens a new
-// attempt, replays the sent messages and receives from it.
+// RecvMsg receives the next message, from a new attempt if the current one
+// fails retryably before the stream commits.
 func (r *retryStream) RecvMsg(m any) error {
-	a, err := r.withRetry(true, func(a *attempt) error { return a.cs.RecvMsg(m) }, func(*attempt) { r.commitLocked() })
+	a, err := r.withRetry(true, func(a *attempt) error { return a.cs.RecvMsg(m) }, r.commitLocked)
 	if err != nil {
 		return err
 	}
@@ -719,9 +651,9 @@ func (r *retryStream) RecvMsg(m any) error {
 	return nil
 }
 
-// Header returns the response headers. It waits for them as grpc does; an
-// attempt that ends without headers and is retried is replaced, and Header
-// waits for the new attempt's. Headers commit the stream.
+// Header returns the response headers, waiting for them as grpc does (for
+// a new attempt's if the current one ends without them and is retried).
+// Headers commit the stream.
 func (r *retryStream) Header() (metadata.MD, error) {
 	var md metadata.MD
 	var err error
@@ -730,7 +662,7 @@ func (r *retryStream) Header() (metadata.MD, error) {
 			return errOver
 		}
 		return nil
-	}, func(*attempt) { r.commitLocked() })
+	}, r.commitLocked)
 	switch {
 	case ferr == nil:
 		a.record(breaker.Success) // the attempt answered
@@ -744,21 +676,18 @@ func (r *retryStream) Header() (metadata.MD, error) {
 // Trailer returns the current attempt's trailers (after RecvMsg returned an
 // error, the last attempt's). It commits the stream.
 func (r *retryStream) Trailer() metadata.MD {
-	a, _ := r.withRetry(false, nil, func(*attempt) { r.commitLocked() })
-	if a.cs == nil {
-		return nil
+	if a, _ := r.withRetry(false, nil, r.commitLocked); a.cs != nil {
+		return a.cs.Trailer()
 	}
-	return a.cs.Trailer()
+	return nil
 }
 
-// Context returns the current attempt's context and commits the stream (see
-// Suite.Stream).
+// Context returns the current attempt's context and commits the stream.
 func (r *retryStream) Context() context.Context {
-	a, _ := r.withRetry(false, nil, func(*attempt) { r.commitLocked() })
-	if a.cs == nil {
-		return r.ctx
+	if a, _ := r.withRetry(false, nil, r.commitLocked); a.cs != nil {
+		return a.cs.Context()
 	}
-	return a.cs.Context()
+	return r.ctx
 }
 
 // commitLocked commits the stream: no more retries, no more replay buffer.
@@ -772,21 +701,24 @@ func (r *retryStream) commitLocked() {
 }
 
 // keepLocked keeps m for replay, encoded as it is now, or commits the
-// stream if the replay buffer would exceed its limit. A message counts its
-// encoded size, at least 1 so that empty messages are bounded too; a
-// message that is not a protobuf message cannot be kept and commits the
-// stream.
+// stream if m is not a protobuf message or the replay buffer would exceed
+// its limit (a message counts its encoded size, at least 1).
 func (r *retryStream) keepLocked(m any) {
 	if r.committed || r.nobuf {
 		return
 	}
-	pm := protoOf(m)
-	if pm == nil {
-		r.commitLocked()
-		return
+	var pm proto.Message
+	switch m := m.(type) {
+	case proto.Message:
+		pm = m
+	case protoadapt.MessageV1:
+		pm = protoadapt.MessageV2Of(m)
 	}
-	n := max(proto.Size(pm), 1)
-	if r.size+n > r.limit {
+	var n int
+	if pm != nil {
+		n = max(proto.Size(pm), 1)
+	}
+	if pm == nil || r.size+n > r.limit {
 		r.commitLocked()
 		return
 	}
@@ -796,20 +728,8 @@ func (r *retryStream) keepLocked(m any) {
 		r.commitLocked()
 		return
 	}
-	r.raw = raw
+	r.raw, r.size = raw, r.size+n
 	r.ops = append(r.ops, replayOp{typ: pm.ProtoReflect().Type(), start: start, end: len(raw)})
-	r.size += n
-}
-
-// protoOf returns m as a protobuf message, or nil.
-func protoOf(m any) proto.Message {
-	switch m := m.(type) {
-	case proto.Message:
-		return m
-	case protoadapt.MessageV1:
-		return protoadapt.MessageV2Of(m)
-	}
-	return nil
 }
 
 // dropBufferLocked drops the replay buffer.
@@ -818,48 +738,9 @@ func (r *retryStream) dropBufferLocked() {
 	r.ops, r.raw, r.size = nil, nil, 0
 }
 
-// attemptContext returns the context of attempt a, the n-th (1-based): the
-// caller's context, with the attempt header on retries, and cancelled by
-// AttemptTimeout unless the attempt commits first.
-func (r *retryStream) attemptContext(a *attempt, n int) context.Context {
-	ctx := r.ctx
-	if n > 1 {
-		ctx = r.e.s.retryContext(r.ctx, n, &r.spare)
-	}
-	t := r.e.pol.retry.AttemptTimeout
-	if t <= 0 {
-		return ctx
-	}
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= t {
-		return ctx // the caller's deadline comes first
-	}
-	actx, cancel := context.WithCancelCause(ctx)
-	a.ctx, a.cancel = actx, cancel
-	a.timer = time.AfterFunc(t, func() { cancel(errAttemptTimeout) })
-	return actx
-}
-
-// watchHeaders, when a's AttemptTimeout timer is armed or a is likely a
-// half-open probe, starts a goroutine that waits for a's response headers
-// (or a's end): when they arrive, the server is answering, so it disarms
-// the timer and records a as a success, without waiting for a message or
-// for the caller to call Header.
-func (r *retryStream) watchHeaders(a *attempt) {
-	if a.timer == nil && !a.probe {
-		return
-	}
-	go func() {
-		if md, _ := a.cs.Header(); md != nil {
-			a.stopTimer()
-			a.record(breaker.Success)
-		}
-	}()
-}
-
 // watch arranges, once per stream, for ctxDone to run when the caller's
-// context ends, if the current attempt may hold a half-open probe permit
-// or the caller gave after-call options; other streams need nothing, so
-// the common case costs no allocation.
+// context ends, if the current attempt may be a half-open probe or the
+// caller gave after-call options (the common case costs nothing).
 func (r *retryStream) watch() {
 	if r.after == nil && r.e.brk.State() != breaker.HalfOpen {
 		return
@@ -871,74 +752,51 @@ func (r *retryStream) watch() {
 	r.mu.Unlock()
 }
 
-// ctxDone runs when the caller's context ends. Since nobody may ever read
-// the current attempt's end, it records that attempt as ignored now (what
-// classify says of an attempt whose caller's context is done): a half-open
-// breaker gets its probe back at once. An attempt a retry in progress
-// opens is covered when it is installed.
+// ctxDone runs when the caller's context ends: nobody may ever read the
+// current attempt's end, so it is recorded as ignored now (a half-open
+// breaker gets its probe back at once), and reported if grpc finished it.
 func (r *retryStream) ctxDone() {
 	r.mu.Lock()
 	a, live := r.cur, r.final == nil
-	// An attempt grpc finished before the context ended, whose end nobody
-	// read: the stream ends now for the after-call options.
-	report := r.after != nil && live && !r.reported && r.phase != retrying && a.finished
-	if report {
-		r.reported = true
-	}
 	r.mu.Unlock()
 	if live {
 		a.record(breaker.Ignored)
 	}
-	if report {
-		r.applyAfter(a, r.ctxErr())
-	}
+	r.report(a, r.ctxErr())
 }
 
-// attemptOpts returns the call options of attempt a: the caller's, and,
-// when the caller gave after-call options, an OnFinish of the suite's that
-// tells when grpc finished a's stream (attemptFinished).
+// attemptOpts returns attempt a's call options: the caller's and, with
+// after-call options, an OnFinish noting that grpc finished a's stream.
 func (r *retryStream) attemptOpts(a *attempt) []grpc.CallOption {
 	if r.after == nil {
 		return r.opts
 	}
-	return append(r.opts[:len(r.opts):len(r.opts)], grpc.OnFinish(func(err error) { r.attemptFinished(a, err) }))
+	return append(r.opts[:len(r.opts):len(r.opts)], grpc.OnFinish(func(err error) {
+		r.mu.Lock()
+		a.finished = true
+		r.mu.Unlock()
+		r.report(a, err)
+	}))
 }
 
-// reportFinish applies the caller's after-call options once the stream has
-// ended, once, with the final attempt's header, trailer and peer and the
-// stream's final error.
-func (r *retryStream) reportFinish() {
+// report applies the caller's after-call options once: with the final
+// attempt and error once the stream is over; before that, with attempt a
+// and err when grpc finished a, the current attempt, after the caller's
+// context ended (no retry can follow, and nobody may read its end).
+func (r *retryStream) report(a *attempt, err error) {
 	if r.after == nil {
 		return
 	}
 	r.mu.Lock()
-	report := !r.reported && r.final != nil
-	r.reported = r.reported || report
-	a, err := r.cur, r.final
-	r.mu.Unlock()
-	if report {
-		r.applyAfter(a, err)
+	if r.final != nil {
+		a, err = r.cur, r.final
 	}
-}
-
-// attemptFinished runs when grpc finished attempt a's stream with err. If
-// the caller's context has ended, nobody may ever read the stream's end and
-// no retry can follow: the stream ends here for the after-call options.
-// Otherwise the end is decided when it is read (reportFinish).
-func (r *retryStream) attemptFinished(a *attempt, err error) {
-	r.mu.Lock()
-	a.finished = true
-	report := r.final == nil && !r.reported && r.phase != retrying && r.cur == a && r.ctx.Err() != nil
-	r.reported = r.reported || report
+	ok := !r.reported && (r.final != nil || r.phase != retrying && r.cur == a && a.finished && r.ctx.Err() != nil)
+	r.reported = r.reported || ok
 	r.mu.Unlock()
-	if report {
-		r.applyAfter(a, err)
+	if !ok {
+		return
 	}
-}
-
-// applyAfter applies the caller's after-call options for a stream that
-// ended at attempt a with err.
-func (r *retryStream) applyAfter(a *attempt, err error) {
 	var hdr, tlr metadata.MD
 	var p *peer.Peer
 	if a.cs != nil { // a is over: these do not block
