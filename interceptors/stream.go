@@ -56,28 +56,25 @@ import (
 // without a policy passes through untouched.
 //
 // A stream is retried only until it commits (gRFC A6): when a response
-// message or headers arrive (a failure after headers is never retried),
-// when the caller calls Header (once headers arrive), Trailer or Context
-// (as the grpc.ClientStream contract says), or when the messages sent
-// exceed the replay buffer (WithReplayBuffer, 256 KiB by default; a
-// grpc.MaxRetryRPCBufferSize call option wins), each counting its encoded
-// size, at least one byte; a message that is not a protobuf message
-// commits. Until then the stream keeps every sent message as it was sent
-// (a caller may reuse one message value), and when an attempt fails
-// retryably it opens a new one and replays the messages in order, then
-// CloseSend if called: the caller sees no failed attempt and no duplicate.
-//
+// message or headers arrive, when the caller calls Header (once headers
+// arrive), Trailer or Context, or when the messages sent exceed the replay
+// buffer (WithReplayBuffer; a grpc.MaxRetryRPCBufferSize call option wins),
+// each counting its encoded size, at least one byte; a message that is not
+// a protobuf message commits. Until then it keeps every sent message as it
+// was sent (a caller may reuse one message value) and, when an attempt
+// fails retryably, replays them in order on a new attempt, then CloseSend
+// if called: the caller sees no failed attempt and no duplicate.
 // Retry.AttemptTimeout bounds each attempt until it commits or receives
-// response headers, never past the caller's deadline; an attempt it cuts
-// fails with DEADLINE_EXCEEDED (a breaker failure), unless it had failed.
+// headers, never past the caller's deadline; an attempt it cuts fails with
+// DEADLINE_EXCEEDED, unless it had failed already.
 //
 // Each attempt is recorded in the breaker once: as a success as soon as it
-// answers (a message or headers; the end of a committed stream records
-// nothing more), otherwise at its end after the retry decision, as for
-// unary calls; a local SendMsg error (such as a message too large) is
-// ignored, and so is the current attempt as soon as the caller's context
-// ends. The first attempt is admitted as a unary call's (if rejected, the
-// stream is not created), later ones with Breaker.AllowRetry.
+// answers (a message or headers; nothing more at the end of a committed
+// stream), otherwise at its end after the retry decision, as for unary
+// calls; a local SendMsg error (such as a message too large) is ignored,
+// and so is the current attempt as soon as the caller's context ends. The
+// first attempt is admitted as a unary call's (if rejected, no stream is
+// created), later ones with Breaker.AllowRetry.
 //
 // SendMsg, RecvMsg and Header may run concurrently. A retry, with the
 // OnRetry and OnGiveUp hooks (which must not call the stream), runs on the
@@ -372,7 +369,7 @@ func (r *retryStream) wait(ch <-chan struct{}) bool {
 	}
 }
 
-// ctxErr is the status error of the caller's ended context.
+// ctxErr is the caller's ended context's status.
 func (r *retryStream) ctxErr() error {
 	return status.FromContextError(r.ctx.Err()).Err()
 }
@@ -414,14 +411,17 @@ func (r *retryStream) open(a *attempt, n int) error {
 
 // end resolves the end of attempt a with err (io.EOF: success): nil when a
 // new attempt replaced a, or the stream's final error. Except for io.EOF
-// and local errors, the caller holds the turn. If user code it runs (hooks,
-// the logger, inner interceptors) panics, the stream ends first (abort).
+// and local errors, the caller holds the turn.
 func (r *retryStream) end(a *attempt, err error) error {
 	var b *attempt // the attempt being opened and replayed, until installed
 	resolved := false
 	defer func() {
-		if !resolved {
-			r.abort(a, b, err)
+		if !resolved { // user code (a hook, the logger, an inner interceptor) panicked: end the stream first
+			if b != nil {
+				b.record(breaker.Ignored) // it says nothing about the server
+				b.release()
+			}
+			r.finish(a, err, breaker.Ignored, aborted)
 		}
 	}()
 	done := func(final error) error { resolved = true; return final }
@@ -473,21 +473,24 @@ func (r *retryStream) end(a *attempt, err error) error {
 		}
 		r.watch()
 		b = &attempt{permit: p, probe: r.e.brk.State() == breaker.HalfOpen}
-		if err = r.open(b, r.call.Attempts()); err == nil {
-			if err = r.replay(b); err == nil {
+		berr := r.open(b, r.call.Attempts())
+		if berr == nil {
+			if berr = r.replay(b); berr == nil {
 				return done(nil)
 			}
 		}
-		a, b = b, nil // b ended while opening or replaying, with err
+		a, b, err = b, nil, berr // b ended while opening or replaying
 	}
 }
 
-// replay replays the ops on b, a new attempt, and installs it; or returns
-// b's end if b ended uncommitted during the replay.
+// replay replays the ops on b, a new attempt, and makes b the current
+// attempt, ending the retry; or returns b's end if b ended uncommitted
+// during the replay.
 func (r *retryStream) replay(b *attempt) error {
 	r.mu.Lock()
 	ops, raw := r.ops, r.raw // nobody keeps or commits while retrying
 	r.mu.Unlock()
+	committed := false
 	for _, op := range ops {
 		if op.typ == nil {
 			_ = b.cs.CloseSend()
@@ -497,50 +500,33 @@ func (r *retryStream) replay(b *attempt) error {
 		if err := proto.Unmarshal(raw[op.start:op.end], m); err != nil {
 			return localError{status.Errorf(codes.Internal, "interceptors: replaying a sent message: %v", err)}
 		}
-		switch err := b.cs.SendMsg(m); err {
-		case nil:
+		if err := b.cs.SendMsg(m); err != io.EOF {
+			if err != nil {
+				return localError{err} // as in SendMsg: the message cannot be sent
+			}
 			continue
-		case io.EOF:
-		default:
-			return localError{err} // as in SendMsg: the message cannot be sent
 		}
 		headers, st := drain(b.cs)
 		if !headers {
 			return st
 		}
-		r.install(b, true) // committed by headers: its messages and status are for RecvMsg
-		return nil
+		committed = true // by headers: b's messages and status are for RecvMsg
+		break
 	}
-	r.install(b, false)
-	return nil
-}
-
-// install makes b, replayed, the current attempt and ends the retry.
-func (r *retryStream) install(b *attempt, committed bool) {
 	r.mu.Lock()
-	r.cur = b
+	r.cur, r.phase = b, reading
 	if committed {
 		r.commitLocked()
 	}
-	r.phase = reading
 	r.broadcastLocked()
 	abandoned := r.ctx.Err() != nil // the caller's context ended while b opened: see ctxDone
 	r.mu.Unlock()
 	if committed {
-		b.record(breaker.Success) // b answered with headers
+		b.record(breaker.Success) // b answered
 	} else if abandoned {
 		b.record(breaker.Ignored)
 	}
-}
-
-// abort ends the stream with err, a's, when end panics; b, the attempt
-// being opened if any, says nothing about the server.
-func (r *retryStream) abort(a, b *attempt, err error) {
-	if b != nil {
-		b.record(breaker.Ignored)
-		b.release()
-	}
-	r.finish(a, err, breaker.Ignored, aborted)
+	return nil
 }
 
 // ending says what finish does with the call's retry state.
@@ -592,10 +578,8 @@ func drain(cs grpc.ClientStream) (headers bool, err error) {
 	if md, _ := cs.Header(); md != nil {
 		return true, nil
 	}
-	if err = cs.RecvMsg(new(emptypb.Empty)); err == nil {
-		return true, nil // unreachable (a message without headers)
-	}
-	return false, err
+	err = cs.RecvMsg(new(emptypb.Empty))
+	return err == nil, err // nil: unreachable (a message without headers)
 }
 
 // SendMsg sends m on the current attempt and, until the stream commits,
