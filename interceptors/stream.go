@@ -51,14 +51,15 @@ import (
 )
 
 // Stream returns the stream client interceptor of the suite. It serves the
-// three streaming kinds with the same per-attempt step as Unary (breaker,
-// classification, retry.Call's MaxAttempts, budget and deadline); a method
-// without a policy passes through untouched.
+// three streaming kinds with the same per-attempt step as [Suite.Unary]
+// (breaker, classification, [retry.Call]'s MaxAttempts, budget and
+// deadline); a method without a policy passes through untouched.
 //
 // A stream is retried only until it commits (gRFC A6): when a response
 // message or headers arrive, when the caller calls Header (once headers
 // arrive), Trailer or Context, or when the messages sent exceed the replay
-// buffer (WithReplayBuffer; a grpc.MaxRetryRPCBufferSize call option wins),
+// buffer ([WithReplayBuffer], [DefaultReplayBuffer] by default; a
+// [grpc.MaxRetryRPCBufferSize] call option wins),
 // each counting its encoded size, at least one byte; a message that is not
 // a protobuf message commits. Until then it keeps every sent message as it
 // was sent (a caller may reuse one message value) and, when an attempt
@@ -74,7 +75,7 @@ import (
 // calls; a local SendMsg error (such as a message too large) is ignored,
 // and so is the current attempt as soon as the caller's context ends. The
 // first attempt is admitted as a unary call's (if rejected, no stream is
-// created), later ones with Breaker.AllowRetry.
+// created), later ones with [breaker.Breaker.AllowRetry].
 //
 // SendMsg, RecvMsg and Header may run concurrently. A retry, with the
 // OnRetry and OnGiveUp hooks (which must not call the stream), runs on the
