@@ -221,6 +221,9 @@ type retryStream struct {
 	// only finish touches them, under mu.
 	call  retry.Call
 	stats callStats
+	// fixed is the attempt the stream committed to, once no turn is held,
+	// until the stream ends: the funnel's fast path (see publishLocked).
+	fixed atomic.Pointer[attempt]
 
 	mu        sync.Mutex // guards what follows; never held over the inner stream or user code
 	phase     phase
@@ -243,16 +246,31 @@ type retryStream struct {
 // its status is RecvMsg's), op's localError, the stream's final error, or
 // the context's status if the caller's context ended while it waited.
 func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess func()) (*attempt, error) {
-	var (
-		a    *attempt // the attempt op ran on, until settled
-		res  error    // op's result on a: nil, errOver or a localError
-		turn bool     // this goroutine holds the turn
-	)
+	a := r.fixed.Load()
+	if a == nil || op == nil {
+		return r.settle(recv, op, onSuccess, nil, nil)
+	}
+	// Committed (grpc-go's fast path): nobody replaces a or reads its end.
+	switch res := op(a); res {
+	case nil, errOver:
+		return a, res
+	default:
+		if _, local := res.(localError); local {
+			return r.settle(recv, op, onSuccess, a, res)
+		}
+		return a, r.end(a, res) // final
+	}
+}
+
+// settle is the funnel's general path: it runs op, or goes on from op's
+// result res on a (nil, errOver or a localError; nil a: op has not run).
+func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(), a *attempt, res error) (*attempt, error) {
+	turn := false // this goroutine holds the turn
 	defer func() {
 		if turn {
 			r.mu.Lock()
 			r.phase = idle
-			r.broadcastLocked()
+			r.publishLocked()
 			r.mu.Unlock()
 		}
 	}()
@@ -287,7 +305,7 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 			}
 			if turn {
 				r.phase, turn = idle, false
-				r.broadcastLocked()
+				r.publishLocked()
 			}
 			r.mu.Unlock()
 			return a, nil
@@ -296,23 +314,29 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 			r.mu.Unlock()
 			return a, errOver // a's status is RecvMsg's
 		}
+		if l, local := res.(localError); local { // a is current, and no retry is in progress
+			r.endLocked(a, l.err, callDone)
+			r.mu.Unlock()
+			r.ended(a, breaker.Ignored, callDone)
+			return a, res
+		}
 		a = r.cur
-		if (recv || res == errOver) && !turn {
+		// Nobody else reads a committed attempt's end: receiving needs no turn.
+		if (recv && !r.committed || res == errOver) && !turn {
 			r.phase, turn = reading, true
 		}
 		committed := r.committed
 		r.mu.Unlock()
 
-		ended := res // a's end, for end to resolve
-		switch {
-		case res == errOver: // we hold the turn: read a's status
+		ended := res        // a's end, for end to resolve
+		if res == errOver { // we hold the turn: read a's status
 			if ended = r.readEnd(a); ended == errOver {
 				return a, errOver
 			}
-		case res == nil:
+		} else {
 			res = op(a)
 			if res == nil && committed && !turn {
-				return a, nil // a committed attempt is never replaced
+				return a, nil // nobody replaces a committed attempt
 			}
 			if _, local := res.(localError); res == nil || res == errOver || local {
 				continue // settle a under mu
@@ -320,7 +344,7 @@ func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess fu
 			ended, res = res, nil
 		}
 		if err := r.end(a, ended); err != nil {
-			return a, orLocal(res, err)
+			return a, err
 		}
 		a, res = nil, nil // replaced: run op on the new attempt
 	}
@@ -346,6 +370,16 @@ func (r *retryStream) readEnd(a *attempt) error {
 	r.mu.Unlock()
 	a.record(breaker.Success)
 	return errOver
+}
+
+// publishLocked wakes every waiter (wait) at a change of phase or final,
+// and publishes a committed stream's attempt for the funnel's fast path
+// once no turn is held: then nobody else may read its end.
+func (r *retryStream) publishLocked() {
+	if r.committed && r.phase == idle && r.final == nil {
+		r.fixed.Store(r.cur)
+	}
+	r.broadcastLocked()
 }
 
 // broadcastLocked wakes every waiter (wait).
@@ -411,8 +445,8 @@ func (r *retryStream) open(a *attempt, n int) error {
 }
 
 // end resolves the end of attempt a with err (io.EOF: success): nil when a
-// new attempt replaced a, or the stream's final error. Except for io.EOF
-// and local errors, the caller holds the turn.
+// new attempt replaced a, or the stream's final error. The caller holds the
+// turn, or a is committed (no retry can follow).
 func (r *retryStream) end(a *attempt, err error) error {
 	var b *attempt // the attempt being opened and replayed, until installed
 	resolved := false
@@ -427,10 +461,10 @@ func (r *retryStream) end(a *attempt, err error) error {
 	}()
 	done := func(final error) error { resolved = true; return final }
 	for {
-		if l, local := err.(localError); local || err == io.EOF {
-			if local {
-				return done(r.finish(a, l.err, breaker.Ignored, callDone))
-			}
+		if l, local := err.(localError); local { // b's, in the replay
+			return done(r.finish(a, l.err, breaker.Ignored, callDone))
+		}
+		if err == io.EOF {
 			return done(r.finish(a, io.EOF, breaker.Success, callDone))
 		}
 		r.mu.Lock()
@@ -544,10 +578,20 @@ const (
 // returns the stream's final error.
 func (r *retryStream) finish(a *attempt, err error, o breaker.Outcome, how ending) error {
 	r.mu.Lock()
+	won := r.endLocked(a, err, how)
+	err = r.final
+	r.mu.Unlock()
+	if won {
+		r.ended(a, o, how)
+	}
+	return err
+}
+
+// endLocked is finish's part under mu: it ends the stream unless it is
+// over already (false).
+func (r *retryStream) endLocked(a *attempt, err error, how ending) bool {
 	if r.final != nil {
-		f := r.final
-		r.mu.Unlock()
-		return f
+		return false
 	}
 	if how != stepEnded {
 		callErr := err
@@ -557,19 +601,23 @@ func (r *retryStream) finish(a *attempt, err error, o breaker.Outcome, how endin
 		r.call.Done(callErr, how == aborted)
 	}
 	r.cur, r.final = a, err
+	r.fixed.Store(nil)
 	r.dropBufferLocked()
 	a.release()
 	if r.unwatch != nil {
 		r.unwatch()
 	}
 	r.broadcastLocked()
-	r.mu.Unlock()
+	return true
+}
+
+// ended is finish's part without mu, once the stream ended at a.
+func (r *retryStream) ended(a *attempt, o breaker.Outcome, how ending) {
 	a.record(o)
 	if how == callDone {
 		r.e.callEnded(r.ctx, &r.stats, r.call.Attempts())
 	}
 	r.report(nil, nil)
-	return err
 }
 
 // drain finds out how a stream that is over ended: with response headers
@@ -683,6 +731,7 @@ func (r *retryStream) commitLocked() {
 	r.committed = true
 	r.dropBufferLocked()
 	r.cur.stopTimer()
+	r.publishLocked()
 }
 
 // keepLocked keeps m for replay, encoded as it is now, or commits the
