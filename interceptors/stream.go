@@ -4,29 +4,31 @@ package interceptors
 //
 // A stream with a policy wraps its current attempt, cur (one inner
 // grpc.ClientStream per attempt). Every method, and the first attempt's
-// start, runs through one funnel, withRetry(recv, op, onSuccess): it waits
-// for its turn, runs op on cur without the lock, then settles op's result:
-//   - success: onSuccess runs under mu (SendMsg keeps the message for
-//     replay, RecvMsg and Header commit), unless a retry replaced cur in the
-//     meantime: then op runs again, on the new attempt;
-//   - errOver (SendMsg's io.EOF, Header without headers): cur is over and its
-//     status unread; the funnel takes the turn and reads it (drain);
+// start, runs an op through one funnel, withRetry(recv, op, onSuccess).
+// Once the stream has committed (no retry, no replay buffer: a message or
+// headers received, Header/Trailer/Context called, or the buffer's limit
+// reached), op simply runs on the committed attempt, fixed, without a lock.
+// Until then, settle waits for its turn, runs op on cur without the lock,
+// and settles op's result under mu:
+//   - success: onSuccess (SendMsg keeps the message for replay, RecvMsg and
+//     Header commit), unless a retry replaced cur meanwhile: then op runs
+//     again, on the new attempt;
+//   - errOver (SendMsg's io.EOF, Header without headers): cur is over, its
+//     status unread: settle takes the turn and reads it (readEnd);
+//   - a localError (SendMsg's own): the stream ends, cur Ignored;
 //   - the attempt's end (RecvMsg's error, the streamer's): handed to end.
-// The turn (phase reading) is held by the one goroutine that may call cur's
-// RecvMsg. end, the one path from an attempt's end onwards, runs on the turn
-// holder: io.EOF and local send errors go straight to finish; any other
-// error sets phase retrying (everyone else waits in wait, which honours the
-// caller's context), then decide → afterFailure → nextAttempt (step.go)
-// either finish the stream or admit a new attempt, which end opens and on
-// which it replays the kept ops (each sent message from its encoding, then
-// CloseSend), looping if it fails too. finish is the one place the stream
-// ends: it sets final, which every method returns from then on.
-// Commit (no retry, no replay buffer): a message or headers received,
-// Header/Trailer/Context called, or the buffer's limit reached.
+// Phase: the turn (reading) is held by the one goroutine that may call cur's
+// RecvMsg; retrying while it is in end, everyone else waiting in wait, which
+// honours the caller's context. end is the one path from an attempt's end
+// onwards: io.EOF goes to finish; a failure goes through decide →
+// afterFailure → nextAttempt (step.go), which finish the stream or admit a
+// new attempt, which end opens and replays the kept ops on (each sent
+// message from its encoding, then CloseSend), looping if it fails too.
+// finish is the one place the stream ends: it sets final.
 // Breaker and budget: each attempt's permit goes out exactly once, through
-// take: record (Success when it answers, Ignored when abandoned or at a
-// local error) or afterFailure (the failed attempt, with retry.Call's
-// budget accounting); finish does call.Done for the ends it decides.
+// attempt.take: record (Success when it answers, Ignored when abandoned or
+// at a local error) or afterFailure (a failed attempt: RetryAt or DoneAt,
+// with retry.Call's budget); finish does call.Done for the ends it decides.
 
 import (
 	"context"
@@ -290,10 +292,12 @@ func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(
 		if cut || r.final != nil {
 			cur, err := r.cur, r.final
 			r.mu.Unlock()
-			if err == nil {
+			if _, local := res.(localError); local {
+				return cur, res // for SendMsg
+			} else if err == nil {
 				err = r.ctxErr()
 			}
-			return cur, orLocal(res, err)
+			return cur, err
 		}
 		if a != nil && r.cur != a {
 			a, res = nil, nil // a retry replaced a: run op again on the new attempt
@@ -321,11 +325,9 @@ func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(
 			return a, res
 		}
 		a = r.cur
-		// Nobody else reads a committed attempt's end: receiving needs no turn.
-		if (recv && !r.committed || res == errOver) && !turn {
+		if (recv || res == errOver) && !turn {
 			r.phase, turn = reading, true
 		}
-		committed := r.committed
 		r.mu.Unlock()
 
 		ended := res        // a's end, for end to resolve
@@ -335,9 +337,6 @@ func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(
 			}
 		} else {
 			res = op(a)
-			if res == nil && committed && !turn {
-				return a, nil // nobody replaces a committed attempt
-			}
 			if _, local := res.(localError); res == nil || res == errOver || local {
 				continue // settle a under mu
 			}
@@ -348,14 +347,6 @@ func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(
 		}
 		a, res = nil, nil // replaced: run op on the new attempt
 	}
-}
-
-// orLocal returns res if it is a localError, otherwise err.
-func orLocal(res, err error) error {
-	if _, local := res.(localError); local {
-		return res
-	}
-	return err
 }
 
 // readEnd reads the status of a, which is over, for the turn holder:
