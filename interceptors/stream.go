@@ -224,7 +224,7 @@ type retryStream struct {
 	call  retry.Call
 	stats callStats
 	// fixed is the attempt the stream committed to, once no turn is held,
-	// until the stream ends: the funnel's fast path (see publishLocked).
+	// until the stream ends: the funnel's fast path (see changedLocked).
 	fixed atomic.Pointer[attempt]
 
 	mu        sync.Mutex // guards what follows; never held over the inner stream or user code
@@ -272,7 +272,7 @@ func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(
 		if turn {
 			r.mu.Lock()
 			r.phase = idle
-			r.publishLocked()
+			r.changedLocked()
 			r.mu.Unlock()
 		}
 	}()
@@ -309,7 +309,7 @@ func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(
 			}
 			if turn {
 				r.phase, turn = idle, false
-				r.publishLocked()
+				r.changedLocked()
 			}
 			r.mu.Unlock()
 			return a, nil
@@ -363,18 +363,13 @@ func (r *retryStream) readEnd(a *attempt) error {
 	return errOver
 }
 
-// publishLocked wakes every waiter (wait) at a change of phase or final,
-// and publishes a committed stream's attempt for the funnel's fast path
-// once no turn is held: then nobody else may read its end.
-func (r *retryStream) publishLocked() {
+// changedLocked follows a change of phase, commit or final: it wakes every
+// waiter (wait), and publishes a committed stream's attempt for the
+// funnel's fast path once no turn is held (nobody else may read its end).
+func (r *retryStream) changedLocked() {
 	if r.committed && r.phase == idle && r.final == nil {
 		r.fixed.Store(r.cur)
 	}
-	r.broadcastLocked()
-}
-
-// broadcastLocked wakes every waiter (wait).
-func (r *retryStream) broadcastLocked() {
 	if r.changed != nil {
 		close(r.changed)
 		r.changed = nil
@@ -544,7 +539,7 @@ func (r *retryStream) replay(b *attempt) error {
 	if committed {
 		r.commitLocked()
 	}
-	r.broadcastLocked()
+	r.changedLocked()
 	abandoned := r.ctx.Err() != nil // the caller's context ended while b opened: see ctxDone
 	r.mu.Unlock()
 	if committed {
@@ -598,7 +593,7 @@ func (r *retryStream) endLocked(a *attempt, err error, how ending) bool {
 	if r.unwatch != nil {
 		r.unwatch()
 	}
-	r.broadcastLocked()
+	r.changedLocked()
 	return true
 }
 
@@ -722,7 +717,7 @@ func (r *retryStream) commitLocked() {
 	r.committed = true
 	r.dropBufferLocked()
 	r.cur.stopTimer()
-	r.publishLocked()
+	r.changedLocked()
 }
 
 // keepLocked keeps m for replay, encoded as it is now, or commits the
