@@ -24,7 +24,7 @@ package interceptors
 // afterFailure → nextAttempt (step.go), which finish the stream or admit a
 // new attempt, which end opens and replays the kept ops on (each sent
 // message from its encoding, then CloseSend), looping if it fails too.
-// finish is the one place the stream ends: it sets final.
+// finish (endLocked, then ended) is the one place the stream ends.
 // Breaker and budget: each attempt's permit goes out exactly once, through
 // attempt.take: record (Success when it answers, Ignored when abandoned or
 // at a local error) or afterFailure (a failed attempt: RetryAt or DoneAt,
