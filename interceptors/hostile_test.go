@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/interceptors"
 	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 	"github.com/khive/grpc-resilience/retry"
@@ -262,3 +263,60 @@ func TestStreamAttemptTimeoutStopsAtHeaders(t *testing.T) {
 		assert.Equal(t, int32(1), srv.calls.Load())
 	})
 }
+
+// An inner interceptor that panics while the stream opens its retry
+// attempt (or replays on it) must not leave the stream locked either: the
+// panic reaches the goroutine that retried, every later call returns the
+// first attempt's error at once, and the retry's permit, which never
+// reached the server, is recorded as ignored (the breaker gets every
+// outcome: one per admitted attempt).
+func TestStreamPanicOpeningTheRetryEndsTheStream(t *testing.T) {
+	for _, where := range []string{"open", "replay"} {
+		t.Run(where, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s, err := interceptors.New(map[string]interceptors.Policy{"*": {Breaker: breaker.Config{Mode: breaker.MetricsOnly}}})
+				require.NoError(t, err)
+				calls := 0
+				streamer := func(ctx context.Context, _ *grpc.StreamDesc, _ *grpc.ClientConn, _ string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+					calls++
+					if calls == 1 {
+						return &scripted{sendFailAt: -1, status: status.Error(codes.Unavailable, "down")}, nil
+					}
+					if where == "open" {
+						panic("inner")
+					}
+					return &panicking{}, nil
+				}
+				cs, err := s.Stream()(t.Context(), clientStreamDesc, nil, "/x.Y/Z", streamer)
+				require.NoError(t, err)
+				require.NoError(t, cs.SendMsg(&echov1.ClientStreamRequest{Message: "a"}))
+				require.PanicsWithValue(t, "inner", func() { _ = cs.RecvMsg(nil) })
+
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					assert.Equal(t, io.EOF, cs.SendMsg(&echov1.ClientStreamRequest{Message: "b"}))
+					assert.NoError(t, cs.CloseSend())
+					md, _ := cs.Header()
+					assert.Nil(t, md)
+					assert.Equal(t, codes.Unavailable, status.Code(cs.RecvMsg(nil)), "the first attempt's error")
+				}()
+				synctest.Wait()
+				select {
+				case <-done:
+				default:
+					t.Fatal("the stream is locked after a panic during its retry")
+				}
+				assert.Equal(t, 2, calls, "no retry after the panic")
+				m := s.Snapshot().Methods[0]
+				assert.Equal(t, [3]uint64{0, 1, 1}, [3]uint64{m.Successes, m.Failures, m.Ignored}, "successes, failures, ignored")
+			})
+		})
+	}
+}
+
+// panicking is an attempt's stream whose SendMsg panics (an inner
+// interceptor's bug).
+type panicking struct{ grpc.ClientStream }
+
+func (*panicking) SendMsg(any) error { panic("inner") }
