@@ -869,9 +869,9 @@ func (b *Breaker) Retire() {
 	b.mu.Unlock()
 }
 
-// Isolate forces the breaker open (ForcedOpen): every call is rejected until
+// ForceOpen forces the breaker open (ForcedOpen): every call is rejected until
 // Reset.
-func (b *Breaker) Isolate() {
+func (b *Breaker) ForceOpen() {
 	b.mu.Lock()
 	if b.state != ForcedOpen {
 		b.transition(ForcedOpen, &OpenError{name: b.cfg.Name, state: ForcedOpen})

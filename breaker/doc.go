@@ -43,7 +43,7 @@
 // or reports Ignored, frees its slot for a waiter. Closing empties the
 // window: the throttle and the streak start afresh.
 //
-// Manual control: Isolate (ForcedOpen, rejects until Reset), Disable (admits
+// Manual control: ForceOpen (ForcedOpen, rejects until Reset), Disable (admits
 // everything, records nothing), MetricsOnly (records and evaluates, never
 // rejects: it counts Counts.ShadowTrips and reports the throttle's
 // probability), Reset (Closed from any state). Reconfigure applies new

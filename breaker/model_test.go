@@ -452,7 +452,7 @@ func TestModel(t *testing.T) {
 				}
 			}},
 			{1, func(*rapid.T) {
-				b.Isolate()
+				b.ForceOpen()
 				if m.state != ForcedOpen {
 					m.transition(ForcedOpen)
 				}

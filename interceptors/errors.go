@@ -22,14 +22,17 @@ import (
 const (
 	ErrorDomain = "khive.grpc-resilience"
 
-	ReasonCircuitOpen       = "CIRCUIT_OPEN"
-	ReasonThrottled         = "THROTTLED"
-	ReasonRetriesExhausted  = "RETRIES_EXHAUSTED"
-	ReasonBudgetExhausted   = "RETRY_BUDGET_EXHAUSTED"
-	ReasonDeadlineTooShort  = "DEADLINE_TOO_SHORT"
-	ReasonNotRetryable      = "NOT_RETRYABLE"
-	ReasonCanceledWhileWait = "CANCELED_WHILE_RETRYING"
+	ReasonCircuitOpen           = "CIRCUIT_OPEN"
+	ReasonThrottled             = "THROTTLED"
+	ReasonRetriesExhausted      = "RETRIES_EXHAUSTED"
+	ReasonBudgetExhausted       = "RETRY_BUDGET_EXHAUSTED"
+	ReasonDeadlineTooShort      = "DEADLINE_TOO_SHORT"
+	ReasonNotRetryable          = "NOT_RETRYABLE"
+	ReasonCanceledWhileRetrying = "CANCELED_WHILE_RETRYING"
 )
+
+// BreakerOpen is the [retry.Reason] of a call whose retries an open breaker ended.
+const BreakerOpen retry.Reason = "breaker open"
 
 // rejectError is the error of a call the breaker rejected before any
 // attempt: codes.Unavailable with an ErrorInfo (reason CIRCUIT_OPEN, or
@@ -141,7 +144,7 @@ func (e *entry) rejection(err error) error {
 // (open or forced open): one atomic load. Call it after retry.Call.Next
 // granted a retry and before retry.Wait; if true, end the call as
 // admit would after the wait: c.Done(err, true) and e.giveUp with
-// retry.BreakerOpen, without waiting.
+// BreakerOpen, without waiting.
 func (e *entry) isOpen() bool {
 	switch e.brk.State() {
 	case breaker.Open, breaker.ForcedOpen:
@@ -167,7 +170,7 @@ func (e *giveUpError) Unwrap() error { return e.re }
 
 // Is reports breaker.ErrOpen for a call the open breaker ended.
 func (e *giveUpError) Is(target error) bool {
-	return target == breaker.ErrOpen && e.re.Reason == retry.BreakerOpen
+	return target == breaker.ErrOpen && e.re.Reason == BreakerOpen
 }
 
 // Error formats the annotated status as grpc's status errors do.
@@ -213,16 +216,16 @@ func reasonOf(r retry.Reason) string {
 		return ReasonBudgetExhausted
 	case retry.Deadline:
 		return ReasonDeadlineTooShort
-	case retry.BreakerOpen:
+	case BreakerOpen:
 		return ReasonCircuitOpen
 	case retry.Canceled:
-		return ReasonCanceledWhileWait
+		return ReasonCanceledWhileRetrying
 	}
 	return ReasonNotRetryable
 }
 
 // giveUp turns the retry.Error that ended a call (from retry.Call.Next, or
-// built by the caller for retry.BreakerOpen and retry.Canceled) into the
+// built by the caller for BreakerOpen and retry.Canceled) into the
 // error the caller gets, and reports it (WithOnGiveUp, WithLogger):
 //
 //   - a single attempt that stopped as NotRetryable or Exhausted (retries

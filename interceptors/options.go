@@ -2,7 +2,6 @@ package interceptors
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -63,34 +62,32 @@ func defaultOptions() options {
 	return options{replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader, maxBreakers: DefaultMaxBreakers}
 }
 
-func (o *options) validate() error {
+func (o *options) validate() []error {
+	var errs []error
 	switch o.budget {
 	case budgetRatio:
 		if err := o.budgetCfg.Validate(); err != nil {
-			return &configError{msg: "interceptors: WithBudget: " + err.Error(), err: err}
+			errs = append(errs, &configError{msg: "interceptors: WithBudget: " + err.Error(), err: err})
 		}
 	case budgetTokens:
 		if _, err := retry.NewTokenBucket(o.maxTokens, o.tokenRatio); err != nil {
-			return &configError{msg: "interceptors: WithTokenBucket: " + err.Error(), err: err}
+			errs = append(errs, &configError{msg: "interceptors: WithTokenBucket: " + err.Error(), err: err})
 		}
 	}
 	if o.replayBytes < 0 {
-		return errors.New("interceptors: WithReplayBuffer: must not be negative")
+		errs = append(errs, &configError{msg: "interceptors: WithReplayBuffer: must not be negative"})
 	}
 	if o.maxBreakers < 1 {
-		return fmt.Errorf("interceptors: WithMaxBreakers: must be at least 1, got %d", o.maxBreakers)
+		errs = append(errs, &configError{msg: fmt.Sprintf("interceptors: WithMaxBreakers: must be at least 1, got %d", o.maxBreakers)})
 	}
 	// grpc fails a call whose outgoing metadata has a malformed key (with
 	// INTERNAL, a failure code): caught here, it cannot fail every retry.
-	for i := 0; i < len(o.header); i++ {
-		if c := o.header[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return fmt.Errorf("interceptors: WithAttemptHeader: %s is not a metadata key (characters in [0-9a-z-_.])", quote(o.header))
-		}
+	if strings.IndexFunc(o.header, func(c rune) bool {
+		return !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.')
+	}) >= 0 {
+		errs = append(errs, &configError{msg: "interceptors: WithAttemptHeader: " + quote(o.header) + " is not a metadata key (characters in [0-9a-z-_.])"})
 	}
-	// New validates once, before anything uses the options: the
-	// instruments are made here.
-	o.metrics = newMetrics(o.meterProvider, o.methodFilter)
-	return nil
+	return errs
 }
 
 // newBudget returns a new budget as configured (the configuration was

@@ -117,7 +117,7 @@ func (r *registry) newBreaker(tab *table, pol *policy, rec *record) {
 	quiet := cfg
 	quiet.OnStateChange = nil
 	rec.brk, _ = breaker.New(quiet)
-	rec.brk.Isolate()
+	rec.brk.ForceOpen()
 	_ = rec.brk.Reconfigure(cfg) // same Mode: keeps ForcedOpen
 	rec.forced = true
 }
@@ -284,7 +284,7 @@ func (rc reconf) apply() {
 	_ = rc.brk.Reconfigure(rc.cfg) // validated by resolve: cannot fail
 	switch {
 	case rc.isolate:
-		rc.brk.Isolate()
+		rc.brk.ForceOpen()
 	case rc.release && rc.brk.State() == breaker.ForcedOpen:
 		switch rc.cfg.Mode {
 		case breaker.Disabled:

@@ -44,9 +44,9 @@ import (
 // Breaker.OnStateChange) must not call Update: a change of Mode calls the
 // hooks during the Update.
 func (s *Suite) Update(policies map[string]Policy) error {
-	tab, err := s.resolve(policies)
-	if err != nil {
-		return err
+	tab, errs := s.resolve(policies)
+	if errs != nil {
+		return joinErrors(errs)
 	}
 	s.umu.Lock()
 	defer s.umu.Unlock()

@@ -97,7 +97,7 @@ func (e *entry) nextAttempt(ctx context.Context, c *retry.Call, cs *callStats, e
 // (for reason); err is the last attempt's error.
 func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, cs *callStats, err error, reason RejectReason) error {
 	c.Done(err, true)
-	final := e.giveUp(ctx, cs, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.BreakerOpen})
+	final := e.giveUp(ctx, cs, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: BreakerOpen})
 	e.rejected(ctx, cs.options(), cs.targetName(), reason, c.Attempts()+1, final)
 	return final
 }

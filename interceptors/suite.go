@@ -1,6 +1,9 @@
 package interceptors
 
 import (
+	"errors"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,9 +128,13 @@ type entry struct {
 // breaker.ForcedOpen) and otherwise has the policy's settings in Closed mode;
 // SetMode can close it.
 //
-// Errors name the key (quoted, and cut after 64 bytes) and the field, such as
+// Errors name the option, or the key (quoted, and cut after 64 bytes) and the
+// field, such as
 //
 //	interceptors: policy "/echo.v1.Echo/*": Retry.MaxAttempts: must be at least 1, got -1
+//
+// New reports every problem: options first, then policies sorted by key,
+// joined with [errors.Join].
 func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	s := &Suite{o: defaultOptions()}
 	for _, o := range opts {
@@ -135,31 +142,42 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 			o.apply(&s.o)
 		}
 	}
-	if err := s.o.validate(); err != nil {
+	errs := s.o.validate()
+	tab, perrs := s.resolve(policies)
+	if err := joinErrors(append(errs, perrs...)); err != nil {
 		return nil, err
 	}
+	s.o.metrics = newMetrics(s.o.meterProvider, s.o.methodFilter)
 	s.headers = headerContexts(s.o.header)
-	tab, err := s.resolve(policies)
-	if err != nil {
-		return nil, err
-	}
 	s.reg.tab, s.reg.max, s.reg.hook = &s.tab, s.o.maxBreakers, s.recordingHook(s.o.stateChangeHook())
 	s.tab.Store(tab)
 	s.o.metrics.bind(s)
 	return s, nil
 }
 
-// resolve validates policies and builds a table.
-func (s *Suite) resolve(policies map[string]Policy) (*table, error) {
+// joinErrors returns nil, the one error of errs, or errors.Join(errs...).
+func joinErrors(errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return errors.Join(errs...)
+}
+
+// resolve validates policies and builds a table. It returns every problem,
+// sorted by key, or a table.
+func (s *Suite) resolve(policies map[string]Policy) (*table, []error) {
 	tab := &table{exact: map[string]*policy{}, service: map[string]*policy{}}
-	for key, p := range policies {
+	var errs []error
+	for _, key := range slices.Sorted(maps.Keys(policies)) {
+		p := policies[key]
 		forced := p.Breaker.Mode == breaker.ForcedOpen
 		if forced {
 			p.Breaker.Mode = breaker.Closed
 		}
 		pol, err := resolvePolicy(key, p)
 		if err != nil {
-			return nil, err
+			errs = append(errs, err)
+			continue
 		}
 		if forced {
 			if tab.forced == nil {
@@ -175,6 +193,9 @@ func (s *Suite) resolve(policies map[string]Policy) (*table, error) {
 		default:
 			tab.exact[key] = pol
 		}
+	}
+	if errs != nil {
+		return nil, errs
 	}
 	return tab, nil
 }

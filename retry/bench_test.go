@@ -191,7 +191,7 @@ func BenchmarkBackoff(b *testing.B) {
 			b.ReportAllocs()
 			n := 0
 			for b.Loop() {
-				sinkDuration = p.Backoff(n&15, 0.5)
+				sinkDuration = p.Delay(n&15, 0.5)
 				n++
 			}
 		})

@@ -82,7 +82,7 @@ func (c *Call) AttemptContext(ctx context.Context) (context.Context, context.Can
 //  4. the budget refuses: BudgetExhausted
 //  5. the caller's deadline leaves less than delay + MinAttemptTime after now: Deadline
 //
-// The delay is Policy.Backoff(n, u) for Backoff (n counts Backoff retries since the last
+// The delay is Policy.Delay(n, u) for Backoff (n counts Backoff retries since the last
 // After; u from math/rand/v2) and min(d, MaxPushback) for After, which also resets n to 0.
 // Next charges the budget (as Budget.Allow, but counting the other retries in flight at their
 // expected refund; see Budget) only when it returns a delay: a retry that the deadline rules
@@ -108,14 +108,14 @@ func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (
 		return 0, c.stop(err, Exhausted)
 	}
 	var delay time.Duration
-	if d.kind == kindAfter {
-		delay = min(d.after, c.p.MaxPushback)
+	if after, ok := d.Pushback(); ok {
+		delay = min(after, c.p.MaxPushback)
 	} else {
 		var u float64
 		if c.p.Jitter != NoJitter {
 			u = rand.Float64()
 		}
-		delay = c.p.Backoff(c.n, u)
+		delay = c.p.Delay(c.n, u)
 	}
 	fits := true
 	if dl, ok := ctx.Deadline(); ok {
@@ -132,7 +132,7 @@ func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (
 	}
 	c.charged = c.budget != nil
 	c.inflight = c.charged
-	if d.kind == kindAfter {
+	if d != Backoff {
 		c.n = 0
 	} else if c.n < math.MaxInt32 {
 		c.n++

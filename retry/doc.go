@@ -18,7 +18,7 @@
 //	ProportionalJitter    min(MaxBackoff, d × U(1-JitterFactor, 1+JitterFactor))   (gRFC A6, Khive; 0.2)
 //	NoJitter              d
 //
-// Policy.Backoff computes it in float64 and clamps, so it never overflows, never goes negative
+// Policy.Delay computes it in float64 and clamps, so it never overflows, never goes negative
 // and never exceeds MaxBackoff, for any n (fuzzed). Capping before jitter keeps full jitter
 // spread over [0, MaxBackoff) once the cap is reached instead of collapsing onto it. The final
 // clamp of ProportionalJitter does collapse the upper half of its range onto MaxBackoff once the
@@ -31,7 +31,7 @@
 // MaxPushback, no jitter, and the exponent starts again from n = 0). When retrying stops, the
 // caller gets an *Error that wraps the last attempt's error (errors.Is, errors.As and gRPC's
 // status.FromError see through it) with the attempt count and a Reason: Exhausted,
-// NotRetryable, Deadline, BudgetExhausted, Canceled, or BreakerOpen (set by the interceptors).
+// NotRetryable, Deadline, BudgetExhausted or Canceled (callers may add their own).
 //
 // # Deadline discipline
 //

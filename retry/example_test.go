@@ -76,16 +76,16 @@ func ExampleDoValue() {
 
 // The delay sequence of the default policy without jitter: 25ms doubling, capped at 5s. The
 // cap comes before jitter, so FullJitter draws from [0, 5s) from the 9th retry on.
-func ExamplePolicy_Backoff() {
+func ExamplePolicy_Delay() {
 	p := retry.Policy{Jitter: retry.NoJitter}
 	var delays []time.Duration
 	for n := range 10 {
-		delays = append(delays, p.Backoff(n, 0))
+		delays = append(delays, p.Delay(n, 0))
 	}
 	fmt.Println(delays)
 
 	a6 := retry.Policy{Jitter: retry.ProportionalJitter, InitialBackoff: time.Second, MaxBackoff: time.Minute}
-	fmt.Println(a6.Backoff(0, 0), a6.Backoff(0, 0.5), a6.Backoff(0, 0.75))
+	fmt.Println(a6.Delay(0, 0), a6.Delay(0, 0.5), a6.Delay(0, 0.75))
 	// Output:
 	// [25ms 50ms 100ms 200ms 400ms 800ms 1.6s 3.2s 5s 5s]
 	// 800ms 1s 1.1s

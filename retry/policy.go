@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Jitter selects how Policy.Backoff randomizes the capped exponential delay.
+// Jitter selects how Policy.Delay randomizes the capped exponential delay.
 type Jitter uint8
 
 const (
@@ -159,7 +159,7 @@ func fieldError(field, format string, args ...any) error {
 	return fmt.Errorf("retry: Policy."+field+": "+format, args...)
 }
 
-// Backoff is the pure delay before retry n (n = 0 for the first retry), given a uniform
+// Delay is the pure delay before retry n (n = 0 for the first retry), given a uniform
 // sample u in [0, 1):
 //
 //	d = min(MaxBackoff, InitialBackoff × Multiplier^n)
@@ -170,7 +170,7 @@ func fieldError(field, format string, args ...any) error {
 // Zero fields take their defaults. The exponential is computed in float64 and clamped, so no n
 // overflows (Multiplier^n may be +Inf). The result is never negative and never above MaxBackoff.
 // A negative n counts as 0; u outside [0, 1) (or NaN) is clamped into it.
-func (p Policy) Backoff(n int, u float64) time.Duration {
+func (p Policy) Delay(n int, u float64) time.Duration {
 	// The four defaults Backoff needs, applied in place: p = p.withDefaults() measured three times
 	// the cost of the whole function as written.
 	if p.MaxBackoff == 0 {
