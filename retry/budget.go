@@ -43,7 +43,19 @@ type BudgetConfig struct {
 	Window time.Duration
 }
 
-func (c BudgetConfig) withDefaults() BudgetConfig {
+// Normalize validates c and returns it with each zero field replaced by its default. It
+// reports the first invalid field, naming it:
+//
+//	retry: BudgetConfig.Ratio: must be in (0, 1000], got 1500
+func (c BudgetConfig) Normalize() (BudgetConfig, error) {
+	switch {
+	case math.IsNaN(c.Ratio) || c.Ratio < 0 || c.Ratio > 1000:
+		return c, budgetError("BudgetConfig.Ratio", "must be in (0, 1000], got %v", c.Ratio)
+	case math.IsNaN(c.MinRetriesPerSecond) || math.IsInf(c.MinRetriesPerSecond, 0) || c.MinRetriesPerSecond < 0:
+		return c, budgetError("BudgetConfig.MinRetriesPerSecond", "must be finite and not negative, got %v", c.MinRetriesPerSecond)
+	case c.Window < 0 || (c.Window > 0 && c.Window < 10*time.Millisecond):
+		return c, budgetError("BudgetConfig.Window", "must be at least 10ms, got %v", c.Window)
+	}
 	if c.Ratio == 0 {
 		c.Ratio = DefaultBudgetRatio
 	}
@@ -53,22 +65,13 @@ func (c BudgetConfig) withDefaults() BudgetConfig {
 	if c.Window == 0 {
 		c.Window = DefaultBudgetWindow
 	}
-	return c
+	return c, nil
 }
 
-// Validate reports the first invalid field, naming it:
-//
-//	retry: BudgetConfig.Ratio: must be in (0, 1000], got 1500
+// Validate reports the first invalid field, as Normalize does.
 func (c BudgetConfig) Validate() error {
-	switch {
-	case math.IsNaN(c.Ratio) || c.Ratio < 0 || c.Ratio > 1000:
-		return budgetError("BudgetConfig.Ratio", "must be in (0, 1000], got %v", c.Ratio)
-	case math.IsNaN(c.MinRetriesPerSecond) || math.IsInf(c.MinRetriesPerSecond, 0) || c.MinRetriesPerSecond < 0:
-		return budgetError("BudgetConfig.MinRetriesPerSecond", "must be finite and not negative, got %v", c.MinRetriesPerSecond)
-	case c.Window < 0 || (c.Window > 0 && c.Window < 10*time.Millisecond):
-		return budgetError("BudgetConfig.Window", "must be at least 10ms, got %v", c.Window)
-	}
-	return nil
+	_, err := c.Normalize()
+	return err
 }
 
 func budgetError(field, format string, args ...any) error {
@@ -198,10 +201,10 @@ func stripeCount() int { return stripeof.Count(maxStripes) }
 
 // NewBudget returns a ratio-mode Budget. It returns an error naming the field if cfg is invalid.
 func NewBudget(cfg BudgetConfig) (*Budget, error) {
-	if err := cfg.Validate(); err != nil {
+	cfg, err := cfg.Normalize()
+	if err != nil {
 		return nil, err
 	}
-	cfg = cfg.withDefaults()
 	w := math.Round(depositUnits / cfg.Ratio)
 	w = min(max(w, 1), maxWithdraw)
 	reserve := min(cfg.MinRetriesPerSecond*cfg.Window.Seconds()*w, maxReserve)

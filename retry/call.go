@@ -37,7 +37,7 @@ import (
 // a retry granted by Next but abandoned during the wait is not counted, and Done gives its
 // budget withdrawal back.
 type Call struct {
-	p        Policy // defaults applied
+	p        Policy // normalized
 	budget   *Budget
 	attempts int
 	n        int  // exponent of the next Backoff delay (reset by After)
@@ -45,13 +45,14 @@ type Call struct {
 	inflight bool // Next granted a retry that the budget counts in flight until its attempt ends
 }
 
-// NewCall starts tracking one logical call under p (zero fields take their defaults). b may be
-// nil: no budget. p must be validated already (Validate); NewCall does not check it.
+// NewCall starts tracking one logical call under p, normalized (Normalize). b may be nil: no
+// budget. p must be valid; NewCall does not report the error.
 func (p *Policy) NewCall(b *Budget) Call {
-	return Call{p: p.withDefaults(), budget: b}
+	n, _ := p.Normalize()
+	return Call{p: n, budget: b}
 }
 
-// Policy returns the call's policy with defaults applied.
+// Policy returns the call's normalized policy.
 func (c *Call) Policy() Policy { return c.p }
 
 // Begin marks that an attempt starts; it increments Attempts. Call it before every attempt,
@@ -115,7 +116,7 @@ func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (
 		if c.p.Jitter != NoJitter {
 			u = rand.Float64()
 		}
-		delay = c.p.Delay(c.n, u)
+		delay = c.p.delay(c.n, u)
 	}
 	fits := true
 	if dl, ok := ctx.Deadline(); ok {

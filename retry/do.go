@@ -64,12 +64,13 @@ func collect(opts []Option) options {
 // already done (op sees ctx); retries never are. Do allocates nothing and reads no clock when op
 // succeeds at once and AttemptTimeout is 0 (an attempt timeout needs a context.WithTimeout).
 func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, classify func(error) Decision, opts ...Option) error {
-	if !p.valid() {
-		return p.explain()
+	p, err := p.Normalize()
+	if err != nil {
+		return err
 	}
 	// The first attempt, without a Call: the common case stays cheap.
 	actx, cancel := p.AttemptContext(ctx)
-	err := op(actx)
+	err = op(actx)
 	cancel()
 	if err == nil {
 		if len(opts) > 0 {

@@ -74,61 +74,52 @@ type Policy struct {
 	MaxPushback time.Duration
 }
 
-// withDefaults returns p with every zero field replaced by its default.
-func (p Policy) withDefaults() Policy {
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = DefaultMaxAttempts
-	}
-	if p.InitialBackoff == 0 {
-		p.InitialBackoff = DefaultInitialBackoff
-	}
-	if p.MaxBackoff == 0 {
-		p.MaxBackoff = DefaultMaxBackoff
-	}
-	if p.Multiplier == 0 {
-		p.Multiplier = DefaultMultiplier
-	}
-	if p.JitterFactor == 0 {
-		p.JitterFactor = DefaultJitterFactor
-	}
-	if p.MinAttemptTime == 0 {
-		p.MinAttemptTime = DefaultMinAttemptTime
-	}
-	if p.MaxPushback == 0 {
-		p.MaxPushback = DefaultMaxPushback
-	}
-	return p
-}
-
-// Validate reports the first invalid field, naming it:
+// Normalize validates p and returns it with each zero field replaced by its default. It
+// reports the first invalid field, naming it:
 //
 //	retry: Policy.MaxAttempts: must be at least 1, got -2
 //
-// It never panics.
+// A normalized Policy normalizes to itself. Normalize never panics.
+func (p Policy) Normalize() (Policy, error) {
+	n := p
+	if n.MaxAttempts == 0 {
+		n.MaxAttempts = DefaultMaxAttempts
+	}
+	if n.InitialBackoff == 0 {
+		n.InitialBackoff = DefaultInitialBackoff
+	}
+	if n.MaxBackoff == 0 {
+		n.MaxBackoff = DefaultMaxBackoff
+	}
+	if n.Multiplier == 0 {
+		n.Multiplier = DefaultMultiplier
+	}
+	if n.JitterFactor == 0 {
+		n.JitterFactor = DefaultJitterFactor
+	}
+	if n.MinAttemptTime == 0 {
+		n.MinAttemptTime = DefaultMinAttemptTime
+	}
+	if n.MaxPushback == 0 {
+		n.MaxPushback = DefaultMaxPushback
+	}
+	if n.MaxAttempts >= 1 && n.InitialBackoff > 0 && n.MaxBackoff >= n.InitialBackoff &&
+		n.Multiplier >= 1 && n.Multiplier <= math.MaxFloat64 && n.Jitter <= NoJitter &&
+		n.JitterFactor >= 0 && n.JitterFactor <= 1 && n.AttemptTimeout >= 0 &&
+		n.MinAttemptTime > 0 && n.MaxPushback > 0 {
+		return n, nil
+	}
+	return p, p.explain(n)
+}
+
+// Validate reports the first invalid field, as Normalize does.
 func (p Policy) Validate() error {
-	if p.valid() {
-		return nil
-	}
-	return p.explain()
+	_, err := p.Normalize()
+	return err
 }
 
-// valid is the cheap form of Validate, for Do's fast path; explain says why it is false.
-// FuzzPolicyValidate checks that the two agree.
-func (p *Policy) valid() bool {
-	initial, maxB := p.InitialBackoff, p.MaxBackoff
-	if initial == 0 {
-		initial = DefaultInitialBackoff
-	}
-	if maxB == 0 {
-		maxB = DefaultMaxBackoff
-	}
-	return p.MaxAttempts >= 0 && p.InitialBackoff >= 0 && p.MaxBackoff >= 0 && maxB >= initial &&
-		(p.Multiplier == 0 || (p.Multiplier >= 1 && p.Multiplier <= math.MaxFloat64)) &&
-		p.Jitter <= NoJitter && p.JitterFactor >= 0 && p.JitterFactor <= 1 &&
-		p.AttemptTimeout >= 0 && p.MinAttemptTime >= 0 && p.MaxPushback >= 0
-}
-
-func (p *Policy) explain() error {
+// explain says why p, whose defaults are applied in n, is invalid.
+func (p *Policy) explain(n Policy) error {
 	switch {
 	case p.MaxAttempts < 0:
 		return fieldError("MaxAttempts", "must be at least 1, got %d", p.MaxAttempts)
@@ -149,10 +140,7 @@ func (p *Policy) explain() error {
 	case p.MaxPushback < 0:
 		return fieldError("MaxPushback", "must not be negative, got %v", p.MaxPushback)
 	}
-	if d := p.withDefaults(); d.MaxBackoff < d.InitialBackoff {
-		return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", d.InitialBackoff, d.MaxBackoff)
-	}
-	return nil
+	return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", n.InitialBackoff, n.MaxBackoff)
 }
 
 func fieldError(field, format string, args ...any) error {
@@ -160,37 +148,28 @@ func fieldError(field, format string, args ...any) error {
 }
 
 // Delay is the pure delay before retry n (n = 0 for the first retry), given a uniform
-// sample u in [0, 1):
+// sample u in [0, 1), after Normalize:
 //
 //	d = min(MaxBackoff, InitialBackoff × Multiplier^n)
 //	FullJitter:         d × u
 //	ProportionalJitter: min(MaxBackoff, d × (1 - JitterFactor + 2 × JitterFactor × u))
 //	NoJitter:           d
 //
-// Zero fields take their defaults. The exponential is computed in float64 and clamped, so no n
-// overflows (Multiplier^n may be +Inf). The result is never negative and never above MaxBackoff.
-// A negative n counts as 0; u outside [0, 1) (or NaN) is clamped into it.
+// The result is never negative and never above MaxBackoff, for any n; a negative n counts as
+// 0, and u outside [0, 1) (or NaN) is clamped into it. An invalid p gives 0.
 func (p Policy) Delay(n int, u float64) time.Duration {
-	// The four defaults Backoff needs, applied in place: p = p.withDefaults() measured three times
-	// the cost of the whole function as written.
-	if p.MaxBackoff == 0 {
-		p.MaxBackoff = DefaultMaxBackoff
-	}
-	if p.InitialBackoff == 0 {
-		p.InitialBackoff = DefaultInitialBackoff
-	}
-	if p.Multiplier == 0 {
-		p.Multiplier = DefaultMultiplier
-	}
-	if p.MaxBackoff < 0 { // invalid
+	q, err := p.Normalize()
+	if err != nil {
 		return 0
 	}
+	return q.delay(n, u)
+}
+
+// delay is Delay for a normalized p.
+func (p *Policy) delay(n int, u float64) time.Duration {
 	fmax := float64(p.MaxBackoff)
-	d := float64(p.InitialBackoff) * math.Pow(p.Multiplier, float64(max(n, 0)))
-	if !(d >= 0) { // NaN or negative (invalid policies only)
-		d = 0
-	}
-	d = min(d, fmax)
+	// Multiplier^n may be +Inf: the min clamps it.
+	d := min(float64(p.InitialBackoff)*math.Pow(p.Multiplier, float64(max(n, 0))), fmax)
 	if !(u >= 0) { // NaN or negative
 		u = 0
 	} else if u >= 1 {
@@ -199,16 +178,7 @@ func (p Policy) Delay(n int, u float64) time.Duration {
 	switch p.Jitter {
 	case NoJitter:
 	case ProportionalJitter:
-		f := p.JitterFactor
-		if f == 0 {
-			f = DefaultJitterFactor
-		}
-		if !(f >= 0) {
-			f = 0
-		} else if f > 1 {
-			f = 1
-		}
-		d *= 1 - f + 2*f*u
+		d *= 1 - p.JitterFactor + 2*p.JitterFactor*u
 	default:
 		d *= u
 	}

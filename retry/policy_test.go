@@ -11,7 +11,8 @@ import (
 )
 
 func TestPolicyDefaults(t *testing.T) {
-	got := Policy{}.withDefaults()
+	got, err := Policy{}.Normalize()
+	require.NoError(t, err)
 	assert.Equal(t, Policy{
 		MaxAttempts:    4,
 		InitialBackoff: 25 * time.Millisecond,
@@ -25,9 +26,14 @@ func TestPolicyDefaults(t *testing.T) {
 	require.NoError(t, Policy{}.Validate())
 	// Explicit values survive.
 	p := Policy{MaxAttempts: 1, InitialBackoff: time.Second, MaxBackoff: time.Second, Multiplier: 1, JitterFactor: 1}
-	assert.Equal(t, p.MaxAttempts, p.withDefaults().MaxAttempts)
-	assert.Equal(t, 1.0, p.withDefaults().Multiplier)
-	assert.Equal(t, 1.0, p.withDefaults().JitterFactor)
+	n, err := p.Normalize()
+	require.NoError(t, err)
+	assert.Equal(t, p.MaxAttempts, n.MaxAttempts)
+	assert.Equal(t, 1.0, n.Multiplier)
+	assert.Equal(t, 1.0, n.JitterFactor)
+	again, err := n.Normalize()
+	require.NoError(t, err)
+	assert.Equal(t, n, again, "a normalized Policy normalizes to itself")
 }
 
 func TestPolicyValidate(t *testing.T) {
@@ -210,7 +216,8 @@ func FuzzBackoff(f *testing.F) {
 			}
 			return
 		}
-		capB := p.withDefaults().MaxBackoff
+		np, _ := p.Normalize()
+		capB := np.MaxBackoff
 		if d < 0 || d > capB {
 			t.Fatalf("Backoff(%d, %v) = %v, want within [0, %v] for %+v", n, u, d, capB, p)
 		}
@@ -239,16 +246,16 @@ func FuzzPolicyValidate(f *testing.F) {
 			MinAttemptTime: time.Duration(minAttempt),
 			MaxPushback:    time.Duration(pushback),
 		}
-		if p.valid() != (p.explain() == nil) {
-			t.Fatalf("valid() = %v but explain() = %v for %+v", p.valid(), p.explain(), p)
-		}
-		if err := p.Validate(); err != nil {
+		d, err := p.Normalize()
+		if err != nil {
 			if len(err.Error()) < len("retry: Policy.X: ") {
 				t.Fatalf("error too short: %q", err)
 			}
 			return
 		}
-		d := p.withDefaults()
+		if again, err := d.Normalize(); err != nil || again != d {
+			t.Fatalf("Normalize not idempotent: %+v -> %+v, %v", d, again, err)
+		}
 		if d.MaxAttempts < 1 || d.InitialBackoff <= 0 || d.MaxBackoff < d.InitialBackoff || !(d.Multiplier >= 1) ||
 			d.JitterFactor < 0 || d.JitterFactor > 1 || d.MinAttemptTime <= 0 || d.MaxPushback <= 0 {
 			t.Fatalf("accepted policy has bad defaults: %+v", d)
