@@ -9,11 +9,9 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/khive/grpc-resilience/breaker"
-	"github.com/khive/grpc-resilience/retry"
 )
 
 // pushbackKey is the gRFC A6 trailer with the server's retry delay.
@@ -79,96 +77,6 @@ func pastDeadline(ctx context.Context) bool {
 	}
 	dl, ok := ctx.Deadline()
 	return ok && !time.Now().Before(dl)
-}
-
-// classify maps the result of one attempt to the breaker outcome. ctx is the
-// caller's context (not the attempt's). The rules:
-//
-//   - nil: Success;
-//   - a code outside 0 to 16 counts as UNKNOWN (codeOf);
-//   - CANCELED, DEADLINE_EXCEEDED once ctx is done or past its deadline
-//     (pastDeadline), and local rejections: Ignored;
-//   - a code in the policy's FailureCodes: Failure (DEADLINE_EXCEEDED only
-//     before the caller's deadline: an attempt timeout or the server's own);
-//   - any other code: Success (the server answered).
-//
-// Streams call it with the stream's final error (io.EOF counts as nil) and
-// record Ignored themselves for a stream the caller abandoned.
-func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
-	if err == nil {
-		return breaker.Success
-	}
-	c := codeOf(statusOf(err))
-	switch {
-	case c == codes.Canceled:
-		return breaker.Ignored
-	case c == codes.DeadlineExceeded && pastDeadline(ctx):
-		return breaker.Ignored
-	case c == codes.Unavailable && isLocalRejection(err):
-		return breaker.Ignored
-	case e.pol.failure.has(c):
-		return breaker.Failure
-	}
-	return breaker.Success
-}
-
-// decide says whether a failed attempt may be retried and after what delay
-// (the retry.Call then applies MaxAttempts, the budget and the deadline).
-// ctx is the caller's context; committed reports that the attempt received
-// response headers or a message (gRFC A6: never retried); trailer is the
-// attempt's trailer metadata (nil if none). The rules, in order:
-//
-//  1. committed, ctx done, or a local rejection: Stop;
-//  2. the code (a code outside 0 to 16 counts as UNKNOWN) must be
-//     retryable: in RetryableCodes (default UNAVAILABLE),
-//     or RESOURCE_EXHAUSTED with a server delay hint (listed or not);
-//     DEADLINE_EXCEEDED only if listed and before the caller's deadline
-//     (pastDeadline: an attempt timeout or the server's own); otherwise
-//     Stop;
-//  3. grpc-retry-pushback-ms as gRFC A6: one value >= 0 means
-//     retry.After(that many ms); a negative or unparsable value, or more
-//     than one value, means Stop, and counts as a failed attempt for the
-//     budget (Budget.Failed: the A6 token bucket's -1, as grpc-go);
-//  4. else a google.rpc.RetryInfo detail with a valid, non-negative delay
-//     means retry.After(that delay) (an invalid or negative delay is no
-//     hint: the detail is skipped);
-//  5. else retry.Backoff.
-//
-// retry.After is capped by Retry.MaxPushback (and by the deadline) in
-// retry.Call.Next. Call decide once per failed attempt, as its answer goes
-// to Next: rule 3 reports to the budget.
-func (e *entry) decide(ctx context.Context, err error, committed bool, trailer metadata.MD) retry.Decision {
-	if committed || ctx.Err() != nil {
-		return retry.Stop
-	}
-	st := statusOf(err)
-	c := codeOf(st)
-	listed := c != codes.ResourceExhausted && e.pol.retryable.has(c)
-	if !listed && c != codes.ResourceExhausted {
-		return retry.Stop
-	}
-	if c == codes.Unavailable && isLocalRejection(err) || c == codes.DeadlineExceeded && pastDeadline(ctx) {
-		return retry.Stop
-	}
-	if vals := trailer[pushbackKey]; len(vals) > 0 {
-		ms, ok := pushback(vals)
-		if !ok {
-			// gRFC A6 (grpc-go's throttle()): the server's "do not retry"
-			// still counts as a failed attempt for the token bucket. Next
-			// reports only retryable decisions to the budget, so report
-			// this one here.
-			e.budget.Failed(time.Now())
-			return retry.Stop
-		}
-		return retry.After(msDuration(ms))
-	}
-	if d, ok := retryInfo(st); ok {
-		return retry.After(d)
-	}
-	if !listed { // RESOURCE_EXHAUSTED without a hint
-		return retry.Stop
-	}
-	return retry.Backoff
 }
 
 // pushback parses the values of grpc-retry-pushback-ms as gRFC A6 and

@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -232,42 +233,38 @@ func (r *registry) drop(k bkey, rec *record) {
 }
 
 // reconfigure points every breaker at its policy under tab (r.mu held) and
-// returns the breakers to reconfigure, which the caller does after
-// releasing r.mu (a change of Mode may call OnStateChange, which may call
-// the Suite). Each breaker follows the new policy of the method that created
-// it; one whose method no policy covers any more is retired. An overflow
-// breaker follows the policy of its key.
+// returns the breakers whose normalized configuration or forced-open state
+// changed, which the caller reconfigures after releasing r.mu (a change of
+// Mode may call OnStateChange, which may call the Suite). Each breaker
+// follows the new policy of the method that created it (an overflow breaker:
+// of its key); one whose policy is gone is retired.
 func (r *registry) reconfigure(tab *table) []reconf {
 	var out []reconf
-	for k, rec := range r.recs {
-		pol := tab.match(rec.method)
-		if pol == nil {
-			r.drop(k, rec)
-			continue
+	point := func(rec *record, pol *policy) {
+		forced := tab.forced[pol.key]
+		same := forced == rec.forced && reflect.DeepEqual(rec.pol.cfg, pol.cfg) // false if either has a hook
+		if !same {
+			out = append(out, reconf{brk: rec.brk, cfg: r.breakerConfig(pol, rec),
+				isolate: forced && !rec.forced, release: !forced && rec.forced})
 		}
-		out = append(out, r.reconfOf(tab, pol, rec))
+		rec.pol, rec.forced = pol, forced
+	}
+	for k, rec := range r.recs {
+		if pol := tab.match(rec.method); pol != nil {
+			point(rec, pol)
+		} else {
+			r.drop(k, rec)
+		}
 	}
 	for key, rec := range r.overflow {
-		pol := tab.policy(key)
-		if pol == nil {
+		if pol := tab.policy(key); pol != nil {
+			point(rec, pol)
+		} else {
 			delete(r.overflow, key)
 			rec.brk.Retire()
-			continue
 		}
-		out = append(out, r.reconfOf(tab, pol, rec))
 	}
 	return out
-}
-
-// reconfOf points rec at pol under tab and returns what to apply to its
-// breaker (r.mu held).
-func (r *registry) reconfOf(tab *table, pol *policy, rec *record) reconf {
-	forced := tab.forced[pol.key]
-	rc := reconf{brk: rec.brk, cfg: r.breakerConfig(pol, rec)}
-	rc.isolate = forced && !rec.forced
-	rc.release = !forced && rec.forced
-	rec.pol, rec.forced = pol, forced
-	return rc
 }
 
 // reconf is a breaker to reconfigure and its new configuration.

@@ -101,22 +101,6 @@ func fastSlot(method string) uintptr {
 	return (h * 0x9E3779B97F4A7C15) >> (64 - 6) & (fastSlots - 1)
 }
 
-// entry is what one method on one target resolves to under one table: the
-// policy, the method's breaker and the target's budget. Both the unary and
-// the stream interceptor run every attempt through the same entry methods
-// (admit, classify, decide, newCall, retrying, giveUp).
-type entry struct {
-	s      *Suite
-	method string
-	tab    *table  // the table it was resolved under (stale once the suite's table is replaced)
-	pol    *policy // nil: the method has no policy (a cached pass-through)
-	rec    *record // the breaker's record (nil for a pass-through)
-	brk    *breaker.Breaker
-	budget *retry.Budget // nil: no budget
-
-	rej atomic.Pointer[rejectError] // the rejection of the current open period
-}
-
 // New validates policies and returns a Suite. Keys are full method names
 // ("/pkg.Svc/Method"), services ("/pkg.Svc/*") or "*" for every method; a
 // call uses the most specific match, and a method without a match passes
@@ -319,10 +303,6 @@ func (s *Suite) resolveEntry(tab *table, c *conn, method string) (e *entry, cach
 // uncachedPassThrough is what resolveEntry returns for a method without a
 // policy that the connection's cache has no room for.
 var uncachedPassThrough = &entry{}
-
-func (s *Suite) newEntry(tab *table, c *conn, method string, pol *policy, rec *record) *entry {
-	return &entry{s: s, method: method, tab: tab, pol: pol, rec: rec, brk: rec.brk, budget: c.budget}
-}
 
 // Unary returns the unary client interceptor of the suite.
 func (s *Suite) Unary() grpc.UnaryClientInterceptor { return s.unary }
