@@ -41,7 +41,7 @@ type entry struct {
 	pol    *policy // nil: the method has no policy (a cached pass-through)
 	rec    *record // the breaker's record (nil for a pass-through)
 	brk    *breaker.Breaker
-	budget *retry.Budget // nil: no budget
+	budget retry.Budget // nil: no budget
 
 	rej atomic.Pointer[rejectError] // the rejection of the current open period
 }
@@ -205,7 +205,9 @@ func (e *entry) decide(ctx context.Context, err error, committed bool, trailer m
 			// still counts as a failed attempt for the token bucket. Next
 			// reports only retryable decisions to the budget, so report
 			// this one here.
-			e.budget.Failed(time.Now())
+			if e.budget != nil {
+				e.budget.FailedAt(time.Now())
+			}
 			return retry.Stop
 		}
 		return retry.After(msDuration(ms))

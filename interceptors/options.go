@@ -28,17 +28,9 @@ type optionFunc func(*options)
 
 func (f optionFunc) apply(o *options) { f(o) }
 
-type budgetMode uint8
-
-const (
-	budgetRatio budgetMode = iota
-	budgetTokens
-	budgetNone
-)
-
 type options struct {
-	budget      budgetMode
-	budgetCfg   retry.BudgetConfig
+	budget      string             // "ratio", "token-bucket" or "none" (SnapshotBudget.Mode)
+	budgetCfg   retry.BudgetConfig // "ratio": normalized by validate
 	maxTokens   float64
 	tokenRatio  float64
 	replayBytes int
@@ -59,17 +51,18 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader, maxBreakers: DefaultMaxBreakers}
+	return options{budget: "ratio", replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader, maxBreakers: DefaultMaxBreakers}
 }
 
 func (o *options) validate() []error {
 	var errs []error
 	switch o.budget {
-	case budgetRatio:
-		if err := o.budgetCfg.Validate(); err != nil {
+	case "ratio":
+		var err error
+		if o.budgetCfg, err = o.budgetCfg.Normalize(); err != nil {
 			errs = append(errs, &configError{msg: "interceptors: WithBudget: " + err.Error(), err: err})
 		}
-	case budgetTokens:
+	case "token-bucket":
 		if _, err := retry.NewTokenBucket(o.maxTokens, o.tokenRatio); err != nil {
 			errs = append(errs, &configError{msg: "interceptors: WithTokenBucket: " + err.Error(), err: err})
 		}
@@ -92,14 +85,16 @@ func (o *options) validate() []error {
 
 // newBudget returns a new budget as configured (the configuration was
 // validated by New).
-func (o *options) newBudget() *retry.Budget {
-	var b *retry.Budget
-	if o.budget == budgetTokens {
-		b, _ = retry.NewTokenBucket(o.maxTokens, o.tokenRatio)
-	} else {
-		b, _ = retry.NewBudget(o.budgetCfg)
+func (o *options) newBudget() retry.Budget {
+	switch o.budget {
+	case "ratio":
+		b, _ := retry.NewBudget(o.budgetCfg)
+		return b
+	case "token-bucket":
+		b, _ := retry.NewTokenBucket(o.maxTokens, o.tokenRatio)
+		return b
 	}
-	return b
+	return nil
 }
 
 // WithBudget gives each target (cc.Target()) a ratio retry budget configured
@@ -107,20 +102,20 @@ func (o *options) newBudget() *retry.Budget {
 // default, with the zero BudgetConfig: retries stay within 20% of calls plus
 // one per second, and a retry that succeeds refunds its cost.
 func WithBudget(cfg retry.BudgetConfig) Option {
-	return optionFunc(func(o *options) { o.budget, o.budgetCfg = budgetRatio, cfg })
+	return optionFunc(func(o *options) { o.budget, o.budgetCfg = "ratio", cfg })
 }
 
 // WithTokenBucket gives each target a gRFC A6 retryThrottling token bucket
 // (maxTokens in (0, 1000], tokenRatio at least 0.001) instead of the ratio
 // budget.
 func WithTokenBucket(maxTokens, tokenRatio float64) Option {
-	return optionFunc(func(o *options) { o.budget, o.maxTokens, o.tokenRatio = budgetTokens, maxTokens, tokenRatio })
+	return optionFunc(func(o *options) { o.budget, o.maxTokens, o.tokenRatio = "token-bucket", maxTokens, tokenRatio })
 }
 
 // WithoutBudget turns the retry budget off: only MaxAttempts and the
 // deadline limit retries.
 func WithoutBudget() Option {
-	return optionFunc(func(o *options) { o.budget = budgetNone })
+	return optionFunc(func(o *options) { o.budget = "none" })
 }
 
 // WithReplayBuffer sets how many bytes of sent messages a client or bidi

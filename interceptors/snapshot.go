@@ -338,16 +338,14 @@ func (s *Suite) budgetView() SnapshotBudget {
 	s.cmu.Lock()
 	defer s.cmu.Unlock()
 	s.sweepConns()
-	switch s.o.budget {
-	case budgetNone:
-		v.Mode = "none"
+	v.Mode = s.o.budget
+	switch v.Mode {
+	case "none":
 		return v
-	case budgetTokens:
-		v.Mode = retry.TokenBucketMode.String()
+	case "token-bucket":
 		v.MaxTokens, v.TokenRatio = s.o.maxTokens, s.o.tokenRatio
 	default:
-		v.Mode = retry.RatioMode.String()
-		c, _ := s.o.budgetCfg.Normalize() // validated by New
+		c := s.o.budgetCfg
 		v.Ratio, v.MinRetriesPerSecond, v.Window = c.Ratio, c.MinRetriesPerSecond, seconds(c.Window)
 	}
 	for name, t := range s.targets {

@@ -62,7 +62,7 @@ type Suite struct {
 // targetState is the retry budget of one target and the number of
 // connections (entries of Suite.conns) to it.
 type targetState struct {
-	budget *retry.Budget // nil: no budget
+	budget retry.Budget // nil: no budget
 	refs   int
 }
 
@@ -81,7 +81,7 @@ type table struct {
 type conn struct {
 	cc     *grpc.ClientConn
 	name   string        // cc.Target()
-	budget *retry.Budget // nil: no budget
+	budget retry.Budget // nil: no budget
 	// fast is a direct-mapped cache indexed by the address of the method
 	// string's bytes: generated stubs pass the same constant string on every
 	// call, so a hit is a pointer hash, one atomic load and a string
@@ -378,13 +378,10 @@ func (s *Suite) sweepConns() {
 // returns the target's retry budget (one per target, shared by the
 // connections to it, by unary calls and streams of every method), or nil
 // without budget (s.cmu held).
-func (s *Suite) acquireTarget(name string) *retry.Budget {
+func (s *Suite) acquireTarget(name string) retry.Budget {
 	t := s.targets[name]
 	if t == nil {
-		t = &targetState{}
-		if s.o.budget != budgetNone {
-			t.budget = s.o.newBudget() // validated by New: cannot fail
-		}
+		t = &targetState{budget: s.o.newBudget()}
 		if s.targets == nil {
 			s.targets = map[string]*targetState{}
 		}

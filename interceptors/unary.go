@@ -146,10 +146,11 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	}
 	o, now, err := u.attempt(ctx, p)
 	unhealthy := false
-	if err == nil {
-		e.budget.Succeeded(false) // no retry.Call was needed
-	} else {
+	switch {
+	case err != nil:
 		err, unhealthy = u.retry(maxAttempts, p, err, o, now)
+	case e.budget != nil:
+		e.budget.Succeeded(false) // no retry.Call was needed
 	}
 	if u.st != nil {
 		if len(u.st.after) > 0 {

@@ -38,7 +38,7 @@ import (
 // budget withdrawal back.
 type Call struct {
 	p        Policy // normalized
-	budget   *Budget
+	budget   Budget // nil: none
 	attempts int
 	n        int  // exponent of the next Backoff delay (reset by After)
 	charged  bool // Next withdrew a retry from the budget and its attempt has not begun
@@ -47,7 +47,7 @@ type Call struct {
 
 // NewCall starts tracking one logical call under p, normalized (Normalize). b may be nil: no
 // budget. p must be valid; NewCall does not report the error.
-func (p *Policy) NewCall(b *Budget) Call {
+func (p *Policy) NewCall(b Budget) Call {
 	n, _ := p.Normalize()
 	return Call{p: n, budget: b}
 }
@@ -97,8 +97,8 @@ func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (
 	}
 	c.release()
 	c.settle()
-	if d.Retryable() {
-		c.budget.Failed(now)
+	if d.Retryable() && c.budget != nil {
+		c.budget.FailedAt(now)
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -123,12 +123,12 @@ func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (
 		fits = dl.Sub(now) >= satAdd(delay, c.p.MinAttemptTime)
 	}
 	if !fits {
-		if !c.budget.wouldAllow(now) {
+		if c.budget != nil && !c.budget.wouldAllow(now) {
 			return 0, c.stop(err, BudgetExhausted)
 		}
 		return 0, c.stop(err, Deadline)
 	}
-	if !c.budget.allowRetry(now) {
+	if c.budget != nil && !c.budget.allowRetry(now) {
 		return 0, c.stop(err, BudgetExhausted)
 	}
 	c.charged = c.budget != nil

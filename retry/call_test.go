@@ -87,7 +87,7 @@ func TestCallNextCheckOrder(t *testing.T) {
 	cancel()
 	deadline, cancel2 := context.WithDeadline(context.Background(), t0.Add(time.Second))
 	defer cancel2()
-	empty := func() *Budget {
+	empty := func() *RatioBudget {
 		b, err := NewBudget(BudgetConfig{MinRetriesPerSecond: 1e-9})
 		require.NoError(t, err)
 		return b
@@ -99,7 +99,7 @@ func TestCallNextCheckOrder(t *testing.T) {
 		ctx      context.Context
 		dec      Decision
 		attempts int
-		budget   *Budget
+		budget   *RatioBudget
 		now      time.Time
 		want     Reason // "" = a delay
 	}{
@@ -159,7 +159,7 @@ func TestCallDeadlineDoesNotChargeBudget(t *testing.T) {
 
 func TestCallDoneInformsBudget(t *testing.T) {
 	clock := t0
-	newB := func() *Budget {
+	newB := func() *RatioBudget {
 		b, err := NewBudget(BudgetConfig{Ratio: 0.5, MinRetriesPerSecond: 0.2}) // reserve 2 retries per 10s
 		require.NoError(t, err)
 		b.origin, b.clock = clock, func() time.Time { return clock }
