@@ -80,7 +80,7 @@ type table struct {
 // cache of the entries of the methods called on it.
 type conn struct {
 	cc     *grpc.ClientConn
-	name   string        // cc.Target()
+	name   string       // cc.Target()
 	budget retry.Budget // nil: no budget
 	// fast is a direct-mapped cache indexed by the address of the method
 	// string's bytes: generated stubs pass the same constant string on every
