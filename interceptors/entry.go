@@ -46,10 +46,6 @@ type entry struct {
 	rej atomic.Pointer[rejectError] // the rejection of the current open period
 }
 
-func (s *Suite) newEntry(tab *table, c *conn, method string, pol *policy, rec *record) *entry {
-	return &entry{s: s, method: method, tab: tab, pol: pol, rec: rec, brk: rec.brk, budget: c.budget}
-}
-
 // newCall starts the retry state machine of one call allowed maxAttempts
 // attempts (the policy's, or a call option's), charged to the entry's
 // budget.

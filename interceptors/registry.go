@@ -38,11 +38,6 @@ type record struct {
 	// nanoseconds), 0 if none.
 	changed atomic.Int64
 
-	// ent is the entry of the default key's (target, method) under the
-	// current table, so that a lookup beyond the connection's cache does not
-	// allocate; nil until needed.
-	ent atomic.Pointer[entry]
-
 	// The idle sweep (registry.mu).
 	sig   breakerSig
 	swept bool // sig was taken by a sweep

@@ -20,10 +20,9 @@ import (
 // policy never covers: probes must see the real state of the server.
 const healthPrefix = "/grpc.health.v1.Health/"
 
-// maxCachedMethods bounds the cache of resolved methods of one connection.
-// A method beyond it is resolved on every call, without allocating unless
-// it shares a breaker with other methods (WithBreakerKey, the overflow
-// breaker of WithMaxBreakers).
+// maxCachedMethods bounds the cache of resolved methods of one connection:
+// a method that would go past it empties the cache, so a connection that
+// calls more methods resolves some of them again (one allocation each).
 const maxCachedMethods = 4096
 
 // Suite holds the policies of a set of methods and the state behind them (one
@@ -34,7 +33,7 @@ const maxCachedMethods = 4096
 //
 // Its memory is bounded: at most WithMaxBreakers breakers (plus one overflow
 // breaker per policy); per connection, a cache of at most 4096 methods
-// (methods without a policy included); per target, one budget, which lives
+// (methods without a policy included; see maxCachedMethods); per target, one budget, which lives
 // as long as a connection to that target is open. The state of closed
 // connections is dropped at each Snapshot, and when a new connection finds
 // that the number of connections has doubled since the last check; when a
@@ -210,13 +209,11 @@ func targetName(cc *grpc.ClientConn) string {
 }
 
 // lookup returns the entry of method called on cc, or nil if no policy
-// covers the method (the caller must then pass the call through untouched:
-// the invoker or streamer called with the caller's ctx and opts).
-//
-// The common case (same connection as the previous call, the method string
-// of a generated stub) is a few atomic loads and pointer comparisons. A
-// method in the connection's cache never allocates; see maxCachedMethods
-// for the others.
+// covers the method (the caller then passes the call through untouched).
+// The common case, the same connection as the previous call and the
+// constant method string of a generated stub, is a fast-slot hit: a few
+// atomic loads and pointer comparisons (BenchmarkLookup: about 5 ns, against
+// about 30 for the connection's sync.Map).
 func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 	tab := s.tab.Load()
 	c := s.last.Load()
@@ -226,9 +223,7 @@ func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 	slot := &c.fast[fastSlot(method)]
 	e := slot.Load()
 	if e == nil || !sameString(e.method, method) || e.tab != tab {
-		if e = s.entryOf(tab, c, method); e == uncachedPassThrough {
-			return nil
-		}
+		e = s.entryOf(tab, c, method)
 		slot.Store(e)
 	}
 	if e.pol == nil {
@@ -243,8 +238,9 @@ func sameString(a, b string) bool {
 	return len(a) == len(b) && (unsafe.StringData(a) == unsafe.StringData(b) || a == b)
 }
 
-// entryOf returns the cached entry of method on c, resolving it if it is
-// not cached or stale.
+// entryOf returns the entry of method on c under tab, from the connection's
+// cache or resolved and cached. A cache that would grow past
+// maxCachedMethods is emptied first.
 func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 	if v, ok := c.methods.Load(method); ok {
 		if e := v.(*entry); e.tab == tab {
@@ -252,57 +248,33 @@ func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 		}
 	}
 	for {
-		e, cache := s.resolveEntry(tab, c, method)
+		e := s.resolveEntry(tab, c, method)
 		if e == nil { // an Update ran: resolve under the new table
 			tab = s.tab.Load()
 			continue
 		}
-		if cache {
-			if _, loaded := c.methods.Swap(method, e); !loaded && c.n.Add(1) > maxCachedMethods {
-				// Another goroutine took the last room first.
-				if c.methods.CompareAndDelete(method, e) {
-					c.n.Add(-1)
-				}
-			}
+		if _, loaded := c.methods.Swap(method, e); !loaded && c.n.Add(1) > maxCachedMethods {
+			c.methods.Clear()
+			c.methods.Store(method, e)
+			c.n.Store(1)
 		}
 		return e
 	}
 }
 
-// resolveEntry resolves method on c under tab and reports whether to cache
-// the result (the connection's cache has room, or holds the method). It
-// returns nil if tab is no longer the suite's table.
-func (s *Suite) resolveEntry(tab *table, c *conn, method string) (e *entry, cache bool) {
-	cache = c.n.Load() < maxCachedMethods
-	if !cache {
-		_, cache = c.methods.Load(method) // a stale entry: replace it
+// resolveEntry resolves method on c under tab. It returns nil if tab is no
+// longer the suite's table.
+func (s *Suite) resolveEntry(tab *table, c *conn, method string) *entry {
+	e := &entry{s: s, method: method, tab: tab, budget: c.budget}
+	if e.pol = tab.match(method); e.pol == nil {
+		return e
 	}
-	pol := tab.match(method)
-	if pol == nil {
-		if !cache {
-			return uncachedPassThrough, false
-		}
-		return &entry{s: s, method: method, tab: tab}, true
+	if e.rec = s.reg.get(s, tab, c.name, method, e.pol); e.rec == nil {
+		return nil
 	}
-	rec := s.reg.get(s, tab, c.name, method, pol)
-	if rec == nil {
-		return nil, false
-	}
-	if !cache && !rec.overflow && rec.method == method && rec.target == c.name {
-		// Beyond the cache: the record keeps the entry of its own method.
-		if e := rec.ent.Load(); e != nil && e.tab == tab && e.pol == pol && e.budget == c.budget {
-			return e, false
-		}
-		e = s.newEntry(tab, c, method, pol, rec)
-		rec.ent.Store(e)
-		return e, false
-	}
-	return s.newEntry(tab, c, method, pol, rec), cache
+	e.brk = e.rec.brk
+	return e
 }
-
-// uncachedPassThrough is what resolveEntry returns for a method without a
-// policy that the connection's cache has no room for.
-var uncachedPassThrough = &entry{}
 
 // Unary returns the unary client interceptor of the suite.
 func (s *Suite) Unary() grpc.UnaryClientInterceptor { return s.unary }
