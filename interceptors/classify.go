@@ -20,14 +20,10 @@ const pushbackKey = "grpc-retry-pushback-ms"
 // grpcStatus is implemented by grpc's status errors and by the suite's.
 type grpcStatus interface{ GRPCStatus() *status.Status }
 
-// statusOf returns the status of err (non-nil). A status error is read
-// without allocating; a wrapped one is found with status.FromError. Any
-// other error is UNKNOWN, except a context error (an interceptor chained
-// after the suite may return ctx.Err() as it is), which gets the code grpc
-// itself would give it: CANCELED or DEADLINE_EXCEEDED. So the caller's
-// cancellation is never counted as the server's failure. The code may lie
-// outside the 17 codes gRPC defines (a server sending grpc-status: 99);
-// codeOf maps it.
+// statusOf returns the status of err: a status error's (read without
+// allocating), a wrapped one's, or that of a context error as grpc gives it
+// (CANCELED, DEADLINE_EXCEEDED), so that an inner interceptor's ctx.Err() is
+// never the server's failure; UNKNOWN for any other error.
 func statusOf(err error) *status.Status {
 	if gs, ok := err.(grpcStatus); ok {
 		if st := gs.GRPCStatus(); st != nil {
@@ -40,10 +36,9 @@ func statusOf(err error) *status.Status {
 	return status.FromContextError(err) // UNKNOWN for other errors
 }
 
-// codeOf returns the code of st for classification: a code outside the 17
-// codes gRPC defines (0 to 16; a broken server may send grpc-status: 99 or
-// -1, which grpc passes on as it is) is UNKNOWN, so it counts as a failure,
-// never as a success.
+// codeOf returns st's code, or UNKNOWN for a code outside the 17 gRPC
+// defines (a broken server may send grpc-status: 99): a failure, never a
+// success.
 func codeOf(st *status.Status) codes.Code {
 	if c := st.Code(); c <= codes.Unauthenticated {
 		return c
@@ -67,10 +62,9 @@ func isLocalRejection(err error) bool {
 var statusErrorType = reflect.TypeOf(status.Error(codes.Unknown, ""))
 
 // pastDeadline reports whether ctx, the caller's context, is done or past
-// its deadline. The server gets the caller's deadline (grpc-timeout) and may
-// answer DEADLINE_EXCEEDED before ctx's own timer has fired: that is still
-// the caller's deadline, not a failure of the server. The clock is read only
-// when ctx has a deadline and is not done yet.
+// its deadline (the server may answer DEADLINE_EXCEEDED before ctx's timer
+// fires: still the caller's deadline). It reads the clock only when ctx has
+// a live deadline.
 func pastDeadline(ctx context.Context) bool {
 	if ctx.Err() != nil {
 		return true
@@ -79,10 +73,9 @@ func pastDeadline(ctx context.Context) bool {
 	return ok && !time.Now().Before(dl)
 }
 
-// pushback parses the values of grpc-retry-pushback-ms as gRFC A6 and
-// grpc-go do: exactly one value, a non-negative integer (strconv.Atoi), is a
-// delay in milliseconds; a negative or unparsable value, or several values,
-// mean "do not retry" (ok false).
+// pushback parses grpc-retry-pushback-ms as gRFC A6 and grpc-go: exactly
+// one non-negative integer is a delay in ms; anything else is "do not
+// retry" (ok false).
 func pushback(vals []string) (ms int, ok bool) {
 	if len(vals) != 1 {
 		return 0, false
@@ -101,9 +94,7 @@ func msDuration(ms int) time.Duration {
 }
 
 // retryInfo returns the delay of the first google.rpc.RetryInfo detail of st
-// that holds a valid, non-negative delay. A missing, invalid or negative
-// delay is no hint (a server cannot ask for "retry at once, whatever the
-// backoff" with a negative delay).
+// with a valid, non-negative delay.
 func retryInfo(st *status.Status) (time.Duration, bool) {
 	for _, d := range st.Details() {
 		if ri, ok := d.(*errdetails.RetryInfo); ok {

@@ -31,9 +31,7 @@ import (
 // policy's fallback).
 
 // entry is what one method on one target resolves to under one table: the
-// policy, the method's breaker and the target's budget. Both the unary and
-// the stream interceptor run every attempt through the same entry methods
-// (admit, classify, decide, newCall, retrying, giveUp).
+// policy, the method's breaker and the target's budget.
 type entry struct {
 	s      *Suite
 	method string
@@ -55,19 +53,11 @@ func (e *entry) newCall(maxAttempts int) retry.Call {
 	return p.NewCall(e.budget)
 }
 
-// admit asks the entry's breaker for a permit for a call's first attempt:
-// Breaker.AllowContext, so that when the breaker is half-open with its
-// probe slots taken the caller waits (bounded by the breaker's
-// HalfOpenMaxWait and by ctx's deadline less the policy's MinAttemptTime)
-// for the probe's verdict instead of being rejected at once. On rejection
-// (open, half-open, forced open, or throttled) it returns the prebuilt
-// rejection error (see rejectError; zero allocations after the first
-// rejection of a period) and a zero Permit, whose records are no-ops. Every
-// first attempt, unary or stream, passes admit, and every later attempt
-// admitRetry. Record the attempt with p.Done(Success) when it succeeds (or,
-// for a stream, commits); after a failed attempt decide first, then record:
-// p.DoneAt(o, now) when the call stops, p.RetryAt(o, now) when it retries
-// (see afterFailure).
+// admit asks the breaker for a permit for a call's first attempt. A
+// half-open breaker with its probe slots taken makes the caller wait for
+// the probes' verdict (Breaker.AllowContext, bounded by HalfOpenMaxWait and
+// by ctx's deadline less MinAttemptTime). A rejection returns a zero Permit
+// and the period's prebuilt rejectError.
 func (e *entry) admit(ctx context.Context) (breaker.Permit, error) {
 	var p breaker.Permit
 	var err error
@@ -88,8 +78,8 @@ func (e *entry) admit(ctx context.Context) (breaker.Permit, error) {
 	return p, e.rejection(err)
 }
 
-// admitRetry asks the entry's breaker for a permit for a later attempt of
-// a call admit admitted: Breaker.AllowRetry (never throttled, never waits).
+// admitRetry asks the breaker for a permit for a retry
+// (Breaker.AllowRetry: never throttled, never waits).
 func (e *entry) admitRetry() (breaker.Permit, error) {
 	p, err := e.brk.AllowRetry()
 	if err == nil {
@@ -112,11 +102,8 @@ func (e *entry) rejection(err error) error {
 	return r
 }
 
-// isOpen reports whether the entry's breaker rejects every attempt now
-// (open or forced open): one atomic load. Call it after retry.Call.Next
-// granted a retry and before retry.Wait; if true, end the call as
-// admit would after the wait: c.Done(err, true) and e.giveUp with
-// BreakerOpen, without waiting.
+// isOpen reports whether the breaker rejects every attempt now (open or
+// forced open).
 func (e *entry) isOpen() bool {
 	switch e.brk.State() {
 	case breaker.Open, breaker.ForcedOpen:
@@ -125,19 +112,10 @@ func (e *entry) isOpen() bool {
 	return false
 }
 
-// classify maps the result of one attempt to the breaker outcome. ctx is the
-// caller's context (not the attempt's). The rules:
-//
-//   - nil: Success;
-//   - a code outside 0 to 16 counts as UNKNOWN (codeOf);
-//   - CANCELED, DEADLINE_EXCEEDED once ctx is done or past its deadline
-//     (pastDeadline), and local rejections: Ignored;
-//   - a code in the policy's FailureCodes: Failure (DEADLINE_EXCEEDED only
-//     before the caller's deadline: an attempt timeout or the server's own);
-//   - any other code: Success (the server answered).
-//
-// Streams call it with the stream's final error (io.EOF counts as nil) and
-// record Ignored themselves for a stream the caller abandoned.
+// classify maps the result of one attempt to the breaker outcome (ctx is
+// the caller's): nil is Success; CANCELED, DEADLINE_EXCEEDED past the
+// caller's deadline and local rejections are Ignored; a FailureCodes code is
+// a Failure; any other code is a Success. A code outside 0..16 is UNKNOWN.
 func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 	if err == nil {
 		return breaker.Success
@@ -156,31 +134,21 @@ func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 	return breaker.Success
 }
 
-// decide says whether a failed attempt may be retried and after what delay
-// (the retry.Call then applies MaxAttempts, the budget and the deadline).
-// ctx is the caller's context; committed reports that the attempt received
-// response headers or a message (gRFC A6: never retried); trailer is the
-// attempt's trailer metadata (nil if none). The rules, in order:
+// decide says whether a failed attempt may be retried and after what delay;
+// retry.Call.Next then applies MaxAttempts, MaxPushback, the budget and the
+// deadline. In order:
 //
-//  1. committed, ctx done, or a local rejection: Stop;
-//  2. the code (a code outside 0 to 16 counts as UNKNOWN) must be
-//     retryable: in RetryableCodes (default UNAVAILABLE),
-//     or RESOURCE_EXHAUSTED with a server delay hint (listed or not);
-//     DEADLINE_EXCEEDED only if listed and before the caller's deadline
-//     (pastDeadline: an attempt timeout or the server's own); otherwise
-//     Stop;
-//  3. grpc-retry-pushback-ms as gRFC A6: one value >= 0 means
-//     retry.After(that many ms); a negative or unparsable value, or more
-//     than one value, means Stop, and counts as a failed attempt for the
-//     budget (Budget.Failed: the A6 token bucket's -1, as grpc-go);
-//  4. else a google.rpc.RetryInfo detail with a valid, non-negative delay
-//     means retry.After(that delay) (an invalid or negative delay is no
-//     hint: the detail is skipped);
-//  5. else retry.Backoff.
+//  1. committed (headers or a message arrived), ctx done, or a local
+//     rejection: Stop;
+//  2. a code not in RetryableCodes (RESOURCE_EXHAUSTED is retryable only
+//     with a delay hint; DEADLINE_EXCEEDED only before the caller's
+//     deadline): Stop;
+//  3. grpc-retry-pushback-ms, as gRFC A6: one value >= 0 is After(ms); any
+//     other is Stop and a failed attempt for the budget (FailedAt);
+//  4. a valid, non-negative google.rpc.RetryInfo delay: After(delay);
+//  5. Backoff.
 //
-// retry.After is capped by Retry.MaxPushback (and by the deadline) in
-// retry.Call.Next. Call decide once per failed attempt, as its answer goes
-// to Next: rule 3 reports to the budget.
+// Call it once per failed attempt (rule 3 reports to the budget).
 func (e *entry) decide(ctx context.Context, err error, committed bool, trailer metadata.MD) retry.Decision {
 	if committed || ctx.Err() != nil {
 		return retry.Stop
@@ -196,11 +164,7 @@ func (e *entry) decide(ctx context.Context, err error, committed bool, trailer m
 	}
 	if vals := trailer[pushbackKey]; len(vals) > 0 {
 		ms, ok := pushback(vals)
-		if !ok {
-			// gRFC A6 (grpc-go's throttle()): the server's "do not retry"
-			// still counts as a failed attempt for the token bucket. Next
-			// reports only retryable decisions to the budget, so report
-			// this one here.
+		if !ok { // Next reports only retryable decisions to the budget
 			if e.budget != nil {
 				e.budget.FailedAt(time.Now())
 			}
@@ -217,31 +181,20 @@ func (e *entry) decide(ctx context.Context, err error, committed bool, trailer m
 	return retry.Backoff
 }
 
-// afterFailure runs retry.Call.Next for the failed attempt (decision d, its
-// end read at now), then records the attempt's breaker outcome o with its
-// permit p as the decision says: p.DoneAt when the call stops (the call's
-// final outcome), p.RetryAt when it retries (the attempt counts, the call
-// has no outcome yet; if the breaker or the caller's context then ends the
-// call, nothing more is recorded), and p.RetryAt too when the retry budget
-// refused the retry (a local limit, as a breaker rejection: the call ends
-// without an outcome). A zero p (already recorded) records
-// nothing. If retrying stops, or the breaker is open (the retry would be
-// rejected: do not wait for it), it ends c and returns the error for the
-// caller. Otherwise it reports the retry (OnRetry, log) and returns the
-// delay to wait before the next attempt.
+// afterFailure runs c.Next for the failed attempt and records its outcome o
+// with p: DoneAt when the call stops (the call's outcome), RetryAt when it
+// retries or when the budget refused the retry (a local limit ends the call
+// without an outcome, as a breaker rejection does). If the call stops, or the
+// breaker is open, it ends c and returns the caller's error; otherwise it
+// reports the retry and returns the delay.
 func (e *entry) afterFailure(ctx context.Context, c *retry.Call, cs *callStats, err error, d retry.Decision, now time.Time, p breaker.Permit, o breaker.Outcome) (delay time.Duration, final error, open bool) {
 	delay, stop := c.Next(ctx, err, d, now)
 	if stop != nil {
 		budget := stop.Reason == retry.BudgetExhausted
 		if budget {
-			// The retry budget, a local limit, refused a retry the server's
-			// answer allowed: like a retry the breaker rejects, the call
-			// ends without an outcome; the attempt still counts. (Counted
-			// as failed calls, a crowd of first attempts cut short by the
+			// Counted as failed calls, first attempts cut short by the
 			// budget at a cold start made the throttle shed calls that
-			// would have succeeded: worse than no breaker. The cost: while
-			// the budget refuses every retry, the throttle does not see
-			// failures of retryable codes.)
+			// would have succeeded.
 			p.RetryAt(o, now)
 		} else {
 			p.DoneAt(o, now)
@@ -254,20 +207,17 @@ func (e *entry) afterFailure(ctx context.Context, c *retry.Call, cs *callStats, 
 		return 0, final, false
 	}
 	p.RetryAt(o, now)
-	if e.isOpen() {
-		// The breaker opened (maybe at this attempt): the retry would be
-		// rejected, so do not wait for it.
+	if e.isOpen() { // the retry would be rejected: do not wait for it
 		return 0, e.breakerEnded(ctx, c, cs, err, RejectOpen), true
 	}
 	e.retrying(ctx, cs, c.Attempts(), delay, err)
 	return delay, nil, false
 }
 
-// nextAttempt waits delay, as afterFailure granted, and admits the next
-// attempt: it returns its permit, with c.Begin called (after admit, so that a
-// retry the breaker rejects is refunded by Done). If the caller's context
-// ends during the wait or the breaker rejects the attempt, it ends c and
-// returns the error for the caller. The wait is added to cs.waited.
+// nextAttempt waits delay and admits the next attempt, calling c.Begin after
+// admit (so that Done refunds a retry the breaker rejects). If ctx ends
+// during the wait or the breaker rejects the attempt, it ends c and returns
+// the caller's error. The wait is added to cs.waited.
 func (e *entry) nextAttempt(ctx context.Context, c *retry.Call, cs *callStats, err error, d retry.Decision, delay time.Duration) (p breaker.Permit, final error, open bool) {
 	start := time.Now()
 	werr := retry.Wait(ctx, delay)
@@ -286,8 +236,7 @@ func (e *entry) nextAttempt(ctx context.Context, c *retry.Call, cs *callStats, e
 	return p, nil, false
 }
 
-// breakerEnded ends c, whose retry Next granted but the breaker rules out
-// (for reason); err is the last attempt's error.
+// breakerEnded ends c, whose retry the breaker rules out for reason.
 func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, cs *callStats, err error, reason RejectReason) error {
 	c.Done(err, true)
 	final := e.giveUp(ctx, cs, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: BreakerOpen})
@@ -295,21 +244,12 @@ func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, cs *callStats, 
 	return final
 }
 
-// giveUp turns the retry.Error that ended a call (from retry.Call.Next, or
-// built by the caller for BreakerOpen and retry.Canceled) into the
-// error the caller gets, and reports it (WithOnGiveUp, WithLogger):
-//
-//   - a single attempt that stopped as NotRetryable or Exhausted (retries
-//     off), or that itself ended with the caller's context (CANCELED or
-//     DEADLINE_EXCEEDED, reason Canceled), returns re.Err unchanged and
-//     reports nothing;
-//   - otherwise a *giveUpError: the last status's code (for Canceled, the
-//     code of ctx's error: CANCELED or DEADLINE_EXCEEDED), its details, the
-//     message annotated, and an ErrorInfo with the reason.
-//
-// ctx is the caller's context and cs the call's stats (nil: no metrics, no
-// target); a call that retried records its retry metrics here, as the
-// call ends.
+// giveUp turns the retry.Error that ended a call into the caller's error and
+// reports it (WithOnGiveUp, WithLogger, the retry metrics). A single attempt
+// that stopped as NotRetryable or Exhausted, or that itself ended with the
+// caller's context, returns re.Err unchanged and reports nothing. Otherwise
+// it is a *giveUpError whose code is the last status's (for Canceled,
+// ctx's). cs may be nil (no metrics, no target).
 func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) error {
 	e.callEnded(ctx, cs, re.Attempts)
 	code := statusOf(re.Err).Code()
@@ -340,8 +280,7 @@ func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) erro
 }
 
 // retrying reports a retry about to wait delay after attempt (1-based)
-// failed with err (WithOnRetry, WithLogger); cs is the call's stats. Call it after retry.Call.Next
-// granted the retry and before retry.Wait. Free when no hook is set.
+// failed with err (WithOnRetry, WithLogger).
 func (e *entry) retrying(ctx context.Context, cs *callStats, attempt int, delay time.Duration, err error) {
 	o := &e.s.o
 	if o.onRetry != nil {

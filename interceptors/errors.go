@@ -32,16 +32,11 @@ const (
 const BreakerOpen retry.Reason = "breaker open"
 
 // rejectError is the error of a call the breaker rejected before any
-// attempt: codes.Unavailable with an ErrorInfo (reason CIRCUIT_OPEN, or
-// THROTTLED for a call the breaker's adaptive throttle shed; domain
-// ErrorDomain, metadata {"method": m}) and, for an open breaker, a
-// RetryInfo detail. It unwraps to the breaker's *breaker.OpenError, so
-// errors.Is(err, breaker.ErrOpen) holds, or errors.Is(err,
-// breaker.ErrThrottled) for a throttled call. One is built per
-// *breaker.OpenError (per open period; the breaker has one for its
-// throttle) and returned for every rejection of that period, so a
-// rejection allocates nothing; its RetryInfo is the time left when it was
-// built, an upper bound later on.
+// attempt: UNAVAILABLE with an ErrorInfo (CIRCUIT_OPEN, or THROTTLED) and,
+// for an open breaker, a RetryInfo (the time left when it was built). It
+// unwraps to the breaker's *breaker.OpenError. One is built per OpenError
+// (per open period, and one for the throttle), so a rejection allocates
+// nothing.
 type rejectError struct {
 	oe  *breaker.OpenError
 	st  *status.Status
@@ -77,11 +72,8 @@ func newRejectError(method string, oe *breaker.OpenError) *rejectError {
 }
 
 // giveUpError is the error of a call whose retries stopped: the last
-// attempt's status (code and details kept) with the message annotated with
-// the attempts and the reason, plus an ErrorInfo detail. It unwraps to the
-// *retry.Error, which unwraps to the last attempt's error; errors.Is(err,
-// breaker.ErrOpen) holds when an open breaker ended the retries. The status
-// is built on first use (GRPCStatus, Error), not on the failure path.
+// attempt's status (code and details) with an annotated message and an
+// ErrorInfo, built on first use. It unwraps to the *retry.Error.
 type giveUpError struct {
 	re   *retry.Error
 	code codes.Code // the code the caller sees

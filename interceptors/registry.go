@@ -61,15 +61,11 @@ func sigOf(c breaker.Counts) breakerSig {
 }
 
 // registry holds the breakers of a Suite, keyed by breaker key, across
-// Updates: Update reconfigures each breaker for the new policy of the method
-// that created it (keeping its state) or retires it when no policy covers
-// that method any more. It holds at most max breakers, plus one overflow
-// breaker per policy for the methods beyond the cap; when it is full, a new
-// key first evicts the breakers that are closed and idle (see sweep).
+// Updates (see reconfigure): at most max, plus one overflow breaker per
+// policy; when it is full, a new key first evicts idle closed breakers.
 type registry struct {
 	// tab is the suite's table. Dropping breakers replaces it with a copy,
-	// so that every cached entry, which is valid only under the table it
-	// was resolved with, is resolved again: lookup needs no other check.
+	// which makes every cached entry stale.
 	tab      *atomic.Pointer[table]
 	mu       sync.Mutex
 	recs     map[bkey]*record

@@ -2,37 +2,23 @@ package interceptors
 
 import "strings"
 
-// Update replaces the suite's policies with policies, validated as New
-// validates them; on error nothing changes. The swap is atomic: a call or
-// stream started before it finishes under the policy it started with (its
-// retries, classification and fallback; its breaker takes the new breaker
-// settings at once, as every breaker does), and every call started after it
-// uses the new policies. No call fails because of an Update.
+// Update replaces the suite's policies, validated as by New; on error
+// nothing changes. The swap is atomic: a call started before it finishes
+// under its policy (its breaker takes the new settings at once), a call
+// started after it uses the new one, and no call fails because of it.
 //
-// State is kept:
+// Each breaker follows the new policy of its method (with WithBreakerKey: of
+// the method that first used its key) and keeps its state and counts; it is
+// reconfigured only if its normalized settings changed (breaker.Reconfigure:
+// the window is cleared only if Window changed; a change of Mode switches
+// to it). A policy that becomes forced open forces its breakers open; one
+// that stops being so returns its breakers still forced open to its Mode. A
+// breaker whose method no policy covers is dropped: it calls no hook again,
+// and calls in flight finish with it. Retry budgets are fixed at New and
+// outlive every Update.
 //
-//   - Breakers: each breaker takes the breaker settings of the new policy of
-//     its method (with WithBreakerKey: of the method that first used its
-//     key) and keeps its state and counts: an open breaker stays open for
-//     the rest of its open period, a half-open one keeps its probes, a
-//     closed one its statistics (its rolling window is cleared only if
-//     Window changed). A change of Mode (Closed, Disabled, MetricsOnly)
-//     switches the breaker to that mode; a policy that becomes forced open
-//     (Breaker.Mode breaker.ForcedOpen) isolates its breakers, and one that
-//     stops being forced open switches its breakers still forced open to
-//     its Mode (a breaker that SetMode forced open under another policy
-//     stays so). A breaker whose method no policy
-//     covers any more is dropped: it never calls a hook again, and a call
-//     still in flight finishes with it.
-//   - Retry budgets are never reset: the budget settings (WithBudget,
-//     WithTokenBucket, WithoutBudget) are fixed at New, and each target's
-//     budget, with its deposits or tokens, outlives every Update. To change
-//     the budget settings, build a new Suite.
-//
-// Updates may run concurrently with calls and with each other (they are
-// applied one at a time; the last one wins). A hook (WithOnStateChange,
-// Breaker.OnStateChange) must not call Update: a change of Mode calls the
-// hooks during the Update.
+// Updates are applied one at a time, concurrently with calls. A hook must
+// not call Update: a change of Mode calls the hooks during the Update.
 func (s *Suite) Update(policies map[string]Policy) error {
 	tab, errs := s.resolve(policies)
 	if errs != nil {

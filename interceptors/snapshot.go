@@ -14,43 +14,13 @@ import (
 )
 
 // Snapshot is a point-in-time view of a Suite, for dashboards and debugging:
-// the effective policies (defaults applied), the state and counts of the
-// breaker of every method called since its policy key was installed, and
-// the retry budgets. Its JSON form (encoding/json) is stable; the policy
-// fields have the names of the config document (package config), so an
-// effective policy reads like the document that would produce it:
-//
-//	{
-//	  "policies": [{
-//	    "key": "/pkg.Svc/*",
-//	    "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.100s", "maxBackoff": "1s",
-//	      "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"], "jitter": "proportional",
-//	      "jitterFactor": 0.2, "minAttemptTime": "0.001s", "maxPushback": "30s"},
-//	    "circuitBreaker": {"mode": "closed", "consecutiveFailures": 12, "throttleK": 2,
-//	      "failureRate": 0, "minimumCalls": 20, "window": "10s", "recoveryTime": "1s",
-//	      "maxRecoveryTime": "60s", "recoveryJitter": 0.2, "halfOpenMaxCalls": 1,
-//	      "halfOpenMaxWait": "1s", "failureStatusCodes": ["UNKNOWN", ...]},
-//	    "fallback": false
-//	  }],
-//	  "methods": [{
-//	    "method": "/pkg.Svc/Get", "target": "dns:///svc:443", "policy": "/pkg.Svc/*",
-//	    "state": "closed", "successes": 10, "failures": 1, "ignored": 0, "rejections": 0,
-//	    "throttled": 0, "transitions": 0, "consecutiveFailures": 0, "windowCalls": 11,
-//	    "windowFailures": 1, "windowThrottled": 0, "throttleProbability": 0, "shadowTrips": 0,
-//	    "since": "2026-01-02T15:04:05.999Z"
-//	  }],
-//	  "passThrough": [{"method": "/grpc.health.v1.Health/Check", "target": "dns:///svc:443"}],
-//	  "breakers": {"count": 1, "max": 10000, "overflowed": 0, "evicted": 0},
-//	  "budget": {"mode": "ratio", "ratio": 0.2, "minRetriesPerSecond": 1, "window": "10s",
-//	    "targets": [{"target": "dns:///svc:443", "balance": 12.4, "reserve": 10,
-//	      "allowed": 3, "refused": 0}]}
-//	}
-//
-// Durations are strings of seconds as in the config document ("0.100s");
-// status codes are the upper-case names of grpc service configs; a rule
-// that is off shows 0 (consecutiveFailures, throttleK, failureRate), and so
-// does a half-open that never waits (halfOpenMaxWait "0s"); lists are sorted
-// (policies by key, methods by name then target, targets by name).
+// the effective policies (normalized), the state and counts of every
+// breaker, and the retry budgets. Its JSON form (encoding/json) is stable:
+// policy fields have the names of the config document (package config);
+// durations are strings of seconds as there ("0.100s"); status codes are
+// upper-case names ("UNAVAILABLE"); a rule that is off shows 0
+// (consecutiveFailures, throttleK, failureRate, halfOpenMaxWait); lists are
+// sorted (policies by key, methods by name then target, targets by name).
 type Snapshot struct {
 	Policies []SnapshotPolicy `json:"policies"`
 	Methods  []SnapshotMethod `json:"methods"`

@@ -32,13 +32,11 @@ const maxCachedMethods = 4096
 // connections.
 //
 // Its memory is bounded: at most WithMaxBreakers breakers (plus one overflow
-// breaker per policy); per connection, a cache of at most 4096 methods
-// (methods without a policy included; see maxCachedMethods); per target, one budget, which lives
-// as long as a connection to that target is open. The state of closed
-// connections is dropped at each Snapshot, and when a new connection finds
-// that the number of connections has doubled since the last check; when a
-// target's last connection goes, so do its budget and its closed breakers
-// (an open breaker stays for the next connection to that target).
+// breaker per policy); per connection, a cache of at most 4096 methods,
+// emptied when full; per target, one budget while a connection to it is
+// open. The state of closed connections is dropped at each Snapshot and
+// whenever the number of connections doubles; a target's last connection
+// takes its budget and its closed breakers with it (an open breaker stays).
 type Suite struct {
 	tab atomic.Pointer[table] // the resolved policies; swapped whole (a later Update)
 	o   options               // immutable after New
@@ -82,10 +80,8 @@ type conn struct {
 	name   string       // cc.Target()
 	budget retry.Budget // nil: no budget
 	// fast is a direct-mapped cache indexed by the address of the method
-	// string's bytes: generated stubs pass the same constant string on every
-	// call, so a hit is a pointer hash, one atomic load and a string
-	// comparison that succeeds on pointer equality. A slot holds its
-	// entry's method string, so the bytes it was indexed by stay alive.
+	// string's bytes (generated stubs pass the same constant string); a
+	// slot's entry keeps those bytes alive.
 	fast    [fastSlots]atomic.Pointer[entry]
 	methods sync.Map     // method -> *entry, at most maxCachedMethods
 	n       atomic.Int64 // methods stored in methods

@@ -12,21 +12,12 @@ import (
 	"github.com/khive/grpc-resilience/breaker"
 )
 
-// unaryState is the per-call state of a unary call that may retry: the call
-// options of every attempt (the caller's, minus the suite's, followed by
-// Header and Trailer options pointing at hdr and tlr), through which grpc
-// tells what the latest attempt received. A retry needs it: headers mean the
-// attempt was committed (gRFC A6), the trailer carries the server's
-// pushback. The options must be given before the first attempt, so every
-// call that may retry takes one; it is pooled, so that the success path
-// allocates nothing. Pooling relies on the invoker being done with the
-// options when it returns, as grpc's is: an inner interceptor that kept
-// them for later would write into another call's state.
-//
-// The caller's options that act after the call (isAfterOption: Header,
-// Trailer, Peer, OnFinish) are kept apart in after and applied once, at the
-// end of the call, with the final attempt's header, trailer and peer
-// (finish); grpc would apply them once per attempt.
+// unaryState is the pooled state of a unary call that may retry: its
+// attempts' options, with Header and Trailer options through which grpc
+// tells what the latest attempt received (headers: committed, gRFC A6; the
+// trailer: the server's pushback). The caller's after-call options
+// (isAfterOption) are kept apart and applied once, at the end (finish).
+// Pooling relies on the invariant the README's "Chain order" states.
 type unaryState struct {
 	hdr, tlr metadata.MD
 	peer     peer.Peer         // the latest attempt's peer, when the caller asked for it
@@ -42,16 +33,13 @@ var unaryPool = sync.Pool{New: func() any {
 	return st
 }}
 
-// newUnaryState returns a pooled state whose opts are the Header and
-// Trailer options followed by opts, minus the after-call options if after
-// (how many opts holds) is not 0: those go to st.after, and a Peer option
-// of the suite's own is added if one of them is a Peer option.
+// newUnaryState returns a pooled state for the call options opts, of which
+// after act after the call.
 func newUnaryState(opts []grpc.CallOption, after int) *unaryState {
 	st := unaryPool.Get().(*unaryState)
 	if after == 0 {
-		// Element by element: for the one to three options of a typical
-		// call this is several times faster than append(st.opts, opts...),
-		// which goes through the runtime's typed copy.
+		// Element by element: faster than append(st.opts, opts...) for a
+		// few options.
 		for _, o := range opts {
 			st.opts = append(st.opts, o)
 		}
