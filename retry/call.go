@@ -74,8 +74,8 @@ func (c *Call) AttemptContext(ctx context.Context) (context.Context, context.Can
 // returns the delay to wait before the next attempt, or a non-nil *Error (Err = err, the
 // attempts so far, the reason) to return to the caller.
 //
-// A retryable decision first reports the failed attempt to the budget (Budget.Failed: the A6
-// token bucket's -1). Then the checks, in order:
+// A retryable decision first reports the failed attempt to the budget (Budget.FailedAt).
+// Then the checks, in order:
 //
 //  1. ctx done: Canceled
 //  2. d is Stop: NotRetryable
@@ -85,8 +85,8 @@ func (c *Call) AttemptContext(ctx context.Context) (context.Context, context.Can
 //
 // The delay is Policy.Delay(n, u) for Backoff (n counts Backoff retries since the last
 // After; u from math/rand/v2) and min(d, MaxPushback) for After, which also resets n to 0.
-// Next charges the budget (as Budget.Allow, but counting the other retries in flight at their
-// expected refund; see Budget) only when it returns a delay: a retry that the deadline rules
+// Next charges the budget (as Budget.AllowAt, but counting the other retries in flight at
+// their expected refund) only when it returns a delay: a retry that the deadline rules
 // out costs nothing, and is reported as BudgetExhausted only if the budget would also have
 // refused it. The granted retry stays in flight for the budget until its attempt ends (the
 // next Next, or Done). If Begin was never called, the failed attempt counts as the first;

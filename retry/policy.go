@@ -50,8 +50,7 @@ type Policy struct {
 	// MaxAttempts counts the first call: 1 means no retries. 0 = default 4 (Khive
 	// max_retries=3). There is no hidden cap. Negative is an error.
 	MaxAttempts int
-	// InitialBackoff is the delay before the first retry, before jitter. 0 = default 25ms
-	// (as Envoy's retry base interval; with FullJitter the first retry waits 12.5ms on average).
+	// InitialBackoff is the delay before the first retry, before jitter. 0 = default 25ms.
 	// Negative is an error.
 	InitialBackoff time.Duration
 	// MaxBackoff caps the exponential delay (applied before jitter). 0 = default 5s. It must
