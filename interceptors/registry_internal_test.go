@@ -8,6 +8,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+
+	"github.com/khive/grpc-resilience/breaker"
 )
 
 // TestLookupCacheCap: a connection's cache never holds more than
@@ -90,4 +92,29 @@ func BenchmarkLookup(b *testing.B) {
 			_ = s.lookup(nil, pass)
 		}
 	})
+}
+
+// TestUpdateReconfiguresChangedBreakersOnly: Update compares normalized
+// breaker settings: a policy written differently but normalizing alike
+// leaves its breakers alone; a changed setting or forced-open state
+// reconfigures them.
+func TestUpdateReconfiguresChangedBreakersOnly(t *testing.T) {
+	s, err := New(map[string]Policy{"*": {}})
+	require.NoError(t, err)
+	s.lookup(nil, "/a.S/M")
+	pending := func(p Policy) int {
+		tab, errs := s.resolve(map[string]Policy{"*": p})
+		require.Nil(t, errs)
+		s.reg.mu.Lock()
+		defer s.reg.mu.Unlock()
+		n := len(s.reg.reconfigure(tab))
+		s.tab.Store(tab)
+		return n
+	}
+	assert.Zero(t, pending(Policy{}), "the same policy")
+	assert.Equal(t, 1, pending(Policy{Breaker: breaker.Config{ThrottleK: -5}}), "throttle off")
+	assert.Zero(t, pending(Policy{Breaker: breaker.Config{ThrottleK: -1, ConsecutiveFailures: breaker.DefaultConsecutiveFailures}}),
+		"written differently, normalized alike")
+	assert.Equal(t, 1, pending(Policy{Breaker: breaker.Config{ThrottleK: -1, ConsecutiveFailures: 3}}))
+	assert.Equal(t, 1, pending(Policy{Breaker: breaker.Config{ThrottleK: -1, ConsecutiveFailures: 3, Mode: breaker.ForcedOpen}}), "forced open")
 }
