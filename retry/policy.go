@@ -108,7 +108,7 @@ func (p Policy) Normalize() (Policy, error) {
 		n.MinAttemptTime > 0 && n.MaxPushback > 0 {
 		return n, nil
 	}
-	return p, p.explain(n)
+	return n, p.explain(n)
 }
 
 // Validate reports the first invalid field, as Normalize does.
