@@ -48,8 +48,9 @@ type Call struct {
 // NewCall starts tracking one logical call under p, normalized (Normalize). b may be nil: no
 // budget. p must be valid; NewCall does not report the error.
 func (p *Policy) NewCall(b Budget) Call {
-	n, _ := p.Normalize()
-	return Call{p: n, budget: b}
+	c := Call{p: *p, budget: b}
+	c.p.normalize()
+	return c
 }
 
 // Policy returns the call's normalized policy.
