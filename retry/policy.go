@@ -89,31 +89,32 @@ func (p Policy) Normalize() (Policy, error) {
 // normalize applies the defaults to p in place and reports whether it is valid. (In place:
 // returning a copy measured several times the cost of the rest.)
 func (p *Policy) normalize() bool {
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = DefaultMaxAttempts
+	attempts, initial, maxB, mult := p.MaxAttempts, p.InitialBackoff, p.MaxBackoff, p.Multiplier
+	if attempts == 0 {
+		attempts, p.MaxAttempts = DefaultMaxAttempts, DefaultMaxAttempts
 	}
-	if p.InitialBackoff == 0 {
-		p.InitialBackoff = DefaultInitialBackoff
+	if initial == 0 {
+		initial, p.InitialBackoff = DefaultInitialBackoff, DefaultInitialBackoff
 	}
-	if p.MaxBackoff == 0 {
-		p.MaxBackoff = DefaultMaxBackoff
+	if maxB == 0 {
+		maxB, p.MaxBackoff = DefaultMaxBackoff, DefaultMaxBackoff
 	}
-	if p.Multiplier == 0 {
-		p.Multiplier = DefaultMultiplier
+	if mult == 0 {
+		mult, p.Multiplier = DefaultMultiplier, DefaultMultiplier
 	}
-	if p.JitterFactor == 0 {
-		p.JitterFactor = DefaultJitterFactor
+	factor, minAttempt, pushback := p.JitterFactor, p.MinAttemptTime, p.MaxPushback
+	if factor == 0 {
+		factor, p.JitterFactor = DefaultJitterFactor, DefaultJitterFactor
 	}
-	if p.MinAttemptTime == 0 {
-		p.MinAttemptTime = DefaultMinAttemptTime
+	if minAttempt == 0 {
+		minAttempt, p.MinAttemptTime = DefaultMinAttemptTime, DefaultMinAttemptTime
 	}
-	if p.MaxPushback == 0 {
-		p.MaxPushback = DefaultMaxPushback
+	if pushback == 0 {
+		pushback, p.MaxPushback = DefaultMaxPushback, DefaultMaxPushback
 	}
-	return p.MaxAttempts >= 1 && p.InitialBackoff > 0 && p.MaxBackoff >= p.InitialBackoff &&
-		p.Multiplier >= 1 && p.Multiplier <= math.MaxFloat64 && p.Jitter <= NoJitter &&
-		p.JitterFactor >= 0 && p.JitterFactor <= 1 && p.AttemptTimeout >= 0 &&
-		p.MinAttemptTime > 0 && p.MaxPushback > 0
+	return attempts >= 1 && initial > 0 && maxB >= initial && mult >= 1 && mult <= math.MaxFloat64 &&
+		p.Jitter <= NoJitter && factor >= 0 && factor <= 1 && p.AttemptTimeout >= 0 &&
+		minAttempt > 0 && pushback > 0
 }
 
 // Validate reports the first invalid field, as Normalize does.
