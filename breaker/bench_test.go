@@ -46,7 +46,7 @@ func BenchmarkClosedSuccessParallel(b *testing.B) {
 // BenchmarkOpenReject is an open breaker's rejection.
 func BenchmarkOpenReject(b *testing.B) {
 	br := mustNew(b, Config{})
-	br.Isolate()
+	br.ForceOpen()
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := br.Allow(); err == nil {

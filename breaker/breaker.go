@@ -152,7 +152,7 @@ func New(cfg Config) (*Breaker, error) {
 }
 
 func newBreaker(cfg Config, clock func() time.Time, after func(time.Duration, func()) stopper, rnd func() float64) (*Breaker, error) {
-	c, err := cfg.normalize()
+	c, err := cfg.Normalize()
 	if err != nil {
 		return nil, err
 	}
@@ -828,7 +828,7 @@ func (b *Breaker) Config() Config {
 // (Closed, Disabled or MetricsOnly) as Reset, Disable and MetricsOnly do;
 // the same Mode changes no state. On error nothing changes.
 func (b *Breaker) Reconfigure(cfg Config) error {
-	c, err := cfg.normalize()
+	c, err := cfg.Normalize()
 	if err != nil {
 		return err
 	}
@@ -869,9 +869,9 @@ func (b *Breaker) Retire() {
 	b.mu.Unlock()
 }
 
-// Isolate forces the breaker open (ForcedOpen): every call is rejected until
+// ForceOpen forces the breaker open (ForcedOpen): every call is rejected until
 // Reset.
-func (b *Breaker) Isolate() {
+func (b *Breaker) ForceOpen() {
 	b.mu.Lock()
 	if b.state != ForcedOpen {
 		b.transition(ForcedOpen, &OpenError{name: b.cfg.Name, state: ForcedOpen})

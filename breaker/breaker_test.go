@@ -444,7 +444,7 @@ func TestOldGenerationNeverTransitions(t *testing.T) {
 func TestModes(t *testing.T) {
 	t.Run("forced open rejects until Reset", func(t *testing.T) {
 		h := newHarness(t, Config{})
-		h.b.Isolate()
+		h.b.ForceOpen()
 		oe := h.reject(ForcedOpen)
 		assert.Zero(t, oe.RetryAfter())
 		h.clk.Advance(time.Hour)
@@ -457,15 +457,15 @@ func TestModes(t *testing.T) {
 		h := newHarness(t, Config{})
 		h.trip()
 		require.Equal(t, 1, h.clk.Pending())
-		h.b.Isolate()
+		h.b.ForceOpen()
 		assert.Zero(t, h.clk.Pending())
 		h.clk.Advance(time.Hour)
 		h.state(ForcedOpen)
 	})
 	t.Run("isolate twice is one transition", func(t *testing.T) {
 		h := newHarness(t, Config{})
-		h.b.Isolate()
-		h.b.Isolate()
+		h.b.ForceOpen()
+		h.b.ForceOpen()
 		assert.EqualValues(t, 1, h.b.Counts().Transitions)
 	})
 	t.Run("disabled admits everything and records nothing", func(t *testing.T) {
@@ -574,7 +574,7 @@ func TestStateChangeCallbacks(t *testing.T) {
 	p, err := b.Allow()
 	require.NoError(t, err)
 	p.Done(Success)
-	b.Isolate()
+	b.ForceOpen()
 	b.Disable()
 	b.MetricsOnly()
 	b.Reset()
@@ -605,7 +605,7 @@ func TestCallbackReentrancyKeepsOrder(t *testing.T) {
 		got = append(got, "exit "+to.String())
 	}})
 	require.NoError(t, err)
-	b.Isolate()
+	b.ForceOpen()
 	assert.Equal(t, []string{
 		"enter forced-open", "exit forced-open",
 		"enter disabled", "exit disabled",
@@ -622,7 +622,7 @@ func TestCallbackPanicDoesNotWedge(t *testing.T) {
 		}
 	}})
 	require.NoError(t, err)
-	assert.PanicsWithValue(t, "boom", b.Isolate)
+	assert.PanicsWithValue(t, "boom", b.ForceOpen)
 	b.Disable()
 	assert.Equal(t, []State{ForcedOpen, Disabled}, got)
 }

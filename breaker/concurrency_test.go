@@ -162,7 +162,7 @@ func TestConcurrentManualControl(t *testing.T) {
 	for i := range 2000 {
 		switch i % 5 {
 		case 0:
-			b.Isolate()
+			b.ForceOpen()
 		case 1:
 			b.Reset()
 		case 2:

@@ -109,10 +109,9 @@ type Config struct {
 	OnStateChange func(name string, from, to State)
 }
 
-// Validate reports the first invalid field, as an error naming it, such as
-// "breaker: Config.FailureRate: must be in [0, 1], got 1.5". It never panics.
+// Validate reports the first invalid field, as Normalize does.
 func (c Config) Validate() error {
-	_, err := c.normalize()
+	_, err := c.Normalize()
 	return err
 }
 
@@ -120,10 +119,17 @@ func fieldError(field, format string, args ...any) error {
 	return fmt.Errorf("breaker: Config.%s: "+format, append([]any{field}, args...)...)
 }
 
-// normalize validates c and returns it with the defaults applied.
-func (c Config) normalize() (Config, error) {
-	if c.ConsecutiveFailures == 0 {
+// Normalize validates c and returns it with each zero field replaced by its
+// default and each rule turned off by a negative value set to -1. It reports
+// the first invalid field, naming it, such as
+// "breaker: Config.FailureRate: must be in [0, 1], got 1.5". A normalized
+// Config normalizes to itself. Normalize never panics.
+func (c Config) Normalize() (Config, error) {
+	switch {
+	case c.ConsecutiveFailures == 0:
 		c.ConsecutiveFailures = DefaultConsecutiveFailures
+	case c.ConsecutiveFailures < 0:
+		c.ConsecutiveFailures = -1
 	}
 	switch {
 	case math.IsNaN(c.ThrottleK) || math.IsInf(c.ThrottleK, 1) || (c.ThrottleK > 0 && c.ThrottleK < 1):
@@ -171,7 +177,7 @@ func (c Config) normalize() (Config, error) {
 	case c.RecoveryJitter == 0:
 		c.RecoveryJitter = DefaultRecoveryJitter
 	case c.RecoveryJitter < 0:
-		c.RecoveryJitter = 0
+		c.RecoveryJitter = -1
 	}
 	switch {
 	case c.HalfOpenMaxCalls < 0:

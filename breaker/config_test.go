@@ -10,7 +10,7 @@ import (
 )
 
 func TestConfigDefaults(t *testing.T) {
-	c, err := Config{}.normalize()
+	c, err := Config{}.Normalize()
 	require.NoError(t, err)
 	assert.Equal(t, Config{
 		ConsecutiveFailures: 12,
@@ -24,12 +24,15 @@ func TestConfigDefaults(t *testing.T) {
 		HalfOpenMaxWait:     time.Second,
 	}, c)
 	assert.Zero(t, c.FailureRate, "the rate rule is off by default")
-	c, err = Config{RecoveryJitter: -0.5, ConsecutiveFailures: -3, ThrottleK: -2, HalfOpenMaxWait: -time.Second}.normalize()
+	c, err = Config{RecoveryJitter: -0.5, ConsecutiveFailures: -3, ThrottleK: -2, HalfOpenMaxWait: -time.Second}.Normalize()
 	require.NoError(t, err)
-	assert.Zero(t, c.RecoveryJitter, "negative jitter means none")
-	assert.Equal(t, -3, c.ConsecutiveFailures, "negative streak means off")
+	assert.Equal(t, -1.0, c.RecoveryJitter, "negative jitter means none")
+	assert.Equal(t, -1, c.ConsecutiveFailures, "negative streak means off")
 	assert.Equal(t, -1.0, c.ThrottleK, "negative K means no throttle")
 	assert.Equal(t, time.Duration(-1), c.HalfOpenMaxWait, "negative wait means never wait")
+	again, err := c.Normalize()
+	require.NoError(t, err)
+	assert.Equal(t, c, again, "a normalized Config normalizes to itself")
 }
 
 func TestConfigValidate(t *testing.T) {

@@ -43,81 +43,50 @@
 // or reports Ignored, frees its slot for a waiter. Closing empties the
 // window: the throttle and the streak start afresh.
 //
-// Manual control: Isolate (ForcedOpen, rejects until Reset), Disable (admits
+// Manual control: ForceOpen (ForcedOpen, rejects until Reset), Disable (admits
 // everything, records nothing), MetricsOnly (records and evaluates, never
 // rejects: it counts Counts.ShadowTrips and reports the throttle's
 // probability), Reset (Closed from any state). Reconfigure applies new
 // settings and keeps the state. Every transition starts a new generation; an
 // outcome of an older generation is counted and decides nothing.
 //
-// # Streak
+// # Trip rules
 //
-// ConsecutiveFailures (default 12) failed attempts in a row open the
-// breaker, provided that the streak holds a failed retry or a failed call:
-// first attempts whose retries are still to come never open it alone (a
-// rolling restart, where every first attempt meets a closing connection and
-// every retry works, never opens it). A success resets the streak; Ignored
-// does not.
+// Streak: ConsecutiveFailures failed attempts in a row open the breaker,
+// provided the streak holds a failed retry or a failed call (first attempts
+// alone never open it). A success resets the streak; Ignored does not. The
+// streak needed grows with the failure rate f of the window's earlier
+// attempts: ConsecutiveFailures while f <= 0.3 (or the window holds fewer
+// than MinimumCalls of them), else ConsecutiveFailures × ln 0.3 / ln f,
+// rounded up, at most 4 × ConsecutiveFailures.
 //
-// The streak needed grows with the failure rate f of the window's attempts
-// before the streak: n = 12 while f <= 0.3 or the window holds fewer than
-// MinimumCalls such attempts, else ceil(12 ln 0.3 / ln f), capped at 48. A streak is then as rare under f as 12 under 30% (a new run
-// of 12 starts about once per 2.7 million attempts at 30%): 21 at 50%, 41 at
-// 70%. So a partial failure is left to the throttle, and a healthy dependency
-// that goes down is cut after 12 failed attempts: at 200 calls/s with 4
-// attempts and the retry package's default backoff, in about 30 ms; at 5
-// calls/s in about 0.5 s.
-//
-// # Throttle
-//
-// In Closed, Allow rejects a new call with probability
+// Throttle: in Closed, Allow rejects a new call with probability
 //
 //	max(0, (calls - K*accepts) / (calls + 1))
 //
-// over the rolling Window (default 10 s), calls being the admitted calls
-// that ended with an outcome and accepts those that succeeded, once the
-// window holds MinimumCalls (default 20) calls. K is ThrottleK (default 2):
-// nothing is shed while at least 1/K of the calls succeed; p = 1 - K*s when
-// a share s < 1/K succeeds; nearly everything when none does. Unlike the SRE
-// book's client-side throttling, throttled calls are not counted as
-// requests: counted, every throttle level sustains itself when exactly 1/K
-// of the calls succeed (50% failing calls, measured: 37% success against 50%
-// without a breaker), and the throttle reopens only by a factor K per window
-// once the dependency is healthy. When the admitted calls succeed
-// ceil(ln 1e5 / ln K) times in a row (17 for K = 2; at 1/K success that run
-// happens about once in 100,000 calls) the window is emptied and the
-// throttle stops at once. Retries (AllowRetry) are never throttled: a retry
-// budget bounds them.
+// over Window, once it holds MinimumCalls calls: calls are the admitted
+// calls that ended with an outcome, accepts those that succeeded, K is
+// ThrottleK. Throttled calls are not counted. A run of ceil(ln 1e5 / ln K)
+// successes in a row empties the window. Retries (AllowRetry) are never
+// throttled.
 //
-// The binary FailureRate rule (failed calls / calls over the window) is
-// off by default and opt-in.
+// FailureRate, off by default, opens the breaker when failed calls / calls
+// over Window reach it.
 //
 // # Open time
 //
-// The first open period is RecoveryTime (default 1 s). A re-open from
-// HalfOpen opens for a third of the time since the breaker opened, if that
-// is longer, up to MaxRecoveryTime (default 60 s): 1, 1, 1, 1, 1.3, 1.8,
-// 2.4, ... seconds. A short outage costs about a second after its end (after
-// a 3 s outage, at most 1.2 s with the jitter); a long one costs about one
-// probe per MaxRecoveryTime once it is 3 minutes old, and its end is noticed
-// within a third of its length. Each period is multiplied by
-// U(1-RecoveryJitter, 1+RecoveryJitter) (default ±20%).
+// The first open period is RecoveryTime; a re-open from HalfOpen lasts a
+// third of the time since the breaker opened if that is longer, at most
+// MaxRecoveryTime. Each period is multiplied by U(1-RecoveryJitter,
+// 1+RecoveryJitter).
 //
 // # Cost
 //
-// In Closed, Allow is one atomic load of the generation's record and one of
-// the throttle word (plus a random draw while it sheds); Done(Success) adds
-// one to a counter on one of several cache-line-sized stripes chosen at
-// random, so that callers on different cores rarely write the same line,
-// and resets the streak only if it is not zero. Neither takes a lock, reads
-// the clock or allocates. Every 64th count of a stripe is folded into the
-// time-bucketed window under the mutex, which also happens on every failure
-// and every Counts call; a success is therefore stamped into a bucket up to
-// 63 successes late. An Open rejection and a throttled one are one atomic
-// load and one striped add and return a prebuilt *OpenError. A failure takes
-// the mutex and reads the clock (DoneAt and RetryAt take a reading the
-// caller already has). While the throttle sheds, successes take the mutex
-// too.
+// In Closed, Allow and Done(Success) take no lock, read no clock and
+// allocate nothing; an open or throttled rejection returns a prebuilt
+// *OpenError. A failure takes the mutex and reads the clock (DoneAt and
+// RetryAt take a reading the caller has). docs/breaker.md derives the
+// defaults and gives the figures.
 //
 // # Callbacks
 //
@@ -129,18 +98,9 @@
 //
 // # Khive names
 //
-//   - failure_threshold: Config.ConsecutiveFailures. Khive counts failed
-//     calls; the streak counts failed attempts, and calls of one attempt are
-//     the same. With retries, a threshold of 5 failed calls of 4 attempts is
-//     20 failed attempts: ConsecutiveFailures 20 keeps Khive's meaning, and
-//     the default 12 (3 failed calls) cuts an outage sooner while never
-//     opening on 30% noise.
-//   - recovery_time: Config.RecoveryTime (growing with the outage, capped by
-//     MaxRecoveryTime)
-//   - half_open_max_calls: Config.HalfOpenMaxCalls
-//   - excluded_exceptions: the Ignored outcome, returned by the classifier
-//     given to Do (or chosen by the interceptor's status-code classification)
-//   - CircuitBreakerOpenError: ErrOpen, matched by every open rejection;
-//     ErrThrottled for the throttle's
-//   - metrics: Counts, and OnStateChange for events
+// failure_threshold: Config.ConsecutiveFailures (attempts, not calls; see
+// docs/breaker.md); recovery_time: Config.RecoveryTime; half_open_max_calls:
+// Config.HalfOpenMaxCalls; excluded_exceptions: the Ignored outcome;
+// CircuitBreakerOpenError: ErrOpen (ErrThrottled for the throttle);
+// metrics: Counts and OnStateChange.
 package breaker

@@ -349,7 +349,7 @@ func TestModel(t *testing.T) {
 			t.Fatal(err)
 		}
 		b.stripes = make([]stripe, 1)
-		ncfg, _ := cfg.normalize()
+		ncfg, _ := cfg.Normalize()
 		m := &refModel{cfg: ncfg, epoch: clk.Now(), now: clk.Now(), state: cfg.Mode}
 
 		type held struct {
@@ -452,7 +452,7 @@ func TestModel(t *testing.T) {
 				}
 			}},
 			{1, func(*rapid.T) {
-				b.Isolate()
+				b.ForceOpen()
 				if m.state != ForcedOpen {
 					m.transition(ForcedOpen)
 				}
@@ -478,7 +478,7 @@ func TestModel(t *testing.T) {
 				if err := b.Reconfigure(c); err != nil {
 					t.Fatal(err)
 				}
-				nc, _ := c.normalize()
+				nc, _ := c.Normalize()
 				m.reconfigure(nc)
 			}},
 		}

@@ -40,7 +40,7 @@ func (s *Suite) SetMode(name, target string, mode breaker.State) error {
 	var apply func(*breaker.Breaker)
 	switch mode {
 	case breaker.ForcedOpen:
-		apply = (*breaker.Breaker).Isolate
+		apply = (*breaker.Breaker).ForceOpen
 	case breaker.Closed:
 		apply = (*breaker.Breaker).Reset
 	case breaker.Disabled:

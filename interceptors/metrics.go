@@ -303,18 +303,6 @@ func (cs *callStats) options() []grpc.CallOption {
 	return cs.opts
 }
 
-// callEnded records the retry metrics of a call of attempts attempts
-// (nothing for a call of one attempt).
-func (e *entry) callEnded(ctx context.Context, cs *callStats, attempts int) {
-	if attempts <= 1 || cs == nil {
-		return
-	}
-	m := e.s.o.metrics
-	a := m.callAttrs(m.methodAttr(e.method, cs.opts), cs.target, "")
-	m.retries.Record(ctx, int64(attempts-1), a.rec...)
-	m.retryDelay.Record(ctx, cs.waited.Seconds(), a.rec...)
-}
-
 // RejectReason is why the suite refused to make an attempt (RejectEvent,
 // the reject.reason attribute).
 type RejectReason string
@@ -365,23 +353,6 @@ func reasonOfRejection(err error) RejectReason {
 		}
 	}
 	return RejectOpen
-}
-
-// rejected reports an attempt (attempt, 1-based) the suite refused for
-// reason: the rejections counter, WithOnReject. err is the caller's error.
-func (e *entry) rejected(ctx context.Context, opts []grpc.CallOption, target string, reason RejectReason, attempt int, err error) {
-	o := &e.s.o
-	m := o.metrics
-	var a *attrSet
-	if r, ok := err.(*rejectError); ok && attempt == 1 {
-		a = r.attrs(m, e.method, target, reason, opts)
-	} else {
-		a = m.callAttrs(m.methodAttr(e.method, opts), target, string(reason))
-	}
-	a.rejected.Add(1)
-	if o.onReject != nil {
-		o.onReject(RejectEvent{Context: ctx, Method: e.method, Target: target, Reason: reason, Attempt: attempt, Err: err})
-	}
 }
 
 // rejectAttrs are the prebuilt attribute sets of a rejection error's

@@ -2,7 +2,6 @@ package interceptors
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -29,17 +28,9 @@ type optionFunc func(*options)
 
 func (f optionFunc) apply(o *options) { f(o) }
 
-type budgetMode uint8
-
-const (
-	budgetRatio budgetMode = iota
-	budgetTokens
-	budgetNone
-)
-
 type options struct {
-	budget      budgetMode
-	budgetCfg   retry.BudgetConfig
+	budget      string             // "ratio", "token-bucket" or "none" (SnapshotBudget.Mode)
+	budgetCfg   retry.BudgetConfig // "ratio": normalized by validate
 	maxTokens   float64
 	tokenRatio  float64
 	replayBytes int
@@ -60,49 +51,50 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader, maxBreakers: DefaultMaxBreakers}
+	return options{budget: "ratio", replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader, maxBreakers: DefaultMaxBreakers}
 }
 
-func (o *options) validate() error {
+func (o *options) validate() []error {
+	var errs []error
 	switch o.budget {
-	case budgetRatio:
-		if err := o.budgetCfg.Validate(); err != nil {
-			return &configError{msg: "interceptors: WithBudget: " + err.Error(), err: err}
+	case "ratio":
+		var err error
+		if o.budgetCfg, err = o.budgetCfg.Normalize(); err != nil {
+			errs = append(errs, &configError{msg: "interceptors: WithBudget: " + err.Error(), err: err})
 		}
-	case budgetTokens:
+	case "token-bucket":
 		if _, err := retry.NewTokenBucket(o.maxTokens, o.tokenRatio); err != nil {
-			return &configError{msg: "interceptors: WithTokenBucket: " + err.Error(), err: err}
+			errs = append(errs, &configError{msg: "interceptors: WithTokenBucket: " + err.Error(), err: err})
 		}
 	}
 	if o.replayBytes < 0 {
-		return errors.New("interceptors: WithReplayBuffer: must not be negative")
+		errs = append(errs, &configError{msg: "interceptors: WithReplayBuffer: must not be negative"})
 	}
 	if o.maxBreakers < 1 {
-		return fmt.Errorf("interceptors: WithMaxBreakers: must be at least 1, got %d", o.maxBreakers)
+		errs = append(errs, &configError{msg: fmt.Sprintf("interceptors: WithMaxBreakers: must be at least 1, got %d", o.maxBreakers)})
 	}
 	// grpc fails a call whose outgoing metadata has a malformed key (with
 	// INTERNAL, a failure code): caught here, it cannot fail every retry.
-	for i := 0; i < len(o.header); i++ {
-		if c := o.header[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return fmt.Errorf("interceptors: WithAttemptHeader: %s is not a metadata key (characters in [0-9a-z-_.])", quote(o.header))
-		}
+	if strings.IndexFunc(o.header, func(c rune) bool {
+		return !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.')
+	}) >= 0 {
+		errs = append(errs, &configError{msg: "interceptors: WithAttemptHeader: " + quote(o.header) + " is not a metadata key (characters in [0-9a-z-_.])"})
 	}
-	// New validates once, before anything uses the options: the
-	// instruments are made here.
-	o.metrics = newMetrics(o.meterProvider, o.methodFilter)
-	return nil
+	return errs
 }
 
 // newBudget returns a new budget as configured (the configuration was
 // validated by New).
-func (o *options) newBudget() *retry.Budget {
-	var b *retry.Budget
-	if o.budget == budgetTokens {
-		b, _ = retry.NewTokenBucket(o.maxTokens, o.tokenRatio)
-	} else {
-		b, _ = retry.NewBudget(o.budgetCfg)
+func (o *options) newBudget() retry.Budget {
+	switch o.budget {
+	case "ratio":
+		b, _ := retry.NewBudget(o.budgetCfg)
+		return b
+	case "token-bucket":
+		b, _ := retry.NewTokenBucket(o.maxTokens, o.tokenRatio)
+		return b
 	}
-	return b
+	return nil
 }
 
 // WithBudget gives each target (cc.Target()) a ratio retry budget configured
@@ -110,20 +102,20 @@ func (o *options) newBudget() *retry.Budget {
 // default, with the zero BudgetConfig: retries stay within 20% of calls plus
 // one per second, and a retry that succeeds refunds its cost.
 func WithBudget(cfg retry.BudgetConfig) Option {
-	return optionFunc(func(o *options) { o.budget, o.budgetCfg = budgetRatio, cfg })
+	return optionFunc(func(o *options) { o.budget, o.budgetCfg = "ratio", cfg })
 }
 
 // WithTokenBucket gives each target a gRFC A6 retryThrottling token bucket
 // (maxTokens in (0, 1000], tokenRatio at least 0.001) instead of the ratio
 // budget.
 func WithTokenBucket(maxTokens, tokenRatio float64) Option {
-	return optionFunc(func(o *options) { o.budget, o.maxTokens, o.tokenRatio = budgetTokens, maxTokens, tokenRatio })
+	return optionFunc(func(o *options) { o.budget, o.maxTokens, o.tokenRatio = "token-bucket", maxTokens, tokenRatio })
 }
 
 // WithoutBudget turns the retry budget off: only MaxAttempts and the
 // deadline limit retries.
 func WithoutBudget() Option {
-	return optionFunc(func(o *options) { o.budget = budgetNone })
+	return optionFunc(func(o *options) { o.budget = "none" })
 }
 
 // WithReplayBuffer sets how many bytes of sent messages a client or bidi

@@ -74,9 +74,9 @@ var (
 // policy is a validated Policy, shared by every method it covers.
 type policy struct {
 	key         string         // the policy map key
-	retry       retry.Policy   // as given (retry.Call applies the defaults)
-	maxAttempts int            // retry.MaxAttempts with its default applied
-	cfg         breaker.Config // Policy.Breaker, validated (see breakerConfig for the hooks)
+	retry       retry.Policy   // normalized
+	maxAttempts int            // retry.MaxAttempts
+	cfg         breaker.Config // normalized (Mode Closed for a forced-open policy)
 	retryable   codeSet
 	failure     codeSet
 	fallback    func(ctx context.Context, method string, req, reply any, err error) error
@@ -141,26 +141,16 @@ func resolvePolicy(key string, p Policy) (*policy, error) {
 	if err := checkKey(key); err != nil {
 		return nil, err
 	}
-	if err := p.Retry.Validate(); err != nil {
-		return nil, policyError(key, "Retry."+trimPrefix(err.Error(), "retry: Policy."), err)
+	r, err := p.Retry.Normalize()
+	if err != nil {
+		return nil, policyError(key, "Retry."+strings.TrimPrefix(err.Error(), "retry: Policy."), err)
 	}
-	cfg := p.Breaker
-	if err := cfg.Validate(); err != nil {
-		return nil, policyError(key, "Breaker."+trimPrefix(err.Error(), "breaker: Config."), err)
+	cfg, err := p.Breaker.Normalize()
+	if err != nil {
+		return nil, policyError(key, "Breaker."+strings.TrimPrefix(err.Error(), "breaker: Config."), err)
 	}
-	pol := &policy{
-		key:         key,
-		retry:       p.Retry,
-		maxAttempts: p.Retry.MaxAttempts,
-		cfg:         cfg,
-		retryable:   defaultRetryable,
-		failure:     defaultFailure,
-		fallback:    p.Fallback,
-	}
-	if pol.maxAttempts == 0 {
-		pol.maxAttempts = retry.DefaultMaxAttempts
-	}
-	var err error
+	pol := &policy{key: key, retry: r, maxAttempts: r.MaxAttempts, cfg: cfg,
+		retryable: defaultRetryable, failure: defaultFailure, fallback: p.Fallback}
 	if p.RetryableCodes != nil {
 		if pol.retryable, err = codeList(key, "RetryableCodes", p.RetryableCodes); err != nil {
 			return nil, err
@@ -181,11 +171,4 @@ func codeList(key, field string, cs []codes.Code) (codeSet, error) {
 		}
 	}
 	return setOf(cs...), nil
-}
-
-func trimPrefix(s, prefix string) string {
-	if t, ok := strings.CutPrefix(s, prefix); ok {
-		return t
-	}
-	return s
 }

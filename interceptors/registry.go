@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,11 +38,6 @@ type record struct {
 	// nanoseconds), 0 if none.
 	changed atomic.Int64
 
-	// ent is the entry of the default key's (target, method) under the
-	// current table, so that a lookup beyond the connection's cache does not
-	// allocate; nil until needed.
-	ent atomic.Pointer[entry]
-
 	// The idle sweep (registry.mu).
 	sig   breakerSig
 	swept bool // sig was taken by a sweep
@@ -65,15 +61,11 @@ func sigOf(c breaker.Counts) breakerSig {
 }
 
 // registry holds the breakers of a Suite, keyed by breaker key, across
-// Updates: Update reconfigures each breaker for the new policy of the method
-// that created it (keeping its state) or retires it when no policy covers
-// that method any more. It holds at most max breakers, plus one overflow
-// breaker per policy for the methods beyond the cap; when it is full, a new
-// key first evicts the breakers that are closed and idle (see sweep).
+// Updates (see reconfigure): at most max, plus one overflow breaker per
+// policy; when it is full, a new key first evicts idle closed breakers.
 type registry struct {
 	// tab is the suite's table. Dropping breakers replaces it with a copy,
-	// so that every cached entry, which is valid only under the table it
-	// was resolved with, is resolved again: lookup needs no other check.
+	// which makes every cached entry stale.
 	tab      *atomic.Pointer[table]
 	mu       sync.Mutex
 	recs     map[bkey]*record
@@ -117,7 +109,7 @@ func (r *registry) newBreaker(tab *table, pol *policy, rec *record) {
 	quiet := cfg
 	quiet.OnStateChange = nil
 	rec.brk, _ = breaker.New(quiet)
-	rec.brk.Isolate()
+	rec.brk.ForceOpen()
 	_ = rec.brk.Reconfigure(cfg) // same Mode: keeps ForcedOpen
 	rec.forced = true
 }
@@ -232,42 +224,38 @@ func (r *registry) drop(k bkey, rec *record) {
 }
 
 // reconfigure points every breaker at its policy under tab (r.mu held) and
-// returns the breakers to reconfigure, which the caller does after
-// releasing r.mu (a change of Mode may call OnStateChange, which may call
-// the Suite). Each breaker follows the new policy of the method that created
-// it; one whose method no policy covers any more is retired. An overflow
-// breaker follows the policy of its key.
+// returns the breakers whose normalized configuration or forced-open state
+// changed, which the caller reconfigures after releasing r.mu (a change of
+// Mode may call OnStateChange, which may call the Suite). Each breaker
+// follows the new policy of the method that created it (an overflow breaker:
+// of its key); one whose policy is gone is retired.
 func (r *registry) reconfigure(tab *table) []reconf {
 	var out []reconf
-	for k, rec := range r.recs {
-		pol := tab.match(rec.method)
-		if pol == nil {
-			r.drop(k, rec)
-			continue
+	point := func(rec *record, pol *policy) {
+		forced := tab.forced[pol.key]
+		same := forced == rec.forced && reflect.DeepEqual(rec.pol.cfg, pol.cfg) // false if either has a hook
+		if !same {
+			out = append(out, reconf{brk: rec.brk, cfg: r.breakerConfig(pol, rec),
+				isolate: forced && !rec.forced, release: !forced && rec.forced})
 		}
-		out = append(out, r.reconfOf(tab, pol, rec))
+		rec.pol, rec.forced = pol, forced
+	}
+	for k, rec := range r.recs {
+		if pol := tab.match(rec.method); pol != nil {
+			point(rec, pol)
+		} else {
+			r.drop(k, rec)
+		}
 	}
 	for key, rec := range r.overflow {
-		pol := tab.policy(key)
-		if pol == nil {
+		if pol := tab.policy(key); pol != nil {
+			point(rec, pol)
+		} else {
 			delete(r.overflow, key)
 			rec.brk.Retire()
-			continue
 		}
-		out = append(out, r.reconfOf(tab, pol, rec))
 	}
 	return out
-}
-
-// reconfOf points rec at pol under tab and returns what to apply to its
-// breaker (r.mu held).
-func (r *registry) reconfOf(tab *table, pol *policy, rec *record) reconf {
-	forced := tab.forced[pol.key]
-	rc := reconf{brk: rec.brk, cfg: r.breakerConfig(pol, rec)}
-	rc.isolate = forced && !rec.forced
-	rc.release = !forced && rec.forced
-	rec.pol, rec.forced = pol, forced
-	return rc
 }
 
 // reconf is a breaker to reconfigure and its new configuration.
@@ -284,7 +272,7 @@ func (rc reconf) apply() {
 	_ = rc.brk.Reconfigure(rc.cfg) // validated by resolve: cannot fail
 	switch {
 	case rc.isolate:
-		rc.brk.Isolate()
+		rc.brk.ForceOpen()
 	case rc.release && rc.brk.State() == breaker.ForcedOpen:
 		switch rc.cfg.Mode {
 		case breaker.Disabled:

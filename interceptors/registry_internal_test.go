@@ -8,19 +8,21 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+
+	"github.com/khive/grpc-resilience/breaker"
 )
 
-// TestLookupBeyondTheCacheAllocatesNothing: once a connection's cache is
-// full, a method that has its own breaker, and a pass-through method, are
-// resolved on every call without allocating; the cache itself never grows
-// past its bound.
-func TestLookupBeyondTheCacheAllocatesNothing(t *testing.T) {
+// TestLookupCacheCap: a connection's cache never holds more than
+// maxCachedMethods methods: the method that would go past it empties the
+// cache and is cached alone. A cached method, covered or passed through,
+// resolves without allocating and keeps its prebuilt rejection.
+func TestLookupCacheCap(t *testing.T) {
 	s, err := New(map[string]Policy{"/cov.S/*": {}})
 	require.NoError(t, err)
 	in := s.Unary()
 	ctx := context.Background()
 	ok := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
-	for i := range maxCachedMethods + 10 {
+	for i := range maxCachedMethods {
 		require.NoError(t, in(ctx, "/cov.S/M"+strconv.Itoa(i), nil, nil, nil, ok))
 	}
 	c := s.last.Load()
@@ -29,16 +31,16 @@ func TestLookupBeyondTheCacheAllocatesNothing(t *testing.T) {
 
 	covered, pass := "/cov.S/Beyond", "/pass.S/M"
 	require.NoError(t, in(ctx, covered, nil, nil, nil, ok))
+	assert.Equal(t, int64(1), c.n.Load(), "the full cache was emptied")
 	require.NoError(t, in(ctx, pass, nil, nil, nil, ok))
+	assert.Equal(t, int64(2), c.n.Load())
 	// Other strings each time, so that the fast slots miss.
 	covered2, pass2 := string([]byte(covered)), string([]byte(pass))
 	assert.Zero(t, testing.AllocsPerRun(100, func() { _ = in(ctx, covered2, nil, nil, nil, ok) }), "covered")
 	assert.Zero(t, testing.AllocsPerRun(100, func() { _ = in(ctx, pass2, nil, nil, nil, ok) }), "pass-through")
-	tab := s.tab.Load()
-	assert.Zero(t, testing.AllocsPerRun(100, func() { _ = s.entryOf(tab, c, covered2) }), "resolved, past the fast slots")
-	assert.Equal(t, int64(maxCachedMethods), c.n.Load())
-	assert.Same(t, s.lookup(nil, covered).brk, s.lookup(nil, covered2).brk)
+	assert.Same(t, s.lookup(nil, covered), s.lookup(nil, covered2), "one entry: its rejection is prebuilt once")
 	assert.Nil(t, s.lookup(nil, pass2))
+	assert.LessOrEqual(t, c.n.Load(), int64(maxCachedMethods))
 }
 
 // BenchmarkLookup measures the policy lookup alone: "fast-slot" is the
@@ -65,6 +67,14 @@ func BenchmarkLookup(b *testing.B) {
 			_ = s.entryOf(tab, c, m)
 		}
 	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				_ = s.lookup(nil, m)
+			}
+		})
+	})
 	for i := range maxCachedMethods {
 		s.lookup(nil, "/cov.S/M"+strconv.Itoa(i))
 	}
@@ -82,4 +92,29 @@ func BenchmarkLookup(b *testing.B) {
 			_ = s.lookup(nil, pass)
 		}
 	})
+}
+
+// TestUpdateReconfiguresChangedBreakersOnly: Update compares normalized
+// breaker settings: a policy written differently but normalizing alike
+// leaves its breakers alone; a changed setting or forced-open state
+// reconfigures them.
+func TestUpdateReconfiguresChangedBreakersOnly(t *testing.T) {
+	s, err := New(map[string]Policy{"*": {}})
+	require.NoError(t, err)
+	s.lookup(nil, "/a.S/M")
+	pending := func(p Policy) int {
+		tab, errs := s.resolve(map[string]Policy{"*": p})
+		require.Nil(t, errs)
+		s.reg.mu.Lock()
+		defer s.reg.mu.Unlock()
+		n := len(s.reg.reconfigure(tab))
+		s.tab.Store(tab)
+		return n
+	}
+	assert.Zero(t, pending(Policy{}), "the same policy")
+	assert.Equal(t, 1, pending(Policy{Breaker: breaker.Config{ThrottleK: -5}}), "throttle off")
+	assert.Zero(t, pending(Policy{Breaker: breaker.Config{ThrottleK: -1, ConsecutiveFailures: breaker.DefaultConsecutiveFailures}}),
+		"written differently, normalized alike")
+	assert.Equal(t, 1, pending(Policy{Breaker: breaker.Config{ThrottleK: -1, ConsecutiveFailures: 3}}))
+	assert.Equal(t, 1, pending(Policy{Breaker: breaker.Config{ThrottleK: -1, ConsecutiveFailures: 3, Mode: breaker.ForcedOpen}}), "forced open")
 }

@@ -554,7 +554,7 @@ func TestStreamOpenBreakerEndsTheRetries(t *testing.T) {
 		require.ErrorIs(t, err, breaker.ErrOpen)
 		var re *retry.Error
 		require.ErrorAs(t, err, &re)
-		assert.Equal(t, retry.BreakerOpen, re.Reason)
+		assert.Equal(t, interceptors.BreakerOpen, re.Reason)
 		assert.Equal(t, 2, re.Attempts)
 		assert.Contains(t, err.Error(), "echoserver: down", "the last real error, annotated")
 		assert.Equal(t, 2, e.srv.Calls(echoserver.BidiStream))

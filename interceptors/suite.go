@@ -1,6 +1,9 @@
 package interceptors
 
 import (
+	"errors"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,10 +20,9 @@ import (
 // policy never covers: probes must see the real state of the server.
 const healthPrefix = "/grpc.health.v1.Health/"
 
-// maxCachedMethods bounds the cache of resolved methods of one connection.
-// A method beyond it is resolved on every call, without allocating unless
-// it shares a breaker with other methods (WithBreakerKey, the overflow
-// breaker of WithMaxBreakers).
+// maxCachedMethods bounds the cache of resolved methods of one connection:
+// a method that would go past it empties the cache, so a connection that
+// calls more methods resolves some of them again (one allocation each).
 const maxCachedMethods = 4096
 
 // Suite holds the policies of a set of methods and the state behind them (one
@@ -30,13 +32,11 @@ const maxCachedMethods = 4096
 // connections.
 //
 // Its memory is bounded: at most WithMaxBreakers breakers (plus one overflow
-// breaker per policy); per connection, a cache of at most 4096 methods
-// (methods without a policy included); per target, one budget, which lives
-// as long as a connection to that target is open. The state of closed
-// connections is dropped at each Snapshot, and when a new connection finds
-// that the number of connections has doubled since the last check; when a
-// target's last connection goes, so do its budget and its closed breakers
-// (an open breaker stays for the next connection to that target).
+// breaker per policy); per connection, a cache of at most 4096 methods,
+// emptied when full; per target, one budget while a connection to it is
+// open. The state of closed connections is dropped at each Snapshot and
+// whenever the number of connections doubles; a target's last connection
+// takes its budget and its closed breakers with it (an open breaker stays).
 type Suite struct {
 	tab atomic.Pointer[table] // the resolved policies; swapped whole (a later Update)
 	o   options               // immutable after New
@@ -59,7 +59,7 @@ type Suite struct {
 // targetState is the retry budget of one target and the number of
 // connections (entries of Suite.conns) to it.
 type targetState struct {
-	budget *retry.Budget // nil: no budget
+	budget retry.Budget // nil: no budget
 	refs   int
 }
 
@@ -77,13 +77,11 @@ type table struct {
 // cache of the entries of the methods called on it.
 type conn struct {
 	cc     *grpc.ClientConn
-	name   string        // cc.Target()
-	budget *retry.Budget // nil: no budget
+	name   string       // cc.Target()
+	budget retry.Budget // nil: no budget
 	// fast is a direct-mapped cache indexed by the address of the method
-	// string's bytes: generated stubs pass the same constant string on every
-	// call, so a hit is a pointer hash, one atomic load and a string
-	// comparison that succeeds on pointer equality. A slot holds its
-	// entry's method string, so the bytes it was indexed by stay alive.
+	// string's bytes (generated stubs pass the same constant string); a
+	// slot's entry keeps those bytes alive.
 	fast    [fastSlots]atomic.Pointer[entry]
 	methods sync.Map     // method -> *entry, at most maxCachedMethods
 	n       atomic.Int64 // methods stored in methods
@@ -98,22 +96,6 @@ func fastSlot(method string) uintptr {
 	return (h * 0x9E3779B97F4A7C15) >> (64 - 6) & (fastSlots - 1)
 }
 
-// entry is what one method on one target resolves to under one table: the
-// policy, the method's breaker and the target's budget. Both the unary and
-// the stream interceptor run every attempt through the same entry methods
-// (admit, classify, decide, newCall, retrying, giveUp).
-type entry struct {
-	s      *Suite
-	method string
-	tab    *table  // the table it was resolved under (stale once the suite's table is replaced)
-	pol    *policy // nil: the method has no policy (a cached pass-through)
-	rec    *record // the breaker's record (nil for a pass-through)
-	brk    *breaker.Breaker
-	budget *retry.Budget // nil: no budget
-
-	rej atomic.Pointer[rejectError] // the rejection of the current open period
-}
-
 // New validates policies and returns a Suite. Keys are full method names
 // ("/pkg.Svc/Method"), services ("/pkg.Svc/*") or "*" for every method; a
 // call uses the most specific match, and a method without a match passes
@@ -125,9 +107,13 @@ type entry struct {
 // breaker.ForcedOpen) and otherwise has the policy's settings in Closed mode;
 // SetMode can close it.
 //
-// Errors name the key (quoted, and cut after 64 bytes) and the field, such as
+// Errors name the option, or the key (quoted, and cut after 64 bytes) and the
+// field, such as
 //
 //	interceptors: policy "/echo.v1.Echo/*": Retry.MaxAttempts: must be at least 1, got -1
+//
+// New reports every problem: options first, then policies sorted by key,
+// joined with [errors.Join].
 func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	s := &Suite{o: defaultOptions()}
 	for _, o := range opts {
@@ -135,31 +121,42 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 			o.apply(&s.o)
 		}
 	}
-	if err := s.o.validate(); err != nil {
+	errs := s.o.validate()
+	tab, perrs := s.resolve(policies)
+	if err := joinErrors(append(errs, perrs...)); err != nil {
 		return nil, err
 	}
+	s.o.metrics = newMetrics(s.o.meterProvider, s.o.methodFilter)
 	s.headers = headerContexts(s.o.header)
-	tab, err := s.resolve(policies)
-	if err != nil {
-		return nil, err
-	}
 	s.reg.tab, s.reg.max, s.reg.hook = &s.tab, s.o.maxBreakers, s.recordingHook(s.o.stateChangeHook())
 	s.tab.Store(tab)
 	s.o.metrics.bind(s)
 	return s, nil
 }
 
-// resolve validates policies and builds a table.
-func (s *Suite) resolve(policies map[string]Policy) (*table, error) {
+// joinErrors returns nil, the one error of errs, or errors.Join(errs...).
+func joinErrors(errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return errors.Join(errs...)
+}
+
+// resolve validates policies and builds a table. It returns every problem,
+// sorted by key, or a table.
+func (s *Suite) resolve(policies map[string]Policy) (*table, []error) {
 	tab := &table{exact: map[string]*policy{}, service: map[string]*policy{}}
-	for key, p := range policies {
+	var errs []error
+	for _, key := range slices.Sorted(maps.Keys(policies)) {
+		p := policies[key]
 		forced := p.Breaker.Mode == breaker.ForcedOpen
 		if forced {
 			p.Breaker.Mode = breaker.Closed
 		}
 		pol, err := resolvePolicy(key, p)
 		if err != nil {
-			return nil, err
+			errs = append(errs, err)
+			continue
 		}
 		if forced {
 			if tab.forced == nil {
@@ -175,6 +172,9 @@ func (s *Suite) resolve(policies map[string]Policy) (*table, error) {
 		default:
 			tab.exact[key] = pol
 		}
+	}
+	if errs != nil {
+		return nil, errs
 	}
 	return tab, nil
 }
@@ -205,13 +205,11 @@ func targetName(cc *grpc.ClientConn) string {
 }
 
 // lookup returns the entry of method called on cc, or nil if no policy
-// covers the method (the caller must then pass the call through untouched:
-// the invoker or streamer called with the caller's ctx and opts).
-//
-// The common case (same connection as the previous call, the method string
-// of a generated stub) is a few atomic loads and pointer comparisons. A
-// method in the connection's cache never allocates; see maxCachedMethods
-// for the others.
+// covers the method (the caller then passes the call through untouched).
+// The common case, the same connection as the previous call and the
+// constant method string of a generated stub, is a fast-slot hit: a few
+// atomic loads and pointer comparisons (BenchmarkLookup compares it with the
+// sync.Map behind it).
 func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 	tab := s.tab.Load()
 	c := s.last.Load()
@@ -221,9 +219,7 @@ func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 	slot := &c.fast[fastSlot(method)]
 	e := slot.Load()
 	if e == nil || !sameString(e.method, method) || e.tab != tab {
-		if e = s.entryOf(tab, c, method); e == uncachedPassThrough {
-			return nil
-		}
+		e = s.entryOf(tab, c, method)
 		slot.Store(e)
 	}
 	if e.pol == nil {
@@ -238,8 +234,9 @@ func sameString(a, b string) bool {
 	return len(a) == len(b) && (unsafe.StringData(a) == unsafe.StringData(b) || a == b)
 }
 
-// entryOf returns the cached entry of method on c, resolving it if it is
-// not cached or stale.
+// entryOf returns the entry of method on c under tab, from the connection's
+// cache or resolved and cached. A cache that would grow past
+// maxCachedMethods is emptied first.
 func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 	if v, ok := c.methods.Load(method); ok {
 		if e := v.(*entry); e.tab == tab {
@@ -247,60 +244,32 @@ func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 		}
 	}
 	for {
-		e, cache := s.resolveEntry(tab, c, method)
+		e := s.resolveEntry(tab, c, method)
 		if e == nil { // an Update ran: resolve under the new table
 			tab = s.tab.Load()
 			continue
 		}
-		if cache {
-			if _, loaded := c.methods.Swap(method, e); !loaded && c.n.Add(1) > maxCachedMethods {
-				// Another goroutine took the last room first.
-				if c.methods.CompareAndDelete(method, e) {
-					c.n.Add(-1)
-				}
-			}
+		if _, loaded := c.methods.Swap(method, e); !loaded && c.n.Add(1) > maxCachedMethods {
+			c.methods.Clear()
+			c.methods.Store(method, e)
+			c.n.Store(1)
 		}
 		return e
 	}
 }
 
-// resolveEntry resolves method on c under tab and reports whether to cache
-// the result (the connection's cache has room, or holds the method). It
-// returns nil if tab is no longer the suite's table.
-func (s *Suite) resolveEntry(tab *table, c *conn, method string) (e *entry, cache bool) {
-	cache = c.n.Load() < maxCachedMethods
-	if !cache {
-		_, cache = c.methods.Load(method) // a stale entry: replace it
+// resolveEntry resolves method on c under tab. It returns nil if tab is no
+// longer the suite's table.
+func (s *Suite) resolveEntry(tab *table, c *conn, method string) *entry {
+	e := &entry{s: s, method: method, tab: tab, budget: c.budget}
+	if e.pol = tab.match(method); e.pol == nil {
+		return e
 	}
-	pol := tab.match(method)
-	if pol == nil {
-		if !cache {
-			return uncachedPassThrough, false
-		}
-		return &entry{s: s, method: method, tab: tab}, true
+	if e.rec = s.reg.get(s, tab, c.name, method, e.pol); e.rec == nil {
+		return nil
 	}
-	rec := s.reg.get(s, tab, c.name, method, pol)
-	if rec == nil {
-		return nil, false
-	}
-	if !cache && !rec.overflow && rec.method == method && rec.target == c.name {
-		// Beyond the cache: the record keeps the entry of its own method.
-		if e := rec.ent.Load(); e != nil && e.tab == tab && e.pol == pol && e.budget == c.budget {
-			return e, false
-		}
-		e = s.newEntry(tab, c, method, pol, rec)
-		rec.ent.Store(e)
-		return e, false
-	}
-	return s.newEntry(tab, c, method, pol, rec), cache
-}
-
-// uncachedPassThrough is what resolveEntry returns for a method without a
-// policy that the connection's cache has no room for.
-var uncachedPassThrough = &entry{}
-
-func (s *Suite) newEntry(tab *table, c *conn, method string, pol *policy, rec *record) *entry {
-	return &entry{s: s, method: method, tab: tab, pol: pol, rec: rec, brk: rec.brk, budget: c.budget}
+	e.brk = e.rec.brk
+	return e
 }
 
 // Unary returns the unary client interceptor of the suite.
@@ -377,13 +346,10 @@ func (s *Suite) sweepConns() {
 // returns the target's retry budget (one per target, shared by the
 // connections to it, by unary calls and streams of every method), or nil
 // without budget (s.cmu held).
-func (s *Suite) acquireTarget(name string) *retry.Budget {
+func (s *Suite) acquireTarget(name string) retry.Budget {
 	t := s.targets[name]
 	if t == nil {
-		t = &targetState{}
-		if s.o.budget != budgetNone {
-			t.budget = s.o.newBudget() // validated by New: cannot fail
-		}
+		t = &targetState{budget: s.o.newBudget()}
 		if s.targets == nil {
 			s.targets = map[string]*targetState{}
 		}

@@ -342,13 +342,13 @@ func TestBreakerOpeningDuringRetries(t *testing.T) {
 		assert.ErrorIs(t, err, breaker.ErrOpen)
 		var re *retry.Error
 		require.ErrorAs(t, err, &re)
-		assert.Equal(t, retry.BreakerOpen, re.Reason)
+		assert.Equal(t, interceptors.BreakerOpen, re.Reason)
 		assert.Equal(t, 2, re.Attempts)
 		require.Len(t, ev.giveUps, 1)
 		g := ev.giveUps[0]
 		assert.NotNil(t, g.Context, "the call's context")
 		g.Context = nil
-		assert.Equal(t, interceptors.GiveUpEvent{Method: unaryMethod, Target: "passthrough:///bufnet", Attempts: 2, Reason: retry.BreakerOpen, Err: err}, g)
+		assert.Equal(t, interceptors.GiveUpEvent{Method: unaryMethod, Target: "passthrough:///bufnet", Attempts: 2, Reason: interceptors.BreakerOpen, Err: err}, g)
 	})
 }
 
@@ -521,6 +521,14 @@ func TestNewValidates(t *testing.T) {
 			`interceptors: WithBudget: retry: BudgetConfig.Ratio: must be in (0, 1000], got 2000`},
 		{"attempt header", nil, []interceptors.Option{interceptors.WithAttemptHeader("X Retry")},
 			`interceptors: WithAttemptHeader: "x retry" is not a metadata key (characters in [0-9a-z-_.])`},
+		{"every problem, options first, then policies by key", map[string]interceptors.Policy{
+			"/b.B/*": {Retry: retry.Policy{MaxAttempts: -1}},
+			"/a.A/*": {Breaker: breaker.Config{FailureRate: 2}},
+		}, []interceptors.Option{interceptors.WithMaxBreakers(0), interceptors.WithReplayBuffer(-1)},
+			"interceptors: WithReplayBuffer: must not be negative\n" +
+				"interceptors: WithMaxBreakers: must be at least 1, got 0\n" +
+				`interceptors: policy "/a.A/*": Breaker.FailureRate: must be in [0, 1], got 2` + "\n" +
+				`interceptors: policy "/b.B/*": Retry.MaxAttempts: must be at least 1, got -1`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,24 +10,14 @@ import (
 	"google.golang.org/grpc/peer"
 
 	"github.com/khive/grpc-resilience/breaker"
-	"github.com/khive/grpc-resilience/retry"
 )
 
-// unaryState is the per-call state of a unary call that may retry: the call
-// options of every attempt (the caller's, minus the suite's, followed by
-// Header and Trailer options pointing at hdr and tlr), through which grpc
-// tells what the latest attempt received. A retry needs it: headers mean the
-// attempt was committed (gRFC A6), the trailer carries the server's
-// pushback. The options must be given before the first attempt, so every
-// call that may retry takes one; it is pooled, so that the success path
-// allocates nothing. Pooling relies on the invoker being done with the
-// options when it returns, as grpc's is: an inner interceptor that kept
-// them for later would write into another call's state.
-//
-// The caller's options that act after the call (isAfterOption: Header,
-// Trailer, Peer, OnFinish) are kept apart in after and applied once, at the
-// end of the call, with the final attempt's header, trailer and peer
-// (finish); grpc would apply them once per attempt.
+// unaryState is the pooled state of a unary call that may retry: its
+// attempts' options, with Header and Trailer options through which grpc
+// tells what the latest attempt received (headers: committed, gRFC A6; the
+// trailer: the server's pushback). The caller's after-call options
+// (isAfterOption) are kept apart and applied once, at the end (finish).
+// Pooling relies on the invariant the README's "Chain order" states.
 type unaryState struct {
 	hdr, tlr metadata.MD
 	peer     peer.Peer         // the latest attempt's peer, when the caller asked for it
@@ -43,16 +33,13 @@ var unaryPool = sync.Pool{New: func() any {
 	return st
 }}
 
-// newUnaryState returns a pooled state whose opts are the Header and
-// Trailer options followed by opts, minus the after-call options if after
-// (how many opts holds) is not 0: those go to st.after, and a Peer option
-// of the suite's own is added if one of them is a Peer option.
+// newUnaryState returns a pooled state for the call options opts, of which
+// after act after the call.
 func newUnaryState(opts []grpc.CallOption, after int) *unaryState {
 	st := unaryPool.Get().(*unaryState)
 	if after == 0 {
-		// Element by element: for the one to three options of a typical
-		// call this is several times faster than append(st.opts, opts...),
-		// which goes through the runtime's typed copy.
+		// Element by element: faster than append(st.opts, opts...) for a
+		// few options.
 		for _, o := range opts {
 			st.opts = append(st.opts, o)
 		}
@@ -123,27 +110,9 @@ func (st *unaryState) trailer() metadata.MD {
 	return st.tlr
 }
 
-// newCall starts the retry state machine of one call allowed maxAttempts
-// attempts (the policy's, or a call option's), charged to the entry's
-// budget.
-func (e *entry) newCall(maxAttempts int) retry.Call {
-	p := e.pol.retry
-	p.MaxAttempts = maxAttempts
-	return p.NewCall(e.budget)
-}
-
-// fallback runs the policy's Fallback, if any, for a unary call that failed
-// with err because the method is unhealthy; otherwise it returns err.
-func (e *entry) fallback(ctx context.Context, req, reply any, err error) error {
-	if f := e.pol.fallback; f != nil && ctx.Err() == nil {
-		return f(ctx, e.method, req, reply, err)
-	}
-	return err
-}
-
 // unary is the unary client interceptor (Suite.Unary). The first attempt is
-// made here; a failure goes on in unaryRetry, so the success path does only
-// what it needs: lookup, admit, invoke, record, deposit.
+// made here and a failure goes on in unaryCall.retry, so the success path
+// does only what it needs: lookup, admit, invoke, record, deposit.
 func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	e := s.lookup(cc, method)
 	if e == nil {
@@ -158,25 +127,24 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 		return e.fallback(ctx, req, reply, rej)
 	}
 	ov, opts := splitCallOptions(opts)
+	u := unaryCall{e: e, ctx: ctx, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
 	maxAttempts := ov.attempts(e.pol.maxAttempts)
-	callOpts := opts
-	var st *unaryState // nil: a single attempt, nothing to learn from it (grpc applies every option once)
 	if maxAttempts > 1 {
-		st = newUnaryState(opts, ov.after)
-		opts = st.opts
+		u.st = newUnaryState(opts, ov.after)
 	}
-	o, now, err := e.unaryAttempt(ctx, ctx, p, req, reply, cc, invoker, opts)
+	o, now, err := u.attempt(ctx, p)
 	unhealthy := false
-	if err == nil {
+	switch {
+	case err != nil:
+		err, unhealthy = u.retry(maxAttempts, p, err, o, now)
+	case e.budget != nil:
 		e.budget.Succeeded(false) // no retry.Call was needed
-	} else {
-		err, unhealthy = e.unaryRetry(ctx, st, callOpts, maxAttempts, p, err, o, now, req, reply, cc, invoker)
 	}
-	if st != nil {
-		if len(st.after) > 0 {
-			st.finish(err)
+	if u.st != nil {
+		if len(u.st.after) > 0 {
+			u.st.finish(err)
 		}
-		st.release()
+		u.st.release()
 	}
 	if unhealthy {
 		return e.fallback(ctx, req, reply, err)
@@ -184,51 +152,58 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	return err
 }
 
-// unaryAttempt makes one attempt, admitted with p, under actx (ctx, the
-// caller's context, for the first attempt; the retry context for the
-// others) and the policy's attempt timeout. A successful attempt is
-// recorded in the breaker here (the call's final outcome); a failed one is
-// classified (o) and recorded after the retry decision (afterFailure). A
-// failed attempt reads the clock once, here, for the breaker and for the
-// retry decision (now); a successful one reads none.
-func (e *entry) unaryAttempt(ctx, actx context.Context, p breaker.Permit, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) (o breaker.Outcome, now time.Time, err error) {
-	actx, cancel := e.pol.retry.AttemptContext(actx)
-	err = invoker(actx, e.method, req, reply, cc, opts...)
+// unaryCall is what every attempt of one unary call needs.
+type unaryCall struct {
+	e          *entry
+	ctx        context.Context // the caller's
+	req, reply any
+	cc         *grpc.ClientConn
+	invoker    grpc.UnaryInvoker
+	opts       []grpc.CallOption // the caller's, minus the suite's
+	st         *unaryState       // nil: a call of one attempt (grpc applies every option once)
+}
+
+// attempt makes one attempt admitted with p, under parent (the caller's
+// context, or a retry's) and the attempt timeout. A success is recorded
+// here (the call's final outcome); a failure is classified (o), read the
+// clock once (now, for the breaker and the retry decision), and recorded by
+// afterFailure.
+func (u *unaryCall) attempt(parent context.Context, p breaker.Permit) (o breaker.Outcome, now time.Time, err error) {
+	opts := u.opts
+	if u.st != nil {
+		opts = u.st.opts
+	}
+	actx, cancel := u.e.pol.retry.AttemptContext(parent)
+	err = u.invoker(actx, u.e.method, u.req, u.reply, u.cc, opts...)
 	cancel()
 	if err == nil {
 		p.Done(breaker.Success)
 		return breaker.Success, now, nil
 	}
-	return e.classify(ctx, err), time.Now(), err
+	return u.e.classify(u.ctx, err), time.Now(), err
 }
 
-// unaryRetry goes on with a unary call whose first attempt, admitted with
-// p, failed with err (breaker outcome o, at now): decide → afterFailure
-// (which records the failed attempt) → nextAttempt → attempt,
-// until an attempt succeeds or retrying stops. st is the call's state, nil
-// for a call of a single attempt (which Next never retries), opts the
-// caller's options (for the metrics' grpc.method). unhealthy
-// reports a call that ended because the method is unhealthy (the breaker is
-// open, or the last attempt failed with a failure code): it goes to the
-// policy's fallback.
-func (e *entry) unaryRetry(ctx context.Context, st *unaryState, opts []grpc.CallOption, maxAttempts int, p breaker.Permit, err error, o breaker.Outcome, now time.Time, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker) (_ error, unhealthy bool) {
+// retry goes on after the first attempt, admitted with p, failed with err
+// (outcome o, at now), until an attempt succeeds or retrying stops.
+// unhealthy reports a call that the breaker ended or whose last attempt
+// failed with a failure code: it goes to the policy's fallback.
+func (u *unaryCall) retry(maxAttempts int, p breaker.Permit, err error, o breaker.Outcome, now time.Time) (_ error, unhealthy bool) {
+	e, ctx := u.e, u.ctx
 	c := e.newCall(maxAttempts)
 	c.Begin()
-	cs := callStats{opts: opts, target: targetName(cc)}
+	cs := callStats{opts: u.opts, target: targetName(u.cc)}
 	var spare []retryCtx // the retries' contexts (retryContext)
 	for {
-		d := e.decide(ctx, err, st.committed(), st.trailer())
+		d := e.decide(ctx, err, u.st.committed(), u.st.trailer())
 		delay, final, open := e.afterFailure(ctx, &c, &cs, err, d, now, p, o)
 		if final != nil {
 			return final, open || o == breaker.Failure
 		}
-		p, final, open = e.nextAttempt(ctx, &c, &cs, err, d, delay)
-		if final != nil {
+		if p, final, open = e.nextAttempt(ctx, &c, &cs, err, d, delay); final != nil {
 			return final, open
 		}
-		rctx := e.s.retryContext(ctx, c.Attempts(), &spare)
-		st.newAttempt()
-		if o, now, err = e.unaryAttempt(ctx, rctx, p, req, reply, cc, invoker, st.opts); err == nil {
+		u.st.newAttempt()
+		if o, now, err = u.attempt(e.s.retryContext(ctx, c.Attempts(), &spare), p); err == nil {
 			c.Done(nil, false)
 			e.callEnded(ctx, &cs, c.Attempts())
 			return nil, false

@@ -107,7 +107,7 @@ func mustOpenError(t *testing.T) *breaker.OpenError {
 	t.Helper()
 	b, err := breaker.New(breaker.Config{Name: "/pkg.Svc/M"})
 	require.NoError(t, err)
-	b.Isolate()
+	b.ForceOpen()
 	_, err = b.Allow()
 	oe, ok := err.(*breaker.OpenError)
 	require.True(t, ok)

@@ -113,7 +113,7 @@ func BenchmarkBudgetAllow(b *testing.B) {
 		budget, _ := NewBudget(BudgetConfig{MinRetriesPerSecond: 1e12})
 		b.ReportAllocs()
 		for b.Loop() {
-			if !budget.Allow(now) {
+			if !budget.AllowAt(now) {
 				b.Fatal("refused")
 			}
 		}
@@ -123,7 +123,7 @@ func BenchmarkBudgetAllow(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				budget.Allow(now)
+				budget.AllowAt(now)
 			}
 		})
 	})
@@ -131,7 +131,7 @@ func BenchmarkBudgetAllow(b *testing.B) {
 		budget, _ := NewBudget(BudgetConfig{MinRetriesPerSecond: 1e-9})
 		b.ReportAllocs()
 		for b.Loop() {
-			if budget.Allow(now) {
+			if budget.AllowAt(now) {
 				b.Fatal("allowed")
 			}
 		}
@@ -140,7 +140,7 @@ func BenchmarkBudgetAllow(b *testing.B) {
 		budget, _ := NewTokenBucket(10, 0.1)
 		b.ReportAllocs()
 		for b.Loop() {
-			budget.Allow(now)
+			budget.AllowAt(now)
 		}
 	})
 	b.Run("token-bucket/parallel", func(b *testing.B) {
@@ -148,7 +148,7 @@ func BenchmarkBudgetAllow(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				budget.Allow(now)
+				budget.AllowAt(now)
 			}
 		})
 	})
@@ -191,7 +191,7 @@ func BenchmarkBackoff(b *testing.B) {
 			b.ReportAllocs()
 			n := 0
 			for b.Loop() {
-				sinkDuration = p.Backoff(n&15, 0.5)
+				sinkDuration = p.Delay(n&15, 0.5)
 				n++
 			}
 		})

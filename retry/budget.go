@@ -3,7 +3,6 @@ package retry
 import (
 	"fmt"
 	"math"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,7 +29,7 @@ const (
 	tagMask      = 1<<31 - 1 // a stripe's epoch tag: (epoch mod 2^31) + 1 in the high bits
 )
 
-// BudgetConfig configures a ratio-mode Budget (NewBudget). The zero value means the defaults.
+// BudgetConfig configures a RatioBudget (NewBudget). The zero value means the defaults.
 type BudgetConfig struct {
 	// Ratio is the retries allowed per deposit (a call whose final outcome is not retryable).
 	// 0 = default 0.2; must be in (0, 1000].
@@ -43,7 +42,19 @@ type BudgetConfig struct {
 	Window time.Duration
 }
 
-func (c BudgetConfig) withDefaults() BudgetConfig {
+// Normalize validates c and returns it with each zero field replaced by its default. It
+// reports the first invalid field, naming it:
+//
+//	retry: BudgetConfig.Ratio: must be in (0, 1000], got 1500
+func (c BudgetConfig) Normalize() (BudgetConfig, error) {
+	switch {
+	case math.IsNaN(c.Ratio) || c.Ratio < 0 || c.Ratio > 1000:
+		return c, budgetError("BudgetConfig.Ratio", "must be in (0, 1000], got %v", c.Ratio)
+	case math.IsNaN(c.MinRetriesPerSecond) || math.IsInf(c.MinRetriesPerSecond, 0) || c.MinRetriesPerSecond < 0:
+		return c, budgetError("BudgetConfig.MinRetriesPerSecond", "must be finite and not negative, got %v", c.MinRetriesPerSecond)
+	case c.Window < 0 || (c.Window > 0 && c.Window < 10*time.Millisecond):
+		return c, budgetError("BudgetConfig.Window", "must be at least 10ms, got %v", c.Window)
+	}
 	if c.Ratio == 0 {
 		c.Ratio = DefaultBudgetRatio
 	}
@@ -53,67 +64,35 @@ func (c BudgetConfig) withDefaults() BudgetConfig {
 	if c.Window == 0 {
 		c.Window = DefaultBudgetWindow
 	}
-	return c
+	return c, nil
 }
 
-// Validate reports the first invalid field, naming it:
-//
-//	retry: BudgetConfig.Ratio: must be in (0, 1000], got 1500
+// Validate reports the first invalid field, as Normalize does.
 func (c BudgetConfig) Validate() error {
-	switch {
-	case math.IsNaN(c.Ratio) || c.Ratio < 0 || c.Ratio > 1000:
-		return budgetError("BudgetConfig.Ratio", "must be in (0, 1000], got %v", c.Ratio)
-	case math.IsNaN(c.MinRetriesPerSecond) || math.IsInf(c.MinRetriesPerSecond, 0) || c.MinRetriesPerSecond < 0:
-		return budgetError("BudgetConfig.MinRetriesPerSecond", "must be finite and not negative, got %v", c.MinRetriesPerSecond)
-	case c.Window < 0 || (c.Window > 0 && c.Window < 10*time.Millisecond):
-		return budgetError("BudgetConfig.Window", "must be at least 10ms, got %v", c.Window)
-	}
-	return nil
+	_, err := c.Normalize()
+	return err
 }
 
 func budgetError(field, format string, args ...any) error {
 	return fmt.Errorf("retry: "+field+": "+format, args...)
 }
 
-// BudgetMode tells the two kinds of Budget apart.
-type BudgetMode uint8
-
-const (
-	// RatioMode is the Finagle/tower-style budget with expiring deposits (NewBudget).
-	RatioMode BudgetMode = iota + 1
-	// TokenBucketMode is gRFC A6 retryThrottling (NewTokenBucket).
-	TokenBucketMode
-)
-
-// String returns "ratio" or "token-bucket".
-func (m BudgetMode) String() string {
-	switch m {
-	case RatioMode:
-		return "ratio"
-	case TokenBucketMode:
-		return "token-bucket"
-	}
-	return "BudgetMode(" + strconv.Itoa(int(m)) + ")"
-}
-
 // BudgetSnapshot is a point-in-time view of a Budget, for introspection.
 type BudgetSnapshot struct {
-	// Mode is RatioMode or TokenBucketMode.
-	Mode BudgetMode
-	// Balance is, in RatioMode, the number of retries the budget would allow now (reserve
+	// Balance is, for a RatioBudget, the number of retries the budget would allow now (reserve
 	// included; it is negative while retries withdrawn against deposits that have since
-	// expired, or granted on the credit of retries in flight, are still in the window); in
-	// TokenBucketMode, the current token count.
+	// expired, or granted on the credit of retries in flight, are still in the window); for
+	// a TokenBucket, the current token count.
 	Balance float64
-	// Reserve is the standing RatioMode reserve in retries per Window (MinRetriesPerSecond ×
-	// Window seconds); 0 in TokenBucketMode.
+	// Reserve is a RatioBudget's standing reserve in retries per Window (MinRetriesPerSecond ×
+	// Window seconds); 0 for a TokenBucket.
 	Reserve float64
-	// MaxTokens is the TokenBucketMode capacity; retries are allowed while Balance > MaxTokens/2.
-	// 0 in RatioMode.
+	// MaxTokens is a TokenBucket's capacity; retries are allowed while Balance > MaxTokens/2.
+	// 0 for a RatioBudget.
 	MaxTokens float64
-	// Allowed and Refused count Allow's answers over the budget's life. Refused also counts
-	// the retries Call.Next reports as BudgetExhausted without calling Allow (when the
-	// deadline rules the retry out as well).
+	// Allowed and Refused count AllowAt's answers over the budget's life. Refused also counts
+	// the retries Call.Next reports as BudgetExhausted without a charge (when the deadline
+	// rules the retry out as well).
 	Allowed, Refused uint64
 }
 
@@ -127,51 +106,56 @@ type stripe struct {
 	_ [56]byte
 }
 
-// Budget limits retries for one target; it is safe for concurrent use. A nil *Budget allows
-// every retry and records nothing.
-//
-// RatioMode (NewBudget): a deposit is made by each call whose final outcome is not retryable
-// (Succeeded, NotRetryable); each retry withdraws 1/Ratio deposits (Allow); a retry that
-// succeeds refunds its withdrawal (Succeeded(true)). Deposits, withdrawals and refunds expire
-// after Window (10 slots). A standing reserve of MinRetriesPerSecond × Window seconds retries
-// is always available.
+// Budget limits the retries of one target: a [*RatioBudget] (NewBudget) or a [*TokenBucket]
+// (NewTokenBucket). Both are safe for concurrent use; a nil Budget, or a nil pointer of either
+// type, allows every retry and records nothing. [Call] and [Do] drive it; callers that do not
+// use them report each call's outcome with Succeeded or NotRetryable, each retryable failed
+// attempt with FailedAt, and ask AllowAt before each retry.
+type Budget interface {
+	// AllowAt reports whether a retry may start at now, and charges it.
+	AllowAt(now time.Time) bool
+	// FailedAt records that a retryable attempt failed at now.
+	FailedAt(now time.Time)
+	// Succeeded records a successful call; retried says whether it took more than one attempt.
+	Succeeded(retried bool)
+	// NotRetryable records a call that ended with a non-retryable error.
+	NotRetryable()
+	// Snapshot returns the budget's current state.
+	Snapshot() BudgetSnapshot
+
+	// For Call: allowRetry is AllowAt for a retry that stays in flight until settle;
+	// wouldAllow is allowRetry without the charge (a refusal is counted); refund gives back
+	// the charge of a retry granted but never begun.
+	allowRetry(now time.Time) bool
+	wouldAllow(now time.Time) bool
+	settle()
+	refund()
+}
+
+// RatioBudget is the Finagle/tower-style budget with expiring deposits (see the package
+// documentation for the rule and its bounds). Methods whose name ends in At take the time;
+// the others read the clock (time.Now): Succeeded and NotRetryable only on every 64th deposit
+// of a stripe, so that the success path reads no clock.
 //
 // Deposits are striped: Succeeded and NotRetryable add to one of several counters (a power of
 // two at least 4 × GOMAXPROCS, at most 64, each on its own cache line, chosen by a hash of the
-// goroutine's stack address), with no mutex and no write to a line shared by every call; every
-// 64th deposit of a stripe reads the clock to rotate the slots. A stripe's pending deposits
-// carry the epoch the slots were last rotated to when they were made, never a later one than
-// theirs (at low traffic an earlier one), so a deposit never outlives its Window. They are
-// folded into that epoch's slot when the stripe next meets a new epoch, when the balance is
-// short at Allow, and at Snapshot; the balance is exact at rest (every deposit, refund and
-// withdrawal counted once). Under concurrency, a deposit, refund or withdrawal that races a
-// slot rotation may land in the neighbouring slot.
-//
-// Retries in flight: a retry that Call.Next grants stays in flight until its attempt ends (the
-// next Next, or Done). Its withdrawal is refunded if it succeeds, so under concurrency the
-// balance would otherwise have to cover every retry in flight at full price, although most of
-// them come back. Call.Next therefore counts the other retries in flight at their expected
-// refund: it grants a retry while balance + credit ≥ 1 retry, credit = min(inflight × q,
-// reserve), q = (refunds + 4) / (settled + 8), refunds and settled counting the retries of the
-// Window that succeeded and that ended (a prior of 1/2 worth 8 retries; near 0 when retries
-// keep failing). The retries that fail may thus exceed Ratio × deposits + reserve by at most
-// the reserve. Budget.Allow called directly takes no credit.
-//
-// TokenBucketMode (NewTokenBucket): gRFC A6 retryThrottling; see NewTokenBucket.
-type Budget struct {
+// goroutine's stack address). A stripe's pending deposits carry the epoch the slots were last
+// rotated to when they were made, never a later one, so a deposit never outlives its Window.
+// They are folded into that epoch's slot when the stripe next meets a new epoch, when the
+// balance is short at AllowAt, and at Snapshot; the balance is exact at rest. Under
+// concurrency, a count that races a slot rotation may land in the neighbouring slot.
+type RatioBudget struct {
 	// Read-mostly: configuration, and the rotation state (written once per slot).
-	mode                  BudgetMode
-	withdraw              int64 // units per retry
-	reserve               int64
-	origin                time.Time
-	slot                  time.Duration
-	clock                 func() time.Time // time.Now; tests replace it
-	maxTokens, tokenRatio int64            // TokenBucketMode, thousandths
-	stripes               []stripe         // RatioMode deposits not yet folded
-	mask                  uint32           // len(stripes) - 1
-	epoch                 atomic.Int64     // slot epoch the slots were last rotated to
-	next                  atomic.Int64     // offset from origin (ns) where the epoch after it begins
-	_                     pad
+	withdraw int64 // units per retry
+	reserve  int64
+	origin   time.Time
+	slot     time.Duration
+	clock    func() time.Time // time.Now; tests replace it
+	stripes  []stripe         // deposits not yet folded
+	mask     uint32           // len(stripes) - 1
+	epoch    atomic.Int64     // slot epoch the slots were last rotated to
+	next     atomic.Int64     // offset from origin (ns) where the epoch after it begins
+	_        pad
 
 	total    atomic.Int64              // reserve + sum(slots) - withdraw × sum(wslots), in units
 	inflight atomic.Int64              // retries granted by Call.Next whose attempt has not ended
@@ -183,31 +167,22 @@ type Budget struct {
 	slots    [budgetSlots]atomic.Int64 // deposits and refunds per slot, in units
 	_        pad
 
-	tokens atomic.Int64 // TokenBucketMode: thousandths of a token
-	_      pad
-
-	allowed atomic.Uint64 // TokenBucketMode; RatioMode: retired + sum(wslots)
 	refused atomic.Uint64
 	retired atomic.Uint64 // withdrawals of expired slots
 	mu      sync.Mutex    // serializes slot rotation
 }
 
-// stripeCount returns the number of deposit stripes: the least power of two >= 4 ×
-// GOMAXPROCS, at most maxStripes.
-func stripeCount() int { return stripeof.Count(maxStripes) }
-
-// NewBudget returns a ratio-mode Budget. It returns an error naming the field if cfg is invalid.
-func NewBudget(cfg BudgetConfig) (*Budget, error) {
-	if err := cfg.Validate(); err != nil {
+// NewBudget returns a RatioBudget. It returns an error naming the field if cfg is invalid.
+func NewBudget(cfg BudgetConfig) (*RatioBudget, error) {
+	cfg, err := cfg.Normalize()
+	if err != nil {
 		return nil, err
 	}
-	cfg = cfg.withDefaults()
 	w := math.Round(depositUnits / cfg.Ratio)
 	w = min(max(w, 1), maxWithdraw)
 	reserve := min(cfg.MinRetriesPerSecond*cfg.Window.Seconds()*w, maxReserve)
-	n := stripeCount()
-	b := &Budget{
-		mode:     RatioMode,
+	n := stripeof.Count(maxStripes)
+	b := &RatioBudget{
 		withdraw: int64(w),
 		reserve:  int64(reserve),
 		slot:     cfg.Window / budgetSlots,
@@ -224,60 +199,33 @@ func NewBudget(cfg BudgetConfig) (*Budget, error) {
 	return b, nil
 }
 
-// NewTokenBucket returns a Budget in gRFC A6 retryThrottling mode. The token count starts at
-// maxTokens; each retryable failed attempt (Failed) costs 1 token; each successful call
-// (Succeeded) adds tokenRatio; the count stays within [0, maxTokens]; a retry is allowed while
-// tokens > maxTokens/2 (Allow charges nothing). Tokens are kept in thousandths, as A6 keeps
-// tokenRatio to three decimals, so the arithmetic is exact. maxTokens must be in (0, 1000] and
-// tokenRatio at least 0.001.
-func NewTokenBucket(maxTokens, tokenRatio float64) (*Budget, error) {
-	if math.IsNaN(maxTokens) || maxTokens <= 0 || maxTokens > 1000 {
-		return nil, budgetError("NewTokenBucket maxTokens", "must be in (0, 1000], got %v", maxTokens)
+// Allow is AllowAt(time.Now()).
+func (b *RatioBudget) Allow() bool {
+	if b == nil {
+		return true
 	}
-	if math.IsNaN(tokenRatio) || tokenRatio < 0.001 || math.IsInf(tokenRatio, 0) {
-		return nil, budgetError("NewTokenBucket tokenRatio", "must be finite and at least 0.001, got %v", tokenRatio)
-	}
-	b := &Budget{
-		mode:       TokenBucketMode,
-		maxTokens:  int64(math.Round(maxTokens * 1000)),
-		tokenRatio: int64(math.Round(min(tokenRatio, 1000) * 1000)),
-		clock:      time.Now,
-	}
-	b.tokens.Store(b.maxTokens)
-	return b, nil
+	return b.AllowAt(b.clock())
 }
 
-// Mode returns the budget's mode.
-func (b *Budget) Mode() BudgetMode { return b.mode }
-
-// Allow reports whether a retry may start at now, and charges it. RatioMode withdraws one
-// retry (1/Ratio deposits) if the balance covers it; TokenBucketMode allows while
-// tokens > maxTokens/2 and charges nothing (the failed attempt was charged by Failed).
-func (b *Budget) Allow(now time.Time) bool {
+// AllowAt reports whether a retry may start at now, and charges it: it withdraws one retry
+// (1/Ratio deposits) if the balance covers it.
+func (b *RatioBudget) AllowAt(now time.Time) bool {
 	if b == nil {
 		return true
 	}
 	return b.allow(now, false)
 }
 
-// allowRetry is Allow for Call.Next: in RatioMode the other retries in flight count at their
-// expected refund (see Budget), and a granted retry is counted in flight until settle.
-func (b *Budget) allowRetry(now time.Time) bool {
+func (b *RatioBudget) allowRetry(now time.Time) bool {
 	if b == nil {
 		return true
 	}
 	return b.allow(now, true)
 }
 
-func (b *Budget) allow(now time.Time, inflight bool) bool {
-	if b.mode == TokenBucketMode {
-		if 2*b.tokens.Load() > b.maxTokens {
-			b.allowed.Add(1)
-			return true
-		}
-		b.refused.Add(1)
-		return false
-	}
+// allow withdraws a retry if the balance covers it; with inflight, the other retries in
+// flight count at their expected refund (credit) and the retry is counted in flight.
+func (b *RatioBudget) allow(now time.Time, inflight bool) bool {
 	e := b.sync(now, true)
 	var credit int64
 	if inflight {
@@ -310,7 +258,7 @@ func (b *Budget) allow(now time.Time, inflight bool) bool {
 // credit returns, in units, what the retries in flight are expected to refund:
 // min(inflight × withdraw × q, reserve), q = (refunds + 4) / (settled + 8) over the Window,
 // at most 1 (settled: the Window's retries less those in flight).
-func (b *Budget) credit() int64 {
+func (b *RatioBudget) credit() int64 {
 	n := b.inflight.Load()
 	if n <= 0 {
 		return 0
@@ -320,30 +268,22 @@ func (b *Budget) credit() int64 {
 	return int64(min(float64(n)*float64(b.withdraw)*q, float64(b.reserve)))
 }
 
-// settle ends a retry granted by allowRetry: its attempt has ended (its refund, if it
-// succeeded, was made first).
-func (b *Budget) settle() {
-	if b != nil && b.mode == RatioMode {
+func (b *RatioBudget) settle() {
+	if b != nil {
 		b.inflight.Add(-1)
 	}
 }
 
-// wouldAllow is allowRetry without the charge; a refusal is counted.
-func (b *Budget) wouldAllow(now time.Time) bool {
+func (b *RatioBudget) wouldAllow(now time.Time) bool {
 	if b == nil {
 		return true
 	}
-	ok := false
-	if b.mode == TokenBucketMode {
-		ok = 2*b.tokens.Load() > b.maxTokens
-	} else {
-		e := b.sync(now, true)
-		c := b.credit()
+	e := b.sync(now, true)
+	c := b.credit()
+	ok := b.total.Load()+c >= b.withdraw
+	if !ok {
+		b.foldAll(e)
 		ok = b.total.Load()+c >= b.withdraw
-		if !ok {
-			b.foldAll(e)
-			ok = b.total.Load()+c >= b.withdraw
-		}
 	}
 	if !ok {
 		b.refused.Add(1)
@@ -351,41 +291,15 @@ func (b *Budget) wouldAllow(now time.Time) bool {
 	return ok
 }
 
-// Failed records that a retryable attempt failed. TokenBucketMode: tokens -= 1 (not below 0).
-// RatioMode: nothing.
-func (b *Budget) Failed(now time.Time) {
-	if b == nil || b.mode != TokenBucketMode {
-		return
-	}
-	for {
-		t := b.tokens.Load()
-		if t <= 0 {
-			return
-		}
-		if b.tokens.CompareAndSwap(t, max(t-1000, 0)) {
-			return
-		}
-	}
-}
+// FailedAt does nothing: a RatioBudget counts calls, not failed attempts.
+func (b *RatioBudget) FailedAt(time.Time) {}
 
-// Succeeded records a successful call; retried says whether it took more than one attempt.
-// RatioMode: a deposit, plus a refund of one withdrawal if retried. TokenBucketMode:
-// tokens += tokenRatio (not above maxTokens). It takes no mutex. Succeeded(false) writes
-// only its deposit stripe and reads the clock on every 64th deposit of the stripe only.
-func (b *Budget) Succeeded(retried bool) {
+// Succeeded records a successful call: a deposit, plus a refund of one withdrawal if retried.
+// Succeeded(false) takes no mutex, writes only its deposit stripe and reads the clock on every
+// 64th deposit of the stripe only.
+func (b *RatioBudget) Succeeded(retried bool) {
 	if b == nil {
 		return
-	}
-	if b.mode == TokenBucketMode {
-		for {
-			t := b.tokens.Load()
-			if t >= b.maxTokens {
-				return
-			}
-			if b.tokens.CompareAndSwap(t, min(t+b.tokenRatio, b.maxTokens)) {
-				return
-			}
-		}
 	}
 	b.deposit()
 	if retried {
@@ -393,18 +307,17 @@ func (b *Budget) Succeeded(retried bool) {
 	}
 }
 
-// NotRetryable records a call that ended with a non-retryable error. RatioMode: a deposit
-// (the target answered). TokenBucketMode: nothing.
-func (b *Budget) NotRetryable() {
-	if b == nil || b.mode == TokenBucketMode {
-		return
+// NotRetryable records a call that ended with a non-retryable error: a deposit (the target
+// answered), as Succeeded(false).
+func (b *RatioBudget) NotRetryable() {
+	if b != nil {
+		b.deposit()
 	}
-	b.deposit()
 }
 
 // deposit adds one deposit to the caller's stripe, tagged with the current epoch. A stripe holding
 // deposits of an older epoch first has them folded into that epoch's slot.
-func (b *Budget) deposit() {
+func (b *RatioBudget) deposit() {
 	s := &b.stripes[stripeof.Index()&b.mask]
 	tag := (b.epoch.Load()&tagMask + 1) << countBits
 	if v := s.v.Load(); v&^countMask != tag && s.v.CompareAndSwap(v, tag|1) {
@@ -424,7 +337,7 @@ func (b *Budget) deposit() {
 // epoch they were made in, cur being the current epoch; deposits of an epoch whose slot has
 // expired are dropped, as the rotation would have expired them. An untagged word, or one
 // tagged later than cur (a rotation raced the caller), goes to cur's slot.
-func (b *Budget) fold(x, cur int64) {
+func (b *RatioBudget) fold(x, cur int64) {
 	n := x & countMask
 	if n == 0 {
 		return
@@ -444,7 +357,7 @@ func (b *Budget) fold(x, cur int64) {
 }
 
 // foldAll folds every stripe's pending deposits (cur is the current epoch).
-func (b *Budget) foldAll(cur int64) {
+func (b *RatioBudget) foldAll(cur int64) {
 	for i := range b.stripes {
 		if s := &b.stripes[i]; s.v.Load()&countMask != 0 {
 			b.fold(s.v.And(^countMask), cur)
@@ -453,16 +366,15 @@ func (b *Budget) foldAll(cur int64) {
 }
 
 // refund gives back one withdrawal (a retry granted but never started).
-func (b *Budget) refund() {
-	if b == nil || b.mode == TokenBucketMode {
-		return
+func (b *RatioBudget) refund() {
+	if b != nil {
+		b.refundUnits(false)
 	}
-	b.refundUnits(false)
 }
 
 // refundUnits gives back one withdrawal into the current slot; succeeded counts it as a retry
 // that succeeded (for the in-flight credit).
-func (b *Budget) refundUnits(succeeded bool) {
+func (b *RatioBudget) refundUnits(succeeded bool) {
 	cur := b.epoch.Load()
 	b.slots[cur%budgetSlots].Add(b.withdraw)
 	b.total.Add(b.withdraw)
@@ -473,7 +385,7 @@ func (b *Budget) refundUnits(succeeded bool) {
 }
 
 // epochOf returns the slot epoch of an offset from the origin: floor(off / slot).
-func (b *Budget) epochOf(off time.Duration) int64 {
+func (b *RatioBudget) epochOf(off time.Duration) int64 {
 	e := int64(off / b.slot)
 	if off < 0 && off%b.slot != 0 {
 		e--
@@ -485,7 +397,7 @@ func (b *Budget) epochOf(off time.Duration) int64 {
 // epoch). With block false it never waits for the rotation lock: if another goroutine is
 // rotating, it skips the rotation. It returns the current epoch. Within an epoch it costs a
 // subtraction and two atomic loads.
-func (b *Budget) sync(now time.Time, block bool) int64 {
+func (b *RatioBudget) sync(now time.Time, block bool) int64 {
 	if off := now.Sub(b.origin); int64(off) >= b.next.Load() {
 		if block {
 			b.mu.Lock()
@@ -502,7 +414,7 @@ func (b *Budget) sync(now time.Time, block bool) int64 {
 // rotate clears the slots of the epochs after the current one up to e (at most all 10), then
 // publishes e (epoch first, then next, so that a reader who skips the rotation on the new
 // next sees the new epoch). Callers hold b.mu.
-func (b *Budget) rotate(e int64) {
+func (b *RatioBudget) rotate(e int64) {
 	cur := b.epoch.Load()
 	if e <= cur {
 		return
@@ -526,23 +438,26 @@ func (b *Budget) rotate(e int64) {
 	b.next.Store(next)
 }
 
-// Snapshot returns the budget's current state (it reads the clock and folds pending deposits).
-func (b *Budget) Snapshot() BudgetSnapshot {
+// Snapshot is SnapshotAt(time.Now()).
+func (b *RatioBudget) Snapshot() BudgetSnapshot {
 	if b == nil {
 		return BudgetSnapshot{}
 	}
-	s := BudgetSnapshot{Mode: b.mode, Refused: b.refused.Load()}
-	if b.mode == TokenBucketMode {
-		s.Balance = float64(b.tokens.Load()) / 1000
-		s.MaxTokens = float64(b.maxTokens) / 1000
-		s.Allowed = b.allowed.Load()
-		return s
+	return b.SnapshotAt(b.clock())
+}
+
+// SnapshotAt returns the budget's state at now (it folds pending deposits).
+func (b *RatioBudget) SnapshotAt(now time.Time) BudgetSnapshot {
+	if b == nil {
+		return BudgetSnapshot{}
 	}
-	b.foldAll(b.sync(b.clock(), true))
-	s.Balance = float64(b.total.Load()) / float64(b.withdraw)
-	s.Reserve = float64(b.reserve) / float64(b.withdraw)
-	// Ratio mode keeps no allowed counter of its own: Allow's withdrawals are counted per slot.
-	s.Allowed = b.retired.Load()
+	b.foldAll(b.sync(now, true))
+	s := BudgetSnapshot{
+		Balance: float64(b.total.Load()) / float64(b.withdraw),
+		Reserve: float64(b.reserve) / float64(b.withdraw),
+		Allowed: b.retired.Load(), // and the withdrawals of the live slots:
+		Refused: b.refused.Load(),
+	}
 	for i := range b.wslots {
 		s.Allowed += uint64(b.wslots[i].Load())
 	}

@@ -10,7 +10,7 @@ import (
 )
 
 // newBudgetAt returns a ratio budget whose origin and flush clock follow *clock.
-func newBudgetAt(t *rapid.T, cfg BudgetConfig, clock *time.Time) *Budget {
+func newBudgetAt(t *rapid.T, cfg BudgetConfig, clock *time.Time) *RatioBudget {
 	b, err := NewBudget(cfg)
 	if err != nil {
 		t.Fatalf("NewBudget(%+v): %v", cfg, err)
@@ -49,8 +49,8 @@ func TestBudgetBoundWithinWindow(t *testing.T) {
 				deposits++
 			case 2: // a call whose retries all fail
 				for range rapid.IntRange(1, 5).Draw(t, "retries") {
-					b.Failed(now)
-					if !b.Allow(now) {
+					b.FailedAt(now)
+					if !b.AllowAt(now) {
 						break
 					}
 					allowed++
@@ -61,7 +61,7 @@ func TestBudgetBoundWithinWindow(t *testing.T) {
 		if float64(allowed) > bound*(1+1e-5)+1e-6 {
 			t.Fatalf("allowed %d retries, bound %.4f (%d deposits)", allowed, bound, deposits)
 		}
-		for b.Allow(now) {
+		for b.AllowAt(now) {
 			allowed++
 		}
 		if float64(allowed) < bound*(1-1e-5)-1 {
@@ -92,7 +92,7 @@ func TestBudgetBoundSlidingWindow(t *testing.T) {
 				deposits = append(deposits, now)
 			default:
 				for range rapid.IntRange(1, 5).Draw(t, "retries") {
-					if !b.Allow(now) {
+					if !b.AllowAt(now) {
 						break
 					}
 					retries = append(retries, now)
@@ -129,7 +129,7 @@ func countIn(ts []time.Time, from, to time.Time, closed bool) int {
 // maxAttempts attempts, arriving every interval, and returns the share that succeeded.
 // retried reports a retried success to the budget as such (the refund) or, when false, as a
 // first-attempt success (no refund), to show what the refund is for.
-func simulate(t interface{ Fatalf(string, ...any) }, b *Budget, clock *time.Time, seed uint64, calls, maxAttempts int, pFail float64, interval time.Duration, refund bool) float64 {
+func simulate(t interface{ Fatalf(string, ...any) }, b *RatioBudget, clock *time.Time, seed uint64, calls, maxAttempts int, pFail float64, interval time.Duration, refund bool) float64 {
 	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 	p := Policy{MaxAttempts: maxAttempts, Jitter: NoJitter, InitialBackoff: 10 * time.Millisecond}
 	ctx := context.Background()
@@ -195,7 +195,7 @@ func TestBudgetTokenBucketModel(t *testing.T) {
 		for range rapid.IntRange(1, 500).Draw(t, "ops") {
 			switch rapid.IntRange(0, 3).Draw(t, "op") {
 			case 0:
-				b.Failed(t0)
+				b.FailedAt(t0)
 				tokens = max(tokens-1000, 0)
 			case 1:
 				b.Succeeded(rapid.Bool().Draw(t, "retried"))
@@ -203,7 +203,7 @@ func TestBudgetTokenBucketModel(t *testing.T) {
 			case 2:
 				b.NotRetryable()
 			case 3:
-				if got, want := b.Allow(t0), 2*tokens > maxT; got != want {
+				if got, want := b.AllowAt(t0), 2*tokens > maxT; got != want {
 					t.Fatalf("Allow = %v with %d/1000 tokens of %d/1000", got, tokens, maxT)
 				}
 			}

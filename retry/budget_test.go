@@ -14,7 +14,7 @@ import (
 )
 
 // newTestBudget returns a ratio budget whose origin and flush clock are t0 + *clock.
-func newTestBudget(t testing.TB, cfg BudgetConfig, clock *time.Time) *Budget {
+func newTestBudget(t testing.TB, cfg BudgetConfig, clock *time.Time) *RatioBudget {
 	t.Helper()
 	b, err := NewBudget(cfg)
 	require.NoError(t, err)
@@ -63,7 +63,7 @@ func TestNewTokenBucketValidate(t *testing.T) {
 		b, err := NewTokenBucket(tc.max, tc.ratio)
 		if tc.ok {
 			require.NoError(t, err, "%v %v", tc.max, tc.ratio)
-			assert.Equal(t, TokenBucketMode, b.Mode())
+			assert.Equal(t, tc.max, b.Snapshot().MaxTokens)
 			continue
 		}
 		assert.Error(t, err, "%v %v", tc.max, tc.ratio)
@@ -74,42 +74,45 @@ func TestNewTokenBucketValidate(t *testing.T) {
 	assert.EqualError(t, err, "retry: NewTokenBucket tokenRatio: must be finite and at least 0.001, got 0")
 }
 
-func TestBudgetModeString(t *testing.T) {
-	assert.Equal(t, "ratio", RatioMode.String())
-	assert.Equal(t, "token-bucket", TokenBucketMode.String())
-	assert.Equal(t, "BudgetMode(0)", BudgetMode(0).String())
-}
-
 func TestNilBudget(t *testing.T) {
-	var b *Budget
-	assert.True(t, b.Allow(t0))
+	var b *RatioBudget
+	assert.True(t, b.AllowAt(t0))
 	assert.True(t, b.wouldAllow(t0))
-	b.Failed(t0)
+	b.FailedAt(t0)
 	b.Succeeded(true)
 	b.NotRetryable()
 	b.refund()
 	assert.Equal(t, BudgetSnapshot{}, b.Snapshot())
+	var tb *TokenBucket
+	assert.True(t, tb.AllowAt(t0))
+	tb.FailedAt(t0)
+	tb.Succeeded(true)
+	assert.Equal(t, BudgetSnapshot{}, tb.Snapshot())
+	var none Budget
+	c := (&Policy{}).NewCall(none)
+	_, stop := c.Next(context.Background(), errSentinel, Backoff, t0)
+	assert.Nil(t, stop, "a nil Budget allows every retry")
+	c.Done(nil, false)
 }
 
 func TestBudgetRatioArithmetic(t *testing.T) {
 	now := t0
 	b := newTestBudget(t, BudgetConfig{}, &now) // 0.2, 1/s, 10s: reserve 10 retries
 	s := b.Snapshot()
-	assert.Equal(t, RatioMode, s.Mode)
 	assert.Equal(t, 10.0, s.Reserve)
 	assert.Equal(t, 10.0, s.Balance)
 
 	for range 10 {
-		require.True(t, b.Allow(now))
+		require.True(t, b.AllowAt(now))
 	}
-	assert.False(t, b.Allow(now), "reserve spent")
+	assert.False(t, b.AllowAt(now), "reserve spent")
 	for range 4 {
 		b.Succeeded(false)
 	}
-	assert.False(t, b.Allow(now), "4 deposits = 0.8 retry")
+	assert.False(t, b.AllowAt(now), "4 deposits = 0.8 retry")
 	b.NotRetryable()
-	assert.True(t, b.Allow(now), "5 deposits = 1 retry; Allow flushes pending deposits")
-	assert.False(t, b.Allow(now))
+	assert.True(t, b.AllowAt(now), "5 deposits = 1 retry; Allow flushes pending deposits")
+	assert.False(t, b.AllowAt(now))
 
 	b.Succeeded(true) // a retried success: deposit + refund of one retry
 	assert.InDelta(t, 1.2, b.Snapshot().Balance, 1e-9)
@@ -141,12 +144,12 @@ func TestBudgetSlotsExpire(t *testing.T) {
 	assert.InDelta(t, 5.0, b.Snapshot().Balance, 1e-6, "slot 0 lives until 10s")
 	now = t0.Add(10 * time.Second)
 	assert.InDelta(t, 2.0, b.Snapshot().Balance, 1e-6, "slot 0 expired")
-	require.True(t, b.Allow(now))
+	require.True(t, b.AllowAt(now))
 	now = t0.Add(13999 * time.Millisecond)
 	assert.InDelta(t, 1.0, b.Snapshot().Balance, 1e-6)
 	now = t0.Add(14 * time.Second)
 	assert.InDelta(t, -1.0, b.Snapshot().Balance, 1e-6, "slot 4 expired; the withdrawal in slot 10 lives on")
-	assert.False(t, b.Allow(now))
+	assert.False(t, b.AllowAt(now))
 	now = t0.Add(20 * time.Second)
 	assert.InDelta(t, 0.0, b.Snapshot().Balance, 1e-6)
 	now = t0.Add(time.Hour)
@@ -154,11 +157,11 @@ func TestBudgetSlotsExpire(t *testing.T) {
 
 	// A time before the last rotation counts as the current slot.
 	deposit(1)
-	assert.True(t, b.Allow(t0))
+	assert.True(t, b.AllowAt(t0))
 	assert.InDelta(t, 0.0, b.Snapshot().Balance, 1e-6)
 	// Times before the origin do not panic.
 	b2 := newTestBudget(t, BudgetConfig{}, &now)
-	assert.True(t, b2.Allow(now.Add(-time.Hour-time.Nanosecond)))
+	assert.True(t, b2.AllowAt(now.Add(-time.Hour-time.Nanosecond)))
 }
 
 // Two goroutines can both find a slot boundary passed and queue for the rotation lock; the one
@@ -181,7 +184,7 @@ func TestBudgetRotateNeverGoesBack(t *testing.T) {
 }
 
 // pendingDeposits returns the deposits waiting in b's stripes.
-func pendingDeposits(b *Budget) (n, stripes int64) {
+func pendingDeposits(b *RatioBudget) (n, stripes int64) {
 	for i := range b.stripes {
 		if c := b.stripes[i].v.Load() & countMask; c != 0 {
 			n += c
@@ -210,18 +213,18 @@ func TestBudgetSucceededStriped(t *testing.T) {
 	assert.Equal(t, b.reserve, b.total.Load(), "nothing folded yet")
 
 	// The balance (the reserve, 1e-8 retries) is short: Allow folds every stripe.
-	require.True(t, b.Allow(now))
+	require.True(t, b.AllowAt(now))
 	n, _ = pendingDeposits(b)
 	assert.Zero(t, n)
 	assert.InDelta(t, 1599, float64(b.total.Load())/float64(b.withdraw), 1e-6)
 	// Now the balance covers the next Allow: the stripes are left alone.
 	b.Succeeded(false)
-	require.True(t, b.Allow(now))
+	require.True(t, b.AllowAt(now))
 	n, _ = pendingDeposits(b)
 	assert.Equal(t, int64(1), n)
 	assert.InDelta(t, 1599.0, b.Snapshot().Balance, 1e-6, "Snapshot folds")
 	assert.Zero(t, testing.AllocsPerRun(100, func() { b.Succeeded(false) }))
-	assert.Zero(t, testing.AllocsPerRun(100, func() { b.Allow(now) }))
+	assert.Zero(t, testing.AllocsPerRun(100, func() { b.AllowAt(now) }))
 }
 
 // Goroutines running at once deposit into different stripes (by their stack addresses), and
@@ -268,7 +271,7 @@ func TestBudgetDepositsExpireWithTheirEpoch(t *testing.T) {
 		}
 		now = t0.Add(10*time.Second + 500*time.Millisecond)
 		assert.InDelta(t, 0, b.Snapshot().Balance, 1e-6)
-		assert.False(t, b.Allow(now))
+		assert.False(t, b.AllowAt(now))
 	})
 	t.Run("a stripe meeting a new epoch folds its old deposits there", func(t *testing.T) {
 		now := t0
@@ -305,34 +308,33 @@ func TestBudgetTokenBucketA6(t *testing.T) {
 	assert.Equal(t, 10.0, tokens(), "clamped at maxTokens")
 
 	for i := 1; i <= 4; i++ {
-		b.Failed(t0)
-		assert.True(t, b.Allow(t0), "after %d failures: %v tokens > 5", i, tokens())
+		b.FailedAt(t0)
+		assert.True(t, b.AllowAt(t0), "after %d failures: %v tokens > 5", i, tokens())
 	}
-	b.Failed(t0)
+	b.FailedAt(t0)
 	assert.Equal(t, 5.0, tokens())
-	assert.False(t, b.Allow(t0), "after 5 retryable failures from full, retries stop (5 is not > 5)")
+	assert.False(t, b.AllowAt(t0), "after 5 retryable failures from full, retries stop (5 is not > 5)")
 	b.Succeeded(false)
 	assert.Equal(t, 5.1, tokens())
-	assert.True(t, b.Allow(t0), "5.1 > 5")
+	assert.True(t, b.AllowAt(t0), "5.1 > 5")
 	assert.Equal(t, 5.1, tokens(), "Allow charges nothing in A6 mode")
 
 	for range 20 {
-		b.Failed(t0)
+		b.FailedAt(t0)
 	}
 	assert.Equal(t, 0.0, tokens(), "clamped at 0")
 	for range 50 {
 		b.Succeeded(true)
 	}
 	assert.Equal(t, 5.0, tokens(), "exact: thousandths")
-	assert.False(t, b.Allow(t0), "50 successes from 0 are not enough")
+	assert.False(t, b.AllowAt(t0), "50 successes from 0 are not enough")
 	b.Succeeded(false)
-	assert.True(t, b.Allow(t0), "the 51st re-enables retries")
+	assert.True(t, b.AllowAt(t0), "the 51st re-enables retries")
 
 	b.NotRetryable() // A6: nothing
 	b.refund()
 	assert.Equal(t, 5.1, tokens())
 	s := b.Snapshot()
-	assert.Equal(t, TokenBucketMode, s.Mode)
 	assert.Equal(t, 10.0, s.MaxTokens)
 	assert.Equal(t, uint64(6), s.Allowed)
 	assert.Equal(t, uint64(2), s.Refused)
@@ -353,7 +355,7 @@ func TestBudgetConcurrent(t *testing.T) {
 				for i := range ops {
 					switch (g + i) % 5 {
 					case 0, 1:
-						if b.Allow(now) {
+						if b.AllowAt(now) {
 							allowed.Add(1)
 						} else {
 							refused.Add(1)
@@ -367,7 +369,7 @@ func TestBudgetConcurrent(t *testing.T) {
 						refunds.Add(1)
 					case 4:
 						b.NotRetryable()
-						b.Failed(now)
+						b.FailedAt(now)
 						deposits.Add(1)
 						if i%50 == 0 {
 							_ = b.Snapshot()
@@ -399,7 +401,7 @@ func TestBudgetConcurrent(t *testing.T) {
 					now := origin.Add(time.Duration(clock.Add(int64(time.Microsecond))))
 					switch (g + i) % 3 {
 					case 0:
-						b.Allow(now)
+						b.AllowAt(now)
 					case 1:
 						b.Succeeded(i%2 == 0)
 					case 2:
@@ -427,11 +429,11 @@ func TestBudgetConcurrent(t *testing.T) {
 				for i := range ops {
 					switch i % 3 {
 					case 0:
-						b.Failed(t0)
+						b.FailedAt(t0)
 					case 1:
 						b.Succeeded(false)
 					case 2:
-						b.Allow(t0)
+						b.AllowAt(t0)
 						allows.Add(1)
 					}
 					if tk := b.tokens.Load(); tk < 0 || tk > b.maxTokens {

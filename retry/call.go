@@ -37,21 +37,23 @@ import (
 // a retry granted by Next but abandoned during the wait is not counted, and Done gives its
 // budget withdrawal back.
 type Call struct {
-	p        Policy // defaults applied
-	budget   *Budget
+	p        Policy // normalized
+	budget   Budget // nil: none
 	attempts int
 	n        int  // exponent of the next Backoff delay (reset by After)
 	charged  bool // Next withdrew a retry from the budget and its attempt has not begun
 	inflight bool // Next granted a retry that the budget counts in flight until its attempt ends
 }
 
-// NewCall starts tracking one logical call under p (zero fields take their defaults). b may be
-// nil: no budget. p must be validated already (Validate); NewCall does not check it.
-func (p *Policy) NewCall(b *Budget) Call {
-	return Call{p: p.withDefaults(), budget: b}
+// NewCall starts tracking one logical call under p, normalized (Normalize). b may be nil: no
+// budget. p must be valid; NewCall does not report the error.
+func (p *Policy) NewCall(b Budget) Call {
+	c := Call{p: *p, budget: b}
+	c.p.normalize()
+	return c
 }
 
-// Policy returns the call's policy with defaults applied.
+// Policy returns the call's normalized policy.
 func (c *Call) Policy() Policy { return c.p }
 
 // Begin marks that an attempt starts; it increments Attempts. Call it before every attempt,
@@ -73,8 +75,8 @@ func (c *Call) AttemptContext(ctx context.Context) (context.Context, context.Can
 // returns the delay to wait before the next attempt, or a non-nil *Error (Err = err, the
 // attempts so far, the reason) to return to the caller.
 //
-// A retryable decision first reports the failed attempt to the budget (Budget.Failed: the A6
-// token bucket's -1). Then the checks, in order:
+// A retryable decision first reports the failed attempt to the budget (Budget.FailedAt).
+// Then the checks, in order:
 //
 //  1. ctx done: Canceled
 //  2. d is Stop: NotRetryable
@@ -82,10 +84,10 @@ func (c *Call) AttemptContext(ctx context.Context) (context.Context, context.Can
 //  4. the budget refuses: BudgetExhausted
 //  5. the caller's deadline leaves less than delay + MinAttemptTime after now: Deadline
 //
-// The delay is Policy.Backoff(n, u) for Backoff (n counts Backoff retries since the last
+// The delay is Policy.Delay(n, u) for Backoff (n counts Backoff retries since the last
 // After; u from math/rand/v2) and min(d, MaxPushback) for After, which also resets n to 0.
-// Next charges the budget (as Budget.Allow, but counting the other retries in flight at their
-// expected refund; see Budget) only when it returns a delay: a retry that the deadline rules
+// Next charges the budget (as Budget.AllowAt, but counting the other retries in flight at
+// their expected refund) only when it returns a delay: a retry that the deadline rules
 // out costs nothing, and is reported as BudgetExhausted only if the budget would also have
 // refused it. The granted retry stays in flight for the budget until its attempt ends (the
 // next Next, or Done). If Begin was never called, the failed attempt counts as the first;
@@ -96,8 +98,8 @@ func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (
 	}
 	c.release()
 	c.settle()
-	if d.Retryable() {
-		c.budget.Failed(now)
+	if d.Retryable() && c.budget != nil {
+		c.budget.FailedAt(now)
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -108,31 +110,31 @@ func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (
 		return 0, c.stop(err, Exhausted)
 	}
 	var delay time.Duration
-	if d.kind == kindAfter {
-		delay = min(d.after, c.p.MaxPushback)
+	if after, ok := d.Pushback(); ok {
+		delay = min(after, c.p.MaxPushback)
 	} else {
 		var u float64
 		if c.p.Jitter != NoJitter {
 			u = rand.Float64()
 		}
-		delay = c.p.Backoff(c.n, u)
+		delay = c.p.delay(c.n, u)
 	}
 	fits := true
 	if dl, ok := ctx.Deadline(); ok {
 		fits = dl.Sub(now) >= satAdd(delay, c.p.MinAttemptTime)
 	}
 	if !fits {
-		if !c.budget.wouldAllow(now) {
+		if c.budget != nil && !c.budget.wouldAllow(now) {
 			return 0, c.stop(err, BudgetExhausted)
 		}
 		return 0, c.stop(err, Deadline)
 	}
-	if !c.budget.allowRetry(now) {
+	if c.budget != nil && !c.budget.allowRetry(now) {
 		return 0, c.stop(err, BudgetExhausted)
 	}
 	c.charged = c.budget != nil
 	c.inflight = c.charged
-	if d.kind == kindAfter {
+	if d != Backoff {
 		c.n = 0
 	} else if c.n < math.MaxInt32 {
 		c.n++

@@ -87,7 +87,7 @@ func TestCallNextCheckOrder(t *testing.T) {
 	cancel()
 	deadline, cancel2 := context.WithDeadline(context.Background(), t0.Add(time.Second))
 	defer cancel2()
-	empty := func() *Budget {
+	empty := func() *RatioBudget {
 		b, err := NewBudget(BudgetConfig{MinRetriesPerSecond: 1e-9})
 		require.NoError(t, err)
 		return b
@@ -99,9 +99,9 @@ func TestCallNextCheckOrder(t *testing.T) {
 		ctx      context.Context
 		dec      Decision
 		attempts int
-		budget   *Budget
+		budget   *RatioBudget
 		now      time.Time
-		want     Reason // 0 = a delay
+		want     Reason // "" = a delay
 	}{
 		{"canceled beats everything", canceled, Stop, 5, empty(), t0.Add(time.Hour), Canceled},
 		{"stop beats exhausted", context.Background(), Stop, 5, empty(), t0, NotRetryable},
@@ -109,9 +109,9 @@ func TestCallNextCheckOrder(t *testing.T) {
 		{"budget beats deadline", deadline, Backoff, 1, empty(), t0.Add(time.Second), BudgetExhausted},
 		{"deadline", deadline, Backoff, 1, nil, t0.Add(time.Second), Deadline},
 		{"deadline: remaining < delay + MinAttemptTime", deadline, Backoff, 1, nil, t0.Add(890*time.Millisecond + 1), Deadline},
-		{"fits exactly", deadline, Backoff, 1, nil, t0.Add(890 * time.Millisecond), 0},
+		{"fits exactly", deadline, Backoff, 1, nil, t0.Add(890 * time.Millisecond), ""},
 		{"pushback does not fit", deadline, After(2 * time.Second), 1, nil, t0, Deadline},
-		{"pushback fits", deadline, After(900 * time.Millisecond), 1, nil, t0, 0},
+		{"pushback fits", deadline, After(900 * time.Millisecond), 1, nil, t0, ""},
 		{"past deadline by the given clock", deadline, Backoff, 1, nil, t0.Add(2 * time.Second), Deadline},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -120,7 +120,7 @@ func TestCallNextCheckOrder(t *testing.T) {
 				c.Begin()
 			}
 			d, stop := c.Next(tc.ctx, errSentinel, tc.dec, tc.now)
-			if tc.want == 0 {
+			if tc.want == "" {
 				require.Nil(t, stop)
 				assert.Positive(t, d)
 				return
@@ -159,7 +159,7 @@ func TestCallDeadlineDoesNotChargeBudget(t *testing.T) {
 
 func TestCallDoneInformsBudget(t *testing.T) {
 	clock := t0
-	newB := func() *Budget {
+	newB := func() *RatioBudget {
 		b, err := NewBudget(BudgetConfig{Ratio: 0.5, MinRetriesPerSecond: 0.2}) // reserve 2 retries per 10s
 		require.NoError(t, err)
 		b.origin, b.clock = clock, func() time.Time { return clock }

@@ -1,100 +1,72 @@
 package retry
 
 import (
+	"math"
 	"strconv"
 	"time"
 )
 
-type decisionKind uint8
+// Decision is a classifier's answer about a failed attempt: [Stop], [Backoff] or [After](d).
+// The zero Decision is Stop.
+type Decision int64
 
 const (
-	kindStop decisionKind = iota
-	kindBackoff
-	kindAfter
-)
-
-// Decision is a classifier's answer about a failed attempt: Stop, Backoff or After(d).
-// The zero Decision is Stop.
-type Decision struct {
-	kind  decisionKind
-	after time.Duration
-}
-
-var (
 	// Stop means the error is not retryable.
-	Stop = Decision{kind: kindStop}
-	// Backoff means retry after the policy's backoff delay.
-	Backoff = Decision{kind: kindBackoff}
+	Stop Decision = 0
+	// Backoff means retry after the policy's delay ([Policy.Delay]).
+	Backoff Decision = 1
 )
 
 // After means retry after exactly d (a server pushback or google.rpc.RetryInfo): the delay is
-// capped at Policy.MaxPushback, gets no jitter, and resets the exponent, so the next Backoff
-// decision starts from retry n = 0 again. A negative d counts as 0; a caller that follows
-// gRFC A6 maps a negative pushback to Stop itself.
+// capped at [Policy.MaxPushback], gets no jitter, and resets the exponent, so the next Backoff
+// decision starts from retry n = 0 again. A negative d counts as 0.
 func After(d time.Duration) Decision {
-	if d < 0 {
-		d = 0
-	}
-	return Decision{kind: kindAfter, after: d}
+	return Decision(min(max(d, 0), math.MaxInt64-2) + 2)
 }
 
 // Retryable reports whether d asks for another attempt (Backoff or After).
-func (d Decision) Retryable() bool { return d.kind != kindStop }
+func (d Decision) Retryable() bool { return d != Stop }
 
-// Pushback returns the server-given delay of an After decision (uncapped) and true, or 0 and
-// false for Stop and Backoff.
+// Pushback returns the delay of an After decision (uncapped) and true, or 0 and false for
+// Stop and Backoff.
 func (d Decision) Pushback() (time.Duration, bool) {
-	return d.after, d.kind == kindAfter
+	if d < 2 {
+		return 0, false
+	}
+	return time.Duration(d - 2), true
 }
 
 // String returns "stop", "backoff" or "after(1.5s)".
 func (d Decision) String() string {
-	switch d.kind {
-	case kindStop:
+	switch d {
+	case Stop:
 		return "stop"
-	case kindBackoff:
+	case Backoff:
 		return "backoff"
 	}
-	return "after(" + d.after.String() + ")"
+	after, _ := d.Pushback()
+	return "after(" + after.String() + ")"
 }
 
-// Reason says why retrying stopped.
-type Reason uint8
+// Reason says why retrying stopped. Its value is its text; callers of [Call] may define
+// reasons of their own.
+type Reason string
 
 const (
 	// Exhausted: MaxAttempts attempts were made.
-	Exhausted Reason = iota + 1
+	Exhausted Reason = "exhausted"
 	// NotRetryable: the classifier said Stop.
-	NotRetryable
+	NotRetryable Reason = "not retryable"
 	// Deadline: the caller's remaining deadline cannot fit the delay plus MinAttemptTime.
-	Deadline
+	Deadline Reason = "deadline"
 	// BudgetExhausted: the retry budget refused the retry.
-	BudgetExhausted
+	BudgetExhausted Reason = "budget"
 	// Canceled: the caller's context ended (before or during the wait), whatever its cause.
-	Canceled
-	// BreakerOpen: set by callers (the interceptors) when a circuit breaker ended the loop.
-	BreakerOpen
+	Canceled Reason = "canceled"
 )
 
-// String returns "exhausted", "not retryable", "deadline", "budget", "canceled" or
-// "breaker open".
-func (r Reason) String() string {
-	switch r {
-	case Exhausted:
-		return "exhausted"
-	case NotRetryable:
-		return "not retryable"
-	case Deadline:
-		return "deadline"
-	case BudgetExhausted:
-		return "budget"
-	case Canceled:
-		return "canceled"
-	case BreakerOpen:
-		return "breaker open"
-	}
-	return "Reason(" + strconv.Itoa(int(r)) + ")"
-}
+// String returns the reason's text.
+func (r Reason) String() string { return string(r) }
 
 // Error annotates the last attempt's error with the number of attempts made and the reason
 // retrying stopped. errors.Is and errors.As see through it (Unwrap); gRPC's status.FromError

@@ -9,13 +9,21 @@ import (
 type Option interface{ apply(*options) }
 
 type options struct {
-	budget  *Budget
+	budget  Budget
 	onRetry func(attempt int, delay time.Duration, err error)
 }
 
-type budgetOption struct{ b *Budget }
+// The budget options: one pointer-shaped type per Budget type, so that WithBudget allocates
+// nothing (Budget is sealed: these are all its types).
+type (
+	ratioOption struct{ b *RatioBudget }
+	tokenOption struct{ b *TokenBucket }
+	noBudgetOpt struct{}
+)
 
-func (o budgetOption) apply(opts *options) { opts.budget = o.b }
+func (o ratioOption) apply(opts *options) { opts.budget = o.b }
+func (o tokenOption) apply(opts *options) { opts.budget = o.b }
+func (noBudgetOpt) apply(opts *options)   { opts.budget = nil }
 
 type onRetryOption struct {
 	f func(attempt int, delay time.Duration, err error)
@@ -23,9 +31,17 @@ type onRetryOption struct {
 
 func (o onRetryOption) apply(opts *options) { opts.onRetry = o.f }
 
-// WithBudget makes every retry ask b first (Budget.Allow) and reports each call's outcome to
-// it. A nil b means no budget.
-func WithBudget(b *Budget) Option { return budgetOption{b} }
+// WithBudget makes every retry ask b first and reports each call's outcome to it. A nil b
+// means no budget.
+func WithBudget(b Budget) Option {
+	switch b := b.(type) {
+	case *RatioBudget:
+		return ratioOption{b}
+	case *TokenBucket:
+		return tokenOption{b}
+	}
+	return noBudgetOpt{}
+}
 
 // WithOnRetry calls f before each wait: attempt is the number of the attempt that just failed
 // (1 for the first), delay the wait before the next one, err its error. f runs on the caller's
@@ -40,8 +56,12 @@ func collect(opts []Option) options {
 	var o options
 	for _, opt := range opts {
 		switch x := opt.(type) {
-		case budgetOption:
+		case ratioOption:
 			o.budget = x.b
+		case tokenOption:
+			o.budget = x.b
+		case noBudgetOpt:
+			o.budget = nil
 		case onRetryOption:
 			o.onRetry = x.f
 		case nil:
@@ -64,7 +84,7 @@ func collect(opts []Option) options {
 // already done (op sees ctx); retries never are. Do allocates nothing and reads no clock when op
 // succeeds at once and AttemptTimeout is 0 (an attempt timeout needs a context.WithTimeout).
 func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, classify func(error) Decision, opts ...Option) error {
-	if !p.valid() {
+	if !p.normalize() {
 		return p.explain()
 	}
 	// The first attempt, without a Call: the common case stays cheap.
@@ -73,7 +93,9 @@ func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, class
 	cancel()
 	if err == nil {
 		if len(opts) > 0 {
-			collect(opts).budget.Succeeded(false)
+			if b := collect(opts).budget; b != nil {
+				b.Succeeded(false)
+			}
 		}
 		return nil
 	}

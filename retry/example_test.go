@@ -76,16 +76,16 @@ func ExampleDoValue() {
 
 // The delay sequence of the default policy without jitter: 25ms doubling, capped at 5s. The
 // cap comes before jitter, so FullJitter draws from [0, 5s) from the 9th retry on.
-func ExamplePolicy_Backoff() {
+func ExamplePolicy_Delay() {
 	p := retry.Policy{Jitter: retry.NoJitter}
 	var delays []time.Duration
 	for n := range 10 {
-		delays = append(delays, p.Backoff(n, 0))
+		delays = append(delays, p.Delay(n, 0))
 	}
 	fmt.Println(delays)
 
 	a6 := retry.Policy{Jitter: retry.ProportionalJitter, InitialBackoff: time.Second, MaxBackoff: time.Minute}
-	fmt.Println(a6.Backoff(0, 0), a6.Backoff(0, 0.5), a6.Backoff(0, 0.75))
+	fmt.Println(a6.Delay(0, 0), a6.Delay(0, 0.5), a6.Delay(0, 0.75))
 	// Output:
 	// [25ms 50ms 100ms 200ms 400ms 800ms 1.6s 3.2s 5s 5s]
 	// 800ms 1s 1.1s
@@ -110,7 +110,7 @@ func ExampleNewBudget() {
 	now := time.Now()
 	fmt.Println("reserve:", b.Snapshot().Reserve)
 	retries := 0
-	for b.Allow(now) {
+	for b.AllowAt(now) {
 		retries++
 	}
 	fmt.Println("retries from the reserve:", retries)
@@ -118,14 +118,14 @@ func ExampleNewBudget() {
 	for range 10 {
 		b.Succeeded(false) // 10 calls that succeeded at once: 2 retries
 	}
-	fmt.Println(b.Allow(now), b.Allow(now), b.Allow(now))
+	fmt.Println(b.AllowAt(now), b.AllowAt(now), b.AllowAt(now))
 	s := b.Snapshot()
-	fmt.Println(s.Mode, s.Allowed, s.Refused)
+	fmt.Println(s.Allowed, s.Refused)
 	// Output:
 	// reserve: 10
 	// retries from the reserve: 10
 	// true true false
-	// ratio 12 2
+	// 12 2
 }
 
 // gRFC A6 retry throttling: maxTokens 10, tokenRatio 0.1.
@@ -134,14 +134,13 @@ func ExampleNewTokenBucket() {
 	if err != nil {
 		panic(err)
 	}
-	now := time.Now()
 	for i := 1; i <= 5; i++ {
-		b.Failed(now) // a retryable attempt failed: -1 token
-		fmt.Print(b.Allow(now), " ")
+		b.FailedAt(time.Time{}) // a retryable attempt failed: -1 token (the bucket has no clock)
+		fmt.Print(b.AllowAt(time.Time{}), " ")
 	}
 	fmt.Println(b.Snapshot().Balance)
 	b.Succeeded(false) // +0.1
-	fmt.Println(b.Allow(now), b.Snapshot().Balance)
+	fmt.Println(b.AllowAt(time.Time{}), b.Snapshot().Balance)
 	// Output:
 	// true true true true false 5
 	// true 5.1

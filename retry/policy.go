@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Jitter selects how Policy.Backoff randomizes the capped exponential delay.
+// Jitter selects how Policy.Delay randomizes the capped exponential delay.
 type Jitter uint8
 
 const (
@@ -50,8 +50,7 @@ type Policy struct {
 	// MaxAttempts counts the first call: 1 means no retries. 0 = default 4 (Khive
 	// max_retries=3). There is no hidden cap. Negative is an error.
 	MaxAttempts int
-	// InitialBackoff is the delay before the first retry, before jitter. 0 = default 25ms
-	// (as Envoy's retry base interval; with FullJitter the first retry waits 12.5ms on average).
+	// InitialBackoff is the delay before the first retry, before jitter. 0 = default 25ms.
 	// Negative is an error.
 	InitialBackoff time.Duration
 	// MaxBackoff caps the exponential delay (applied before jitter). 0 = default 5s. It must
@@ -74,60 +73,57 @@ type Policy struct {
 	MaxPushback time.Duration
 }
 
-// withDefaults returns p with every zero field replaced by its default.
-func (p Policy) withDefaults() Policy {
-	if p.MaxAttempts == 0 {
-		p.MaxAttempts = DefaultMaxAttempts
-	}
-	if p.InitialBackoff == 0 {
-		p.InitialBackoff = DefaultInitialBackoff
-	}
-	if p.MaxBackoff == 0 {
-		p.MaxBackoff = DefaultMaxBackoff
-	}
-	if p.Multiplier == 0 {
-		p.Multiplier = DefaultMultiplier
-	}
-	if p.JitterFactor == 0 {
-		p.JitterFactor = DefaultJitterFactor
-	}
-	if p.MinAttemptTime == 0 {
-		p.MinAttemptTime = DefaultMinAttemptTime
-	}
-	if p.MaxPushback == 0 {
-		p.MaxPushback = DefaultMaxPushback
-	}
-	return p
-}
-
-// Validate reports the first invalid field, naming it:
+// Normalize validates p and returns it with each zero field replaced by its default. It
+// reports the first invalid field, naming it:
 //
 //	retry: Policy.MaxAttempts: must be at least 1, got -2
 //
-// It never panics.
-func (p Policy) Validate() error {
-	if p.valid() {
-		return nil
+// A normalized Policy normalizes to itself. Normalize never panics.
+func (p Policy) Normalize() (Policy, error) {
+	if !p.normalize() {
+		return p, p.explain()
 	}
-	return p.explain()
+	return p, nil
 }
 
-// valid is the cheap form of Validate, for Do's fast path; explain says why it is false.
-// FuzzPolicyValidate checks that the two agree.
-func (p *Policy) valid() bool {
-	initial, maxB := p.InitialBackoff, p.MaxBackoff
+// normalize applies the defaults to p in place and reports whether it is valid. (In place:
+// returning a copy measured several times the cost of the rest.)
+func (p *Policy) normalize() bool {
+	attempts, initial, maxB, mult := p.MaxAttempts, p.InitialBackoff, p.MaxBackoff, p.Multiplier
+	if attempts == 0 {
+		attempts, p.MaxAttempts = DefaultMaxAttempts, DefaultMaxAttempts
+	}
 	if initial == 0 {
-		initial = DefaultInitialBackoff
+		initial, p.InitialBackoff = DefaultInitialBackoff, DefaultInitialBackoff
 	}
 	if maxB == 0 {
-		maxB = DefaultMaxBackoff
+		maxB, p.MaxBackoff = DefaultMaxBackoff, DefaultMaxBackoff
 	}
-	return p.MaxAttempts >= 0 && p.InitialBackoff >= 0 && p.MaxBackoff >= 0 && maxB >= initial &&
-		(p.Multiplier == 0 || (p.Multiplier >= 1 && p.Multiplier <= math.MaxFloat64)) &&
-		p.Jitter <= NoJitter && p.JitterFactor >= 0 && p.JitterFactor <= 1 &&
-		p.AttemptTimeout >= 0 && p.MinAttemptTime >= 0 && p.MaxPushback >= 0
+	if mult == 0 {
+		mult, p.Multiplier = DefaultMultiplier, DefaultMultiplier
+	}
+	factor, minAttempt, pushback := p.JitterFactor, p.MinAttemptTime, p.MaxPushback
+	if factor == 0 {
+		factor, p.JitterFactor = DefaultJitterFactor, DefaultJitterFactor
+	}
+	if minAttempt == 0 {
+		minAttempt, p.MinAttemptTime = DefaultMinAttemptTime, DefaultMinAttemptTime
+	}
+	if pushback == 0 {
+		pushback, p.MaxPushback = DefaultMaxPushback, DefaultMaxPushback
+	}
+	return attempts >= 1 && initial > 0 && maxB >= initial && mult >= 1 && mult <= math.MaxFloat64 &&
+		p.Jitter <= NoJitter && factor >= 0 && factor <= 1 && p.AttemptTimeout >= 0 &&
+		minAttempt > 0 && pushback > 0
 }
 
+// Validate reports the first invalid field, as Normalize does.
+func (p Policy) Validate() error {
+	_, err := p.Normalize()
+	return err
+}
+
+// explain says why p, with its defaults applied, is invalid.
 func (p *Policy) explain() error {
 	switch {
 	case p.MaxAttempts < 0:
@@ -136,7 +132,7 @@ func (p *Policy) explain() error {
 		return fieldError("InitialBackoff", "must not be negative, got %v", p.InitialBackoff)
 	case p.MaxBackoff < 0:
 		return fieldError("MaxBackoff", "must not be negative, got %v", p.MaxBackoff)
-	case math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0) || (p.Multiplier != 0 && p.Multiplier < 1):
+	case math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0) || p.Multiplier < 1:
 		return fieldError("Multiplier", "must be finite and at least 1, got %v", p.Multiplier)
 	case p.Jitter > NoJitter:
 		return fieldError("Jitter", "unknown mode %d", uint8(p.Jitter))
@@ -149,48 +145,35 @@ func (p *Policy) explain() error {
 	case p.MaxPushback < 0:
 		return fieldError("MaxPushback", "must not be negative, got %v", p.MaxPushback)
 	}
-	if d := p.withDefaults(); d.MaxBackoff < d.InitialBackoff {
-		return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", d.InitialBackoff, d.MaxBackoff)
-	}
-	return nil
+	return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", p.InitialBackoff, p.MaxBackoff)
 }
 
 func fieldError(field, format string, args ...any) error {
 	return fmt.Errorf("retry: Policy."+field+": "+format, args...)
 }
 
-// Backoff is the pure delay before retry n (n = 0 for the first retry), given a uniform
-// sample u in [0, 1):
+// Delay is the pure delay before retry n (n = 0 for the first retry), given a uniform
+// sample u in [0, 1), after Normalize:
 //
 //	d = min(MaxBackoff, InitialBackoff × Multiplier^n)
 //	FullJitter:         d × u
 //	ProportionalJitter: min(MaxBackoff, d × (1 - JitterFactor + 2 × JitterFactor × u))
 //	NoJitter:           d
 //
-// Zero fields take their defaults. The exponential is computed in float64 and clamped, so no n
-// overflows (Multiplier^n may be +Inf). The result is never negative and never above MaxBackoff.
-// A negative n counts as 0; u outside [0, 1) (or NaN) is clamped into it.
-func (p Policy) Backoff(n int, u float64) time.Duration {
-	// The four defaults Backoff needs, applied in place: p = p.withDefaults() measured three times
-	// the cost of the whole function as written.
-	if p.MaxBackoff == 0 {
-		p.MaxBackoff = DefaultMaxBackoff
-	}
-	if p.InitialBackoff == 0 {
-		p.InitialBackoff = DefaultInitialBackoff
-	}
-	if p.Multiplier == 0 {
-		p.Multiplier = DefaultMultiplier
-	}
-	if p.MaxBackoff < 0 { // invalid
+// The result is never negative and never above MaxBackoff, for any n; a negative n counts as
+// 0, and u outside [0, 1) (or NaN) is clamped into it. An invalid p gives 0.
+func (p Policy) Delay(n int, u float64) time.Duration {
+	if !p.normalize() {
 		return 0
 	}
+	return p.delay(n, u)
+}
+
+// delay is Delay for a normalized p.
+func (p *Policy) delay(n int, u float64) time.Duration {
 	fmax := float64(p.MaxBackoff)
-	d := float64(p.InitialBackoff) * math.Pow(p.Multiplier, float64(max(n, 0)))
-	if !(d >= 0) { // NaN or negative (invalid policies only)
-		d = 0
-	}
-	d = min(d, fmax)
+	// Multiplier^n may be +Inf: the min clamps it.
+	d := min(float64(p.InitialBackoff)*math.Pow(p.Multiplier, float64(max(n, 0))), fmax)
 	if !(u >= 0) { // NaN or negative
 		u = 0
 	} else if u >= 1 {
@@ -199,16 +182,7 @@ func (p Policy) Backoff(n int, u float64) time.Duration {
 	switch p.Jitter {
 	case NoJitter:
 	case ProportionalJitter:
-		f := p.JitterFactor
-		if f == 0 {
-			f = DefaultJitterFactor
-		}
-		if !(f >= 0) {
-			f = 0
-		} else if f > 1 {
-			f = 1
-		}
-		d *= 1 - f + 2*f*u
+		d *= 1 - p.JitterFactor + 2*p.JitterFactor*u
 	default:
 		d *= u
 	}

@@ -11,7 +11,8 @@ import (
 )
 
 func TestPolicyDefaults(t *testing.T) {
-	got := Policy{}.withDefaults()
+	got, err := Policy{}.Normalize()
+	require.NoError(t, err)
 	assert.Equal(t, Policy{
 		MaxAttempts:    4,
 		InitialBackoff: 25 * time.Millisecond,
@@ -25,9 +26,14 @@ func TestPolicyDefaults(t *testing.T) {
 	require.NoError(t, Policy{}.Validate())
 	// Explicit values survive.
 	p := Policy{MaxAttempts: 1, InitialBackoff: time.Second, MaxBackoff: time.Second, Multiplier: 1, JitterFactor: 1}
-	assert.Equal(t, p.MaxAttempts, p.withDefaults().MaxAttempts)
-	assert.Equal(t, 1.0, p.withDefaults().Multiplier)
-	assert.Equal(t, 1.0, p.withDefaults().JitterFactor)
+	n, err := p.Normalize()
+	require.NoError(t, err)
+	assert.Equal(t, p.MaxAttempts, n.MaxAttempts)
+	assert.Equal(t, 1.0, n.Multiplier)
+	assert.Equal(t, 1.0, n.JitterFactor)
+	again, err := n.Normalize()
+	require.NoError(t, err)
+	assert.Equal(t, n, again, "a normalized Policy normalizes to itself")
 }
 
 func TestPolicyValidate(t *testing.T) {
@@ -82,71 +88,71 @@ func TestBackoffNoJitterSequence(t *testing.T) {
 		800 * time.Millisecond, 1600 * time.Millisecond, 3200 * time.Millisecond, 5 * time.Second, 5 * time.Second,
 	}
 	for n, w := range want {
-		assert.Equal(t, w, p.Backoff(n, 0.5), "n=%d", n)
+		assert.Equal(t, w, p.Delay(n, 0.5), "n=%d", n)
 	}
 	for _, n := range []int{63, 64, 1000, 1 << 20, math.MaxInt} {
-		assert.Equal(t, 5*time.Second, p.Backoff(n, 0.5), "n=%d", n)
+		assert.Equal(t, 5*time.Second, p.Delay(n, 0.5), "n=%d", n)
 	}
-	assert.Equal(t, 25*time.Millisecond, p.Backoff(-7, 0.5), "negative n counts as 0")
+	assert.Equal(t, 25*time.Millisecond, p.Delay(-7, 0.5), "negative n counts as 0")
 }
 
 func TestBackoffJitter(t *testing.T) {
 	full := Policy{InitialBackoff: 100 * time.Millisecond, MaxBackoff: time.Second}
-	assert.Equal(t, time.Duration(0), full.Backoff(0, 0))
-	assert.Equal(t, 50*time.Millisecond, full.Backoff(0, 0.5))
-	assert.Equal(t, 250*time.Millisecond, full.Backoff(20, 0.25), "the cap applies before jitter: U(0, 1s)")
-	assert.Less(t, full.Backoff(20, 0.9999999), time.Second)
+	assert.Equal(t, time.Duration(0), full.Delay(0, 0))
+	assert.Equal(t, 50*time.Millisecond, full.Delay(0, 0.5))
+	assert.Equal(t, 250*time.Millisecond, full.Delay(20, 0.25), "the cap applies before jitter: U(0, 1s)")
+	assert.Less(t, full.Delay(20, 0.9999999), time.Second)
 
 	prop := Policy{Jitter: ProportionalJitter, InitialBackoff: 100 * time.Millisecond, MaxBackoff: time.Second}
-	assert.Equal(t, 80*time.Millisecond, prop.Backoff(0, 0), "factor 0.2 by default: × U(0.8, 1.2)")
-	assert.Equal(t, 100*time.Millisecond, prop.Backoff(0, 0.5))
-	assert.InDelta(t, float64(120*time.Millisecond), float64(prop.Backoff(0, 0.9999999)), float64(time.Microsecond))
-	assert.Equal(t, 900*time.Millisecond, prop.Backoff(20, 0.25), "cap before jitter")
-	assert.Equal(t, time.Second, prop.Backoff(20, 0.9), "the jittered value is clamped to MaxBackoff")
+	assert.Equal(t, 80*time.Millisecond, prop.Delay(0, 0), "factor 0.2 by default: × U(0.8, 1.2)")
+	assert.Equal(t, 100*time.Millisecond, prop.Delay(0, 0.5))
+	assert.InDelta(t, float64(120*time.Millisecond), float64(prop.Delay(0, 0.9999999)), float64(time.Microsecond))
+	assert.Equal(t, 900*time.Millisecond, prop.Delay(20, 0.25), "cap before jitter")
+	assert.Equal(t, time.Second, prop.Delay(20, 0.9), "the jittered value is clamped to MaxBackoff")
 	half := prop
 	half.JitterFactor = 0.5
-	assert.Equal(t, 50*time.Millisecond, half.Backoff(0, 0))
+	assert.Equal(t, 50*time.Millisecond, half.Delay(0, 0))
 
 	// u outside [0, 1) is clamped; NaN counts as 0.
-	assert.Equal(t, time.Duration(0), full.Backoff(0, -1))
-	assert.Equal(t, time.Duration(0), full.Backoff(0, math.NaN()))
-	assert.InDelta(t, float64(100*time.Millisecond), float64(full.Backoff(0, 7)), 1)
-	assert.Equal(t, 80*time.Millisecond, prop.Backoff(0, math.Inf(-1)))
+	assert.Equal(t, time.Duration(0), full.Delay(0, -1))
+	assert.Equal(t, time.Duration(0), full.Delay(0, math.NaN()))
+	assert.InDelta(t, float64(100*time.Millisecond), float64(full.Delay(0, 7)), 1)
+	assert.Equal(t, 80*time.Millisecond, prop.Delay(0, math.Inf(-1)))
 }
 
 func TestBackoffExtremes(t *testing.T) {
 	huge := Policy{Jitter: NoJitter, InitialBackoff: math.MaxInt64, MaxBackoff: math.MaxInt64, Multiplier: math.MaxFloat64}
 	for _, n := range []int{0, 1, 2, 1000, math.MaxInt} {
-		assert.Equal(t, time.Duration(math.MaxInt64), huge.Backoff(n, 0.5), "n=%d", n)
+		assert.Equal(t, time.Duration(math.MaxInt64), huge.Delay(n, 0.5), "n=%d", n)
 	}
 	huge.Jitter = ProportionalJitter
-	assert.Equal(t, time.Duration(math.MaxInt64), huge.Backoff(3, 0.99))
+	assert.Equal(t, time.Duration(math.MaxInt64), huge.Delay(3, 0.99))
 	huge.Jitter = FullJitter
-	d := huge.Backoff(3, 0.99)
+	d := huge.Delay(3, 0.99)
 	assert.Positive(t, d)
 
 	one := Policy{Jitter: NoJitter, Multiplier: 1, InitialBackoff: time.Second, MaxBackoff: time.Hour}
-	assert.Equal(t, time.Second, one.Backoff(math.MaxInt, 0))
+	assert.Equal(t, time.Second, one.Delay(math.MaxInt, 0))
 
 	// A multiplier close to 1 takes many retries to reach the cap: the formula holds at any n.
 	slow := Policy{Jitter: NoJitter, Multiplier: 1.01, InitialBackoff: time.Millisecond, MaxBackoff: time.Second}
 	for _, n := range []int{10, 40, 100, 500, 694} {
 		want := float64(time.Millisecond) * math.Pow(1.01, float64(n))
-		assert.InDelta(t, want, float64(slow.Backoff(n, 0)), want*1e-12+1, "n=%d", n)
+		assert.InDelta(t, want, float64(slow.Delay(n, 0)), want*1e-12+1, "n=%d", n)
 	}
-	assert.Equal(t, time.Second, slow.Backoff(695, 0), "1.01^695 > 1000")
+	assert.Equal(t, time.Second, slow.Delay(695, 0), "1.01^695 > 1000")
 
 	tiny := Policy{Jitter: NoJitter, InitialBackoff: 1, MaxBackoff: 1}
-	assert.Equal(t, time.Duration(1), tiny.Backoff(0, 0))
+	assert.Equal(t, time.Duration(1), tiny.Delay(0, 0))
 
 	// Invalid policies do not panic and stay within [0, MaxBackoff].
 	bad := Policy{Jitter: 9, InitialBackoff: -time.Second, Multiplier: math.NaN(), JitterFactor: 7}
-	assert.Equal(t, time.Duration(0), bad.Backoff(3, 0.5))
+	assert.Equal(t, time.Duration(0), bad.Delay(3, 0.5))
 	bad = Policy{Jitter: ProportionalJitter, JitterFactor: math.NaN(), Multiplier: -3}
-	d = bad.Backoff(3, 0.5)
+	d = bad.Delay(3, 0.5)
 	assert.GreaterOrEqual(t, d, time.Duration(0))
 	assert.LessOrEqual(t, d, DefaultMaxBackoff)
-	assert.Equal(t, time.Duration(0), Policy{MaxBackoff: -1}.Backoff(0, 0.5))
+	assert.Equal(t, time.Duration(0), Policy{MaxBackoff: -1}.Delay(0, 0.5))
 }
 
 func TestJitterString(t *testing.T) {
@@ -203,19 +209,20 @@ func FuzzBackoff(f *testing.F) {
 			Jitter:         Jitter(jitter),
 			JitterFactor:   factor,
 		}
-		d := p.Backoff(n, u) // must not panic, even when p is invalid
+		d := p.Delay(n, u) // must not panic, even when p is invalid
 		if p.Validate() != nil {
 			if d < 0 {
 				t.Fatalf("invalid policy %+v: Backoff(%d, %v) = %v < 0", p, n, u, d)
 			}
 			return
 		}
-		capB := p.withDefaults().MaxBackoff
+		np, _ := p.Normalize()
+		capB := np.MaxBackoff
 		if d < 0 || d > capB {
 			t.Fatalf("Backoff(%d, %v) = %v, want within [0, %v] for %+v", n, u, d, capB, p)
 		}
 		if p.Jitter == NoJitter && n >= 0 && n < math.MaxInt {
-			if next := p.Backoff(n+1, u); next < d {
+			if next := p.Delay(n+1, u); next < d {
 				t.Fatalf("NoJitter not monotonic: Backoff(%d) = %v > Backoff(%d) = %v for %+v", n, d, n+1, next, p)
 			}
 		}
@@ -239,16 +246,16 @@ func FuzzPolicyValidate(f *testing.F) {
 			MinAttemptTime: time.Duration(minAttempt),
 			MaxPushback:    time.Duration(pushback),
 		}
-		if p.valid() != (p.explain() == nil) {
-			t.Fatalf("valid() = %v but explain() = %v for %+v", p.valid(), p.explain(), p)
-		}
-		if err := p.Validate(); err != nil {
+		d, err := p.Normalize()
+		if err != nil {
 			if len(err.Error()) < len("retry: Policy.X: ") {
 				t.Fatalf("error too short: %q", err)
 			}
 			return
 		}
-		d := p.withDefaults()
+		if again, err := d.Normalize(); err != nil || again != d {
+			t.Fatalf("Normalize not idempotent: %+v -> %+v, %v", d, again, err)
+		}
 		if d.MaxAttempts < 1 || d.InitialBackoff <= 0 || d.MaxBackoff < d.InitialBackoff || !(d.Multiplier >= 1) ||
 			d.JitterFactor < 0 || d.JitterFactor > 1 || d.MinAttemptTime <= 0 || d.MaxPushback <= 0 {
 			t.Fatalf("accepted policy has bad defaults: %+v", d)
