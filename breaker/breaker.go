@@ -87,8 +87,7 @@ type Breaker struct {
 	gen         uint64
 	state       State
 	win         window
-	folded      tally // the stripes' counts already stamped into win
-	foldedRej   uint64
+	folded      tally  // the stripes' counts already stamped into win
 	otherSucc   uint64 // successes recorded under the mutex
 	failures    uint64
 	otherIgn    uint64

@@ -2,7 +2,6 @@ package interceptors_test
 
 import (
 	"context"
-	"errors"
 	"net"
 	"slices"
 	"sync"
@@ -204,8 +203,6 @@ func (ev *events) retryDelays() []string {
 	}
 	return out
 }
-
-var errInjected = errors.New("injected by a test interceptor")
 
 // step is the scripted answer to one attempt (see script).
 type step struct {

@@ -50,7 +50,7 @@ func collect(t *testing.T, r sdkmetric.Reader) map[string]metricdata.Metrics {
 func attrMap(s attribute.Set) map[string]string {
 	out := map[string]string{}
 	for _, kv := range s.ToSlice() {
-		out[string(kv.Key)] = kv.Value.Emit()
+		out[string(kv.Key)] = kv.Value.String()
 	}
 	return out
 }
