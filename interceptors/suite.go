@@ -50,6 +50,8 @@ type Suite struct {
 	last  atomic.Pointer[conn] // the connection of the latest call
 	conns sync.Map             // *grpc.ClientConn -> *conn
 
+	nestedWarned, gmwWarned atomic.Bool // the warnings of layered, given once
+
 	cmu     sync.Mutex              // guards targets, nconns, sweepAt (and adding to conns)
 	targets map[string]*targetState // by cc.Target()
 	nconns  int                     // entries in conns
@@ -83,8 +85,9 @@ type conn struct {
 	// string's bytes (generated stubs pass the same constant string); a
 	// slot's entry keeps those bytes alive.
 	fast    [fastSlots]atomic.Pointer[entry]
-	methods sync.Map     // method -> *entry, at most maxCachedMethods
-	n       atomic.Int64 // methods stored in methods
+	methods sync.Map                 // method -> *entry, at most maxCachedMethods
+	n       atomic.Int64             // methods stored in methods
+	layers  [2]atomic.Pointer[layer] // of the unary and the stream chain (see layered)
 }
 
 // fastSlots is the size of conn.fast (a power of two).
