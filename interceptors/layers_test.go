@@ -136,4 +136,3 @@ func TestGMWRetryAroundSuiteWarns(t *testing.T) {
 func TestGMWAttemptKey(t *testing.T) {
 	assert.Equal(t, "x-retry-attempt", gmwretry.AttemptMetadataKey)
 }
-
