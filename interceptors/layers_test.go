@@ -136,3 +136,18 @@ func TestGMWRetryAroundSuiteWarns(t *testing.T) {
 func TestGMWAttemptKey(t *testing.T) {
 	assert.Equal(t, "x-retry-attempt", gmwretry.AttemptMetadataKey)
 }
+
+// BenchmarkUnarySuccessOnConn is BenchmarkUnarySuccess with a real
+// connection, so that the nesting check finds the connection's state.
+func BenchmarkUnarySuccessOnConn(b *testing.B) {
+	s, err := interceptors.New(map[string]interceptors.Policy{"*": {}})
+	require.NoError(b, err)
+	cc, stop, err := echoserver.Bufconn(echoserver.New(1))
+	require.NoError(b, err)
+	defer stop()
+	in := s.Unary()
+	req, reply := new(echov1.UnaryRequest), new(echov1.UnaryResponse)
+	run(b, func(ctx context.Context) error {
+		return in(ctx, unaryMethod, req, reply, cc, noopInvoker, staticOpts...)
+	})
+}
