@@ -19,7 +19,9 @@ import (
 	"github.com/khive/grpc-resilience/retry"
 )
 
-// ErrorInfo domain and reasons of the suite's errors.
+// ErrorInfo domain and reasons of the suite's errors (also those of a
+// resiliencev1.ResilienceInfo, which replaces the suite's ErrorInfo in a
+// status that has the server's).
 const (
 	ErrorDomain = "khive.grpc-resilience"
 
