@@ -1,21 +1,27 @@
 package interceptors
 
 import (
+	"math"
+	"slices"
 	"strconv"
 	"sync/atomic"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/khive/grpc-resilience/breaker"
+	resiliencev1 "github.com/khive/grpc-resilience/proto/khive/resilience/v1"
 	"github.com/khive/grpc-resilience/retry"
 )
 
-// ErrorInfo domain and reasons of the suite's errors.
+// ErrorInfo domain and reasons of the suite's errors (also those of a
+// resiliencev1.ResilienceInfo, which replaces the suite's ErrorInfo in a
+// status that has the server's).
 const (
 	ErrorDomain = "khive.grpc-resilience"
 
@@ -72,8 +78,10 @@ func newRejectError(method string, oe *breaker.OpenError) *rejectError {
 }
 
 // giveUpError is the error of a call whose retries stopped: the last
-// attempt's status (code and details) with an annotated message and an
-// ErrorInfo, built on first use. It unwraps to the *retry.Error.
+// attempt's status (code and details) with an annotated message and the
+// suite's ErrorInfo, or a resiliencev1.ResilienceInfo if the status has an
+// ErrorInfo already (one per status, AIP-193), built on first use. It
+// unwraps to the *retry.Error.
 type giveUpError struct {
 	re   *retry.Error
 	code codes.Code // the code the caller sees
@@ -102,11 +110,16 @@ func (e *giveUpError) GRPCStatus() *status.Status {
 	p := last.Proto()
 	p.Code = int32(e.code)
 	p.Message = annotation(e.re) + ": " + p.GetMessage()
-	if a, err := anypb.New(&errdetails.ErrorInfo{
+	var d proto.Message = &errdetails.ErrorInfo{
 		Reason:   reasonOf(e.re.Reason),
 		Domain:   ErrorDomain,
 		Metadata: map[string]string{"attempts": strconv.Itoa(e.re.Attempts), "reason": e.re.Reason.String()},
-	}); err == nil {
+	}
+	if slices.ContainsFunc(p.Details, func(a *anypb.Any) bool { return a.MessageIs((*errdetails.ErrorInfo)(nil)) }) {
+		d = &resiliencev1.ResilienceInfo{Reason: reasonOf(e.re.Reason), Domain: ErrorDomain,
+			Attempts: int32(min(e.re.Attempts, math.MaxInt32)), RetryReason: e.re.Reason.String()}
+	}
+	if a, err := anypb.New(d); err == nil {
 		p.Details = append(p.Details, a)
 	}
 	st := status.FromProto(p)

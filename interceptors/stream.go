@@ -92,6 +92,9 @@ func (s *Suite) Stream() grpc.StreamClientInterceptor { return s.stream }
 
 // stream is the stream client interceptor (Suite.Stream).
 func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if s.layered(ctx, cc, method, true) {
+		return streamer(ctx, desc, cc, method, opts...)
+	}
 	e := s.lookup(cc, method)
 	if e == nil {
 		return streamer(ctx, desc, cc, method, opts...)

@@ -50,6 +50,9 @@ type Suite struct {
 	last  atomic.Pointer[conn] // the connection of the latest call
 	conns sync.Map             // *grpc.ClientConn -> *conn
 
+	nestedWarned, gmwWarned atomic.Bool // the warnings of layered, given once
+	strict                  bool        // WithStrictKeys
+
 	cmu     sync.Mutex              // guards targets, nconns, sweepAt (and adding to conns)
 	targets map[string]*targetState // by cc.Target()
 	nconns  int                     // entries in conns
@@ -83,8 +86,9 @@ type conn struct {
 	// string's bytes (generated stubs pass the same constant string); a
 	// slot's entry keeps those bytes alive.
 	fast    [fastSlots]atomic.Pointer[entry]
-	methods sync.Map     // method -> *entry, at most maxCachedMethods
-	n       atomic.Int64 // methods stored in methods
+	methods sync.Map                 // method -> *entry, at most maxCachedMethods
+	n       atomic.Int64             // methods stored in methods
+	layers  [2]atomic.Pointer[layer] // of the unary and the stream chain (see layered)
 }
 
 // fastSlots is the size of conn.fast (a power of two).
@@ -113,18 +117,25 @@ func fastSlot(method string) uintptr {
 //	interceptors: policy "/echo.v1.Echo/*": Retry.MaxAttempts: must be at least 1, got -1
 //
 // New reports every problem: options first, then policies sorted by key,
-// joined with [errors.Join].
+// joined with [errors.Join]. A key with a space is an error; one whose
+// service or method the proto registry does not know is a warning, or an
+// error with [WithStrictKeys].
 func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	s := &Suite{o: defaultOptions()}
 	for _, o := range opts {
 		if o != nil {
 			o.apply(&s.o)
+			_, strict := o.(strictKeys)
+			s.strict = s.strict || strict
 		}
 	}
 	errs := s.o.validate()
 	tab, perrs := s.resolve(policies)
 	if err := joinErrors(append(errs, perrs...)); err != nil {
 		return nil, err
+	}
+	if s.o.logger != nil && !s.strict {
+		s.warnUnregistered(slices.Sorted(maps.Keys(policies)))
 	}
 	s.o.metrics = newMetrics(s.o.meterProvider, s.o.methodFilter)
 	s.headers = headerContexts(s.o.header)
@@ -152,6 +163,11 @@ func (s *Suite) resolve(policies map[string]Policy) (*table, []error) {
 		forced := p.Breaker.Mode == breaker.ForcedOpen
 		if forced {
 			p.Breaker.Mode = breaker.Closed
+		}
+		if checkKey(key) == nil {
+			if err := checkKeyName(key, s.strict); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		pol, err := resolvePolicy(key, p)
 		if err != nil {

@@ -114,6 +114,9 @@ func (st *unaryState) trailer() metadata.MD {
 // made here and a failure goes on in unaryCall.retry, so the success path
 // does only what it needs: lookup, admit, invoke, record, deposit.
 func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if s.layered(ctx, cc, method, false) {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
 	e := s.lookup(cc, method)
 	if e == nil {
 		return invoker(ctx, method, req, reply, cc, opts...)
