@@ -106,6 +106,12 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 		return nil, rej
 	}
 	maxAttempts := ov.attempts(e.pol.maxAttempts)
+	if e.pol.hedge != nil {
+		if n := e.hedges(ctx, ov); n > 1 && !desc.ClientStreams {
+			return newHedgeStream(e, ctx, p, n, desc, cc, streamer, opts, ov.after), nil
+		}
+		maxAttempts = 1 // not hedged: a single attempt
+	}
 	var after []grpc.CallOption
 	if ov.after > 0 && maxAttempts > 1 {
 		after, opts = splitAfter(opts, ov.after)
