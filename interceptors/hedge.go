@@ -359,17 +359,18 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 // reading its end returns at once.
 func drainAsync(a *hedgeAttempt) { _, _ = drain(a.cs) }
 
-// hedgeUnary runs a hedged unary call of u, its first attempt admitted with
-// p, with n attempts at most.
-func (u *unaryCall) hedge(p breaker.Permit, reply proto.Message, n int, after int) (error, bool) {
-	e := u.e
-	base, afterOpts := u.opts, []grpc.CallOption(nil)
+// hedgeUnary runs a hedged unary call, its first attempt admitted with p,
+// with n attempts at most, after of opts acting after the call. (Not a
+// method of unaryCall: that would move the success path's unaryCall to the
+// heap.)
+func (e *entry) hedgeUnary(ctx context.Context, req any, reply proto.Message, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption, p breaker.Permit, n, after int) (error, bool) {
+	base, afterOpts := opts, []grpc.CallOption(nil)
 	if after > 0 {
-		afterOpts, base = splitAfter(u.opts, after)
+		afterOpts, base = splitAfter(opts, after)
 	}
-	h := newHedger(e, u.ctx, n, base, afterOpts, targetName(u.cc))
+	h := newHedger(e, ctx, n, base, afterOpts, targetName(cc))
 	win, err, unhealthy := h.race(p, reply, func(a *hedgeAttempt) error {
-		return u.invoker(a.ctx, e.method, u.req, a.reply, u.cc, a.opts...)
+		return invoker(a.ctx, e.method, req, a.reply, cc, a.opts...)
 	})
 	for _, a := range h.atts {
 		a.cancel()

@@ -133,7 +133,7 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	if e.pol.hedge != nil {
 		if r, ok := reply.(proto.Message); ok {
 			if n := e.hedges(ctx, ov); n > 1 {
-				err, unhealthy := u.hedge(p, r, n, ov.after)
+				err, unhealthy := e.hedgeUnary(ctx, req, r, cc, invoker, opts, p, n, ov.after)
 				if unhealthy {
 					return e.fallback(ctx, req, reply, err)
 				}
