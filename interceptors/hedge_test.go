@@ -5,10 +5,13 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -360,4 +363,25 @@ func TestHedgePolicyValidation(t *testing.T) {
 	}
 	_, err := interceptors.New(map[string]interceptors.Policy{unaryMethod: {Hedge: interceptors.HedgePolicy{MaxAttempts: 2}}})
 	require.NoError(t, err)
+}
+
+func TestHedgeMetrics(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reader := sdkmetric.NewManualReader()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+		defer func() { _ = mp.Shutdown(context.Background()) }()
+		_, c := newHedgeEnv(t, hedge(3, 10*ms), map[int]hedgeStep{1: {delay: 100 * ms}, 2: {delay: 5 * ms}},
+			interceptors.WithMeterProvider(mp))
+		_, err, _ := callHedged(t, c)
+		require.NoError(t, err)
+		got := collect(t, reader)
+		m := got[interceptors.MetricCallHedges]
+		assert.Equal(t, "{hedge}", m.Unit)
+		assert.Equal(t, "Number of hedges during the client call. If there were no hedges, 0 is not reported.", m.Description)
+		n, sum, _ := histPoint(t, m, map[string]string{"grpc.method": strings.TrimPrefix(unaryMethod, "/")})
+		assert.Equal(t, uint64(1), n)
+		assert.Equal(t, 1.0, sum, "one hedge after the first attempt")
+		_, retried := got[interceptors.MetricCallRetries]
+		assert.False(t, retried, "a hedge is not a retry")
+	})
 }
