@@ -11,6 +11,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/stretchr/testify/assert"
@@ -383,5 +384,39 @@ func TestHedgeMetrics(t *testing.T) {
 		assert.Equal(t, 1.0, sum, "one hedge after the first attempt")
 		_, retried := got[interceptors.MetricCallRetries]
 		assert.False(t, retried, "a hedge is not a retry")
+	})
+}
+
+// TestHedgeIdempotency: the echo methods declare no idempotency_level, so
+// hedging them warns once per method; with RequireIdempotent, under a
+// service key, they get a single attempt.
+func TestHedgeIdempotency(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var warnings []string
+		logger := logging.LoggerFunc(func(_ context.Context, level logging.Level, msg string, _ ...any) {
+			if level == logging.LevelWarn {
+				mu.Lock()
+				warnings = append(warnings, msg)
+				mu.Unlock()
+			}
+		})
+		plan := map[int]hedgeStep{1: {delay: 100 * ms}, 2: {delay: 5 * ms}}
+		srv, c := newHedgeEnv(t, hedge(2, 10*ms), plan, interceptors.WithLogger(logger))
+		for range 3 {
+			_, err, _ := callHedged(t, c)
+			require.NoError(t, err)
+		}
+		assert.Equal(t, []string{"hedging a method not declared idempotent"}, warnings)
+		assert.Len(t, srv.startedAt(), 2)
+
+		strict := hedge(2, 10*ms)
+		strict.Hedge.RequireIdempotent = true
+		srv, c = newHedgeEnv(t, strict, plan)
+		resp, err, took := callHedged(t, c)
+		require.NoError(t, err)
+		assert.Equal(t, "1", resp.GetMessage())
+		assert.Equal(t, 100*ms, took, "not hedged: a single attempt")
+		assert.Len(t, srv.startedAt(), 1)
 	})
 }
