@@ -51,7 +51,8 @@ func (s *longTailServer) Unary(ctx context.Context, _ *echov1.UnaryRequest) (*ec
 // longTail makes calls sequential calls to a long-tail server (2% of the
 // attempts 50x slower) through a suite of pol, and returns the calls'
 // latency at quantile 0.5 and 0.99 and the attempts per call.
-func longTail(t *testing.T, pol interceptors.Policy, calls int) (p50, p99 time.Duration, perCall float64) {
+// settle (synctest.Wait, or nothing) runs after each call.
+func longTail(t testing.TB, pol interceptors.Policy, calls int, settle func()) (p50, p99 time.Duration, perCall float64) {
 	srv := &longTailServer{rng: rand.New(rand.NewPCG(1, 2)), slow: 0.02}
 	suite, err := interceptors.New(map[string]interceptors.Policy{echoService: pol}, interceptors.WithoutBudget())
 	require.NoError(t, err)
@@ -80,12 +81,34 @@ func longTail(t *testing.T, pol interceptors.Policy, calls int) (p50, p99 time.D
 		_, err := c.Unary(t.Context(), &echov1.UnaryRequest{})
 		require.NoError(t, err)
 		lat = append(lat, time.Since(start))
-		synctest.Wait() // the losers' handlers have returned
+		settle()
 	}
 	slices.Sort(lat)
+	_ = cc.Close()
+	gs.Stop() // the losers' handlers have returned
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	return lat[calls/2], lat[calls*99/100], float64(srv.attempts) / float64(calls)
+}
+
+var longTailPolicies = []interceptors.Policy{
+	{Retry: retry.Policy{MaxAttempts: 1}, Breaker: breaker.Config{Mode: breaker.Disabled}},
+	{Hedge: interceptors.HedgePolicy{MaxAttempts: 2, Delay: 3 * time.Millisecond}, Breaker: breaker.Config{Mode: breaker.Disabled}},
+	{Hedge: interceptors.HedgePolicy{MaxAttempts: 3, Delay: 3 * time.Millisecond}, Breaker: breaker.Config{Mode: breaker.Disabled}},
+}
+
+// BenchmarkHedgeLongTail is TestHedgeLongTailLatency on the real clock
+// (run it with -benchtime=2000x or more): p50 and p99 of the calls, and the
+// extra attempts per call.
+func BenchmarkHedgeLongTail(b *testing.B) {
+	for i, name := range []string{"none", "hedge2", "hedge3"} {
+		b.Run(name, func(b *testing.B) {
+			p50, p99, perCall := longTail(b, longTailPolicies[i], b.N, func() {})
+			b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+			b.ReportMetric(perCall-1, "extra-attempts/call")
+		})
+	}
 }
 
 // TestHedgeLongTailLatency measures, on synctest's virtual clock (latency
@@ -94,17 +117,16 @@ func longTail(t *testing.T, pol interceptors.Policy, calls int) (p50, p99 time.D
 // "Hedging" section.
 func TestHedgeLongTailLatency(t *testing.T) {
 	const calls = 5000
-	off := breaker.Config{Mode: breaker.Disabled}
 	for _, tc := range []struct {
 		name string
 		pol  interceptors.Policy
 	}{
-		{"no hedging", interceptors.Policy{Retry: retry.Policy{MaxAttempts: 1}, Breaker: off}},
-		{"hedge 2 attempts, 3ms", interceptors.Policy{Hedge: interceptors.HedgePolicy{MaxAttempts: 2, Delay: 3 * time.Millisecond}, Breaker: off}},
-		{"hedge 3 attempts, 3ms", interceptors.Policy{Hedge: interceptors.HedgePolicy{MaxAttempts: 3, Delay: 3 * time.Millisecond}, Breaker: off}},
+		{"no hedging", longTailPolicies[0]},
+		{"hedge 2 attempts, 3ms", longTailPolicies[1]},
+		{"hedge 3 attempts, 3ms", longTailPolicies[2]},
 	} {
 		synctest.Test(t, func(t *testing.T) {
-			p50, p99, perCall := longTail(t, tc.pol, calls)
+			p50, p99, perCall := longTail(t, tc.pol, calls, synctest.Wait)
 			t.Logf("%-22s p50 %v  p99 %v  attempts/call %.4f (extra %.4f)", tc.name, p50, p99, perCall, perCall-1)
 			if tc.pol.Hedge.MaxAttempts == 0 {
 				assert.Equal(t, 50*time.Millisecond, p99)
@@ -113,5 +135,21 @@ func TestHedgeLongTailLatency(t *testing.T) {
 				assert.Less(t, perCall-1, 0.05)
 			}
 		})
+	}
+}
+
+// BenchmarkUnaryHedgedSuccess is the cost of the hedged path when the
+// first attempt answers at once (no network): the goroutine, the timer and
+// the attempt's own reply.
+func BenchmarkUnaryHedgedSuccess(b *testing.B) {
+	s, err := interceptors.New(map[string]interceptors.Policy{"*": longTailPolicies[1]})
+	require.NoError(b, err)
+	in := s.Unary()
+	ctx := context.Background()
+	ok := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
+	req, reply := &echov1.UnaryRequest{}, &echov1.UnaryResponse{}
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = in(ctx, unaryMethod, req, reply, nil, ok)
 	}
 }
