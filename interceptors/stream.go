@@ -55,7 +55,9 @@ import (
 // Stream returns the stream client interceptor of the suite. It serves the
 // three streaming kinds with the same per-attempt step as [Suite.Unary]
 // (breaker, classification, [retry.Call]'s MaxAttempts, budget and
-// deadline); a method without a policy passes through untouched.
+// deadline); a method without a policy passes through untouched. A policy
+// with a [HedgePolicy] hedges server streams instead, and makes client and
+// bidi streams single attempts.
 //
 // A stream is retried only until it commits (gRFC A6): when a response
 // message or headers arrive, when the caller calls Header (once headers
