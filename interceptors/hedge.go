@@ -295,24 +295,22 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 				break
 			}
 			// Non-fatal: the next hedge at once, or after the pushback.
-			last = r
-			if inflight > 0 || hedging && len(h.atts) < h.n {
+			last, reason = r, retry.Exhausted
+			delay := time.Duration(0)
+			if vals := r.a.tlr[pushbackKey]; len(vals) > 0 {
+				ms, ok := pushback(vals)
+				if !ok {
+					hedging, reason = false, retry.NotRetryable
+				}
+				delay = msDuration(ms)
+			}
+			if inflight > 0 || hedging && len(h.atts) < h.n && ctx.Err() == nil {
 				r.a.permit.RetryAt(o, now)
 			} else {
 				r.a.permit.DoneAt(o, now) // the call's last attempt
 			}
 			if e.budget != nil {
 				e.budget.FailedAt(now)
-			}
-			reason = retry.Exhausted
-			delay := time.Duration(0)
-			if vals := r.a.tlr[pushbackKey]; len(vals) > 0 {
-				ms, ok := pushback(vals)
-				if !ok {
-					hedging = false
-					reason = retry.NotRetryable
-				}
-				delay = msDuration(ms)
 			}
 			timer.Reset(delay)
 			if inflight == 0 {

@@ -420,3 +420,36 @@ func TestHedgeIdempotency(t *testing.T) {
 		assert.Len(t, srv.startedAt(), 1)
 	})
 }
+
+// TestHedgeNonProtoReply: a reply that is not a proto.Message cannot get a
+// message per attempt: the call is a single attempt.
+func TestHedgeNonProtoReply(t *testing.T) {
+	s, err := interceptors.New(map[string]interceptors.Policy{"*": hedge(3, 0)})
+	require.NoError(t, err)
+	calls := 0
+	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+		calls++
+		return status.Error(codes.Unavailable, "down")
+	}
+	err = s.Unary()(t.Context(), unaryMethod, nil, new(string), nil, invoker)
+	assert.Equal(t, codes.Unavailable, status.Code(err))
+	assert.Equal(t, 1, calls)
+}
+
+// TestHedgeCallOptions: Header, Trailer and OnFinish options see the
+// winner's metadata, once.
+func TestHedgeCallOptions(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, c := newHedgeEnv(t, hedge(2, 10*ms), map[int]hedgeStep{1: {delay: 100 * ms}, 2: {delay: 5 * ms, pushback: "1"}})
+		var hdr, tlr metadata.MD
+		finished := 0
+		resp, err := c.Unary(t.Context(), &echov1.UnaryRequest{}, grpc.Header(&hdr), grpc.Trailer(&tlr),
+			grpc.OnFinish(func(error) { finished++ }))
+		synctest.Wait()
+		require.NoError(t, err)
+		assert.Equal(t, "2", resp.GetMessage())
+		assert.NotNil(t, hdr)
+		assert.NotNil(t, tlr)
+		assert.Equal(t, 1, finished)
+	})
+}
