@@ -217,7 +217,10 @@ func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAtt
 	if reply != nil {
 		a.reply = reply.ProtoReflect().New().Interface()
 	}
-	actx, cancel := h.e.pol.retry.AttemptContext(h.e.s.retryContext(h.ctx, len(h.atts)+1, &h.spare))
+	actx, cancel := h.e.s.retryContext(h.ctx, len(h.atts)+1, &h.spare), context.CancelFunc(func() {})
+	if reply != nil { // a stream's winner lives on: no AttemptTimeout
+		actx, cancel = h.e.pol.retry.AttemptContext(actx)
+	}
 	a.ctx, a.cancel = context.WithCancel(actx)
 	a.opts = append(append(make([]grpc.CallOption, 0, len(h.base)+3), h.base...), grpc.Header(&a.hdr), grpc.Trailer(&a.tlr))
 	if h.peer {

@@ -54,7 +54,7 @@ type Policy struct {
 	// Hedge, if MaxAttempts is set, hedges the calls instead of retrying
 	// them (gRFC A6: a method has a retry or a hedging policy): Retry's
 	// MaxAttempts must then be 0 or 1; its AttemptTimeout bounds each
-	// attempt.
+	// attempt of a unary call.
 	Hedge HedgePolicy
 }
 
