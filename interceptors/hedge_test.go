@@ -38,6 +38,7 @@ type hedgeStep struct {
 	code     codes.Code
 	pushback string
 	msgs     int
+	header   bool // a stream sends its headers before the delay
 }
 
 // hedgeServer answers each attempt (numbered from the attempt header) as
@@ -96,6 +97,9 @@ func (s *hedgeServer) Unary(ctx context.Context, _ *echov1.UnaryRequest) (*echov
 func (s *hedgeServer) ServerStream(_ *echov1.ServerStreamRequest, stream grpc.ServerStreamingServer[echov1.ServerStreamResponse]) error {
 	ctx := stream.Context()
 	n, st := s.begin(ctx)
+	if st.header {
+		_ = stream.SendHeader(metadata.Pairs("attempt", strconv.Itoa(n)))
+	}
 	if err := s.wait(ctx, n, st); err != nil {
 		return err
 	}
@@ -451,5 +455,25 @@ func TestHedgeCallOptions(t *testing.T) {
 		assert.NotNil(t, hdr)
 		assert.NotNil(t, tlr)
 		assert.Equal(t, 1, finished)
+	})
+}
+
+// TestHedgeServerStreamHeadersCommit: headers commit a stream (gRFC A6):
+// no hedge follows them, however late the first message.
+func TestHedgeServerStreamHeadersCommit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, c := newHedgeEnv(t, hedge(3, 10*ms), map[int]hedgeStep{1: {delay: 100 * ms, msgs: 1, header: true}, 2: {delay: ms, msgs: 1}})
+		st, err := c.ServerStream(t.Context(), &echov1.ServerStreamRequest{Message: "x"})
+		require.NoError(t, err)
+		m, err := st.Recv()
+		require.NoError(t, err)
+		assert.Equal(t, "1", m.GetMessage())
+		hdr, err := st.Header()
+		require.NoError(t, err)
+		assert.Equal(t, []string{"1"}, hdr.Get("attempt"))
+		_, err = st.Recv()
+		assert.Equal(t, io.EOF, err)
+		synctest.Wait()
+		assert.Equal(t, map[int]time.Duration{1: 0}, srv.startedAt())
 	})
 }
