@@ -18,8 +18,7 @@ type Config struct {
 	// Budget is the retry budget of the document.
 	Budget Budget
 	// Ignored lists the paths of the grpc fields of the document that
-	// neither the interceptors nor DialOptions apply: hedgingPolicy and
-	// connectionScaling, such as "methodConfig[0].hedgingPolicy".
+	// neither the interceptors nor DialOptions apply: connectionScaling.
 	Ignored []string
 
 	timeouts   map[string]time.Duration // by policy key

@@ -22,7 +22,9 @@
 // codes are grpc's upper-case names ("CANCELLED") or integers; durations are
 // strings of seconds ("0.1s"). A field written twice, in any spelling, and
 // any unknown field are errors. A retryPolicy is checked as grpc-go checks
-// it, its maxAttempts capped at 5 ([WithMaxAttempts] changes the cap). This
+// it, its maxAttempts capped at 5 ([WithMaxAttempts] changes the cap); a
+// hedgingPolicy (gRFC A6) becomes [interceptors.HedgePolicy], its
+// maxAttempts capped the same way. This
 // library's fields follow the rule of the Go API: zero or absent means the
 // default, a negative value turns off what can be off and is an error
 // elsewhere, an absent list means the default and an empty list none. The

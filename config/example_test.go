@@ -13,7 +13,6 @@ func Example() {
 methodConfig:
   - name: [{service: khive.echo.v1.EchoService}]
     timeout: 2s            # applied by cfg.DialOptions
-    hedgingPolicy: {maxAttempts: 2, hedgingDelay: 0.1s} # not supported: listed in Ignored
     retryPolicy:
       maxAttempts: 3
       initialBackoff: 0.1s
@@ -35,7 +34,7 @@ retryThrottling: {maxTokens: 10, tokenRatio: 0.1}
 	fmt.Println(suite != nil, err)
 	// Output:
 	// 3 100ms proportional [Unavailable Aborted]
-	// 5 token-bucket [methodConfig[0].hedgingPolicy]
+	// 5 token-bucket []
 	// true <nil>
 }
 

@@ -38,9 +38,10 @@ func WithMaxBytes(n int) Option { return optionFunc(func(o *options) { o.maxByte
 // (default DefaultMaxValues). n must be positive.
 func WithMaxValues(n int) Option { return optionFunc(func(o *options) { o.maxValues = n }) }
 
-// WithMaxAttempts sets the cap on retryPolicy.maxAttempts (default
-// DefaultMaxAttempts), as grpc.WithMaxCallAttempts does for grpc-go: a
-// larger maxAttempts is read as n. n must be at least 2.
+// WithMaxAttempts sets the cap on retryPolicy.maxAttempts and
+// hedgingPolicy.maxAttempts (default DefaultMaxAttempts), as
+// grpc.WithMaxCallAttempts does for grpc-go: a larger maxAttempts is read as
+// n. n must be at least 2.
 func WithMaxAttempts(n int) Option { return optionFunc(func(o *options) { o.maxAttempts = n }) }
 
 // WithLogger logs a warning to l for each field of [Config.Ignored] when a

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -38,9 +40,6 @@ func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, c *Config, p *pr
 		if mc == nil {
 			p.add(path, "must not be null")
 			continue
-		}
-		if mc.GetHedgingPolicy() != nil {
-			c.Ignored = append(c.Ignored, join(path, "hedgingPolicy"))
 		}
 		pol, timeout := validateMethod(mc, path, maxAttempts, p)
 		for j, n := range mc.GetName() {
@@ -104,6 +103,13 @@ func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int,
 	pol.Retry = retry.Policy{MaxAttempts: 1} // no retryPolicy: one attempt (A6)
 	if rp := mc.GetRetryPolicy(); rp != nil {
 		pol.Retry, pol.RetryableCodes = validateRetry(rp, join(path, "retryPolicy"), maxAttempts, p)
+	}
+	if hp := mc.GetHedgingPolicy(); hp != nil {
+		hpath := join(path, "hedgingPolicy")
+		if mc.GetRetryPolicy() != nil {
+			p.add(hpath, "a methodConfig has a retryPolicy or a hedgingPolicy, not both (gRFC A6)")
+		}
+		pol.Hedge = validateHedge(hp, hpath, maxAttempts, p)
 	}
 	if cb := mc.GetCircuitBreaker(); cb != nil {
 		pol.Breaker, pol.FailureCodes = validateBreaker(cb, join(path, "circuitBreaker"), p)
@@ -406,4 +412,50 @@ func codeHint(s string) string {
 		return fmt.Sprintf(" (names are upper case, as grpc spells them: %s)", quote(u))
 	}
 	return ""
+}
+
+// validateHedge checks a hedgingPolicy (gRFC A6: maxAttempts, capped at
+// maxAttempts as a retryPolicy's; hedgingDelay, default 0;
+// nonFatalStatusCodes, default none).
+func validateHedge(hp *structpb.Struct, path string, maxAttempts int, p *problems) interceptors.HedgePolicy {
+	var h interceptors.HedgePolicy
+	fields := hp.GetFields()
+	for _, k := range slices.Sorted(maps.Keys(fields)) {
+		v, fpath := fields[k], join(path, k)
+		switch k {
+		case "maxAttempts":
+			f, ok := v.GetKind().(*structpb.Value_NumberValue)
+			switch {
+			case !ok || f.NumberValue != math.Trunc(f.NumberValue):
+				p.addf(fpath, "must be an integer, got %s", protojson.Format(v))
+			case f.NumberValue < 2:
+				p.addf(fpath, "must be at least 2, got %v", f.NumberValue)
+			default:
+				h.MaxAttempts = int(min(f.NumberValue, float64(maxAttempts)))
+			}
+		case "hedgingDelay":
+			d := new(durationpb.Duration)
+			_, ok := v.GetKind().(*structpb.Value_StringValue)
+			b, _ := json.Marshal(v.GetStringValue())
+			if !ok || protojson.Unmarshal(b, d) != nil {
+				p.addf(fpath, `must be a duration such as "0.1s", got %s`, protojson.Format(v))
+				continue
+			}
+			if h.Delay = duration(d, fpath, p); h.Delay < 0 {
+				p.addf(fpath, "must not be negative, got %v", h.Delay)
+			}
+		case "nonFatalStatusCodes":
+			if l := v.GetListValue(); l != nil {
+				h.NonFatalCodes = statusCodes(l.GetValues(), fpath, p)
+			} else {
+				p.addf(fpath, "must be a list of status codes, got %s", protojson.Format(v))
+			}
+		default:
+			p.add(fpath, "unknown field")
+		}
+	}
+	if _, ok := fields["maxAttempts"]; !ok {
+		p.add(join(path, "maxAttempts"), "required (at least 2)")
+	}
+	return h
 }

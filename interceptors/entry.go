@@ -300,7 +300,11 @@ func (e *entry) callEnded(ctx context.Context, cs *callStats, attempts int) {
 	}
 	m := e.s.o.metrics
 	a := m.callAttrs(m.methodAttr(e.method, cs.opts), cs.target, "")
-	m.retries.Record(ctx, int64(attempts-1), a.rec...)
+	if cs.hedged {
+		m.hedges.Record(ctx, int64(attempts-1), a.rec...)
+	} else {
+		m.retries.Record(ctx, int64(attempts-1), a.rec...)
+	}
 	m.retryDelay.Record(ctx, cs.waited.Seconds(), a.rec...)
 }
 

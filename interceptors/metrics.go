@@ -27,6 +27,7 @@ const MetricPrefix = "khive.resilience."
 const (
 	MetricCallRetries    = "grpc.client.call.retries"
 	MetricCallRetryDelay = "grpc.client.call.retry_delay"
+	MetricCallHedges     = "grpc.client.call.hedges"
 
 	MetricRejections          = MetricPrefix + "rejections"
 	MetricBreakerState        = MetricPrefix + "breaker.state"
@@ -61,11 +62,13 @@ var retryBounds = []float64{0, 1, 2, 3, 4, 5}
 // before that follow it).
 //
 // Per call, as gRFC A96 (attributes grpc.method and grpc.target, the
-// connection's cc.Target()), recorded when a call that retried ends: a call
-// without retries records nothing.
+// connection's cc.Target()), recorded when a call of more than one attempt
+// ends: a call of one attempt records nothing.
 //
 //   - grpc.client.call.retries (histogram, {retry}, buckets 0..5): the
-//     attempts after the first.
+//     attempts after the first, of a retried call.
+//   - grpc.client.call.hedges (histogram, {hedge}, buckets 0..5): the
+//     attempts after the first, of a hedged call ([HedgePolicy]).
 //   - grpc.client.call.retry_delay (histogram, s, gRFC A66's latency
 //     buckets): the time the call spent waiting between its attempts.
 //
@@ -73,7 +76,7 @@ var retryBounds = []float64{0, 1, 2, 3, 4, 5}
 // carries grpc.StaticMethod() (generated stubs add it), else "other", as
 // grpc's OpenTelemetry plugin does; WithMetricsMethodFilter names more.
 // The suite records no transparent retries (grpc makes them below the
-// interceptors, unseen) and no hedges (it does not hedge).
+// interceptors, unseen).
 //
 // The suite's own instruments, under MetricPrefix:
 //
@@ -115,6 +118,7 @@ func WithMetricsMethodFilter(f func(method string) bool) Option {
 // metrics holds the suite's instruments.
 type metrics struct {
 	retries     metric.Int64Histogram
+	hedges      metric.Int64Histogram
 	retryDelay  metric.Float64Histogram
 	transitions metric.Int64Counter
 	filter      func(string) bool
@@ -164,6 +168,10 @@ func newMetrics(mp metric.MeterProvider, filter func(string) bool) *metrics {
 	}
 	m.retries, err = meter.Int64Histogram(MetricCallRetries, metric.WithUnit("{retry}"),
 		metric.WithDescription("Number of retries during the client call. If there were no retries, 0 is not reported."),
+		metric.WithExplicitBucketBoundaries(retryBounds...))
+	handle(err)
+	m.hedges, err = meter.Int64Histogram(MetricCallHedges, metric.WithUnit("{hedge}"),
+		metric.WithDescription("Number of hedges during the client call. If there were no hedges, 0 is not reported."),
 		metric.WithExplicitBucketBoundaries(retryBounds...))
 	handle(err)
 	m.retryDelay, err = meter.Float64Histogram(MetricCallRetryDelay, metric.WithUnit("s"),
@@ -285,6 +293,7 @@ type callStats struct {
 	opts   []grpc.CallOption // the call's options (grpc.StaticMethod)
 	target string            // the connection's cc.Target()
 	waited time.Duration     // time spent waiting between attempts
+	hedged bool              // a hedged call: its attempts count as hedges
 }
 
 // targetName returns the call's target ("" for a nil cs).

@@ -50,6 +50,12 @@ type Policy struct {
 	// caller sees instead. It is not called for application errors (such as
 	// NOT_FOUND) nor for calls the caller canceled. Streams never use it.
 	Fallback func(ctx context.Context, method string, req, reply any, err error) error
+
+	// Hedge, if MaxAttempts is set, hedges the calls instead of retrying
+	// them (gRFC A6: a method has a retry or a hedging policy): Retry's
+	// MaxAttempts must then be 0 or 1; its AttemptTimeout bounds each
+	// attempt of a unary call.
+	Hedge HedgePolicy
 }
 
 // codeSet is a set of status codes below 64.
@@ -80,6 +86,7 @@ type policy struct {
 	retryable   codeSet
 	failure     codeSet
 	fallback    func(ctx context.Context, method string, req, reply any, err error) error
+	hedge       *hedgePolicy // nil: no hedging
 }
 
 // configError is a validation error of New: it names the policy key and the
@@ -160,6 +167,9 @@ func resolvePolicy(key string, p Policy) (*policy, error) {
 		if pol.failure, err = codeList(key, "FailureCodes", p.FailureCodes); err != nil {
 			return nil, err
 		}
+	}
+	if err := resolveHedge(key, p, pol); err != nil {
+		return nil, err
 	}
 	return pol, nil
 }

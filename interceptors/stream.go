@@ -55,7 +55,9 @@ import (
 // Stream returns the stream client interceptor of the suite. It serves the
 // three streaming kinds with the same per-attempt step as [Suite.Unary]
 // (breaker, classification, [retry.Call]'s MaxAttempts, budget and
-// deadline); a method without a policy passes through untouched.
+// deadline); a method without a policy passes through untouched. A policy
+// with a [HedgePolicy] hedges server streams instead, and makes client and
+// bidi streams single attempts.
 //
 // A stream is retried only until it commits (gRFC A6): when a response
 // message or headers arrive, when the caller calls Header (once headers
@@ -109,6 +111,12 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 		return nil, rej
 	}
 	maxAttempts := ov.attempts(e.pol.maxAttempts)
+	if e.pol.hedge != nil {
+		if n := e.hedges(ctx, ov); n > 1 && !desc.ClientStreams {
+			return newHedgeStream(e, ctx, p, n, desc, cc, streamer, opts, ov.after), nil
+		}
+		maxAttempts = 1 // not hedged: a single attempt
+	}
 	var after []grpc.CallOption
 	if ov.after > 0 && maxAttempts > 1 {
 		after, opts = splitAfter(opts, ov.after)

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/khive/grpc-resilience/breaker"
 )
@@ -132,6 +133,18 @@ func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *gr
 	ov, opts := splitCallOptions(opts)
 	u := unaryCall{e: e, ctx: ctx, req: req, reply: reply, cc: cc, invoker: invoker, opts: opts}
 	maxAttempts := ov.attempts(e.pol.maxAttempts)
+	if e.pol.hedge != nil {
+		if r, ok := reply.(proto.Message); ok {
+			if n := e.hedges(ctx, ov); n > 1 {
+				err, unhealthy := e.hedgeUnary(ctx, req, r, cc, invoker, opts, p, n, ov.after)
+				if unhealthy {
+					return e.fallback(ctx, req, reply, err)
+				}
+				return err
+			}
+		}
+		maxAttempts = 1 // not hedged: a single attempt
+	}
 	if maxAttempts > 1 {
 		u.st = newUnaryState(opts, ov.after)
 	}

@@ -15,8 +15,8 @@
 // A grpc-go service config parses as it is: status codes may be names
 // ("UNAVAILABLE") or numbers (14), durations are strings such as "0.1s".
 // The grpc fields the interceptors do not act on go to grpc itself
-// (Config.DialOptions of package config), except hedging_policy and
-// connection_scaling, which are accepted and ignored; any other unknown
+// (Config.DialOptions of package config), except connection_scaling,
+// which is accepted and ignored; any other unknown
 // field is an error. The fields of this library read zero or absent as the
 // default, a negative value as "off" where the setting can be off (an error
 // elsewhere), an absent list as the default and an empty list as none. The
@@ -214,8 +214,8 @@ type MethodConfig struct {
 	// retry_policy enables retries (gRFC A6 fields plus ours). Without it the
 	// methods are tried once, as in grpc.
 	RetryPolicy *RetryPolicy `protobuf:"bytes,6,opt,name=retry_policy,json=retryPolicy,proto3" json:"retry_policy,omitempty"`
-	// hedging_policy is a grpc field; accepted and ignored (grpc-go ignores it
-	// too).
+	// hedging_policy is a grpc field (gRFC A6: maxAttempts, hedgingDelay,
+	// nonFatalStatusCodes), applied by the interceptors (Policy.Hedge).
 	HedgingPolicy *structpb.Struct `protobuf:"bytes,7,opt,name=hedging_policy,json=hedgingPolicy,proto3" json:"hedging_policy,omitempty"`
 	// circuit_breaker (ours) configures the per-method circuit breaker. Without
 	// it the methods get the library's default breaker.
