@@ -407,7 +407,6 @@ type hedgeStream struct {
 
 	mu     sync.Mutex
 	req    any
-	closed bool // CloseSend called
 	once   sync.Once
 	win    *hedgeAttempt
 	err    error // the race's error, or the winner's end

@@ -28,8 +28,6 @@ import (
 	echov1 "github.com/khive/grpc-resilience/internal/echov1"
 )
 
-const streamMethod = "/khive.echo.v1.EchoService/ServerStream"
-
 // hedgeStep is what the hedge server does for one attempt: wait delay (or
 // until the attempt is canceled), then fail with code (and a pushback
 // trailer if set) or answer (a stream: msgs messages).
@@ -172,18 +170,18 @@ const ms = time.Millisecond
 
 // callHedged makes one unary call and returns its reply, error and
 // duration, after every handler returned (synctest.Wait).
-func callHedged(t *testing.T, c echov1.EchoServiceClient) (*echov1.UnaryResponse, error, time.Duration) {
+func callHedged(t *testing.T, c echov1.EchoServiceClient) (*echov1.UnaryResponse, time.Duration, error) {
 	start := time.Now()
 	resp, err := c.Unary(t.Context(), &echov1.UnaryRequest{Message: "x"})
 	took := time.Since(start)
 	synctest.Wait()
-	return resp, err, took
+	return resp, took, err
 }
 
 func TestHedgeFirstResponseWinsAndLosersAreCanceled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, c := newHedgeEnv(t, hedge(3, 10*ms), map[int]hedgeStep{1: {delay: 100 * ms}, 2: {delay: 5 * ms}, 3: {delay: 100 * ms}})
-		resp, err, took := callHedged(t, c)
+		resp, took, err := callHedged(t, c)
 		require.NoError(t, err)
 		assert.Equal(t, "2", resp.GetMessage(), "the first response wins")
 		assert.Equal(t, 15*ms, took)
@@ -196,7 +194,7 @@ func TestHedgeFirstResponseWinsAndLosersAreCanceled(t *testing.T) {
 func TestHedgeDelayBetweenHedges(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, c := newHedgeEnv(t, hedge(3, 10*ms), map[int]hedgeStep{1: {delay: 100 * ms}, 2: {delay: 100 * ms}, 3: {delay: 100 * ms}})
-		resp, err, took := callHedged(t, c)
+		resp, took, err := callHedged(t, c)
 		require.NoError(t, err)
 		assert.Equal(t, "1", resp.GetMessage())
 		assert.Equal(t, 100*ms, took)
@@ -209,7 +207,7 @@ func TestHedgeNonFatalSendsNextAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, c := newHedgeEnv(t, hedge(3, 50*ms, codes.Unavailable),
 			map[int]hedgeStep{1: {delay: 2 * ms, code: codes.Unavailable}, 2: {delay: 1 * ms}})
-		resp, err, took := callHedged(t, c)
+		resp, took, err := callHedged(t, c)
 		require.NoError(t, err)
 		assert.Equal(t, "2", resp.GetMessage())
 		assert.Equal(t, 3*ms, took)
@@ -221,7 +219,7 @@ func TestHedgeNonFatalAllFail(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, c := newHedgeEnv(t, hedge(3, 50*ms, codes.Unavailable), map[int]hedgeStep{
 			1: {delay: ms, code: codes.Unavailable}, 2: {delay: ms, code: codes.Unavailable}, 3: {delay: ms, code: codes.Unavailable}})
-		_, err, took := callHedged(t, c)
+		_, took, err := callHedged(t, c)
 		assert.Equal(t, codes.Unavailable, status.Code(err))
 		assert.Equal(t, 3*ms, took)
 		assert.Len(t, srv.startedAt(), 3)
@@ -232,7 +230,7 @@ func TestHedgeFatalStatusWins(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, c := newHedgeEnv(t, hedge(3, 10*ms, codes.Unavailable),
 			map[int]hedgeStep{1: {delay: 100 * ms}, 2: {delay: 5 * ms, code: codes.InvalidArgument}, 3: {delay: 100 * ms}})
-		_, err, took := callHedged(t, c)
+		_, took, err := callHedged(t, c)
 		assert.Equal(t, codes.InvalidArgument, status.Code(err))
 		assert.Equal(t, 15*ms, took)
 		assert.Equal(t, []int{1}, srv.canceledAttempts())
@@ -244,7 +242,7 @@ func TestHedgePushbackDelaysNextHedge(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, c := newHedgeEnv(t, hedge(3, 10*ms, codes.Unavailable),
 			map[int]hedgeStep{1: {delay: ms, code: codes.Unavailable, pushback: "30"}, 2: {delay: ms}})
-		resp, err, took := callHedged(t, c)
+		resp, took, err := callHedged(t, c)
 		require.NoError(t, err)
 		assert.Equal(t, "2", resp.GetMessage())
 		assert.Equal(t, map[int]time.Duration{1: 0, 2: 31 * ms}, srv.startedAt())
@@ -256,7 +254,7 @@ func TestHedgeNegativePushbackStopsHedging(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		srv, c := newHedgeEnv(t, hedge(3, 10*ms, codes.Unavailable),
 			map[int]hedgeStep{1: {delay: ms, code: codes.Unavailable, pushback: "-1"}, 2: {delay: ms}})
-		_, err, took := callHedged(t, c)
+		_, took, err := callHedged(t, c)
 		assert.Equal(t, codes.Unavailable, status.Code(err))
 		assert.Equal(t, ms, took)
 		assert.Equal(t, map[int]time.Duration{1: 0}, srv.startedAt())
@@ -269,7 +267,7 @@ func TestHedgeBudgetRefusesHedge(t *testing.T) {
 		srv, c := newHedgeEnv(t, hedge(3, 10*ms, codes.Unavailable),
 			map[int]hedgeStep{1: {delay: ms, code: codes.Unavailable}, 2: {delay: ms}},
 			interceptors.WithTokenBucket(2, 0.1))
-		_, err, _ := callHedged(t, c)
+		_, _, err := callHedged(t, c)
 		assert.Equal(t, codes.Unavailable, status.Code(err))
 		assert.Equal(t, map[int]time.Duration{1: 0}, srv.startedAt(), "the refused hedge is not sent")
 	})
@@ -288,7 +286,7 @@ func TestHedgeEachHedgeIsABreakerAttempt(t *testing.T) {
 				opened = append(opened, method+" "+to.String())
 				mu.Unlock()
 			}))
-		_, err, _ := callHedged(t, c)
+		_, _, err := callHedged(t, c)
 		assert.Equal(t, codes.Unavailable, status.Code(err))
 		assert.Len(t, srv.startedAt(), 3)
 		mu.Lock()
@@ -377,11 +375,13 @@ func TestHedgeMetrics(t *testing.T) {
 		defer func() { _ = mp.Shutdown(context.Background()) }()
 		_, c := newHedgeEnv(t, hedge(3, 10*ms), map[int]hedgeStep{1: {delay: 100 * ms}, 2: {delay: 5 * ms}},
 			interceptors.WithMeterProvider(mp))
-		_, err, _ := callHedged(t, c)
+		_, _, err := callHedged(t, c)
 		require.NoError(t, err)
 		got := collect(t, reader)
 		m := got[interceptors.MetricCallHedges]
 		assert.Equal(t, "{hedge}", m.Unit)
+		assert.Equal(t, "histogram[int64]", kindOf(m), "as grpc.client.call.retries (gRFC A96)")
+		assert.Equal(t, "grpc.method,grpc.target", attrKeys(m))
 		assert.Equal(t, "Number of hedges during the client call. If there were no hedges, 0 is not reported.", m.Description)
 		n, sum, _ := histPoint(t, m, map[string]string{"grpc.method": strings.TrimPrefix(unaryMethod, "/")})
 		assert.Equal(t, uint64(1), n)
@@ -408,7 +408,7 @@ func TestHedgeIdempotency(t *testing.T) {
 		plan := map[int]hedgeStep{1: {delay: 100 * ms}, 2: {delay: 5 * ms}}
 		srv, c := newHedgeEnv(t, hedge(2, 10*ms), plan, interceptors.WithLogger(logger))
 		for range 3 {
-			_, err, _ := callHedged(t, c)
+			_, _, err := callHedged(t, c)
 			require.NoError(t, err)
 		}
 		assert.Equal(t, []string{"hedging a method not declared idempotent"}, warnings)
@@ -417,7 +417,7 @@ func TestHedgeIdempotency(t *testing.T) {
 		strict := hedge(2, 10*ms)
 		strict.Hedge.RequireIdempotent = true
 		srv, c = newHedgeEnv(t, strict, plan)
-		resp, err, took := callHedged(t, c)
+		resp, took, err := callHedged(t, c)
 		require.NoError(t, err)
 		assert.Equal(t, "1", resp.GetMessage())
 		assert.Equal(t, 100*ms, took, "not hedged: a single attempt")

@@ -238,16 +238,6 @@ func observe(snap Snapshot, o metric.Observer, state metric.Int64ObservableGauge
 	}
 }
 
-// unregister stops the observable instruments' callback, which otherwise
-// keeps the suite reachable from the MeterProvider. (For a Suite.Close.)
-func (m *metrics) unregister() {
-	if m.reg != nil {
-		if err := m.reg.Unregister(); err != nil {
-			otel.Handle(err)
-		}
-	}
-}
-
 // bind makes s the suite the observable instruments report; New calls it
 // once.
 func (m *metrics) bind(s *Suite) {

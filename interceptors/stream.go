@@ -21,7 +21,7 @@ package interceptors
 // RecvMsg; retrying while it is in end, everyone else waiting in wait, which
 // honours the caller's context. end is the one path from an attempt's end
 // onwards: io.EOF goes to finish; a failure goes through decide →
-// afterFailure → nextAttempt (step.go), which finish the stream or admit a
+// afterFailure → nextAttempt (entry.go), which finish the stream or admit a
 // new attempt, which end opens and replays the kept ops on (each sent
 // message from its encoding, then CloseSend), looping if it fails too.
 // finish (endLocked, then ended) is the one place the stream ends.
