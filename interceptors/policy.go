@@ -29,7 +29,7 @@ type Policy struct {
 	Breaker breaker.Config
 
 	// RetryableCodes are the codes retried with backoff. nil means
-	// {Unavailable}. RESOURCE_EXHAUSTED is retried only when the server gave a
+	// {Unavailable}; an empty list, none. RESOURCE_EXHAUSTED is retried only when the server gave a
 	// delay hint (grpc-retry-pushback-ms or google.rpc.RetryInfo), whether or
 	// not it is listed; DEADLINE_EXCEEDED only if listed and only before the
 	// caller's deadline (that is, when an attempt timeout expired or the
@@ -37,7 +37,7 @@ type Policy struct {
 	RetryableCodes []codes.Code
 	// FailureCodes are the codes the breaker counts as failures. nil means
 	// {Unavailable, Internal, Unknown, DataLoss, ResourceExhausted,
-	// DeadlineExceeded}. CANCELED is always ignored, and DEADLINE_EXCEEDED
+	// DeadlineExceeded}; an empty list, none. CANCELED is always ignored, and DEADLINE_EXCEEDED
 	// once the caller's context is done or its deadline has passed; every
 	// code not listed counts as a success (the server answered).
 	FailureCodes []codes.Code
