@@ -50,14 +50,8 @@ type breakerSig struct {
 }
 
 func sigOf(c breaker.Counts) breakerSig {
-	return breakerSig{
-		state:      c.State,
-		calls:      c.Successes + c.Failures + c.Ignored,
-		rejections: c.Rejections,
-		throttled:  c.Throttled,
-		gen:        c.Generation,
-		tran:       c.Transitions,
-	}
+	calls := c.Successes + c.Failures + c.Ignored
+	return breakerSig{c.State, calls, c.Rejections, c.Throttled, c.Generation, c.Transitions}
 }
 
 // registry holds the breakers of a Suite, keyed by breaker key, across
@@ -174,20 +168,12 @@ func (r *registry) sweep(now time.Time) {
 		return
 	}
 	r.lastSweep = now
-	dropped := false
-	for k, rec := range r.recs {
+	r.evicted += uint64(r.dropWhere(func(_ bkey, rec *record) bool {
 		sig := sigOf(rec.brk.Counts())
-		if rec.swept && sig == rec.sig && sig.state == breaker.Closed {
-			r.drop(k, rec)
-			r.evicted++
-			dropped = true
-			continue
-		}
+		idle := rec.swept && sig == rec.sig && sig.state == breaker.Closed
 		rec.sig, rec.swept = sig, true
-	}
-	if dropped {
-		r.invalidate()
-	}
+		return idle
+	}))
 }
 
 // dropTargets drops the closed breakers of the targets in gone, which have
@@ -196,31 +182,27 @@ func (r *registry) sweep(now time.Time) {
 func (r *registry) dropTargets(gone map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	dropped := false
+	r.dropWhere(func(k bkey, rec *record) bool { return gone[k.target] && rec.brk.State() == breaker.Closed })
+}
+
+// dropWhere removes the breakers that drop selects and retires them (r.mu
+// held). If it removed any, it replaces the suite's table with a copy (as
+// every writer of the table, under r.mu), so that no cached entry keeps
+// using them. It returns how many it removed.
+func (r *registry) dropWhere(drop func(bkey, *record) bool) int {
+	n := 0
 	for k, rec := range r.recs {
-		if gone[k.target] && rec.brk.State() == breaker.Closed {
-			r.drop(k, rec)
-			dropped = true
+		if drop(k, rec) {
+			delete(r.recs, k)
+			rec.brk.Retire()
+			n++
 		}
 	}
-	if dropped {
-		r.invalidate()
+	if n > 0 {
+		t := *r.tab.Load()
+		r.tab.Store(&t)
 	}
-}
-
-// invalidate replaces the suite's table with a copy, which makes every
-// cached entry stale (r.mu held, as by every writer of the table).
-func (r *registry) invalidate() {
-	t := *r.tab.Load()
-	r.tab.Store(&t)
-}
-
-// drop removes rec from the registry and retires its breaker (r.mu held).
-// The caller then replaces the table (invalidate, or an Update's new
-// table), so that no cached entry keeps using the breaker.
-func (r *registry) drop(k bkey, rec *record) {
-	delete(r.recs, k)
-	rec.brk.Retire()
+	return n
 }
 
 // reconfigure points every breaker at its policy under tab (r.mu held) and
@@ -244,7 +226,8 @@ func (r *registry) reconfigure(tab *table) []reconf {
 		if pol := tab.match(rec.method); pol != nil {
 			point(rec, pol)
 		} else {
-			r.drop(k, rec)
+			delete(r.recs, k)
+			rec.brk.Retire()
 		}
 	}
 	for key, rec := range r.overflow {
