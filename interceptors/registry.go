@@ -257,13 +257,6 @@ func (rc reconf) apply() {
 	case rc.isolate:
 		rc.brk.ForceOpen()
 	case rc.release && rc.brk.State() == breaker.ForcedOpen:
-		switch rc.cfg.Mode {
-		case breaker.Disabled:
-			rc.brk.Disable()
-		case breaker.MetricsOnly:
-			rc.brk.MetricsOnly()
-		default:
-			rc.brk.Reset()
-		}
+		setModes[rc.cfg.Mode](rc.brk) // Closed, Disabled or MetricsOnly: the policy's cfg
 	}
 }
