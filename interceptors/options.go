@@ -102,16 +102,14 @@ func (o *options) newBudget() retry.Budget {
 }
 
 // WithBudget gives each target (cc.Target()) a ratio retry budget configured
-// by cfg, shared by every method, unary calls and streams. This is the
-// default, with the zero BudgetConfig: retries stay within 20% of calls plus
-// one per second, and a retry that succeeds refunds its cost.
+// by cfg, shared by every method, unary calls and streams. The default is
+// WithBudget(retry.BudgetConfig{}).
 func WithBudget(cfg retry.BudgetConfig) Option {
 	return optionFunc(func(o *options) { o.budget, o.budgetCfg = "ratio", cfg })
 }
 
 // WithTokenBucket gives each target a gRFC A6 retryThrottling token bucket
-// (maxTokens in (0, 1000], tokenRatio at least 0.001) instead of the ratio
-// budget.
+// ([retry.NewTokenBucket]) instead of the ratio budget.
 func WithTokenBucket(maxTokens, tokenRatio float64) Option {
 	return optionFunc(func(o *options) { o.budget, o.maxTokens, o.tokenRatio = "token-bucket", maxTokens, tokenRatio })
 }
@@ -204,20 +202,18 @@ type StateChangeEvent struct {
 
 // WithLogger logs retries (debug), rejections (debug), give-ups (warn) and
 // breaker state changes (warn when a breaker opens, info otherwise) to l, a
-// go-grpc-middleware v2 logging.Logger (adapters exist for slog, zap,
-// zerolog, logrus, ...), with that module's field conventions.
+// go-grpc-middleware v2 logging.Logger, with that module's field conventions.
 //
-// The fields of a call's event: "grpc.component" ("client"),
-// "grpc.service" ("pkg.Svc"), "grpc.method" ("Method"), then the fields of
-// logging.ExtractFields(ctx) that these do not name (so a logging
-// interceptor chained before the suite adds its own, trace ids included,
-// without a second "grpc.method"), then "grpc.target", "grpc.attempt"
-// (the attempt that failed or was refused, 1-based), "retry.delay_ms" (a
-// float64, the wait before the retry), "retry.reason", "reject.reason",
+// A call's event has "grpc.component" ("client"), "grpc.service"
+// ("pkg.Svc"), "grpc.method" ("Method"), the fields of
+// logging.ExtractFields(ctx) these do not name (so a logging interceptor
+// chained before the suite adds its own, trace ids included), then
+// "grpc.target", "grpc.attempt" (the attempt that failed or was refused,
+// 1-based), "retry.delay_ms" (a float64), "retry.reason", "reject.reason",
 // "grpc.code" and "grpc.error". A state change has "grpc.component",
-// "breaker.name", "grpc.service" and "grpc.method" when the breaker's name
-// is a method, "grpc.target" when the breaker is a target's,
-// "breaker.from" and "breaker.to".
+// "breaker.name", "grpc.service" and "grpc.method" when the name is a
+// method, "grpc.target" for a target's breaker, "breaker.from" and
+// "breaker.to".
 func WithLogger(l logging.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
 }
@@ -250,8 +246,8 @@ type GiveUpEvent struct {
 }
 
 // stateChangeHook returns the function every breaker's OnStateChange calls
-// with the breaker's name and target ("" for a WithBreakerKey key or an
-// overflow breaker): the transitions counter, the logger and the hooks.
+// with the breaker's name and target (as in [StateChangeEvent]): the
+// transitions counter, the logger and the hooks.
 func (o *options) stateChangeHook() func(name, target string, from, to breaker.State) {
 	f, fe, l, m := o.onStateChange, o.onStateEvent, o.logger, o.metrics
 	return func(name, target string, from, to breaker.State) {
