@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"maps"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -29,14 +30,10 @@ type record struct {
 	method string // the method that created it; its policy configures it
 	target string // the target of the default key; "" with WithBreakerKey
 	pol    *policy
-	// overflow marks the overflow breaker of pol (see registry.overflowOf).
-	overflow bool
-	// forced tells that pol was a forced-open policy when the breaker was
-	// created or last reconfigured (registry.mu).
-	forced bool
-	// changed is the time of the breaker's latest state change (Unix
-	// nanoseconds), 0 if none.
-	changed atomic.Int64
+	// overflow marks the overflow breaker of pol (registry.overflowOf);
+	// forced, that pol was forced open when last applied (registry.mu).
+	overflow, forced bool
+	changed          atomic.Int64 // the latest state change (Unix ns), 0 if none
 
 	// The idle sweep (registry.mu).
 	sig   breakerSig
@@ -213,7 +210,12 @@ func (r *registry) dropWhere(drop func(bkey, *record) bool) int {
 // of its key); one whose policy is gone is retired.
 func (r *registry) reconfigure(tab *table) []reconf {
 	var out []reconf
-	point := func(rec *record, pol *policy) {
+	// retired points rec at pol, or retires it if pol is nil.
+	retired := func(rec *record, pol *policy) bool {
+		if pol == nil {
+			rec.brk.Retire()
+			return true
+		}
 		forced := tab.forced[pol.key]
 		same := forced == rec.forced && reflect.DeepEqual(rec.pol.cfg, pol.cfg) // false if either has a hook
 		if !same {
@@ -221,23 +223,10 @@ func (r *registry) reconfigure(tab *table) []reconf {
 				isolate: forced && !rec.forced, release: !forced && rec.forced})
 		}
 		rec.pol, rec.forced = pol, forced
+		return false
 	}
-	for k, rec := range r.recs {
-		if pol := tab.match(rec.method); pol != nil {
-			point(rec, pol)
-		} else {
-			delete(r.recs, k)
-			rec.brk.Retire()
-		}
-	}
-	for key, rec := range r.overflow {
-		if pol := tab.policy(key); pol != nil {
-			point(rec, pol)
-		} else {
-			delete(r.overflow, key)
-			rec.brk.Retire()
-		}
-	}
+	maps.DeleteFunc(r.recs, func(_ bkey, rec *record) bool { return retired(rec, tab.match(rec.method)) })
+	maps.DeleteFunc(r.overflow, func(key string, rec *record) bool { return retired(rec, tab.policy(key)) })
 	return out
 }
 
