@@ -182,11 +182,9 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, maxAttempts int, p
 	return r, retryable
 }
 
-// validateBreaker converts a circuitBreaker with breaker.Config's rule: zero
-// or absent means the default, a negative value turns off what can be off
-// (consecutiveFailures, throttleK, recoveryJitter, halfOpenMaxWait) and is
-// an error elsewhere; an empty failureStatusCodes means no code is a
-// failure.
+// validateBreaker converts a circuitBreaker by the rule of the package
+// doc's "Reading" (what can be off: consecutiveFailures, throttleK,
+// recoveryJitter, halfOpenMaxWait).
 func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) (breaker.Config, []codes.Code) {
 	at := func(field string) string { return join(path, field) }
 	c := breaker.Config{
@@ -356,10 +354,8 @@ func duration(d *durationpb.Duration, path string, p *problems) time.Duration {
 	return 0
 }
 
-// statusCodes converts a list of status codes written as names or numbers,
-// as grpc-go reads them: a JSON number (an integer from 0 to 16) or an
-// upper-case name ("UNAVAILABLE", "CANCELLED"). OK is not accepted: it is
-// not a failure. Duplicates are dropped.
+// statusCodes converts a list of status codes (see statusCode), dropping
+// duplicates.
 func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code {
 	out := []codes.Code{} // empty: none
 	for i, v := range list {
@@ -370,7 +366,8 @@ func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code 
 	return out
 }
 
-// statusCode reads a code as grpc-go does (codes.Code.UnmarshalJSON).
+// statusCode reads a code as grpc-go does (codes.Code.UnmarshalJSON): an
+// integer or an upper-case name ("CANCELLED"); OK is not a failure.
 func statusCode(v *structpb.Value, path string, p *problems) (codes.Code, bool) {
 	var c codes.Code
 	switch k := v.GetKind().(type) {
