@@ -98,11 +98,10 @@ func (e *controlError) Unwrap() error { return e.err }
 //
 //	interceptors: not ready: "/pkg.Svc/Get" on "dns:///svc:443" is open
 //
-// With no methods it checks every breaker of the suite. A method is matched
-// by a breaker's name (the method, or its WithBreakerKey key) and by the
-// method that created the breaker; a method never called has no breaker and
-// is ready. A half-open breaker is ready (it admits probes), and so is a
-// throttling one.
+// With no methods it checks every breaker of the suite. A method matches a
+// breaker's name ([StateChangeEvent.Breaker]) and the method that created
+// the breaker; a method never called has no breaker and is ready. A
+// half-open or throttling breaker is ready.
 func (s *Suite) Ready(methods ...string) error {
 	type bad struct{ name, target, state string }
 	var open []bad
