@@ -174,11 +174,7 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, maxAttempts int, p
 	r.MinAttemptTime = ourDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), false, p)
 	r.MaxPushback = ourDuration(rp.GetMaxPushback(), join(path, "maxPushback"), false, p)
 
-	if p.count() == 0 {
-		if err := r.Validate(); err != nil { // a safety net: the checks above cover the rules
-			p.add(path, err.Error())
-		}
-	}
+	safetyNet(p, path, r.Validate)
 	return r, retryable
 }
 
@@ -239,15 +235,11 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 	if l := cb.GetFailureStatusCodes(); l != nil {
 		failure = statusCodes(l.GetValues(), at("failureStatusCodes"), p)
 	}
-	if p.count() == 0 {
-		check := c
-		if check.Mode == breaker.ForcedOpen {
-			check.Mode = breaker.Closed // a starting state the breaker itself does not take as a Mode
-		}
-		if err := check.Validate(); err != nil { // a safety net
-			p.add(path, err.Error())
-		}
+	check := c
+	if check.Mode == breaker.ForcedOpen {
+		check.Mode = breaker.Closed // a starting state the breaker itself does not take as a Mode
 	}
+	safetyNet(p, path, check.Validate)
 	return c, failure
 }
 
@@ -302,12 +294,18 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 	if w := b.Ratio.Window; w > 0 && w < 10*time.Millisecond {
 		p.addf("retryBudget.window", "must be at least 10ms, got %v", w)
 	}
+	safetyNet(p, "retryBudget", b.Ratio.Validate)
+	return b
+}
+
+// safetyNet adds the error of validate at path if no problem was found: the
+// checks before it cover the rules of the Validate methods it is given.
+func safetyNet(p *problems, path string, validate func() error) {
 	if p.count() == 0 {
-		if err := b.Ratio.Validate(); err != nil { // a safety net
-			p.add("retryBudget", err.Error())
+		if err := validate(); err != nil {
+			p.add(path, err.Error())
 		}
 	}
-	return b
 }
 
 // requiredDuration checks an A6 duration: present and greater than zero.
