@@ -18,10 +18,11 @@
 // ([Policy.FailureCodes]; local rejections and abandoned streams are
 // ignored) and choose what is retried ([Policy.RetryableCodes]): never
 // after response headers (gRFC A6 commit; streams: see [Suite.Stream]),
-// never after the caller's context is done, never past its deadline. Each target has one retry budget ([WithBudget],
-// [WithTokenBucket], [WithoutBudget]). Retries carry
-// grpc-previous-rpc-attempts ([WithAttemptHeader]); interceptors chained
-// after the suite run once per attempt and read [Attempt].
+// never after the caller's context is done, never past its deadline. Each
+// target has one retry budget ([WithBudget], [WithTokenBucket],
+// [WithoutBudget]). Retries carry grpc-previous-rpc-attempts
+// ([WithAttemptHeader]); interceptors chained after the suite run once per
+// attempt and read [Attempt].
 //
 // Errors: a call the breaker rejects fails with UNAVAILABLE, an ErrorInfo
 // (reason [ReasonCircuitOpen] or [ReasonThrottled]) and, for an open breaker,
