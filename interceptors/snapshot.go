@@ -51,11 +51,10 @@ type SnapshotBreakers struct {
 
 // SnapshotPolicy is one effective policy.
 type SnapshotPolicy struct {
-	Key     string          `json:"key"`
-	Retry   SnapshotRetry   `json:"retryPolicy"`
-	Breaker SnapshotBreaker `json:"circuitBreaker"`
-	// Fallback tells whether the policy has a Fallback function.
-	Fallback bool `json:"fallback"`
+	Key      string          `json:"key"`
+	Retry    SnapshotRetry   `json:"retryPolicy"`
+	Breaker  SnapshotBreaker `json:"circuitBreaker"`
+	Fallback bool            `json:"fallback"` // the policy has a Fallback
 }
 
 // SnapshotRetry is a policy's effective retry settings.
@@ -97,11 +96,10 @@ type SnapshotMethod struct {
 	Policy   string `json:"policy"`
 	Overflow bool   `json:"overflow,omitempty"`
 	State    string `json:"state"` // breaker.State.String()
-	// Since is when the breaker last changed state (absent: never).
-	Since *time.Time `json:"since,omitempty"`
-	// RetryAfter is the time left in the open period of an open breaker, as
-	// a duration string ("0.250s"); absent otherwise.
-	RetryAfter string `json:"retryAfter,omitempty"`
+	// Since is when the breaker last changed state (absent: never);
+	// RetryAfter, an open breaker's time left ("0.250s").
+	Since      *time.Time `json:"since,omitempty"`
+	RetryAfter string     `json:"retryAfter,omitempty"`
 
 	Successes           uint64  `json:"successes"`
 	Failures            uint64  `json:"failures"`
