@@ -34,30 +34,21 @@
 //
 // # Errors
 //
-// A rejected document returns an [*Error] holding every problem found, at
-// most one per path, sorted by path (list elements by index), each a
-// [*FieldError] naming its field:
-//
-//	config: methodConfig[2].retryPolicy.maxAttempts: must be at least 2, got 1; retryThrottling.maxTokens: required, in (0, 1000]
-//
-// Pieces of the document in a message are quoted as Go quotes strings and
-// cut after 64 bytes. Load never panics and never returns a Config that
-// interceptors.New rejects.
+// A rejected document returns an [*Error] listing its problems, each a
+// [*FieldError] naming its field. Load never panics and never returns a
+// Config that interceptors.New rejects.
 //
 // # Limits
 //
-// A document holds at most [DefaultMaxBytes] bytes and [DefaultMaxValues]
-// values, counted after YAML aliases are expanded ([WithMaxBytes],
-// [WithMaxValues]), nested at most 64 deep. [LoadFile] and [WatchFile] read
-// regular files only. Within these limits Load is linear in the document's
-// size.
+// A document's bytes and values are limited ([WithMaxBytes],
+// [WithMaxValues]) and it nests at most 64 deep. [LoadFile] and [WatchFile]
+// read regular files only. Within these limits Load is linear in the
+// document's size.
 //
 // # Reload
 //
-// [Config.Apply] installs a document's policies on a live suite, keeping
-// every breaker's state and the retry budget; it refuses a document whose
-// budget differs from the suite's. [WatchFile] polls a file and applies each
-// new content.
+// [Config.Apply] installs a document's policies on a live suite;
+// [WatchFile] polls a file and applies each new content.
 //
 // docs/config.md has the details: what the suite does differently from
 // grpc-go with the same document, the memory bounds, the YAML rules.

@@ -15,7 +15,8 @@ const maxProblems = 20
 // FieldError is one problem in a document. Path names the field with the
 // document's JSON names, as in "methodConfig[2].retryPolicy.maxAttempts";
 // a key other than letters, digits, "_" and "-" is quoted. Path is empty
-// for a problem with the document as a whole, such as a syntax error.
+// for a problem with the document as a whole, such as a syntax error. Msg
+// quotes pieces of the document as Go quotes strings, cut after 64 bytes.
 type FieldError struct {
 	Path string
 	Msg  string
@@ -30,8 +31,8 @@ func (e *FieldError) Error() string {
 }
 
 // Error is what Load and its variants return for a document they reject:
-// every problem found, at most one per path, sorted by path (list elements
-// by index), the first 20 listed.
+// every problem found, at most one per path (compared ignoring case),
+// sorted by path (list elements by index), the first 20 listed.
 type Error struct {
 	Problems []*FieldError
 	// More counts the problems found beyond those listed.
@@ -61,10 +62,8 @@ func (e *Error) Unwrap() []error {
 	return errs
 }
 
-// problems collects the problems of a document, at most one per path
-// (compared ignoring case, as field names are): a later problem at a path
-// already reported, such as "required" after "invalid duration", adds
-// nothing.
+// problems collects the problems of a document as [Error] lists them: a
+// later problem at a path already reported adds nothing.
 type problems struct {
 	list []*FieldError
 	seen map[string]bool
@@ -179,15 +178,8 @@ func show(s string) string {
 // bare reports whether s is 1 to maxQuoted ASCII letters, digits and bytes
 // of extra.
 func bare(s, extra string) bool {
-	if s == "" || len(s) > maxQuoted {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, c) >= 0) {
-			return false
-		}
-	}
-	return true
+	const alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	return s != "" && len(s) <= maxQuoted && strings.Trim(s, alnum+extra) == ""
 }
 
 // maxQuoted is how many bytes of a piece of the document a message shows.

@@ -80,15 +80,11 @@ func (s *timedStream) RecvMsg(m any) error {
 
 // grpcConfig returns the service config grpc applies for DialOptions.
 func grpcConfig(doc *resiliencev1.ServiceConfig) string {
-	type name struct {
-		Service string `json:"service,omitempty"`
-		Method  string `json:"method,omitempty"`
-	}
 	type method struct {
-		Name                    []name `json:"name"`
-		WaitForReady            *bool  `json:"waitForReady,omitempty"`
-		MaxRequestMessageBytes  *int64 `json:"maxRequestMessageBytes,omitempty"`
-		MaxResponseMessageBytes *int64 `json:"maxResponseMessageBytes,omitempty"`
+		Name                    []*resiliencev1.MethodConfig_Name `json:"name"` // its json tags are grpc's
+		WaitForReady            *bool                             `json:"waitForReady,omitempty"`
+		MaxRequestMessageBytes  *int64                            `json:"maxRequestMessageBytes,omitempty"`
+		MaxResponseMessageBytes *int64                            `json:"maxResponseMessageBytes,omitempty"`
 	}
 	type health struct {
 		ServiceName string `json:"serviceName"`
@@ -104,11 +100,9 @@ func grpcConfig(doc *resiliencev1.ServiceConfig) string {
 		sc.HealthCheckConfig = &health{h.GetServiceName()}
 	}
 	for _, mc := range doc.GetMethodConfig() {
-		m := method{WaitForReady: mc.WaitForReady, MaxRequestMessageBytes: mc.MaxRequestMessageBytes, MaxResponseMessageBytes: mc.MaxResponseMessageBytes}
-		for _, n := range mc.GetName() {
-			m.Name = append(m.Name, name{n.GetService(), n.GetMethod()})
-		}
-		if len(m.Name) > 0 && (m.WaitForReady != nil || m.MaxRequestMessageBytes != nil || m.MaxResponseMessageBytes != nil) {
+		m := method{mc.GetName(), mc.WaitForReady, mc.MaxRequestMessageBytes, mc.MaxResponseMessageBytes}
+		set := m.WaitForReady != nil || m.MaxRequestMessageBytes != nil || m.MaxResponseMessageBytes != nil
+		if len(m.Name) > 0 && set {
 			sc.MethodConfig = append(sc.MethodConfig, m)
 		}
 	}

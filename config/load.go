@@ -18,8 +18,7 @@ import (
 // Format is a document's syntax.
 type Format uint8
 
-// The formats. A YAML document is read with the YAML 1.2 core schema and
-// then checked as the equivalent JSON.
+// The formats.
 const (
 	JSON Format = iota + 1
 	YAML
@@ -107,15 +106,27 @@ func formatOf(name string, data []byte) Format {
 	return YAML
 }
 
-// readFile reads a document file and its format: a regular file (or a
-// link to one) of at most o.maxBytes bytes. Opening a FIFO could block
-// and a device could be read forever, so the type is checked before the
-// file is opened, and again on the opened file.
+// readFile reads a document file and its format (see LoadFile). Opening a
+// FIFO could block and a device could be read forever, so the type is
+// checked before the file is opened, and again on the opened file.
 func readFile(name string, o options) ([]byte, Format, error) {
 	fail := func(err error) ([]byte, Format, error) { return nil, 0, fmt.Errorf("config: %w", err) }
-	if fi, err := os.Stat(name); err != nil {
-		return fail(err)
-	} else if err := regular(name, fi, o); err != nil {
+	// regular rejects what is not a regular file within the size limit.
+	regular := func(fi fs.FileInfo, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case !fi.Mode().IsRegular():
+			err = fmt.Errorf("not a regular file (%v)", fi.Mode().Type())
+		default:
+			err = o.checkSize(fi.Size())
+		}
+		if err != nil {
+			return &fs.PathError{Op: "open", Path: name, Err: err}
+		}
+		return nil
+	}
+	if err := regular(os.Stat(name)); err != nil {
 		return fail(err)
 	}
 	file, err := os.OpenFile(name, os.O_RDONLY|openFlags, 0)
@@ -123,11 +134,7 @@ func readFile(name string, o options) ([]byte, Format, error) {
 		return fail(err)
 	}
 	defer file.Close()
-	fi, err := file.Stat()
-	if err == nil {
-		err = regular(name, fi, o)
-	}
-	if err != nil {
+	if err := regular(file.Stat()); err != nil {
 		return fail(err)
 	}
 	// The file may grow after Stat: read one byte past the limit to know.
@@ -139,15 +146,4 @@ func readFile(name string, o options) ([]byte, Format, error) {
 		return fail(&fs.PathError{Op: "read", Path: name, Err: err})
 	}
 	return data, formatOf(name, data), nil
-}
-
-// regular rejects what is not a regular file within the size limit.
-func regular(name string, fi fs.FileInfo, o options) error {
-	if !fi.Mode().IsRegular() {
-		return &fs.PathError{Op: "open", Path: name, Err: fmt.Errorf("not a regular file (%v)", fi.Mode().Type())}
-	}
-	if err := o.checkSize(fi.Size()); err != nil {
-		return &fs.PathError{Op: "open", Path: name, Err: err}
-	}
-	return nil
 }

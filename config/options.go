@@ -7,7 +7,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 )
 
-// Default limits; see the package documentation, "Limits".
+// Default limits.
 const (
 	// DefaultMaxBytes is the default of WithMaxBytes: 4 MiB.
 	DefaultMaxBytes = 4 << 20

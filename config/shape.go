@@ -15,11 +15,9 @@ import (
 )
 
 // fill sets the fields of m from the tree value v, reporting with its path
-// each value that does not fit the schema. A field is named as grpc-go's
-// encoding/json names it: by its JSON name in any case ("MaxAttempts"); the
-// snake_case proto names are unknown, since grpc-go would ignore them. A
-// list element that does not fit is kept as an empty value, so that the
-// validator's paths stay right.
+// each value that does not fit the schema; the snake_case proto names are
+// unknown, since grpc-go would ignore them. A list element that does not
+// fit is kept as an empty value, so that the validator's paths stay right.
 func fill(m protoreflect.Message, v any, l *loc, p *problems) {
 	obj, ok := v.(*object)
 	if !ok {

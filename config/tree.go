@@ -49,12 +49,8 @@ func parseJSON(data []byte, b *budget) (any, *FieldError) {
 	case errors.As(err, &fe):
 		return nil, fe
 	case errors.As(err, &se):
-		line, col := 1, 1
-		for _, c := range data[:min(se.Offset, int64(len(data)))] {
-			if line, col = line+boolInt(c == '\n'), col+1; c == '\n' {
-				col = 1
-			}
-		}
+		before := data[:min(se.Offset, int64(len(data)))]
+		line, col := bytes.Count(before, []byte("\n"))+1, len(before)-bytes.LastIndexByte(before, '\n')
 		return nil, &FieldError{Msg: fmt.Sprintf("invalid JSON at line %d, column %d: %s", line, col, clean(se.Error()))}
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
 		return nil, &FieldError{Msg: "invalid JSON: unexpected end of the document"}

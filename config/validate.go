@@ -180,19 +180,13 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, maxAttempts int, p
 	r.MinAttemptTime = ourDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), false, p)
 	r.MaxPushback = ourDuration(rp.GetMaxPushback(), join(path, "maxPushback"), false, p)
 
-	if p.count() == 0 {
-		if err := r.Validate(); err != nil { // a safety net: the checks above cover the rules
-			p.add(path, err.Error())
-		}
-	}
+	safetyNet(p, path, r.Validate)
 	return r, retryable
 }
 
-// validateBreaker converts a circuitBreaker with breaker.Config's rule: zero
-// or absent means the default, a negative value turns off what can be off
-// (consecutiveFailures, throttleK, recoveryJitter, halfOpenMaxWait) and is
-// an error elsewhere; an empty failureStatusCodes means no code is a
-// failure.
+// validateBreaker converts a circuitBreaker by the rule of the package
+// doc's "Reading" (what can be off: consecutiveFailures, throttleK,
+// recoveryJitter, halfOpenMaxWait).
 func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) (breaker.Config, []codes.Code) {
 	at := func(field string) string { return join(path, field) }
 	c := breaker.Config{
@@ -247,15 +241,11 @@ func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) 
 	if l := cb.GetFailureStatusCodes(); l != nil {
 		failure = statusCodes(l.GetValues(), at("failureStatusCodes"), p)
 	}
-	if p.count() == 0 {
-		check := c
-		if check.Mode == breaker.ForcedOpen {
-			check.Mode = breaker.Closed // a starting state the breaker itself does not take as a Mode
-		}
-		if err := check.Validate(); err != nil { // a safety net
-			p.add(path, err.Error())
-		}
+	check := c
+	if check.Mode == breaker.ForcedOpen {
+		check.Mode = breaker.Closed // a starting state the breaker itself does not take as a Mode
 	}
+	safetyNet(p, path, check.Validate)
 	return c, failure
 }
 
@@ -310,12 +300,18 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 	if w := b.Ratio.Window; w > 0 && w < 10*time.Millisecond {
 		p.addf("retryBudget.window", "must be at least 10ms, got %v", w)
 	}
+	safetyNet(p, "retryBudget", b.Ratio.Validate)
+	return b
+}
+
+// safetyNet adds the error of validate at path if no problem was found: the
+// checks before it cover the rules of the Validate methods it is given.
+func safetyNet(p *problems, path string, validate func() error) {
 	if p.count() == 0 {
-		if err := b.Ratio.Validate(); err != nil { // a safety net
-			p.add("retryBudget", err.Error())
+		if err := validate(); err != nil {
+			p.add(path, err.Error())
 		}
 	}
-	return b
 }
 
 // requiredDuration checks an A6 duration: present and greater than zero.
@@ -362,10 +358,8 @@ func duration(d *durationpb.Duration, path string, p *problems) time.Duration {
 	return 0
 }
 
-// statusCodes converts a list of status codes written as names or numbers,
-// as grpc-go reads them: a JSON number (an integer from 0 to 16) or an
-// upper-case name ("UNAVAILABLE", "CANCELLED"). OK is not accepted: it is
-// not a failure. Duplicates are dropped.
+// statusCodes converts a list of status codes (see statusCode), dropping
+// duplicates.
 func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code {
 	out := []codes.Code{} // empty: none
 	for i, v := range list {
@@ -376,7 +370,8 @@ func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code 
 	return out
 }
 
-// statusCode reads a code as grpc-go does (codes.Code.UnmarshalJSON).
+// statusCode reads a code as grpc-go does (codes.Code.UnmarshalJSON): an
+// integer or an upper-case name ("CANCELLED"); OK is not a failure.
 func statusCode(v *structpb.Value, path string, p *problems) (codes.Code, bool) {
 	var c codes.Code
 	switch k := v.GetKind().(type) {

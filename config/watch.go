@@ -69,20 +69,17 @@ func WatchFile(ctx context.Context, name string, interval time.Duration, apply f
 	if apply == nil {
 		return errors.New("config: WatchFile: apply must not be nil")
 	}
-	report := func(err error) {
-		if onError != nil {
-			onError(err)
-		}
+	if onError == nil {
+		onError = func(error) {}
 	}
 	var last []byte // the content last handled (applied or rejected)
-	seen := false
-	lastReadErr := ""
+	seen, lastReadErr := false, ""
 	poll := func() {
 		data, f, err := readFile(name, o)
 		if err != nil {
 			if msg := err.Error(); msg != lastReadErr {
 				lastReadErr = msg
-				report(err)
+				onError(err)
 			}
 			return
 		}
@@ -96,7 +93,7 @@ func WatchFile(ctx context.Context, name string, interval time.Duration, apply f
 			err = apply(c)
 		}
 		if err != nil {
-			report(fmt.Errorf("%s: %w", name, err))
+			onError(fmt.Errorf("%s: %w", name, err))
 		}
 	}
 	poll()

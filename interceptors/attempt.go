@@ -25,10 +25,8 @@ func Attempt(ctx context.Context) int {
 // prebuiltHeaders is how many attempt-header values are prebuilt per suite.
 const prebuiltHeaders = 16
 
-// retryCtx is the context of one retry: the caller's context with the
-// attempt number (Attempt) and, if the header is on, outgoing metadata with
-// the attempt header set (one value, replacing any). It never changes: each
-// retry derives its own.
+// retryCtx is the context of one retry (see retryContext); it never
+// changes.
 type retryCtx struct {
 	context.Context           // the caller's context
 	n               int       // the attempt, 1-based
@@ -71,14 +69,13 @@ func headerContexts(header string) []*mdHolder {
 	return out
 }
 
-// retryContext returns the context for attempt (1-based) of a call whose
-// caller's context is ctx: ctx itself for attempt 1; for a retry, a context
-// derived from ctx that carries Attempt and sets the attempt header
-// (WithAttemptHeader) to attempt-1 in the outgoing metadata. It is the
-// parent of the attempt's context. Each retry gets its own context, taken
-// from *spare, which the call keeps across its retries: one allocation per
-// four retries, plus a copy of the caller's outgoing metadata per retry if
-// it has any.
+// retryContext returns the parent of the context of attempt (1-based) of a
+// call whose caller's context is ctx: ctx itself for attempt 1; for a retry,
+// a context derived from ctx that carries Attempt and sets the attempt
+// header (WithAttemptHeader) to attempt-1 in the outgoing metadata, one
+// value replacing any. It is taken from *spare, which the call keeps across
+// its retries: one allocation per four retries, plus a copy of the caller's
+// outgoing metadata per retry if it has any.
 func (s *Suite) retryContext(ctx context.Context, attempt int, spare *[]retryCtx) context.Context {
 	if attempt <= 1 {
 		return ctx

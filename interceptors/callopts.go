@@ -28,8 +28,8 @@ func DisableRetry() grpc.CallOption { return disableRetryOption{} }
 // calling the next interceptor.
 func MaxAttempts(n int) grpc.CallOption { return maxAttemptsOption{n: n} }
 
-// overrides are the per-call settings read from the call options. The last
-// option of a kind wins (default call options come first).
+// overrides are the per-call settings read from the call options; the last
+// option of a kind wins.
 type overrides struct {
 	maxAttempts  int // 0: the policy's; DisableRetry sets 1
 	replayBuffer int // grpc.MaxRetryRPCBufferSize if given, else -1
@@ -71,8 +71,10 @@ func splitCallOptions(opts []grpc.CallOption) (overrides, []grpc.CallOption) {
 			ours++
 		case grpc.MaxRetryRPCBufferSizeCallOption:
 			ov.replayBuffer = max(o.MaxRetryRPCBufferSize, 0)
-		case grpc.HeaderCallOption, grpc.TrailerCallOption, grpc.PeerCallOption, grpc.OnFinishCallOption:
-			ov.after++
+		default:
+			if isAfterOption(o) {
+				ov.after++
+			}
 		}
 	}
 	if ours == 0 {
@@ -90,11 +92,9 @@ func splitCallOptions(opts []grpc.CallOption) (overrides, []grpc.CallOption) {
 }
 
 // isAfterOption reports whether o is one of grpc's call options that act
-// after the call: Header, Trailer and Peer (grpc fills them in when an
-// attempt ends) and OnFinish (grpc calls it when an attempt ends). grpc
-// applies them once per attempt, so a call that may retry takes them out of
-// its attempts' options and applies them once, at its end, as grpc-go's own
-// retry does for its final attempt (applyAfter).
+// when an attempt ends (Header, Trailer, Peer, OnFinish). A call that may
+// retry takes them out of its attempts' options and applies them once, at
+// its end (applyAfter), as grpc-go's own retry does.
 func isAfterOption(o grpc.CallOption) bool {
 	switch o.(type) {
 	case grpc.HeaderCallOption, grpc.TrailerCallOption, grpc.PeerCallOption, grpc.OnFinishCallOption:
@@ -114,11 +114,9 @@ func wantsPeer(after []grpc.CallOption) bool {
 }
 
 // applyAfter applies the after-call options in after, once, for a call
-// that ended with err (nil or io.EOF: success), as grpc does for the final
-// attempt: Header and Trailer get hdr and tlr, the final attempt's (nil if
-// it received none), Peer gets p unless p is nil (no attempt reached a
-// server: grpc leaves it alone too), and then every OnFinish callback gets
-// err.
+// that ended with err, as grpc does for the final attempt: Header and
+// Trailer get hdr and tlr (nil if it received none), Peer gets p unless p
+// is nil (no attempt reached a server), then finishOptions runs.
 func applyAfter(after []grpc.CallOption, hdr, tlr metadata.MD, p *peer.Peer, err error) {
 	for _, o := range after {
 		switch o := o.(type) {

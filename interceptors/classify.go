@@ -17,19 +17,11 @@ import (
 // pushbackKey is the gRFC A6 trailer with the server's retry delay.
 const pushbackKey = "grpc-retry-pushback-ms"
 
-// grpcStatus is implemented by grpc's status errors and by the suite's.
-type grpcStatus interface{ GRPCStatus() *status.Status }
-
 // statusOf returns the status of err: a status error's (read without
 // allocating), a wrapped one's, or that of a context error as grpc gives it
 // (CANCELED, DEADLINE_EXCEEDED), so that an inner interceptor's ctx.Err() is
 // never the server's failure; UNKNOWN for any other error.
 func statusOf(err error) *status.Status {
-	if gs, ok := err.(grpcStatus); ok {
-		if st := gs.GRPCStatus(); st != nil {
-			return st
-		}
-	}
 	if st, ok := status.FromError(err); ok {
 		return st
 	}

@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"cmp"
 	"errors"
 	"slices"
 	"strings"
@@ -25,11 +26,9 @@ var ErrNotReady = errors.New("interceptors: not ready")
 // generation), breaker.Disabled and breaker.MetricsOnly switch to those
 // modes (see the breaker package). Any other mode is an error.
 //
-// name is a breaker's name as Snapshot lists it (SnapshotMethod.Method): the
-// method, the WithBreakerKey key, or "<policy key> (overflow)". target
-// selects the breaker of one target (SnapshotMethod.Target); "" selects every
-// breaker of that name. SetMode returns an error matching ErrUnknownBreaker
-// if no breaker matches.
+// name and target select breakers as [StateChangeEvent] names them; target
+// "" selects every breaker of that name. SetMode returns an error matching
+// ErrUnknownBreaker if no breaker matches.
 //
 // The mode holds until the breaker's next manual or automatic change: a
 // ForcedOpen or Disabled breaker stays so, a Closed or MetricsOnly one
@@ -37,21 +36,16 @@ var ErrNotReady = errors.New("interceptors: not ready")
 // changes; a breaker that is dropped (see Update, WithMaxBreakers) loses it.
 // SetMode calls the state-change hooks, so a hook must not call it.
 func (s *Suite) SetMode(name, target string, mode breaker.State) error {
-	var apply func(*breaker.Breaker)
-	switch mode {
-	case breaker.ForcedOpen:
-		apply = (*breaker.Breaker).ForceOpen
-	case breaker.Closed:
-		apply = (*breaker.Breaker).Reset
-	case breaker.Disabled:
-		apply = (*breaker.Breaker).Disable
-	case breaker.MetricsOnly:
-		apply = (*breaker.Breaker).MetricsOnly
-	default:
-		return errors.New(`interceptors: SetMode: mode must be "forced-open", "closed", "disabled" or "metrics-only", got ` + quote(mode.String()))
+	apply := setModes[mode]
+	if apply == nil {
+		return errors.New(`interceptors: SetMode: mode must be "forced-open", "closed", "disabled" or ` +
+			`"metrics-only", got ` + quote(mode.String()))
 	}
-	brks := s.breakersOf(func(rec *record) bool {
-		return rec.name == name && (target == "" || rec.target == target)
+	var brks []*breaker.Breaker // switched after reg.mu is released: they call the hooks
+	s.eachRecord(func(rec *record) {
+		if rec.name == name && (target == "" || rec.target == target) {
+			brks = append(brks, rec.brk)
+		}
 	})
 	if len(brks) == 0 {
 		msg := "interceptors: SetMode: no breaker " + quote(name)
@@ -66,24 +60,25 @@ func (s *Suite) SetMode(name, target string, mode breaker.State) error {
 	return nil
 }
 
-// breakersOf returns the breakers whose record match selects, overflow
-// breakers included. The caller uses them after reg.mu is released (their
-// transitions call the hooks).
-func (s *Suite) breakersOf(match func(*record) bool) []*breaker.Breaker {
-	var out []*breaker.Breaker
+// setModes are the modes SetMode switches to.
+var setModes = map[breaker.State]func(*breaker.Breaker){
+	breaker.ForcedOpen:  (*breaker.Breaker).ForceOpen,
+	breaker.Closed:      (*breaker.Breaker).Reset,
+	breaker.Disabled:    (*breaker.Breaker).Disable,
+	breaker.MetricsOnly: (*breaker.Breaker).MetricsOnly,
+}
+
+// eachRecord calls f with every record of the registry, overflow breakers
+// last, under reg.mu.
+func (s *Suite) eachRecord(f func(*record)) {
 	s.reg.mu.Lock()
 	defer s.reg.mu.Unlock()
 	for _, rec := range s.reg.recs {
-		if match(rec) {
-			out = append(out, rec.brk)
-		}
+		f(rec)
 	}
 	for _, rec := range s.reg.overflow {
-		if match(rec) {
-			out = append(out, rec.brk)
-		}
+		f(rec)
 	}
-	return out
 }
 
 // controlError is an error of SetMode or Ready: a message and the sentinel
@@ -103,60 +98,43 @@ func (e *controlError) Unwrap() error { return e.err }
 //
 //	interceptors: not ready: "/pkg.Svc/Get" on "dns:///svc:443" is open
 //
-// With no methods it checks every breaker of the suite. A method is matched
-// by a breaker's name (the method, or its WithBreakerKey key) and by the
-// method that created the breaker; a method never called has no breaker and
-// is ready. A half-open breaker is ready (it admits probes), and so is a
-// throttling one.
+// With no methods it checks every breaker of the suite. A method matches a
+// breaker's name ([StateChangeEvent.Breaker]) and the method that created
+// the breaker; a method never called has no breaker and is ready. A
+// half-open or throttling breaker is ready.
 func (s *Suite) Ready(methods ...string) error {
 	type bad struct{ name, target, state string }
 	var open []bad
-	s.reg.mu.Lock()
-	check := func(rec *record) {
-		if len(methods) > 0 && !slices.Contains(methods, rec.name) && !slices.Contains(methods, rec.method) {
+	s.eachRecord(func(rec *record) {
+		if len(methods) > 0 && (rec.overflow ||
+			!slices.Contains(methods, rec.name) && !slices.Contains(methods, rec.method)) {
 			return
 		}
 		if st := rec.brk.State(); st == breaker.Open || st == breaker.ForcedOpen {
 			open = append(open, bad{rec.name, rec.target, st.String()})
 		}
-	}
-	for _, rec := range s.reg.recs {
-		check(rec)
-	}
-	if len(methods) == 0 {
-		for _, rec := range s.reg.overflow {
-			check(rec)
-		}
-	}
-	s.reg.mu.Unlock()
+	})
 	if len(open) == 0 {
 		return nil
 	}
 	slices.SortFunc(open, func(a, b bad) int {
-		if c := strings.Compare(a.name, b.name); c != 0 {
-			return c
-		}
-		return strings.Compare(a.target, b.target)
+		return cmp.Or(strings.Compare(a.name, b.name), strings.Compare(a.target, b.target))
 	})
-	var sb strings.Builder
-	sb.WriteString("interceptors: not ready: ")
+	msgs := make([]string, len(open))
 	for i, b := range open {
-		if i > 0 {
-			sb.WriteString("; ")
-		}
-		sb.WriteString(quote(b.name))
+		on := ""
 		if b.target != "" {
-			sb.WriteString(" on " + quote(b.target))
+			on = " on " + quote(b.target)
 		}
-		sb.WriteString(" is " + b.state)
+		msgs[i] = quote(b.name) + on + " is " + b.state
 	}
-	return &controlError{msg: sb.String(), err: ErrNotReady}
+	return &controlError{msg: "interceptors: not ready: " + strings.Join(msgs, "; "), err: ErrNotReady}
 }
 
 // StateChange is one state change of one of the suite's breakers.
 type StateChange struct {
 	Time   time.Time `json:"time"`
-	Method string    `json:"method"` // the breaker's name (see SnapshotMethod.Method)
+	Method string    `json:"method"` // the breaker's name ([StateChangeEvent.Breaker])
 	Target string    `json:"target,omitempty"`
 	From   string    `json:"from"` // breaker.State.String()
 	To     string    `json:"to"`
@@ -200,9 +178,11 @@ func (r *changeRing) list() []StateChange {
 // recordingHook returns the hook every breaker's OnStateChange calls: it
 // keeps the change (StateChanges) and calls next (the options' hooks), if
 // any.
-func (s *Suite) recordingHook(next func(name, target string, from, to breaker.State)) func(name, target string, from, to breaker.State) {
+func (s *Suite) recordingHook(
+	next func(name, target string, from, to breaker.State),
+) func(name, target string, from, to breaker.State) {
 	return func(name, target string, from, to breaker.State) {
-		s.changes.add(StateChange{Time: time.Now(), Method: name, Target: target, From: from.String(), To: to.String()})
+		s.changes.add(StateChange{time.Now(), name, target, from.String(), to.String()})
 		if next != nil {
 			next(name, target, from, to)
 		}

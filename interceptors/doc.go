@@ -13,17 +13,10 @@
 //
 // A call uses the most specific policy ([New]); a method without one passes
 // through untouched. Every attempt, first or retry, runs the same step:
-// admit (the method's breaker) → invoke → classify → record → decide.
-//
-// Classification, for the breaker and the budget ([Policy.FailureCodes]):
-// a failure is UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS, RESOURCE_EXHAUSTED,
-// or DEADLINE_EXCEEDED before the caller's deadline; CANCELED,
-// DEADLINE_EXCEEDED once the caller's deadline has passed, local rejections
-// and abandoned streams are ignored; every other code is a success.
-//
-// Retries ([Policy.RetryableCodes]): UNAVAILABLE by default;
-// RESOURCE_EXHAUSTED only with a server delay hint (grpc-retry-pushback-ms
-// as gRFC A6, or google.rpc.RetryInfo, capped by Retry.MaxPushback); never
+// admit (the method's breaker) → invoke → classify → record → decide. The
+// policy's codes classify each attempt for the breaker and the budget
+// ([Policy.FailureCodes]; local rejections and abandoned streams are
+// ignored) and choose what is retried ([Policy.RetryableCodes]): never
 // after response headers (gRFC A6 commit; streams: see [Suite.Stream]),
 // never after the caller's context is done, never past its deadline. Each
 // target has one retry budget ([WithBudget], [WithTokenBucket],

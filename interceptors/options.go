@@ -2,7 +2,7 @@ package interceptors
 
 import (
 	"context"
-	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,34 +51,38 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{budget: "ratio", replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader, maxBreakers: DefaultMaxBreakers}
+	return options{budget: "ratio", replayBytes: DefaultReplayBuffer, header: DefaultAttemptHeader,
+		maxBreakers: DefaultMaxBreakers}
 }
 
 func (o *options) validate() []error {
 	var errs []error
+	bad := func(option, msg string, err error) {
+		errs = append(errs, &configError{msg: "interceptors: " + option + ": " + msg, err: err})
+	}
+	var err error
 	switch o.budget {
 	case "ratio":
-		var err error
 		if o.budgetCfg, err = o.budgetCfg.Normalize(); err != nil {
-			errs = append(errs, &configError{msg: "interceptors: WithBudget: " + err.Error(), err: err})
+			bad("WithBudget", err.Error(), err)
 		}
 	case "token-bucket":
-		if _, err := retry.NewTokenBucket(o.maxTokens, o.tokenRatio); err != nil {
-			errs = append(errs, &configError{msg: "interceptors: WithTokenBucket: " + err.Error(), err: err})
+		if _, err = retry.NewTokenBucket(o.maxTokens, o.tokenRatio); err != nil {
+			bad("WithTokenBucket", err.Error(), err)
 		}
 	}
 	if o.replayBytes < 0 {
-		errs = append(errs, &configError{msg: "interceptors: WithReplayBuffer: must not be negative"})
+		bad("WithReplayBuffer", "must not be negative", nil)
 	}
 	if o.maxBreakers < 1 {
-		errs = append(errs, &configError{msg: fmt.Sprintf("interceptors: WithMaxBreakers: must be at least 1, got %d", o.maxBreakers)})
+		bad("WithMaxBreakers", "must be at least 1, got "+strconv.Itoa(o.maxBreakers), nil)
 	}
 	// grpc fails a call whose outgoing metadata has a malformed key (with
 	// INTERNAL, a failure code): caught here, it cannot fail every retry.
 	if strings.IndexFunc(o.header, func(c rune) bool {
 		return !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.')
 	}) >= 0 {
-		errs = append(errs, &configError{msg: "interceptors: WithAttemptHeader: " + quote(o.header) + " is not a metadata key (characters in [0-9a-z-_.])"})
+		bad("WithAttemptHeader", quote(o.header)+" is not a metadata key (characters in [0-9a-z-_.])", nil)
 	}
 	return errs
 }
@@ -98,16 +102,14 @@ func (o *options) newBudget() retry.Budget {
 }
 
 // WithBudget gives each target (cc.Target()) a ratio retry budget configured
-// by cfg, shared by every method, unary calls and streams. This is the
-// default, with the zero BudgetConfig: retries stay within 20% of calls plus
-// one per second, and a retry that succeeds refunds its cost.
+// by cfg, shared by every method, unary calls and streams. The default is
+// WithBudget(retry.BudgetConfig{}).
 func WithBudget(cfg retry.BudgetConfig) Option {
 	return optionFunc(func(o *options) { o.budget, o.budgetCfg = "ratio", cfg })
 }
 
 // WithTokenBucket gives each target a gRFC A6 retryThrottling token bucket
-// (maxTokens in (0, 1000], tokenRatio at least 0.001) instead of the ratio
-// budget.
+// ([retry.NewTokenBucket]) instead of the ratio budget.
 func WithTokenBucket(maxTokens, tokenRatio float64) Option {
 	return optionFunc(func(o *options) { o.budget, o.maxTokens, o.tokenRatio = "token-bucket", maxTokens, tokenRatio })
 }
@@ -119,47 +121,41 @@ func WithoutBudget() Option {
 }
 
 // WithReplayBuffer sets how many bytes of sent messages a client or bidi
-// stream buffers for replay (per call, default 256 KiB); a stream that sends
-// more commits and is no longer retried. A grpc.MaxRetryRPCBufferSize call
-// option, if present (also as a default call option), wins.
+// stream buffers for replay (default [DefaultReplayBuffer]); a stream that
+// sends more commits and is no longer retried. A grpc.MaxRetryRPCBufferSize
+// call option, if present (also as a default call option), wins.
 func WithReplayBuffer(bytes int) Option {
 	return optionFunc(func(o *options) { o.replayBytes = bytes })
 }
 
 // WithAttemptHeader sets the name of the outgoing metadata entry set on
 // retries to the number of preceding attempts (default
-// "grpc-previous-rpc-attempts", as gRFC A6); "" turns it off. The name is
-// lower-cased; New rejects one with characters grpc does not allow in a
-// metadata key (outside [0-9a-z-_.]).
+// [DefaultAttemptHeader]); "" turns it off. The name is lower-cased; New
+// rejects one with characters outside [0-9a-z-_.].
 func WithAttemptHeader(name string) Option {
 	return optionFunc(func(o *options) { o.header = strings.ToLower(name) })
 }
 
 // WithBreakerKey sets the function that names the breaker of a call
 // (target is cc.Target()): calls with the same key share a breaker, which
-// is named after the key. The breaker takes its settings from the policy of
-// the first method that used the key (and, after an Update, from that
-// method's new policy; it is dropped when no policy covers that method any
-// more), so give methods of different policies different keys. The default
-// is one breaker per target and method, named after the method: a server
-// that is down does not get the same method's calls to another server
-// rejected. Use func(_, m string) string { return m } for one breaker per
-// method shared by every target.
+// is named after the key and follows the policy of the first method that
+// used the key (see [Suite.Update]), so give methods of different policies
+// different keys. The default is one breaker per target and method, named
+// after the method: a server that is down does not get the same method's
+// calls to another server rejected. Use func(_, m string) string { return m }
+// for one breaker per method shared by every target.
 func WithBreakerKey(f func(target, method string) string) Option {
 	return optionFunc(func(o *options) { o.breakerKey = f })
 }
 
 // WithMaxBreakers caps the number of breakers of the suite (default
-// DefaultMaxBreakers, 10,000; n must be at least 1). The cap bounds the
-// memory a remote party can make the suite hold by choosing method names
-// (a proxy forwarding its clients' methods under a "*" policy). When a new
+// [DefaultMaxBreakers]; n must be at least 1), which bounds the memory a
+// remote party can make the suite hold by choosing method names. When a new
 // breaker key arrives and the suite is full, the breakers that are closed
 // and were not used since the previous check (at most one a second) are
-// dropped, losing only their closed-state statistics; an open, half-open or
-// forced-open breaker is never dropped. If the suite is still full, the
-// call uses its policy's overflow breaker, shared by every method of the
-// policy beyond the cap and shown in Snapshot (Breakers.Overflowed counts
-// the lookups it served).
+// dropped, losing only their closed-state statistics. If the suite is still
+// full, the call uses its policy's overflow breaker, shared by every method
+// of the policy beyond the cap.
 func WithMaxBreakers(n int) Option {
 	return optionFunc(func(o *options) { o.maxBreakers = n })
 }
@@ -176,27 +172,24 @@ func WithOnGiveUp(f func(GiveUpEvent)) Option {
 }
 
 // WithOnStateChange calls f on every state change of every breaker of the
-// suite; method is the breaker's name (the method, by default; the key with
-// WithBreakerKey). It runs after the breaker's lock is released, in
-// transition order, never concurrently for one breaker. A breaker an Update
-// or the cap dropped never calls it again. WithOnStateChangeEvent is the
-// same with the target and a context.
+// suite with the breaker's name ([StateChangeEvent.Breaker]). It runs after
+// the breaker's lock is released, in transition order, never concurrently
+// for one breaker. A breaker an Update or the cap dropped never calls it
+// again.
 func WithOnStateChange(f func(method string, from, to breaker.State)) Option {
 	return optionFunc(func(o *options) { o.onStateChange = f })
 }
 
-// WithOnStateChangeEvent calls f on every state change of every breaker of
-// the suite, as WithOnStateChange (both may be set).
+// WithOnStateChangeEvent is [WithOnStateChange] with the event's target
+// and a context (both may be set).
 func WithOnStateChangeEvent(f func(StateChangeEvent)) Option {
 	return optionFunc(func(o *options) { o.onStateEvent = f })
 }
 
 // StateChangeEvent describes a breaker's state change.
 type StateChangeEvent struct {
-	// Context is context.Background(): the breaker reports a transition
-	// without the call that caused it (a timer causes open → half-open).
-	// It is there for handlers written for a context (loggers,
-	// logging.ExtractFields).
+	// Context is context.Background(): a transition has no call (a timer
+	// causes open → half-open); it serves handlers written for a context.
 	Context context.Context
 	// Breaker is the breaker's name: the method by default, the key with
 	// WithBreakerKey, "<policy key> (overflow)" for an overflow breaker.
@@ -209,20 +202,18 @@ type StateChangeEvent struct {
 
 // WithLogger logs retries (debug), rejections (debug), give-ups (warn) and
 // breaker state changes (warn when a breaker opens, info otherwise) to l, a
-// go-grpc-middleware v2 logging.Logger (adapters exist for slog, zap,
-// zerolog, logrus, ...), with that module's field conventions.
+// go-grpc-middleware v2 logging.Logger, with that module's field conventions.
 //
-// The fields of a call's event: "grpc.component" ("client"),
-// "grpc.service" ("pkg.Svc"), "grpc.method" ("Method"), then the fields of
-// logging.ExtractFields(ctx) that these do not name (so a logging
-// interceptor chained before the suite adds its own, trace ids included,
-// without a second "grpc.method"), then "grpc.target", "grpc.attempt"
-// (the attempt that failed or was refused, 1-based), "retry.delay_ms" (a
-// float64, the wait before the retry), "retry.reason", "reject.reason",
+// A call's event has "grpc.component" ("client"), "grpc.service"
+// ("pkg.Svc"), "grpc.method" ("Method"), the fields of
+// logging.ExtractFields(ctx) these do not name (so a logging interceptor
+// chained before the suite adds its own, trace ids included), then
+// "grpc.target", "grpc.attempt" (the attempt that failed or was refused,
+// 1-based), "retry.delay_ms" (a float64), "retry.reason", "reject.reason",
 // "grpc.code" and "grpc.error". A state change has "grpc.component",
-// "breaker.name", "grpc.service" and "grpc.method" when the breaker's name
-// is a method, "grpc.target" when the breaker is a target's,
-// "breaker.from" and "breaker.to".
+// "breaker.name", "grpc.service" and "grpc.method" when the name is a
+// method, "grpc.target" for a target's breaker, "breaker.from" and
+// "breaker.to".
 func WithLogger(l logging.Logger) Option {
 	return optionFunc(func(o *options) { o.logger = l })
 }
@@ -255,8 +246,8 @@ type GiveUpEvent struct {
 }
 
 // stateChangeHook returns the function every breaker's OnStateChange calls
-// with the breaker's name and target ("" for a WithBreakerKey key or an
-// overflow breaker): the transitions counter, the logger and the hooks.
+// with the breaker's name and target (as in [StateChangeEvent]): the
+// transitions counter, the logger and the hooks.
 func (o *options) stateChangeHook() func(name, target string, from, to breaker.State) {
 	f, fe, l, m := o.onStateChange, o.onStateEvent, o.logger, o.metrics
 	return func(name, target string, from, to breaker.State) {
@@ -290,11 +281,8 @@ func (o *options) stateChangeHook() func(name, target string, from, to breaker.S
 // splitMethod splits "/pkg.Svc/Method" into "pkg.Svc" and "Method" (ok
 // false for a name that is not a full method).
 func splitMethod(full string) (service, method string, ok bool) {
-	if len(full) < 4 || full[0] != '/' {
-		return "", "", false
-	}
 	i := strings.LastIndexByte(full, '/')
-	if i <= 1 || i == len(full)-1 {
+	if !strings.HasPrefix(full, "/") || i <= 1 || i == len(full)-1 {
 		return "", "", false
 	}
 	return full[1:i], full[i+1:], true

@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"maps"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -29,14 +30,10 @@ type record struct {
 	method string // the method that created it; its policy configures it
 	target string // the target of the default key; "" with WithBreakerKey
 	pol    *policy
-	// overflow marks the overflow breaker of pol (see registry.overflowOf).
-	overflow bool
-	// forced tells that pol was a forced-open policy when the breaker was
-	// created or last reconfigured (registry.mu).
-	forced bool
-	// changed is the time of the breaker's latest state change (Unix
-	// nanoseconds), 0 if none.
-	changed atomic.Int64
+	// overflow marks the overflow breaker of pol (registry.overflowOf);
+	// forced, that pol was forced open when last applied (registry.mu).
+	overflow, forced bool
+	changed          atomic.Int64 // the latest state change (Unix ns), 0 if none
 
 	// The idle sweep (registry.mu).
 	sig   breakerSig
@@ -50,14 +47,8 @@ type breakerSig struct {
 }
 
 func sigOf(c breaker.Counts) breakerSig {
-	return breakerSig{
-		state:      c.State,
-		calls:      c.Successes + c.Failures + c.Ignored,
-		rejections: c.Rejections,
-		throttled:  c.Throttled,
-		gen:        c.Generation,
-		tran:       c.Transitions,
-	}
+	calls := c.Successes + c.Failures + c.Ignored
+	return breakerSig{c.State, calls, c.Rejections, c.Throttled, c.Generation, c.Transitions}
 }
 
 // registry holds the breakers of a Suite, keyed by breaker key, across
@@ -174,20 +165,12 @@ func (r *registry) sweep(now time.Time) {
 		return
 	}
 	r.lastSweep = now
-	dropped := false
-	for k, rec := range r.recs {
+	r.evicted += uint64(r.dropWhere(func(_ bkey, rec *record) bool {
 		sig := sigOf(rec.brk.Counts())
-		if rec.swept && sig == rec.sig && sig.state == breaker.Closed {
-			r.drop(k, rec)
-			r.evicted++
-			dropped = true
-			continue
-		}
+		idle := rec.swept && sig == rec.sig && sig.state == breaker.Closed
 		rec.sig, rec.swept = sig, true
-	}
-	if dropped {
-		r.invalidate()
-	}
+		return idle
+	}))
 }
 
 // dropTargets drops the closed breakers of the targets in gone, which have
@@ -196,31 +179,27 @@ func (r *registry) sweep(now time.Time) {
 func (r *registry) dropTargets(gone map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	dropped := false
+	r.dropWhere(func(k bkey, rec *record) bool { return gone[k.target] && rec.brk.State() == breaker.Closed })
+}
+
+// dropWhere removes the breakers that drop selects and retires them (r.mu
+// held). If it removed any, it replaces the suite's table with a copy (as
+// every writer of the table, under r.mu), so that no cached entry keeps
+// using them. It returns how many it removed.
+func (r *registry) dropWhere(drop func(bkey, *record) bool) int {
+	n := 0
 	for k, rec := range r.recs {
-		if gone[k.target] && rec.brk.State() == breaker.Closed {
-			r.drop(k, rec)
-			dropped = true
+		if drop(k, rec) {
+			delete(r.recs, k)
+			rec.brk.Retire()
+			n++
 		}
 	}
-	if dropped {
-		r.invalidate()
+	if n > 0 {
+		t := *r.tab.Load()
+		r.tab.Store(&t)
 	}
-}
-
-// invalidate replaces the suite's table with a copy, which makes every
-// cached entry stale (r.mu held, as by every writer of the table).
-func (r *registry) invalidate() {
-	t := *r.tab.Load()
-	r.tab.Store(&t)
-}
-
-// drop removes rec from the registry and retires its breaker (r.mu held).
-// The caller then replaces the table (invalidate, or an Update's new
-// table), so that no cached entry keeps using the breaker.
-func (r *registry) drop(k bkey, rec *record) {
-	delete(r.recs, k)
-	rec.brk.Retire()
+	return n
 }
 
 // reconfigure points every breaker at its policy under tab (r.mu held) and
@@ -231,7 +210,12 @@ func (r *registry) drop(k bkey, rec *record) {
 // of its key); one whose policy is gone is retired.
 func (r *registry) reconfigure(tab *table) []reconf {
 	var out []reconf
-	point := func(rec *record, pol *policy) {
+	// retired points rec at pol, or retires it if pol is nil.
+	retired := func(rec *record, pol *policy) bool {
+		if pol == nil {
+			rec.brk.Retire()
+			return true
+		}
 		forced := tab.forced[pol.key]
 		same := forced == rec.forced && reflect.DeepEqual(rec.pol.cfg, pol.cfg) // false if either has a hook
 		if !same {
@@ -239,22 +223,10 @@ func (r *registry) reconfigure(tab *table) []reconf {
 				isolate: forced && !rec.forced, release: !forced && rec.forced})
 		}
 		rec.pol, rec.forced = pol, forced
+		return false
 	}
-	for k, rec := range r.recs {
-		if pol := tab.match(rec.method); pol != nil {
-			point(rec, pol)
-		} else {
-			r.drop(k, rec)
-		}
-	}
-	for key, rec := range r.overflow {
-		if pol := tab.policy(key); pol != nil {
-			point(rec, pol)
-		} else {
-			delete(r.overflow, key)
-			rec.brk.Retire()
-		}
-	}
+	maps.DeleteFunc(r.recs, func(_ bkey, rec *record) bool { return retired(rec, tab.match(rec.method)) })
+	maps.DeleteFunc(r.overflow, func(key string, rec *record) bool { return retired(rec, tab.policy(key)) })
 	return out
 }
 
@@ -274,13 +246,6 @@ func (rc reconf) apply() {
 	case rc.isolate:
 		rc.brk.ForceOpen()
 	case rc.release && rc.brk.State() == breaker.ForcedOpen:
-		switch rc.cfg.Mode {
-		case breaker.Disabled:
-			rc.brk.Disable()
-		case breaker.MetricsOnly:
-			rc.brk.MetricsOnly()
-		default:
-			rc.brk.Reset()
-		}
+		setModes[rc.cfg.Mode](rc.brk) // Closed, Disabled or MetricsOnly: the policy's cfg
 	}
 }

@@ -9,13 +9,12 @@ import "strings"
 //
 // Each breaker follows the new policy of its method (with WithBreakerKey: of
 // the method that first used its key) and keeps its state and counts; it is
-// reconfigured only if its normalized settings changed (breaker.Reconfigure:
-// the window is cleared only if Window changed; a change of Mode switches
-// to it). A policy that becomes forced open forces its breakers open; one
-// that stops being so returns its breakers still forced open to its Mode. A
-// breaker whose method no policy covers is dropped: it calls no hook again,
-// and calls in flight finish with it. Retry budgets are fixed at New and
-// outlive every Update.
+// reconfigured ([breaker.Breaker.Reconfigure]) only if its normalized
+// settings changed. A policy that becomes forced open forces its breakers
+// open; one that stops being so returns its breakers still forced open to
+// its Mode. A breaker whose method no policy covers is dropped: it calls no
+// hook again, and calls in flight finish with it. Retry budgets are fixed at
+// New and outlive every Update.
 //
 // Updates are applied one at a time, concurrently with calls. A hook must
 // not call Update: a change of Mode calls the hooks during the Update.

@@ -1,6 +1,9 @@
 package interceptors
 
 import (
+	"cmp"
+	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,10 +27,8 @@ import (
 type Snapshot struct {
 	Policies []SnapshotPolicy `json:"policies"`
 	Methods  []SnapshotMethod `json:"methods"`
-	// PassThrough lists the methods called without a policy (they pass
-	// through untouched) on each open connection, as far as the
-	// connection's method cache holds them (at most 4096 methods per
-	// connection, those with a policy included).
+	// PassThrough lists the methods without a policy called on each open
+	// connection, as far as the connection's method cache holds them.
 	PassThrough []SnapshotPassThrough `json:"passThrough"`
 	Breakers    SnapshotBreakers      `json:"breakers"`
 	Budget      SnapshotBudget        `json:"budget"`
@@ -40,27 +41,20 @@ type SnapshotPassThrough struct {
 }
 
 // SnapshotBreakers is the suite's breaker count against its cap
-// (WithMaxBreakers).
+// ([WithMaxBreakers]).
 type SnapshotBreakers struct {
-	// Count is the number of breakers, overflow breakers excluded.
-	Count int `json:"count"`
-	// Max is the cap.
-	Max int `json:"max"`
-	// Overflowed counts the lookups served by an overflow breaker because
-	// the suite was full (a method's first call on a connection, and every
-	// call of a method its connection's cache has no room for).
-	Overflowed uint64 `json:"overflowed"`
-	// Evicted counts the idle closed breakers dropped to make room.
-	Evicted uint64 `json:"evicted"`
+	Count      int    `json:"count"` // overflow breakers excluded
+	Max        int    `json:"max"`
+	Overflowed uint64 `json:"overflowed"` // lookups served by an overflow breaker
+	Evicted    uint64 `json:"evicted"`    // idle closed breakers dropped to make room
 }
 
 // SnapshotPolicy is one effective policy.
 type SnapshotPolicy struct {
-	Key     string          `json:"key"`
-	Retry   SnapshotRetry   `json:"retryPolicy"`
-	Breaker SnapshotBreaker `json:"circuitBreaker"`
-	// Fallback tells whether the policy has a Fallback function.
-	Fallback bool `json:"fallback"`
+	Key      string          `json:"key"`
+	Retry    SnapshotRetry   `json:"retryPolicy"`
+	Breaker  SnapshotBreaker `json:"circuitBreaker"`
+	Fallback bool            `json:"fallback"` // the policy has a Fallback
 }
 
 // SnapshotRetry is a policy's effective retry settings.
@@ -93,24 +87,19 @@ type SnapshotBreaker struct {
 	FailureCodes        []string `json:"failureStatusCodes"`
 }
 
-// SnapshotMethod is one breaker (breaker.Counts): the breaker of a method on
-// a target, of a WithBreakerKey key, or the overflow breaker of a policy
-// (WithMaxBreakers), and the policy key it belongs to.
+// SnapshotMethod is one breaker and its [breaker.Counts].
 type SnapshotMethod struct {
-	// Method is the breaker's name: the method, the WithBreakerKey key, or
-	// "<policy key> (overflow)" for an overflow breaker.
-	Method string `json:"method"`
-	// Target is the target (cc.Target()) of a method's breaker; empty for a
-	// WithBreakerKey key or an overflow breaker.
+	// Method and Target are the breaker's name and target, as in
+	// [StateChangeEvent].
+	Method   string `json:"method"`
 	Target   string `json:"target,omitempty"`
 	Policy   string `json:"policy"`
 	Overflow bool   `json:"overflow,omitempty"`
 	State    string `json:"state"` // breaker.State.String()
-	// Since is when the breaker last changed state (absent: never).
-	Since *time.Time `json:"since,omitempty"`
-	// RetryAfter is the time left in the open period of an open breaker, as
-	// a duration string ("0.250s"); absent otherwise.
-	RetryAfter string `json:"retryAfter,omitempty"`
+	// Since is when the breaker last changed state (absent: never);
+	// RetryAfter, an open breaker's time left ("0.250s").
+	Since      *time.Time `json:"since,omitempty"`
+	RetryAfter string     `json:"retryAfter,omitempty"`
 
 	Successes           uint64  `json:"successes"`
 	Failures            uint64  `json:"failures"`
@@ -150,41 +139,28 @@ type SnapshotTarget struct {
 	Refused uint64  `json:"refused"`
 }
 
-// Snapshot returns the suite's current state (see Snapshot): every
-// breaker of the suite, whether or not it was called since the last Update.
-// It reads the breakers and budgets without stopping calls, so counts of
-// different methods may be a few calls apart.
+// Snapshot returns the suite's current state: every breaker of the suite,
+// whether or not it was called since the last Update. It reads the breakers
+// and budgets without stopping calls, so counts of different methods may be
+// a few calls apart.
 func (s *Suite) Snapshot() Snapshot {
 	snap := Snapshot{Policies: []SnapshotPolicy{}, Methods: []SnapshotMethod{}}
 	snap.Budget = s.budgetView() // first: it drops the state of closed connections
-	var conns []*conn
-	s.conns.Range(func(_, v any) bool {
-		conns = append(conns, v.(*conn))
-		return true
-	})
-	type view struct {
-		rec *record
-		pol string
-	}
-	var recs []view
 	s.reg.mu.Lock()
 	tab := s.tab.Load()
-	for _, rec := range s.reg.recs {
-		recs = append(recs, view{rec, rec.pol.key})
+	recs := slices.AppendSeq(slices.Collect(maps.Values(s.reg.recs)), maps.Values(s.reg.overflow))
+	keys := make([]string, len(recs)) // a record's policy changes under reg.mu
+	for i, rec := range recs {
+		keys[i] = rec.pol.key
 	}
-	for _, rec := range s.reg.overflow {
-		recs = append(recs, view{rec, rec.pol.key})
-	}
-	snap.Breakers = SnapshotBreakers{Count: len(s.reg.recs), Max: s.reg.max, Overflowed: s.reg.overflowed.Load(), Evicted: s.reg.evicted}
+	snap.Breakers = SnapshotBreakers{Count: len(s.reg.recs), Max: s.reg.max,
+		Overflowed: s.reg.overflowed.Load(), Evicted: s.reg.evicted}
 	s.reg.mu.Unlock()
+	for i, rec := range recs {
+		snap.Methods = append(snap.Methods, methodView(rec, keys[i]))
+	}
 
-	var pols []*policy
-	for _, p := range tab.exact {
-		pols = append(pols, p)
-	}
-	for _, p := range tab.service {
-		pols = append(pols, p)
-	}
+	pols := slices.AppendSeq(slices.Collect(maps.Values(tab.exact)), maps.Values(tab.service))
 	if tab.star != nil {
 		pols = append(pols, tab.star)
 	}
@@ -192,53 +168,30 @@ func (s *Suite) Snapshot() Snapshot {
 	for _, p := range pols {
 		snap.Policies = append(snap.Policies, policyView(p, tab.forced[p.key]))
 	}
-	for _, v := range recs {
-		c := v.rec.brk.Counts()
-		m := methodView(v.rec.name, v.pol, c)
-		m.Target, m.Overflow = v.rec.target, v.rec.overflow
-		if ns := v.rec.changed.Load(); ns != 0 {
-			t := time.Unix(0, ns)
-			m.Since = &t
-		}
-		if d := time.Until(c.OpenUntil); !c.OpenUntil.IsZero() && d > 0 {
-			m.RetryAfter = seconds(d.Round(time.Millisecond))
-		}
-		snap.Methods = append(snap.Methods, m)
-	}
-	snap.PassThrough = passThrough(tab, conns)
 	slices.SortFunc(snap.Methods, func(a, b SnapshotMethod) int {
-		if c := strings.Compare(a.Method, b.Method); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Target, b.Target)
+		return cmp.Or(strings.Compare(a.Method, b.Method), strings.Compare(a.Target, b.Target))
 	})
+	snap.PassThrough = s.passThrough(tab)
 	return snap
 }
 
 // passThrough lists the methods without a policy under tab in the method
-// caches of conns, sorted by method then target.
-func passThrough(tab *table, conns []*conn) []SnapshotPassThrough {
+// caches of the suite's connections, sorted by method then target.
+func (s *Suite) passThrough(tab *table) []SnapshotPassThrough {
 	out := []SnapshotPassThrough{}
-	seen := map[SnapshotPassThrough]bool{}
-	for _, c := range conns {
-		c.methods.Range(func(k, v any) bool {
+	s.conns.Range(func(_, c any) bool {
+		c.(*conn).methods.Range(func(_, v any) bool {
 			if e := v.(*entry); e.pol == nil && tab.match(e.method) == nil {
-				p := SnapshotPassThrough{Method: e.method, Target: c.name}
-				if !seen[p] {
-					seen[p] = true
-					out = append(out, p)
-				}
+				out = append(out, SnapshotPassThrough{Method: e.method, Target: c.(*conn).name})
 			}
 			return true
 		})
-	}
-	slices.SortFunc(out, func(a, b SnapshotPassThrough) int {
-		if c := strings.Compare(a.Method, b.Method); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Target, b.Target)
+		return true
 	})
-	return out
+	slices.SortFunc(out, func(a, b SnapshotPassThrough) int {
+		return cmp.Or(strings.Compare(a.Method, b.Method), strings.Compare(a.Target, b.Target))
+	})
+	return slices.Compact(out)
 }
 
 func policyView(p *policy, forced bool) SnapshotPolicy {
@@ -283,10 +236,14 @@ func policyView(p *policy, forced bool) SnapshotPolicy {
 	return v
 }
 
-func methodView(method, key string, c breaker.Counts) SnapshotMethod {
-	return SnapshotMethod{
-		Method:              method,
+// methodView returns the view of rec, whose policy key is key.
+func methodView(rec *record, key string) SnapshotMethod {
+	c := rec.brk.Counts()
+	m := SnapshotMethod{
+		Method:              rec.name,
+		Target:              rec.target,
 		Policy:              key,
+		Overflow:            rec.overflow,
 		State:               c.State.String(),
 		Successes:           c.Successes,
 		Failures:            c.Failures,
@@ -301,14 +258,21 @@ func methodView(method, key string, c breaker.Counts) SnapshotMethod {
 		ThrottleProbability: c.ThrottleProbability,
 		ShadowTrips:         c.ShadowTrips,
 	}
+	if ns := rec.changed.Load(); ns != 0 {
+		t := time.Unix(0, ns)
+		m.Since = &t
+	}
+	if d := time.Until(c.OpenUntil); !c.OpenUntil.IsZero() && d > 0 {
+		m.RetryAfter = seconds(d.Round(time.Millisecond))
+	}
+	return m
 }
 
 func (s *Suite) budgetView() SnapshotBudget {
-	v := SnapshotBudget{Targets: []SnapshotTarget{}}
 	s.cmu.Lock()
 	defer s.cmu.Unlock()
 	s.sweepConns()
-	v.Mode = s.o.budget
+	v := SnapshotBudget{Mode: s.o.budget, Targets: []SnapshotTarget{}}
 	switch v.Mode {
 	case "none":
 		return v
@@ -320,9 +284,7 @@ func (s *Suite) budgetView() SnapshotBudget {
 	}
 	for name, t := range s.targets {
 		bs := t.budget.Snapshot()
-		v.Targets = append(v.Targets, SnapshotTarget{
-			Target: name, Balance: bs.Balance, Reserve: bs.Reserve, Allowed: bs.Allowed, Refused: bs.Refused,
-		})
+		v.Targets = append(v.Targets, SnapshotTarget{name, bs.Balance, bs.Reserve, bs.Allowed, bs.Refused})
 	}
 	slices.SortFunc(v.Targets, func(a, b SnapshotTarget) int { return strings.Compare(a.Target, b.Target) })
 	return v
@@ -331,49 +293,30 @@ func (s *Suite) budgetView() SnapshotBudget {
 // seconds formats d as the config document (and protojson) write durations:
 // seconds with 0, 3, 6 or 9 decimals and an "s" ("5s", "0.100s").
 func seconds(d time.Duration) string {
-	neg := d < 0
-	u := uint64(d)
-	if neg {
-		u = -u
+	sign, u := "", uint64(d)
+	if d < 0 {
+		sign, u = "-", -u
 	}
-	sec, ns := u/1e9, u%1e9
-	s := strconv.FormatUint(sec, 10)
-	switch {
-	case ns == 0:
-	case ns%1e6 == 0:
-		s += "." + pad(ns/1e6, 3)
-	case ns%1e3 == 0:
-		s += "." + pad(ns/1e3, 6)
-	default:
-		s += "." + pad(ns, 9)
+	s := fmt.Sprintf("%s%d.%09d", sign, u/1e9, u%1e9)
+	for strings.HasSuffix(s, "000") {
+		s = s[:len(s)-3]
 	}
-	if neg {
-		s = "-" + s
-	}
-	return s + "s"
-}
-
-func pad(n uint64, width int) string {
-	s := strconv.FormatUint(n, 10)
-	return strings.Repeat("0", width-len(s)) + s
+	return strings.TrimSuffix(s, ".") + "s"
 }
 
 // codeNames lists the codes of set, in code order, by the upper-case names
-// grpc service configs use ("UNAVAILABLE", "CANCELLED").
+// grpc service configs use ("UNAVAILABLE", "CANCELLED"), or by number.
 func codeNames(set codeSet) []string {
 	out := []string{}
 	for c := codes.Code(0); c < 64; c++ {
-		if set.has(c) {
-			out = append(out, codeName(c))
+		if !set.has(c) {
+			continue
 		}
+		name, ok := code.Code_name[int32(c)]
+		if !ok {
+			name = strconv.Itoa(int(c))
+		}
+		out = append(out, name)
 	}
 	return out
-}
-
-// codeName returns the upper-case name of c ("CANCELLED"), or its number.
-func codeName(c codes.Code) string {
-	if n, ok := code.Code_name[int32(c)]; ok {
-		return n
-	}
-	return strconv.Itoa(int(c))
 }
