@@ -132,7 +132,7 @@ func TestDialOptionsLoadBalancingConfig(t *testing.T) {
 	const n = 20
 	t.Run("round_robin", func(t *testing.T) {
 		for who, opts := range bothWays(t, `{"loadBalancingConfig": [{"round_robin": {}}]}`) {
-			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 			defer cancel()
 			backends, client := cluster(t, opts...)
 			callUntil(ctx, t, client, backends, 0)
@@ -142,7 +142,7 @@ func TestDialOptionsLoadBalancingConfig(t *testing.T) {
 	})
 	t.Run("pick_first", func(t *testing.T) {
 		for who, opts := range bothWays(t, `{}`) {
-			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 			defer cancel()
 			backends, client := cluster(t, opts...)
 			got := calls(ctx, t, client, backends, n)
@@ -159,7 +159,7 @@ func TestDialOptionsHealthCheckConfig(t *testing.T) {
 	const n = 20
 	doc := `{"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": "x"}}`
 	for who, opts := range bothWays(t, doc) {
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 		defer cancel()
 		backends, client := cluster(t, opts...)
 		backends[0].health.SetServingStatus("x", healthpb.HealthCheckResponse_NOT_SERVING)
