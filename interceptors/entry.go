@@ -102,16 +102,6 @@ func (e *entry) rejection(err error) error {
 	return r
 }
 
-// isOpen reports whether the breaker rejects every attempt now (open or
-// forced open).
-func (e *entry) isOpen() bool {
-	switch e.brk.State() {
-	case breaker.Open, breaker.ForcedOpen:
-		return true
-	}
-	return false
-}
-
 // classify maps the result of one attempt to the breaker outcome (ctx is
 // the caller's): nil is Success; CANCELED, DEADLINE_EXCEEDED past the
 // caller's deadline and local rejections are Ignored; a FailureCodes code is
@@ -202,12 +192,12 @@ func (e *entry) afterFailure(ctx context.Context, c *retry.Call, cs *callStats, 
 		c.Done(err, d.Retryable())
 		final = e.giveUp(ctx, cs, stop)
 		if budget {
-			e.rejected(ctx, cs.options(), cs.targetName(), RejectBudget, stop.Attempts+1, final)
+			e.rejected(ctx, cs.opts, cs.target, RejectBudget, stop.Attempts+1, final)
 		}
 		return 0, final, false
 	}
 	p.RetryAt(o, now)
-	if e.isOpen() { // the retry would be rejected: do not wait for it
+	if st := e.brk.State(); st == breaker.Open || st == breaker.ForcedOpen { // the retry would be rejected
 		return 0, e.breakerEnded(ctx, c, cs, err, RejectOpen), true
 	}
 	e.retrying(ctx, cs, c.Attempts(), delay, err)
@@ -221,9 +211,7 @@ func (e *entry) afterFailure(ctx context.Context, c *retry.Call, cs *callStats, 
 func (e *entry) nextAttempt(ctx context.Context, c *retry.Call, cs *callStats, err error, d retry.Decision, delay time.Duration) (p breaker.Permit, final error, open bool) {
 	start := time.Now()
 	werr := retry.Wait(ctx, delay)
-	if cs != nil {
-		cs.waited += time.Since(start)
-	}
+	cs.waited += time.Since(start)
 	if werr != nil {
 		c.Done(err, d.Retryable())
 		return p, e.giveUp(ctx, cs, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.Canceled}), false
@@ -240,7 +228,7 @@ func (e *entry) nextAttempt(ctx context.Context, c *retry.Call, cs *callStats, e
 func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, cs *callStats, err error, reason RejectReason) error {
 	c.Done(err, true)
 	final := e.giveUp(ctx, cs, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: BreakerOpen})
-	e.rejected(ctx, cs.options(), cs.targetName(), reason, c.Attempts()+1, final)
+	e.rejected(ctx, cs.opts, cs.target, reason, c.Attempts()+1, final)
 	return final
 }
 
@@ -249,7 +237,7 @@ func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, cs *callStats, 
 // that stopped as NotRetryable or Exhausted, or that itself ended with the
 // caller's context, returns re.Err unchanged and reports nothing. Otherwise
 // it is a *giveUpError whose code is the last status's (for Canceled,
-// ctx's). cs may be nil (no metrics, no target).
+// ctx's).
 func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) error {
 	e.callEnded(ctx, cs, re.Attempts)
 	code := statusOf(re.Err).Code()
@@ -268,7 +256,7 @@ func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) erro
 	}
 	err := &giveUpError{re: re, code: code}
 	o := &e.s.o
-	target := cs.targetName()
+	target := cs.target
 	if o.onGiveUp != nil {
 		o.onGiveUp(GiveUpEvent{Context: ctx, Method: e.method, Target: target, Attempts: re.Attempts, Reason: re.Reason, Err: err})
 	}
@@ -284,10 +272,10 @@ func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) erro
 func (e *entry) retrying(ctx context.Context, cs *callStats, attempt int, delay time.Duration, err error) {
 	o := &e.s.o
 	if o.onRetry != nil {
-		o.onRetry(RetryEvent{Context: ctx, Method: e.method, Target: cs.targetName(), Attempt: attempt, Delay: delay, Err: err})
+		o.onRetry(RetryEvent{Context: ctx, Method: e.method, Target: cs.target, Attempt: attempt, Delay: delay, Err: err})
 	}
 	if o.logger != nil {
-		o.logger.Log(ctx, logging.LevelDebug, "retrying", append(callFields(ctx, e.method, cs.targetName()),
+		o.logger.Log(ctx, logging.LevelDebug, "retrying", append(callFields(ctx, e.method, cs.target),
 			"grpc.attempt", attempt, "retry.delay_ms", millis(delay), "grpc.code", statusOf(err).Code().String(), "grpc.error", err.Error())...)
 	}
 }
@@ -295,7 +283,7 @@ func (e *entry) retrying(ctx context.Context, cs *callStats, attempt int, delay 
 // callEnded records the retry metrics of a call of attempts attempts
 // (nothing for a call of one attempt).
 func (e *entry) callEnded(ctx context.Context, cs *callStats, attempts int) {
-	if attempts <= 1 || cs == nil {
+	if attempts <= 1 {
 		return
 	}
 	m := e.s.o.metrics

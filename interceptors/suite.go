@@ -141,7 +141,7 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	s.headers = headerContexts(s.o.header)
 	s.reg.tab, s.reg.max, s.reg.hook = &s.tab, s.o.maxBreakers, s.recordingHook(s.o.stateChangeHook())
 	s.tab.Store(tab)
-	s.o.metrics.bind(s)
+	s.o.metrics.suite.Store(s)
 	return s, nil
 }
 
