@@ -199,16 +199,48 @@ type hedger struct {
 	ctx   context.Context // the caller's
 	n     int             // attempts allowed
 	base  []grpc.CallOption
-	peer  bool // the caller asked for the peer
+	after []grpc.CallOption // the caller's after-call options, applied once (end)
+	peer  bool              // the caller asked for the peer
 	cs    callStats
 	spare []retryCtx
 	atts  []*hedgeAttempt
 	res   chan hedgeResult
 }
 
-func newHedger(e *entry, ctx context.Context, n int, base, after []grpc.CallOption, target string) *hedger {
-	return &hedger{e: e, ctx: ctx, n: n, base: base, peer: wantsPeer(after),
-		cs: callStats{opts: base, target: target, hedged: true}, res: make(chan hedgeResult, n)}
+// newHedger returns the hedger of a call with opts, of which after act after
+// the call.
+func newHedger(e *entry, ctx context.Context, n int, opts []grpc.CallOption, after int, target string) *hedger {
+	h := &hedger{e: e, ctx: ctx, n: n, base: opts, res: make(chan hedgeResult, n)}
+	if after > 0 {
+		h.after, h.base = splitAfter(opts, after)
+	}
+	h.peer = wantsPeer(h.after)
+	h.cs = callStats{opts: h.base, target: target, hedged: true}
+	return h
+}
+
+// end releases the attempts and applies the caller's after-call options
+// with win's header, trailer and peer (a stream's from its stream).
+func (h *hedger) end(win *hedgeAttempt, err error) {
+	for _, a := range h.atts {
+		a.cancel()
+	}
+	if len(h.after) == 0 {
+		return
+	}
+	var hdr, tlr metadata.MD
+	var pr *peer.Peer
+	if win != nil {
+		hdr, tlr = win.hdr, win.tlr
+		if win.cs != nil {
+			hdr, _ = win.cs.Header()
+			tlr = win.cs.Trailer()
+		}
+		if win.peer.Addr != nil {
+			pr = &win.peer
+		}
+	}
+	applyAfter(h.after, hdr, tlr, pr, err)
 }
 
 // start starts attempt len(h.atts)+1, admitted with p, running run.
@@ -331,7 +363,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		r := <-h.res
 		r.a.permit.RetryAt(e.classify(ctx, r.err), time.Now())
 		if r.a.cs != nil && r.err == nil {
-			drainAsync(r.a)
+			_, _ = drain(r.a.cs) // canceled: its end comes at once
 		}
 	}
 	h.cs.waited = waited
@@ -356,41 +388,20 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 	return last.a, err, e.classify(ctx, last.err) == breaker.Failure
 }
 
-// drainAsync ends a losing stream that opened: its context is canceled, so
-// reading its end returns at once.
-func drainAsync(a *hedgeAttempt) { _, _ = drain(a.cs) }
-
 // hedgeUnary runs a hedged unary call, its first attempt admitted with p,
 // with n attempts at most, after of opts acting after the call. (Not a
 // method of unaryCall: that would move the success path's unaryCall to the
 // heap.)
 func (e *entry) hedgeUnary(ctx context.Context, req any, reply proto.Message, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption, p breaker.Permit, n, after int) (error, bool) {
-	base, afterOpts := opts, []grpc.CallOption(nil)
-	if after > 0 {
-		afterOpts, base = splitAfter(opts, after)
-	}
-	h := newHedger(e, ctx, n, base, afterOpts, targetName(cc))
+	h := newHedger(e, ctx, n, opts, after, targetName(cc))
 	win, err, unhealthy := h.race(p, reply, func(a *hedgeAttempt) error {
 		return invoker(a.ctx, e.method, req, a.reply, cc, a.opts...)
 	})
-	for _, a := range h.atts {
-		a.cancel()
-	}
 	if err == nil {
 		proto.Reset(reply)
 		proto.Merge(reply, win.reply)
 	}
-	if len(afterOpts) > 0 {
-		var pr *peer.Peer
-		if win != nil && win.peer.Addr != nil {
-			pr = &win.peer
-		}
-		var hdr, tlr metadata.MD
-		if win != nil {
-			hdr, tlr = win.hdr, win.tlr
-		}
-		applyAfter(afterOpts, hdr, tlr, pr, err)
-	}
+	h.end(win, err)
 	return err, unhealthy
 }
 
@@ -403,7 +414,6 @@ type hedgeStream struct {
 	desc     *grpc.StreamDesc
 	cc       *grpc.ClientConn
 	streamer grpc.Streamer
-	after    []grpc.CallOption
 
 	mu     sync.Mutex
 	req    any
@@ -414,11 +424,8 @@ type hedgeStream struct {
 }
 
 func newHedgeStream(e *entry, ctx context.Context, p breaker.Permit, n int, desc *grpc.StreamDesc, cc *grpc.ClientConn, streamer grpc.Streamer, opts []grpc.CallOption, after int) *hedgeStream {
-	base, afterOpts := opts, []grpc.CallOption(nil)
-	if after > 0 {
-		afterOpts, base = splitAfter(opts, after)
-	}
-	return &hedgeStream{h: newHedger(e, ctx, n, base, afterOpts, targetName(cc)), p: p, desc: desc, cc: cc, streamer: streamer, after: afterOpts}
+	h := newHedger(e, ctx, n, opts, after, targetName(cc))
+	return &hedgeStream{h: h, p: p, desc: desc, cc: cc, streamer: streamer}
 }
 
 var errHedgeSend = errors.New("interceptors: a hedged server stream sends one message")
@@ -485,30 +492,8 @@ func (s *hedgeStream) run() {
 	})
 }
 
-// finish applies the after-call options and releases the attempts, once.
-func (s *hedgeStream) finish(err error) {
-	s.report.Do(func() {
-		for _, a := range s.h.atts {
-			a.cancel()
-		}
-		if len(s.after) == 0 {
-			return
-		}
-		var hdr, tlr metadata.MD
-		var pr *peer.Peer
-		if w := s.win; w != nil {
-			hdr, tlr = w.hdr, w.tlr
-			if w.cs != nil {
-				hdr, _ = w.cs.Header()
-				tlr = w.cs.Trailer()
-			}
-			if w.peer.Addr != nil {
-				pr = &w.peer
-			}
-		}
-		applyAfter(s.after, hdr, tlr, pr, err)
-	})
-}
+// finish ends the call (hedger.end) once, with err.
+func (s *hedgeStream) finish(err error) { s.report.Do(func() { s.h.end(s.win, err) }) }
 
 // winner runs the race if needed and returns its winner's stream, or the
 // stream's end.
