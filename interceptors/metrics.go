@@ -142,11 +142,6 @@ type attrSet struct {
 	rejected atomic.Int64 // the rejections counter's value (reason sets only)
 }
 
-func newAttrSet(kv ...attribute.KeyValue) *attrSet {
-	o := metric.WithAttributeSet(attribute.NewSet(kv...))
-	return &attrSet{rec: []metric.RecordOption{o}, obs: []metric.ObserveOption{o}}
-}
-
 type callKey struct {
 	method, target, reason string
 }
@@ -208,14 +203,12 @@ func handle[T any](v T, err error) T {
 	return v
 }
 
-// observedStates are the states breaker.state reports.
-var observedStates = []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen, breaker.ForcedOpen, breaker.Disabled, breaker.MetricsOnly}
-
 // observe reports snap to o.
 func observe(snap Snapshot, o metric.Observer, state metric.Int64ObservableGauge, prob metric.Float64ObservableGauge, balance metric.Float64ObservableGauge, refusals metric.Int64ObservableCounter) {
 	for _, b := range snap.Methods {
 		name, target := attribute.String(AttrBreaker, b.Method), attribute.String(AttrTarget, b.Target)
-		for _, st := range observedStates {
+		for _, st := range []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen, breaker.ForcedOpen,
+			breaker.Disabled, breaker.MetricsOnly} {
 			v := int64(0)
 			if st.String() == b.State {
 				v = 1
@@ -254,7 +247,8 @@ func (m *metrics) callAttrs(method, target, reason string) *attrSet {
 	if reason != "" {
 		kv = append(kv, attribute.String(AttrRejectReason, reason))
 	}
-	a := newAttrSet(kv...)
+	o := metric.WithAttributeSet(attribute.NewSet(kv...))
+	a := &attrSet{rec: []metric.RecordOption{o}, obs: []metric.ObserveOption{o}}
 	if m.attrs == nil {
 		m.attrs = map[callKey]*attrSet{}
 	}

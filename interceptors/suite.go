@@ -20,9 +20,8 @@ import (
 // policy never covers: probes must see the real state of the server.
 const healthPrefix = "/grpc.health.v1.Health/"
 
-// maxCachedMethods bounds the cache of resolved methods of one connection:
-// a method that would go past it empties the cache, so a connection that
-// calls more methods resolves some of them again (one allocation each).
+// maxCachedMethods bounds a connection's cache of resolved methods (see
+// [Suite]; a method resolved again allocates once).
 const maxCachedMethods = 4096
 
 // Suite holds the policies of a set of methods and the state behind them (one
@@ -260,10 +259,13 @@ func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 		}
 	}
 	for {
-		e := s.resolveEntry(tab, c, method)
-		if e == nil { // an Update ran: resolve under the new table
-			tab = s.tab.Load()
-			continue
+		e := &entry{s: s, method: method, tab: tab, budget: c.budget}
+		if e.pol = tab.match(method); e.pol != nil {
+			if e.rec = s.reg.get(s, tab, c.name, method, e.pol); e.rec == nil {
+				tab = s.tab.Load() // an Update ran: resolve under the new table
+				continue
+			}
+			e.brk = e.rec.brk
 		}
 		if _, loaded := c.methods.Swap(method, e); !loaded && c.n.Add(1) > maxCachedMethods {
 			c.methods.Clear()
@@ -272,20 +274,6 @@ func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 		}
 		return e
 	}
-}
-
-// resolveEntry resolves method on c under tab. It returns nil if tab is no
-// longer the suite's table.
-func (s *Suite) resolveEntry(tab *table, c *conn, method string) *entry {
-	e := &entry{s: s, method: method, tab: tab, budget: c.budget}
-	if e.pol = tab.match(method); e.pol == nil {
-		return e
-	}
-	if e.rec = s.reg.get(s, tab, c.name, method, e.pol); e.rec == nil {
-		return nil
-	}
-	e.brk = e.rec.brk
-	return e
 }
 
 // Unary returns the unary client interceptor of the suite.
