@@ -102,10 +102,9 @@ func (e *entry) rejection(err error) error {
 	return r
 }
 
-// classify maps the result of one attempt to the breaker outcome (ctx is
-// the caller's): nil is Success; CANCELED, DEADLINE_EXCEEDED past the
-// caller's deadline and local rejections are Ignored; a FailureCodes code is
-// a Failure; any other code is a Success. A code outside 0..16 is UNKNOWN.
+// classify maps the result of one attempt to its breaker outcome as
+// [Policy.FailureCodes] says (ctx is the caller's); a local rejection is
+// Ignored, a code outside 0..16 UNKNOWN.
 func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 	if err == nil {
 		return breaker.Success
@@ -130,9 +129,7 @@ func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 //
 //  1. committed (headers or a message arrived), ctx done, or a local
 //     rejection: Stop;
-//  2. a code not in RetryableCodes (RESOURCE_EXHAUSTED is retryable only
-//     with a delay hint; DEADLINE_EXCEEDED only before the caller's
-//     deadline): Stop;
+//  2. a code not retryable by [Policy.RetryableCodes]: Stop;
 //  3. grpc-retry-pushback-ms, as gRFC A6: one value >= 0 is After(ms); any
 //     other is Stop and a failed attempt for the budget (FailedAt);
 //  4. a valid, non-negative google.rpc.RetryInfo delay: After(delay);
@@ -172,19 +169,15 @@ func (e *entry) decide(ctx context.Context, err error, committed bool, trailer m
 }
 
 // afterFailure runs c.Next for the failed attempt and records its outcome o
-// with p: DoneAt when the call stops (the call's outcome), RetryAt when it
-// retries or when the budget refused the retry (a local limit ends the call
-// without an outcome, as a breaker rejection does). If the call stops, or the
-// breaker is open, it ends c and returns the caller's error; otherwise it
-// reports the retry and returns the delay.
+// with p: DoneAt when the call stops, RetryAt when it retries or the budget
+// refused the retry (a local limit, as a breaker rejection). If the call
+// stops, or the breaker is open, it ends c and returns the caller's error;
+// otherwise it reports the retry and returns the delay.
 func (e *entry) afterFailure(ctx context.Context, c *retry.Call, cs *callStats, err error, d retry.Decision, now time.Time, p breaker.Permit, o breaker.Outcome) (delay time.Duration, final error, open bool) {
 	delay, stop := c.Next(ctx, err, d, now)
 	if stop != nil {
 		budget := stop.Reason == retry.BudgetExhausted
-		if budget {
-			// Counted as failed calls, first attempts cut short by the
-			// budget at a cold start made the throttle shed calls that
-			// would have succeeded.
+		if budget { // not a failed call: at a cold start the throttle would shed good calls
 			p.RetryAt(o, now)
 		} else {
 			p.DoneAt(o, now)

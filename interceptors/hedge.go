@@ -375,9 +375,6 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		e.callEnded(ctx, &h.cs, attempts)
 		return win, nil, false
 	}
-	if last.a == nil { // cannot happen: the first attempt always ends
-		return nil, errors.New("interceptors: hedged call ended without an attempt"), false
-	}
 	if e.budget != nil && reason == retry.NotRetryable {
 		e.budget.NotRetryable()
 	}

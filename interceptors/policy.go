@@ -17,9 +17,8 @@ import (
 // policy, a circuit breaker configuration, classification overrides and an
 // optional fallback. The zero Policy means retry and breaker defaults.
 type Policy struct {
-	// Retry configures the retries of a call. The zero value means the retry
-	// package defaults (4 attempts, 25ms full-jitter backoff capped at 5s);
-	// MaxAttempts 1 means no retries.
+	// Retry configures the retries of a call; the zero value means
+	// [retry.Policy]'s defaults, MaxAttempts 1 no retries.
 	Retry retry.Policy
 	// Breaker configures the breaker of each method the policy covers (one
 	// breaker per target and method, or per key of WithBreakerKey). The zero
