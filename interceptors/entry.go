@@ -82,13 +82,11 @@ func (e *entry) admit(ctx context.Context) (breaker.Permit, error) {
 // (Breaker.AllowRetry: never throttled, never waits).
 func (e *entry) admitRetry() (breaker.Permit, error) {
 	p, err := e.brk.AllowRetry()
-	if err == nil {
-		return p, nil
-	}
 	return p, e.rejection(err)
 }
 
-// rejection returns the prebuilt rejection error for err, the breaker's.
+// rejection returns the prebuilt rejection error for err, the breaker's (nil
+// for nil).
 func (e *entry) rejection(err error) error {
 	oe, ok := err.(*breaker.OpenError)
 	if !ok {

@@ -94,13 +94,11 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 	case p.Retry.MaxAttempts > 1:
 		return policyError(key, fmt.Sprintf("Hedge: a policy hedges or retries, not both (Retry.MaxAttempts is %d; set it to 0 or 1)", p.Retry.MaxAttempts), nil)
 	}
-	hp := &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, strict: h.RequireIdempotent}
-	if h.NonFatalCodes != nil {
-		var err error
-		if hp.nonFatal, err = codeList(key, "Hedge.NonFatalCodes", h.NonFatalCodes); err != nil {
-			return err
-		}
+	nonFatal, err := codeList(key, "Hedge.NonFatalCodes", h.NonFatalCodes)
+	if err != nil {
+		return err
 	}
+	hp := &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, nonFatal: nonFatal, strict: h.RequireIdempotent}
 	if key != "*" && !strings.HasSuffix(key, "/*") {
 		switch k := methodKind(key); {
 		case k&kindClientStream != 0:

@@ -154,7 +154,7 @@ func newMetrics(mp metric.MeterProvider, filter func(string) bool) *metrics {
 		mp = otel.GetMeterProvider()
 	}
 	meter := mp.Meter(MeterName)
-	m := &metrics{filter: filter}
+	m := &metrics{filter: filter, attrs: map[callKey]*attrSet{}}
 	m.retries = handle(meter.Int64Histogram(MetricCallRetries, metric.WithUnit("{retry}"),
 		metric.WithDescription("Number of retries during the client call. If there were no retries, 0 is not reported."),
 		metric.WithExplicitBucketBoundaries(retryBounds...)))
@@ -249,9 +249,6 @@ func (m *metrics) callAttrs(method, target, reason string) *attrSet {
 	}
 	o := metric.WithAttributeSet(attribute.NewSet(kv...))
 	a := &attrSet{rec: []metric.RecordOption{o}, obs: []metric.ObserveOption{o}}
-	if m.attrs == nil {
-		m.attrs = map[callKey]*attrSet{}
-	}
 	m.attrs[k] = a
 	return a
 }

@@ -120,7 +120,7 @@ func fastSlot(method string) uintptr {
 // service or method the proto registry does not know is a warning, or an
 // error with [WithStrictKeys].
 func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
-	s := &Suite{o: defaultOptions()}
+	s := &Suite{o: defaultOptions(), targets: map[string]*targetState{}}
 	for _, o := range opts {
 		if o != nil {
 			o.apply(&s.o)
@@ -155,7 +155,7 @@ func joinErrors(errs []error) error {
 // resolve validates policies and builds a table. It returns every problem,
 // sorted by key, or a table.
 func (s *Suite) resolve(policies map[string]Policy) (*table, []error) {
-	tab := &table{exact: map[string]*policy{}, service: map[string]*policy{}}
+	tab := &table{exact: map[string]*policy{}, service: map[string]*policy{}, forced: map[string]bool{}}
 	var errs []error
 	for _, key := range slices.Sorted(maps.Keys(policies)) {
 		p := policies[key]
@@ -174,9 +174,6 @@ func (s *Suite) resolve(policies map[string]Policy) (*table, []error) {
 			continue
 		}
 		if forced {
-			if tab.forced == nil {
-				tab.forced = map[string]bool{}
-			}
 			tab.forced[key] = true
 		}
 		switch {
@@ -220,11 +217,9 @@ func targetName(cc *grpc.ClientConn) string {
 }
 
 // lookup returns the entry of method called on cc, or nil if no policy
-// covers the method (the caller then passes the call through untouched).
-// The common case, the same connection as the previous call and the
-// constant method string of a generated stub, is a fast-slot hit: a few
-// atomic loads and pointer comparisons (BenchmarkLookup compares it with the
-// sync.Map behind it).
+// covers the method (the call then passes through untouched). The same
+// connection as the previous call and a generated stub's constant method
+// string make a fast-slot hit: a few atomic loads and pointer comparisons.
 func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 	tab := s.tab.Load()
 	c := s.last.Load()
@@ -354,9 +349,6 @@ func (s *Suite) acquireTarget(name string) retry.Budget {
 	t := s.targets[name]
 	if t == nil {
 		t = &targetState{budget: s.o.newBudget()}
-		if s.targets == nil {
-			s.targets = map[string]*targetState{}
-		}
 		s.targets[name] = t
 	}
 	t.refs++
