@@ -44,9 +44,8 @@ type entry struct {
 	rej atomic.Pointer[rejectError] // the rejection of the current open period
 }
 
-// newCall starts the retry state machine of one call allowed maxAttempts
-// attempts (the policy's, or a call option's), charged to the entry's
-// budget.
+// newCall starts the retry state machine of a call of maxAttempts attempts
+// (the policy's, or a call option's), charged to the entry's budget.
 func (e *entry) newCall(maxAttempts int) retry.Call {
 	p := e.pol.retry
 	p.MaxAttempts = maxAttempts

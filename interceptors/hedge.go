@@ -94,7 +94,7 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 	case p.Retry.MaxAttempts > 1:
 		return policyError(key, fmt.Sprintf("Hedge: a policy hedges or retries, not both (Retry.MaxAttempts is %d; set it to 0 or 1)", p.Retry.MaxAttempts), nil)
 	}
-	nonFatal, err := codeList(key, "Hedge.NonFatalCodes", h.NonFatalCodes)
+	nonFatal, err := codeList(key, "Hedge.NonFatalCodes", h.NonFatalCodes, 0)
 	if err != nil {
 		return err
 	}

@@ -224,9 +224,8 @@ func observe(snap Snapshot, o metric.Observer, state metric.Int64ObservableGauge
 	}
 }
 
-// methodAttr returns the grpc.method attribute value of a call of method
-// with opts: the method without its leading slash when the call carries
-// grpc.StaticMethod() or the filter accepts it, else "other".
+// methodAttr returns the grpc.method attribute of a call of method with
+// opts, as [WithMeterProvider] and [WithMetricsMethodFilter] state.
 func (m *metrics) methodAttr(method string, opts []grpc.CallOption) string {
 	if hasStaticMethod(opts) || m.filter != nil && m.filter(method) {
 		return strings.TrimLeft(method, "/")

@@ -155,17 +155,12 @@ func resolvePolicy(key string, p Policy) (*policy, error) {
 	if err != nil {
 		return nil, policyError(key, "Breaker."+strings.TrimPrefix(err.Error(), "breaker: Config."), err)
 	}
-	pol := &policy{key: key, retry: r, maxAttempts: r.MaxAttempts, cfg: cfg,
-		retryable: defaultRetryable, failure: defaultFailure, fallback: p.Fallback}
-	if p.RetryableCodes != nil {
-		if pol.retryable, err = codeList(key, "RetryableCodes", p.RetryableCodes); err != nil {
-			return nil, err
-		}
+	pol := &policy{key: key, retry: r, maxAttempts: r.MaxAttempts, cfg: cfg, fallback: p.Fallback}
+	if pol.retryable, err = codeList(key, "RetryableCodes", p.RetryableCodes, defaultRetryable); err != nil {
+		return nil, err
 	}
-	if p.FailureCodes != nil {
-		if pol.failure, err = codeList(key, "FailureCodes", p.FailureCodes); err != nil {
-			return nil, err
-		}
+	if pol.failure, err = codeList(key, "FailureCodes", p.FailureCodes, defaultFailure); err != nil {
+		return nil, err
 	}
 	if err := resolveHedge(key, p, pol); err != nil {
 		return nil, err
@@ -173,7 +168,12 @@ func resolvePolicy(key string, p Policy) (*policy, error) {
 	return pol, nil
 }
 
-func codeList(key, field string, cs []codes.Code) (codeSet, error) {
+// codeList validates the codes of field, cs, and returns their set (def for
+// a nil cs).
+func codeList(key, field string, cs []codes.Code, def codeSet) (codeSet, error) {
+	if cs == nil {
+		return def, nil
+	}
 	for i, c := range cs {
 		if c == codes.OK || c >= 64 {
 			return 0, policyError(key, fmt.Sprintf("%s[%d]: must be a non-OK code below 64, got %v", field, i, c), nil)

@@ -62,9 +62,8 @@ import (
 // message or headers arrive, when the caller calls Header (once headers
 // arrive), Trailer or Context, or when the messages sent exceed the replay
 // buffer ([WithReplayBuffer], [DefaultReplayBuffer] by default; a
-// [grpc.MaxRetryRPCBufferSize] call option wins),
-// each counting its encoded size, at least one byte; a message that is not
-// a protobuf message commits. Until then it keeps every sent message as it
+// [grpc.MaxRetryRPCBufferSize] call option wins), each counting its encoded
+// size, at least one byte; a message that is not a protobuf message commits. Until then it keeps every sent message as it
 // was sent (a caller may reuse one message value) and, when an attempt
 // fails retryably, replays them in order on a new attempt, then CloseSend
 // if called: the caller sees no failed attempt and no duplicate.
