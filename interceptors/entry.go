@@ -246,12 +246,11 @@ func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) erro
 	}
 	err := &giveUpError{re: re, code: code}
 	o := &e.s.o
-	target := cs.target
 	if o.onGiveUp != nil {
-		o.onGiveUp(GiveUpEvent{Context: ctx, Method: e.method, Target: target, Attempts: re.Attempts, Reason: re.Reason, Err: err})
+		o.onGiveUp(GiveUpEvent{Context: ctx, Method: e.method, Target: cs.target, Attempts: re.Attempts, Reason: re.Reason, Err: err})
 	}
 	if o.logger != nil {
-		o.logger.Log(ctx, logging.LevelWarn, "retries gave up", append(callFields(ctx, e.method, target),
+		o.logger.Log(ctx, logging.LevelWarn, "retries gave up", append(callFields(ctx, e.method, cs.target),
 			"grpc.attempt", re.Attempts, "retry.reason", re.Reason.String(), "grpc.code", code.String(), "grpc.error", re.Err.Error())...)
 	}
 	return err
