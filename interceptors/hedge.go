@@ -244,20 +244,17 @@ func (h *hedger) end(win *hedgeAttempt, err error) {
 // start starts attempt len(h.atts)+1, admitted with p, running run.
 func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAttempt) error) {
 	a := &hedgeAttempt{permit: p}
-	if reply != nil {
-		a.reply = reply.ProtoReflect().New().Interface()
-	}
 	actx, cancel := h.e.s.retryContext(h.ctx, len(h.atts)+1, &h.spare), context.CancelFunc(func() {})
-	if reply != nil { // a stream's winner lives on: no AttemptTimeout
+	if reply != nil { // a unary call's: its own reply, and AttemptTimeout (a stream's winner lives on)
+		a.reply = reply.ProtoReflect().New().Interface()
 		actx, cancel = h.e.pol.retry.AttemptContext(actx)
 	}
-	a.ctx, a.cancel = context.WithCancel(actx)
+	actx, stop := context.WithCancel(actx)
+	a.ctx, a.cancel = actx, func() { stop(); cancel() }
 	a.opts = append(append(make([]grpc.CallOption, 0, len(h.base)+3), h.base...), grpc.Header(&a.hdr), grpc.Trailer(&a.tlr))
 	if h.peer {
 		a.opts = append(a.opts, grpc.Peer(&a.peer))
 	}
-	stop := a.cancel
-	a.cancel = func() { stop(); cancel() }
 	h.atts = append(h.atts, a)
 	go func() { h.res <- hedgeResult{a, run(a)} }()
 }
@@ -276,7 +273,6 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 	defer timer.Stop()
 	var last hedgeResult
 	var reason retry.Reason
-	var waited time.Duration
 	idleSince := time.Time{}
 	for win == nil {
 		hedging = hedging && len(h.atts) < h.n && ctx.Err() == nil
@@ -297,7 +293,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 			hedging = false
 		case now := <-tc:
 			if !idleSince.IsZero() {
-				waited += now.Sub(idleSince)
+				h.cs.waited += now.Sub(idleSince)
 				idleSince = time.Time{}
 			}
 			if e.budget != nil && !e.budget.AllowAt(now) {
@@ -364,7 +360,6 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 			_, _ = drain(r.a.cs) // canceled: its end comes at once
 		}
 	}
-	h.cs.waited = waited
 	attempts := len(h.atts)
 	if win != nil && last.a != win { // committed
 		if e.budget != nil {
