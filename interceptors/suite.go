@@ -291,24 +291,21 @@ func (s *Suite) DialOptions() []grpc.DialOption {
 // latest. Creating one first drops the state of closed connections when
 // their number has doubled since the last time (amortized O(1)).
 func (s *Suite) conn(cc *grpc.ClientConn) *conn {
-	if v, ok := s.conns.Load(cc); ok {
-		c := v.(*conn)
-		s.last.Store(c)
-		return c
-	}
-	s.cmu.Lock()
 	v, ok := s.conns.Load(cc)
 	if !ok {
-		if s.nconns >= s.sweepAt {
-			s.sweepConns()
-			s.sweepAt = max(2*s.nconns, 16)
+		s.cmu.Lock()
+		if v, ok = s.conns.Load(cc); !ok {
+			if s.nconns >= s.sweepAt {
+				s.sweepConns()
+				s.sweepAt = max(2*s.nconns, 16)
+			}
+			name := targetName(cc)
+			v = &conn{cc: cc, name: name, budget: s.acquireTarget(name)}
+			s.conns.Store(cc, v)
+			s.nconns++
 		}
-		name := targetName(cc)
-		v = &conn{cc: cc, name: name, budget: s.acquireTarget(name)}
-		s.conns.Store(cc, v)
-		s.nconns++
+		s.cmu.Unlock()
 	}
-	s.cmu.Unlock()
 	c := v.(*conn)
 	s.last.Store(c)
 	return c
