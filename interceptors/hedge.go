@@ -194,12 +194,11 @@ type hedgeResult struct {
 // hedger races the attempts of one hedged call.
 type hedger struct {
 	e     *entry
-	ctx   context.Context // the caller's
-	n     int             // attempts allowed
-	base  []grpc.CallOption
+	ctx   context.Context   // the caller's
+	n     int               // attempts allowed
 	after []grpc.CallOption // the caller's after-call options, applied once (end)
 	peer  bool              // the caller asked for the peer
-	cs    callStats
+	cs    callStats         // cs.opts: every attempt's options
 	spare []retryCtx
 	atts  []*hedgeAttempt
 	res   chan hedgeResult
@@ -208,12 +207,12 @@ type hedger struct {
 // newHedger returns the hedger of a call with opts, of which after act after
 // the call.
 func newHedger(e *entry, ctx context.Context, n int, opts []grpc.CallOption, after int, target string) *hedger {
-	h := &hedger{e: e, ctx: ctx, n: n, base: opts, res: make(chan hedgeResult, n)}
+	h := &hedger{e: e, ctx: ctx, n: n, cs: callStats{opts: opts, target: target, hedged: true},
+		res: make(chan hedgeResult, n)}
 	if after > 0 {
-		h.after, h.base = splitAfter(opts, after)
+		h.after, h.cs.opts = splitAfter(opts, after)
 	}
 	h.peer = wantsPeer(h.after)
-	h.cs = callStats{opts: h.base, target: target, hedged: true}
 	return h
 }
 
@@ -251,7 +250,7 @@ func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAtt
 	}
 	actx, stop := context.WithCancel(actx)
 	a.ctx, a.cancel = actx, func() { stop(); cancel() }
-	a.opts = append(append(make([]grpc.CallOption, 0, len(h.base)+3), h.base...), grpc.Header(&a.hdr), grpc.Trailer(&a.tlr))
+	a.opts = append(append(make([]grpc.CallOption, 0, len(h.cs.opts)+3), h.cs.opts...), grpc.Header(&a.hdr), grpc.Trailer(&a.tlr))
 	if h.peer {
 		a.opts = append(a.opts, grpc.Peer(&a.peer))
 	}
