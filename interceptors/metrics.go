@@ -98,11 +98,10 @@ var retryBounds = []float64{0, 1, 2, 3, 4, 5}
 //   - khive.resilience.budget.refusals (counter, {retry}; grpc.target):
 //     retries the target's budget refused, since the budget was made.
 //
-// breaker.name is the breaker's name (the full method by default, the key
-// with WithBreakerKey, "<policy> (overflow)" for an overflow breaker), and
-// grpc.target is "" for a breaker that is not a target's. The gauges and
-// the budget counter read the suite's state when the reader collects
-// (Suite.Snapshot): a successful call records nothing.
+// A breaker's breaker.name and grpc.target are its [StateChangeEvent]'s
+// Breaker and Target. The gauges and the budget counter read the suite's
+// state when the reader collects ([Suite.Snapshot]): a successful call
+// records nothing.
 func WithMeterProvider(mp metric.MeterProvider) Option {
 	return optionFunc(func(o *options) { o.meterProvider = mp })
 }
