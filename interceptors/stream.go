@@ -63,10 +63,11 @@ import (
 // arrive), Trailer or Context, or when the messages sent exceed the replay
 // buffer ([WithReplayBuffer], [DefaultReplayBuffer] by default; a
 // [grpc.MaxRetryRPCBufferSize] call option wins), each counting its encoded
-// size, at least one byte; a message that is not a protobuf message commits. Until then it keeps every sent message as it
-// was sent (a caller may reuse one message value) and, when an attempt
-// fails retryably, replays them in order on a new attempt, then CloseSend
-// if called: the caller sees no failed attempt and no duplicate.
+// size, at least one byte; a message that is not a protobuf message commits.
+// Until then it keeps every sent message as it was sent (a caller may reuse
+// one message value) and, when an attempt fails retryably, replays them in
+// order on a new attempt, then CloseSend if called: the caller sees no
+// failed attempt and no duplicate.
 // Retry.AttemptTimeout bounds each attempt until it commits or receives
 // headers, never past the caller's deadline; an attempt it cuts fails with
 // DEADLINE_EXCEEDED, unless it had failed already.
