@@ -98,7 +98,8 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 	if err != nil {
 		return err
 	}
-	hp := &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, nonFatal: nonFatal, strict: h.RequireIdempotent}
+	hp := &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, nonFatal: nonFatal,
+		strict: h.RequireIdempotent}
 	if key != "*" && !strings.HasSuffix(key, "/*") {
 		switch k := methodKind(key); {
 		case k&kindClientStream != 0:
