@@ -44,9 +44,8 @@ type entry struct {
 	rej atomic.Pointer[rejectError] // the rejection of the current open period
 }
 
-// newCall starts the retry state machine of one call allowed maxAttempts
-// attempts (the policy's, or a call option's), charged to the entry's
-// budget.
+// newCall starts the retry state machine of a call of maxAttempts attempts
+// (the policy's, or a call option's), charged to the entry's budget.
 func (e *entry) newCall(maxAttempts int) retry.Call {
 	p := e.pol.retry
 	p.MaxAttempts = maxAttempts
@@ -82,13 +81,11 @@ func (e *entry) admit(ctx context.Context) (breaker.Permit, error) {
 // (Breaker.AllowRetry: never throttled, never waits).
 func (e *entry) admitRetry() (breaker.Permit, error) {
 	p, err := e.brk.AllowRetry()
-	if err == nil {
-		return p, nil
-	}
 	return p, e.rejection(err)
 }
 
-// rejection returns the prebuilt rejection error for err, the breaker's.
+// rejection returns the prebuilt rejection error for err, the breaker's (nil
+// for nil).
 func (e *entry) rejection(err error) error {
 	oe, ok := err.(*breaker.OpenError)
 	if !ok {
@@ -102,20 +99,9 @@ func (e *entry) rejection(err error) error {
 	return r
 }
 
-// isOpen reports whether the breaker rejects every attempt now (open or
-// forced open).
-func (e *entry) isOpen() bool {
-	switch e.brk.State() {
-	case breaker.Open, breaker.ForcedOpen:
-		return true
-	}
-	return false
-}
-
-// classify maps the result of one attempt to the breaker outcome (ctx is
-// the caller's): nil is Success; CANCELED, DEADLINE_EXCEEDED past the
-// caller's deadline and local rejections are Ignored; a FailureCodes code is
-// a Failure; any other code is a Success. A code outside 0..16 is UNKNOWN.
+// classify maps the result of one attempt to its breaker outcome as
+// [Policy.FailureCodes] says (ctx is the caller's); a local rejection is
+// Ignored, a code outside 0..16 UNKNOWN.
 func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 	if err == nil {
 		return breaker.Success
@@ -140,9 +126,7 @@ func (e *entry) classify(ctx context.Context, err error) breaker.Outcome {
 //
 //  1. committed (headers or a message arrived), ctx done, or a local
 //     rejection: Stop;
-//  2. a code not in RetryableCodes (RESOURCE_EXHAUSTED is retryable only
-//     with a delay hint; DEADLINE_EXCEEDED only before the caller's
-//     deadline): Stop;
+//  2. a code not retryable by [Policy.RetryableCodes]: Stop;
 //  3. grpc-retry-pushback-ms, as gRFC A6: one value >= 0 is After(ms); any
 //     other is Stop and a failed attempt for the budget (FailedAt);
 //  4. a valid, non-negative google.rpc.RetryInfo delay: After(delay);
@@ -182,19 +166,15 @@ func (e *entry) decide(ctx context.Context, err error, committed bool, trailer m
 }
 
 // afterFailure runs c.Next for the failed attempt and records its outcome o
-// with p: DoneAt when the call stops (the call's outcome), RetryAt when it
-// retries or when the budget refused the retry (a local limit ends the call
-// without an outcome, as a breaker rejection does). If the call stops, or the
-// breaker is open, it ends c and returns the caller's error; otherwise it
-// reports the retry and returns the delay.
+// with p: DoneAt when the call stops, RetryAt when it retries or the budget
+// refused the retry (a local limit, as a breaker rejection). If the call
+// stops, or the breaker is open, it ends c and returns the caller's error;
+// otherwise it reports the retry and returns the delay.
 func (e *entry) afterFailure(ctx context.Context, c *retry.Call, cs *callStats, err error, d retry.Decision, now time.Time, p breaker.Permit, o breaker.Outcome) (delay time.Duration, final error, open bool) {
 	delay, stop := c.Next(ctx, err, d, now)
 	if stop != nil {
 		budget := stop.Reason == retry.BudgetExhausted
-		if budget {
-			// Counted as failed calls, first attempts cut short by the
-			// budget at a cold start made the throttle shed calls that
-			// would have succeeded.
+		if budget { // not a failed call: at a cold start the throttle would shed good calls
 			p.RetryAt(o, now)
 		} else {
 			p.DoneAt(o, now)
@@ -202,12 +182,12 @@ func (e *entry) afterFailure(ctx context.Context, c *retry.Call, cs *callStats, 
 		c.Done(err, d.Retryable())
 		final = e.giveUp(ctx, cs, stop)
 		if budget {
-			e.rejected(ctx, cs.options(), cs.targetName(), RejectBudget, stop.Attempts+1, final)
+			e.rejected(ctx, cs.opts, cs.target, RejectBudget, stop.Attempts+1, final)
 		}
 		return 0, final, false
 	}
 	p.RetryAt(o, now)
-	if e.isOpen() { // the retry would be rejected: do not wait for it
+	if st := e.brk.State(); st == breaker.Open || st == breaker.ForcedOpen { // the retry would be rejected
 		return 0, e.breakerEnded(ctx, c, cs, err, RejectOpen), true
 	}
 	e.retrying(ctx, cs, c.Attempts(), delay, err)
@@ -221,9 +201,7 @@ func (e *entry) afterFailure(ctx context.Context, c *retry.Call, cs *callStats, 
 func (e *entry) nextAttempt(ctx context.Context, c *retry.Call, cs *callStats, err error, d retry.Decision, delay time.Duration) (p breaker.Permit, final error, open bool) {
 	start := time.Now()
 	werr := retry.Wait(ctx, delay)
-	if cs != nil {
-		cs.waited += time.Since(start)
-	}
+	cs.waited += time.Since(start)
 	if werr != nil {
 		c.Done(err, d.Retryable())
 		return p, e.giveUp(ctx, cs, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: retry.Canceled}), false
@@ -240,7 +218,7 @@ func (e *entry) nextAttempt(ctx context.Context, c *retry.Call, cs *callStats, e
 func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, cs *callStats, err error, reason RejectReason) error {
 	c.Done(err, true)
 	final := e.giveUp(ctx, cs, &retry.Error{Err: err, Attempts: c.Attempts(), Reason: BreakerOpen})
-	e.rejected(ctx, cs.options(), cs.targetName(), reason, c.Attempts()+1, final)
+	e.rejected(ctx, cs.opts, cs.target, reason, c.Attempts()+1, final)
 	return final
 }
 
@@ -249,7 +227,7 @@ func (e *entry) breakerEnded(ctx context.Context, c *retry.Call, cs *callStats, 
 // that stopped as NotRetryable or Exhausted, or that itself ended with the
 // caller's context, returns re.Err unchanged and reports nothing. Otherwise
 // it is a *giveUpError whose code is the last status's (for Canceled,
-// ctx's). cs may be nil (no metrics, no target).
+// ctx's).
 func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) error {
 	e.callEnded(ctx, cs, re.Attempts)
 	code := statusOf(re.Err).Code()
@@ -268,12 +246,11 @@ func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) erro
 	}
 	err := &giveUpError{re: re, code: code}
 	o := &e.s.o
-	target := cs.targetName()
 	if o.onGiveUp != nil {
-		o.onGiveUp(GiveUpEvent{Context: ctx, Method: e.method, Target: target, Attempts: re.Attempts, Reason: re.Reason, Err: err})
+		o.onGiveUp(GiveUpEvent{Context: ctx, Method: e.method, Target: cs.target, Attempts: re.Attempts, Reason: re.Reason, Err: err})
 	}
 	if o.logger != nil {
-		o.logger.Log(ctx, logging.LevelWarn, "retries gave up", append(callFields(ctx, e.method, target),
+		o.logger.Log(ctx, logging.LevelWarn, "retries gave up", append(callFields(ctx, e.method, cs.target),
 			"grpc.attempt", re.Attempts, "retry.reason", re.Reason.String(), "grpc.code", code.String(), "grpc.error", re.Err.Error())...)
 	}
 	return err
@@ -284,10 +261,10 @@ func (e *entry) giveUp(ctx context.Context, cs *callStats, re *retry.Error) erro
 func (e *entry) retrying(ctx context.Context, cs *callStats, attempt int, delay time.Duration, err error) {
 	o := &e.s.o
 	if o.onRetry != nil {
-		o.onRetry(RetryEvent{Context: ctx, Method: e.method, Target: cs.targetName(), Attempt: attempt, Delay: delay, Err: err})
+		o.onRetry(RetryEvent{Context: ctx, Method: e.method, Target: cs.target, Attempt: attempt, Delay: delay, Err: err})
 	}
 	if o.logger != nil {
-		o.logger.Log(ctx, logging.LevelDebug, "retrying", append(callFields(ctx, e.method, cs.targetName()),
+		o.logger.Log(ctx, logging.LevelDebug, "retrying", append(callFields(ctx, e.method, cs.target),
 			"grpc.attempt", attempt, "retry.delay_ms", millis(delay), "grpc.code", statusOf(err).Code().String(), "grpc.error", err.Error())...)
 	}
 }
@@ -295,7 +272,7 @@ func (e *entry) retrying(ctx context.Context, cs *callStats, attempt int, delay 
 // callEnded records the retry metrics of a call of attempts attempts
 // (nothing for a call of one attempt).
 func (e *entry) callEnded(ctx context.Context, cs *callStats, attempts int) {
-	if attempts <= 1 || cs == nil {
+	if attempts <= 1 {
 		return
 	}
 	m := e.s.o.metrics

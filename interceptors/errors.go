@@ -109,7 +109,11 @@ func (e *giveUpError) GRPCStatus() *status.Status {
 	last := statusOf(e.re.Err)
 	p := last.Proto()
 	p.Code = int32(e.code)
-	p.Message = annotation(e.re) + ": " + p.GetMessage()
+	attempts := strconv.Itoa(e.re.Attempts) + " attempts"
+	if e.re.Attempts == 1 {
+		attempts = "1 attempt"
+	}
+	p.Message = "gave up after " + attempts + " (" + e.re.Reason.String() + "): " + p.GetMessage()
 	var d proto.Message = &errdetails.ErrorInfo{
 		Reason:   reasonOf(e.re.Reason),
 		Domain:   ErrorDomain,
@@ -125,15 +129,6 @@ func (e *giveUpError) GRPCStatus() *status.Status {
 	st := status.FromProto(p)
 	e.st.CompareAndSwap(nil, st)
 	return e.st.Load()
-}
-
-// annotation returns "gave up after 3 attempts (exhausted)".
-func annotation(re *retry.Error) string {
-	s := "gave up after " + strconv.Itoa(re.Attempts) + " attempt"
-	if re.Attempts != 1 {
-		s += "s"
-	}
-	return s + " (" + re.Reason.String() + ")"
 }
 
 func reasonOf(r retry.Reason) string {

@@ -94,13 +94,12 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 	case p.Retry.MaxAttempts > 1:
 		return policyError(key, fmt.Sprintf("Hedge: a policy hedges or retries, not both (Retry.MaxAttempts is %d; set it to 0 or 1)", p.Retry.MaxAttempts), nil)
 	}
-	hp := &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, strict: h.RequireIdempotent}
-	if h.NonFatalCodes != nil {
-		var err error
-		if hp.nonFatal, err = codeList(key, "Hedge.NonFatalCodes", h.NonFatalCodes); err != nil {
-			return err
-		}
+	nonFatal, err := codeList(key, "Hedge.NonFatalCodes", h.NonFatalCodes, 0)
+	if err != nil {
+		return err
 	}
+	hp := &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, nonFatal: nonFatal,
+		strict: h.RequireIdempotent}
 	if key != "*" && !strings.HasSuffix(key, "/*") {
 		switch k := methodKind(key); {
 		case k&kindClientStream != 0:
@@ -196,38 +195,66 @@ type hedgeResult struct {
 // hedger races the attempts of one hedged call.
 type hedger struct {
 	e     *entry
-	ctx   context.Context // the caller's
-	n     int             // attempts allowed
-	base  []grpc.CallOption
-	peer  bool // the caller asked for the peer
-	cs    callStats
+	ctx   context.Context   // the caller's
+	n     int               // attempts allowed
+	after []grpc.CallOption // the caller's after-call options, applied once (end)
+	peer  bool              // the caller asked for the peer
+	cs    callStats         // cs.opts: every attempt's options
 	spare []retryCtx
 	atts  []*hedgeAttempt
 	res   chan hedgeResult
 }
 
-func newHedger(e *entry, ctx context.Context, n int, base, after []grpc.CallOption, target string) *hedger {
-	return &hedger{e: e, ctx: ctx, n: n, base: base, peer: wantsPeer(after),
-		cs: callStats{opts: base, target: target, hedged: true}, res: make(chan hedgeResult, n)}
+// newHedger returns the hedger of a call with opts, of which after act after
+// the call.
+func newHedger(e *entry, ctx context.Context, n int, opts []grpc.CallOption, after int, target string) *hedger {
+	h := &hedger{e: e, ctx: ctx, n: n, cs: callStats{opts: opts, target: target, hedged: true},
+		res: make(chan hedgeResult, n)}
+	if after > 0 {
+		h.after, h.cs.opts = splitAfter(opts, after)
+	}
+	h.peer = wantsPeer(h.after)
+	return h
+}
+
+// end releases the attempts and applies the caller's after-call options
+// with win's header, trailer and peer (a stream's from its stream).
+func (h *hedger) end(win *hedgeAttempt, err error) {
+	for _, a := range h.atts {
+		a.cancel()
+	}
+	if len(h.after) == 0 {
+		return
+	}
+	var hdr, tlr metadata.MD
+	var pr *peer.Peer
+	if win != nil {
+		hdr, tlr = win.hdr, win.tlr
+		if win.cs != nil {
+			hdr, _ = win.cs.Header()
+			tlr = win.cs.Trailer()
+		}
+		if win.peer.Addr != nil {
+			pr = &win.peer
+		}
+	}
+	applyAfter(h.after, hdr, tlr, pr, err)
 }
 
 // start starts attempt len(h.atts)+1, admitted with p, running run.
 func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAttempt) error) {
 	a := &hedgeAttempt{permit: p}
-	if reply != nil {
-		a.reply = reply.ProtoReflect().New().Interface()
-	}
 	actx, cancel := h.e.s.retryContext(h.ctx, len(h.atts)+1, &h.spare), context.CancelFunc(func() {})
-	if reply != nil { // a stream's winner lives on: no AttemptTimeout
+	if reply != nil { // a unary call's: its own reply, and AttemptTimeout (a stream's winner lives on)
+		a.reply = reply.ProtoReflect().New().Interface()
 		actx, cancel = h.e.pol.retry.AttemptContext(actx)
 	}
-	a.ctx, a.cancel = context.WithCancel(actx)
-	a.opts = append(append(make([]grpc.CallOption, 0, len(h.base)+3), h.base...), grpc.Header(&a.hdr), grpc.Trailer(&a.tlr))
+	actx, stop := context.WithCancel(actx)
+	a.ctx, a.cancel = actx, func() { stop(); cancel() }
+	a.opts = append(append(make([]grpc.CallOption, 0, len(h.cs.opts)+3), h.cs.opts...), grpc.Header(&a.hdr), grpc.Trailer(&a.tlr))
 	if h.peer {
 		a.opts = append(a.opts, grpc.Peer(&a.peer))
 	}
-	stop := a.cancel
-	a.cancel = func() { stop(); cancel() }
 	h.atts = append(h.atts, a)
 	go func() { h.res <- hedgeResult{a, run(a)} }()
 }
@@ -246,7 +273,6 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 	defer timer.Stop()
 	var last hedgeResult
 	var reason retry.Reason
-	var waited time.Duration
 	idleSince := time.Time{}
 	for win == nil {
 		hedging = hedging && len(h.atts) < h.n && ctx.Err() == nil
@@ -267,7 +293,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 			hedging = false
 		case now := <-tc:
 			if !idleSince.IsZero() {
-				waited += now.Sub(idleSince)
+				h.cs.waited += now.Sub(idleSince)
 				idleSince = time.Time{}
 			}
 			if e.budget != nil && !e.budget.AllowAt(now) {
@@ -331,10 +357,9 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		r := <-h.res
 		r.a.permit.RetryAt(e.classify(ctx, r.err), time.Now())
 		if r.a.cs != nil && r.err == nil {
-			drainAsync(r.a)
+			_, _ = drain(r.a.cs) // canceled: its end comes at once
 		}
 	}
-	h.cs.waited = waited
 	attempts := len(h.atts)
 	if win != nil && last.a != win { // committed
 		if e.budget != nil {
@@ -342,9 +367,6 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		}
 		e.callEnded(ctx, &h.cs, attempts)
 		return win, nil, false
-	}
-	if last.a == nil { // cannot happen: the first attempt always ends
-		return nil, errors.New("interceptors: hedged call ended without an attempt"), false
 	}
 	if e.budget != nil && reason == retry.NotRetryable {
 		e.budget.NotRetryable()
@@ -356,41 +378,20 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 	return last.a, err, e.classify(ctx, last.err) == breaker.Failure
 }
 
-// drainAsync ends a losing stream that opened: its context is canceled, so
-// reading its end returns at once.
-func drainAsync(a *hedgeAttempt) { _, _ = drain(a.cs) }
-
 // hedgeUnary runs a hedged unary call, its first attempt admitted with p,
 // with n attempts at most, after of opts acting after the call. (Not a
 // method of unaryCall: that would move the success path's unaryCall to the
 // heap.)
 func (e *entry) hedgeUnary(ctx context.Context, req any, reply proto.Message, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption, p breaker.Permit, n, after int) (error, bool) {
-	base, afterOpts := opts, []grpc.CallOption(nil)
-	if after > 0 {
-		afterOpts, base = splitAfter(opts, after)
-	}
-	h := newHedger(e, ctx, n, base, afterOpts, targetName(cc))
+	h := newHedger(e, ctx, n, opts, after, targetName(cc))
 	win, err, unhealthy := h.race(p, reply, func(a *hedgeAttempt) error {
 		return invoker(a.ctx, e.method, req, a.reply, cc, a.opts...)
 	})
-	for _, a := range h.atts {
-		a.cancel()
-	}
 	if err == nil {
 		proto.Reset(reply)
 		proto.Merge(reply, win.reply)
 	}
-	if len(afterOpts) > 0 {
-		var pr *peer.Peer
-		if win != nil && win.peer.Addr != nil {
-			pr = &win.peer
-		}
-		var hdr, tlr metadata.MD
-		if win != nil {
-			hdr, tlr = win.hdr, win.tlr
-		}
-		applyAfter(afterOpts, hdr, tlr, pr, err)
-	}
+	h.end(win, err)
 	return err, unhealthy
 }
 
@@ -403,7 +404,6 @@ type hedgeStream struct {
 	desc     *grpc.StreamDesc
 	cc       *grpc.ClientConn
 	streamer grpc.Streamer
-	after    []grpc.CallOption
 
 	mu     sync.Mutex
 	req    any
@@ -414,11 +414,8 @@ type hedgeStream struct {
 }
 
 func newHedgeStream(e *entry, ctx context.Context, p breaker.Permit, n int, desc *grpc.StreamDesc, cc *grpc.ClientConn, streamer grpc.Streamer, opts []grpc.CallOption, after int) *hedgeStream {
-	base, afterOpts := opts, []grpc.CallOption(nil)
-	if after > 0 {
-		afterOpts, base = splitAfter(opts, after)
-	}
-	return &hedgeStream{h: newHedger(e, ctx, n, base, afterOpts, targetName(cc)), p: p, desc: desc, cc: cc, streamer: streamer, after: afterOpts}
+	h := newHedger(e, ctx, n, opts, after, targetName(cc))
+	return &hedgeStream{h: h, p: p, desc: desc, cc: cc, streamer: streamer}
 }
 
 var errHedgeSend = errors.New("interceptors: a hedged server stream sends one message")
@@ -485,30 +482,8 @@ func (s *hedgeStream) run() {
 	})
 }
 
-// finish applies the after-call options and releases the attempts, once.
-func (s *hedgeStream) finish(err error) {
-	s.report.Do(func() {
-		for _, a := range s.h.atts {
-			a.cancel()
-		}
-		if len(s.after) == 0 {
-			return
-		}
-		var hdr, tlr metadata.MD
-		var pr *peer.Peer
-		if w := s.win; w != nil {
-			hdr, tlr = w.hdr, w.tlr
-			if w.cs != nil {
-				hdr, _ = w.cs.Header()
-				tlr = w.cs.Trailer()
-			}
-			if w.peer.Addr != nil {
-				pr = &w.peer
-			}
-		}
-		applyAfter(s.after, hdr, tlr, pr, err)
-	})
-}
+// finish ends the call (hedger.end) once, with err.
+func (s *hedgeStream) finish(err error) { s.report.Do(func() { s.h.end(s.win, err) }) }
 
 // winner runs the race if needed and returns its winner's stream, or the
 // stream's end.

@@ -36,9 +36,8 @@ var outermost = &layer{}
 
 // layered reports whether the call of method on cc (a stream if stream)
 // passes through untouched, because a suite earlier in the same chain has a
-// policy for method. It warns once per suite about that, and once per suite
-// about retries of go-grpc-middleware's retry interceptor reaching a method
-// the suite handles.
+// policy for method. It warns once per suite about that, and checks for
+// go-grpc-middleware's retries (checkGMW).
 func (s *Suite) layered(ctx context.Context, cc *grpc.ClientConn, method string, stream bool) bool {
 	if s.o.logger != nil && !s.gmwWarned.Load() {
 		s.checkGMW(ctx, cc, method)

@@ -98,11 +98,10 @@ var retryBounds = []float64{0, 1, 2, 3, 4, 5}
 //   - khive.resilience.budget.refusals (counter, {retry}; grpc.target):
 //     retries the target's budget refused, since the budget was made.
 //
-// breaker.name is the breaker's name (the full method by default, the key
-// with WithBreakerKey, "<policy> (overflow)" for an overflow breaker), and
-// grpc.target is "" for a breaker that is not a target's. The gauges and
-// the budget counter read the suite's state when the reader collects
-// (Suite.Snapshot): a successful call records nothing.
+// A breaker's breaker.name and grpc.target are its [StateChangeEvent]'s
+// Breaker and Target. The gauges and the budget counter read the suite's
+// state when the reader collects ([Suite.Snapshot]): a successful call
+// records nothing.
 func WithMeterProvider(mp metric.MeterProvider) Option {
 	return optionFunc(func(o *options) { o.meterProvider = mp })
 }
@@ -123,7 +122,7 @@ type metrics struct {
 	transitions metric.Int64Counter
 	filter      func(string) bool
 
-	suite atomic.Pointer[Suite] // the observed suite, bound on its first call (bind)
+	suite atomic.Pointer[Suite] // the observed suite, set by New
 	reg   metric.Registration   // the observable instruments' callback (nil if it failed)
 
 	// attrs holds the attribute sets of the calls' measurements, one per
@@ -142,11 +141,6 @@ type attrSet struct {
 	rejected atomic.Int64 // the rejections counter's value (reason sets only)
 }
 
-func newAttrSet(kv ...attribute.KeyValue) *attrSet {
-	o := metric.WithAttributeSet(attribute.NewSet(kv...))
-	return &attrSet{rec: []metric.RecordOption{o}, obs: []metric.ObserveOption{o}}
-}
-
 type callKey struct {
 	method, target, reason string
 }
@@ -159,46 +153,31 @@ func newMetrics(mp metric.MeterProvider, filter func(string) bool) *metrics {
 		mp = otel.GetMeterProvider()
 	}
 	meter := mp.Meter(MeterName)
-	m := &metrics{filter: filter}
-	var err error
-	handle := func(e error) {
-		if e != nil {
-			otel.Handle(e)
-		}
-	}
-	m.retries, err = meter.Int64Histogram(MetricCallRetries, metric.WithUnit("{retry}"),
+	m := &metrics{filter: filter, attrs: map[callKey]*attrSet{}}
+	m.retries = handle(meter.Int64Histogram(MetricCallRetries, metric.WithUnit("{retry}"),
 		metric.WithDescription("Number of retries during the client call. If there were no retries, 0 is not reported."),
-		metric.WithExplicitBucketBoundaries(retryBounds...))
-	handle(err)
-	m.hedges, err = meter.Int64Histogram(MetricCallHedges, metric.WithUnit("{hedge}"),
+		metric.WithExplicitBucketBoundaries(retryBounds...)))
+	m.hedges = handle(meter.Int64Histogram(MetricCallHedges, metric.WithUnit("{hedge}"),
 		metric.WithDescription("Number of hedges during the client call. If there were no hedges, 0 is not reported."),
-		metric.WithExplicitBucketBoundaries(retryBounds...))
-	handle(err)
-	m.retryDelay, err = meter.Float64Histogram(MetricCallRetryDelay, metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(retryBounds...)))
+	m.retryDelay = handle(meter.Float64Histogram(MetricCallRetryDelay, metric.WithUnit("s"),
 		metric.WithDescription("Total time of delay while there is no active attempt during the client call."),
-		metric.WithExplicitBucketBoundaries(latencyBounds...))
-	handle(err)
+		metric.WithExplicitBucketBoundaries(latencyBounds...)))
 	// The rejections are counted by the suite (an atomic add on a
 	// rejection, which stays cheap) and observed at collection.
-	rejections, err := meter.Int64ObservableCounter(MetricRejections, metric.WithUnit("{attempt}"),
-		metric.WithDescription("Attempts the suite refused to make: rejected by the circuit breaker or refused by the retry budget."))
-	handle(err)
-	m.transitions, err = meter.Int64Counter(MetricBreakerTransitions, metric.WithUnit("{transition}"),
-		metric.WithDescription("Circuit breaker state changes."))
-	handle(err)
-	state, err := meter.Int64ObservableGauge(MetricBreakerState, metric.WithUnit("1"),
-		metric.WithDescription("Circuit breaker state: 1 for the current state, 0 for the others."))
-	handle(err)
-	prob, err := meter.Float64ObservableGauge(MetricThrottleProbability, metric.WithUnit("1"),
-		metric.WithDescription("The adaptive throttle's current probability of rejecting a new call."))
-	handle(err)
-	balance, err := meter.Float64ObservableGauge(MetricBudgetBalance, metric.WithUnit("{retry}"),
-		metric.WithDescription("Retries the target's retry budget allows now (tokens for a token bucket)."))
-	handle(err)
-	refusals, err := meter.Int64ObservableCounter(MetricBudgetRefusals, metric.WithUnit("{retry}"),
-		metric.WithDescription("Retries the target's retry budget refused."))
-	handle(err)
-	m.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+	rejections := handle(meter.Int64ObservableCounter(MetricRejections, metric.WithUnit("{attempt}"),
+		metric.WithDescription("Attempts the suite refused to make: rejected by the circuit breaker or refused by the retry budget.")))
+	m.transitions = handle(meter.Int64Counter(MetricBreakerTransitions, metric.WithUnit("{transition}"),
+		metric.WithDescription("Circuit breaker state changes.")))
+	state := handle(meter.Int64ObservableGauge(MetricBreakerState, metric.WithUnit("1"),
+		metric.WithDescription("Circuit breaker state: 1 for the current state, 0 for the others.")))
+	prob := handle(meter.Float64ObservableGauge(MetricThrottleProbability, metric.WithUnit("1"),
+		metric.WithDescription("The adaptive throttle's current probability of rejecting a new call.")))
+	balance := handle(meter.Float64ObservableGauge(MetricBudgetBalance, metric.WithUnit("{retry}"),
+		metric.WithDescription("Retries the target's retry budget allows now (tokens for a token bucket).")))
+	refusals := handle(meter.Int64ObservableCounter(MetricBudgetRefusals, metric.WithUnit("{retry}"),
+		metric.WithDescription("Retries the target's retry budget refused.")))
+	m.reg = handle(meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		m.mu.Lock()
 		for k, a := range m.attrs {
 			if k.reason != "" {
@@ -210,19 +189,25 @@ func newMetrics(mp metric.MeterProvider, filter func(string) bool) *metrics {
 			observe(s.Snapshot(), o, state, prob, balance, refusals)
 		}
 		return nil
-	}, rejections, state, prob, balance, refusals)
-	handle(err)
+	}, rejections, state, prob, balance, refusals))
 	return m
 }
 
-// observedStates are the states breaker.state reports.
-var observedStates = []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen, breaker.ForcedOpen, breaker.Disabled, breaker.MetricsOnly}
+// handle passes err to otel.Handle and returns v (a no-op instrument when
+// making it failed).
+func handle[T any](v T, err error) T {
+	if err != nil {
+		otel.Handle(err)
+	}
+	return v
+}
 
 // observe reports snap to o.
 func observe(snap Snapshot, o metric.Observer, state metric.Int64ObservableGauge, prob metric.Float64ObservableGauge, balance metric.Float64ObservableGauge, refusals metric.Int64ObservableCounter) {
 	for _, b := range snap.Methods {
 		name, target := attribute.String(AttrBreaker, b.Method), attribute.String(AttrTarget, b.Target)
-		for _, st := range observedStates {
+		for _, st := range []breaker.State{breaker.Closed, breaker.Open, breaker.HalfOpen, breaker.ForcedOpen,
+			breaker.Disabled, breaker.MetricsOnly} {
 			v := int64(0)
 			if st.String() == b.State {
 				v = 1
@@ -238,17 +223,8 @@ func observe(snap Snapshot, o metric.Observer, state metric.Int64ObservableGauge
 	}
 }
 
-// bind makes s the suite the observable instruments report; New calls it
-// once.
-func (m *metrics) bind(s *Suite) {
-	if m.suite.Load() == nil {
-		m.suite.CompareAndSwap(nil, s)
-	}
-}
-
-// methodAttr returns the grpc.method attribute value of a call of method
-// with opts: the method without its leading slash when the call carries
-// grpc.StaticMethod() or the filter accepts it, else "other".
+// methodAttr returns the grpc.method attribute of a call of method with
+// opts, as [WithMeterProvider] and [WithMetricsMethodFilter] state.
 func (m *metrics) methodAttr(method string, opts []grpc.CallOption) string {
 	if hasStaticMethod(opts) || m.filter != nil && m.filter(method) {
 		return strings.TrimLeft(method, "/")
@@ -269,10 +245,8 @@ func (m *metrics) callAttrs(method, target, reason string) *attrSet {
 	if reason != "" {
 		kv = append(kv, attribute.String(AttrRejectReason, reason))
 	}
-	a := newAttrSet(kv...)
-	if m.attrs == nil {
-		m.attrs = map[callKey]*attrSet{}
-	}
+	o := metric.WithAttributeSet(attribute.NewSet(kv...))
+	a := &attrSet{rec: []metric.RecordOption{o}, obs: []metric.ObserveOption{o}}
 	m.attrs[k] = a
 	return a
 }
@@ -284,22 +258,6 @@ type callStats struct {
 	target string            // the connection's cc.Target()
 	waited time.Duration     // time spent waiting between attempts
 	hedged bool              // a hedged call: its attempts count as hedges
-}
-
-// targetName returns the call's target ("" for a nil cs).
-func (cs *callStats) targetName() string {
-	if cs == nil {
-		return ""
-	}
-	return cs.target
-}
-
-// options returns the call's options (nil for a nil cs).
-func (cs *callStats) options() []grpc.CallOption {
-	if cs == nil {
-		return nil
-	}
-	return cs.opts
 }
 
 // RejectReason is why the suite refused to make an attempt (RejectEvent,

@@ -17,9 +17,8 @@ import (
 // policy, a circuit breaker configuration, classification overrides and an
 // optional fallback. The zero Policy means retry and breaker defaults.
 type Policy struct {
-	// Retry configures the retries of a call. The zero value means the retry
-	// package defaults (4 attempts, 25ms full-jitter backoff capped at 5s);
-	// MaxAttempts 1 means no retries.
+	// Retry configures the retries of a call; the zero value means
+	// [retry.Policy]'s defaults, MaxAttempts 1 no retries.
 	Retry retry.Policy
 	// Breaker configures the breaker of each method the policy covers (one
 	// breaker per target and method, or per key of WithBreakerKey). The zero
@@ -156,17 +155,12 @@ func resolvePolicy(key string, p Policy) (*policy, error) {
 	if err != nil {
 		return nil, policyError(key, "Breaker."+strings.TrimPrefix(err.Error(), "breaker: Config."), err)
 	}
-	pol := &policy{key: key, retry: r, maxAttempts: r.MaxAttempts, cfg: cfg,
-		retryable: defaultRetryable, failure: defaultFailure, fallback: p.Fallback}
-	if p.RetryableCodes != nil {
-		if pol.retryable, err = codeList(key, "RetryableCodes", p.RetryableCodes); err != nil {
-			return nil, err
-		}
+	pol := &policy{key: key, retry: r, maxAttempts: r.MaxAttempts, cfg: cfg, fallback: p.Fallback}
+	if pol.retryable, err = codeList(key, "RetryableCodes", p.RetryableCodes, defaultRetryable); err != nil {
+		return nil, err
 	}
-	if p.FailureCodes != nil {
-		if pol.failure, err = codeList(key, "FailureCodes", p.FailureCodes); err != nil {
-			return nil, err
-		}
+	if pol.failure, err = codeList(key, "FailureCodes", p.FailureCodes, defaultFailure); err != nil {
+		return nil, err
 	}
 	if err := resolveHedge(key, p, pol); err != nil {
 		return nil, err
@@ -174,7 +168,12 @@ func resolvePolicy(key string, p Policy) (*policy, error) {
 	return pol, nil
 }
 
-func codeList(key, field string, cs []codes.Code) (codeSet, error) {
+// codeList validates the codes of field, cs, and returns their set (def for
+// a nil cs).
+func codeList(key, field string, cs []codes.Code, def codeSet) (codeSet, error) {
+	if cs == nil {
+		return def, nil
+	}
 	for i, c := range cs {
 		if c == codes.OK || c >= 64 {
 			return 0, policyError(key, fmt.Sprintf("%s[%d]: must be a non-OK code below 64, got %v", field, i, c), nil)

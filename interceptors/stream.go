@@ -5,9 +5,8 @@ package interceptors
 // A stream with a policy wraps its current attempt, cur (one inner
 // grpc.ClientStream per attempt). Every method, and the first attempt's
 // start, runs an op through one funnel, withRetry(recv, op, onSuccess).
-// Once the stream has committed (no retry, no replay buffer: a message or
-// headers received, Header/Trailer/Context called, or the buffer's limit
-// reached), op simply runs on the committed attempt, fixed, without a lock.
+// Once the stream has committed (no retry, no replay buffer; see
+// [Suite.Stream]), op runs on the committed attempt, fixed, without a lock.
 // Until then, settle waits for its turn, runs op on cur without the lock,
 // and settles op's result under mu:
 //   - success: onSuccess (SendMsg keeps the message for replay, RecvMsg and
@@ -63,12 +62,12 @@ import (
 // message or headers arrive, when the caller calls Header (once headers
 // arrive), Trailer or Context, or when the messages sent exceed the replay
 // buffer ([WithReplayBuffer], [DefaultReplayBuffer] by default; a
-// [grpc.MaxRetryRPCBufferSize] call option wins),
-// each counting its encoded size, at least one byte; a message that is not
-// a protobuf message commits. Until then it keeps every sent message as it
-// was sent (a caller may reuse one message value) and, when an attempt
-// fails retryably, replays them in order on a new attempt, then CloseSend
-// if called: the caller sees no failed attempt and no duplicate.
+// [grpc.MaxRetryRPCBufferSize] call option wins), each counting its encoded
+// size, at least one byte; a message that is not a protobuf message commits.
+// Until then it keeps every sent message as it was sent (a caller may reuse
+// one message value) and, when an attempt fails retryably, replays them in
+// order on a new attempt, then CloseSend if called: the caller sees no
+// failed attempt and no duplicate.
 // Retry.AttemptTimeout bounds each attempt until it commits or receives
 // headers, never past the caller's deadline; an attempt it cuts fails with
 // DEADLINE_EXCEEDED, unless it had failed already.
@@ -406,12 +405,10 @@ func (r *retryStream) ctxErr() error {
 	return status.FromContextError(r.ctx.Err()).Err()
 }
 
-// open opens the stream of attempt a, the n-th, under the caller's context
-// (with the attempt header on retries) and a's AttemptTimeout, unless the
-// caller's deadline comes first. While the timer is armed, or if a is
-// likely a half-open probe, a goroutine waits for a's response headers:
-// the server is answering, so it disarms the timer and records a success
-// without waiting for a message or for the caller to call Header.
+// open opens attempt a, the n-th, under the caller's context (with the
+// attempt header on retries) and AttemptTimeout unless the caller's deadline
+// comes first. While the timer is armed or a may be a half-open probe, a
+// goroutine waits for a's response headers to stop it and record a success.
 func (r *retryStream) open(a *attempt, n int) error {
 	ctx := r.ctx
 	if n > 1 {

@@ -20,9 +20,8 @@ import (
 // policy never covers: probes must see the real state of the server.
 const healthPrefix = "/grpc.health.v1.Health/"
 
-// maxCachedMethods bounds the cache of resolved methods of one connection:
-// a method that would go past it empties the cache, so a connection that
-// calls more methods resolves some of them again (one allocation each).
+// maxCachedMethods bounds a connection's cache of resolved methods (see
+// [Suite]; a method resolved again allocates once).
 const maxCachedMethods = 4096
 
 // Suite holds the policies of a set of methods and the state behind them (one
@@ -121,7 +120,7 @@ func fastSlot(method string) uintptr {
 // service or method the proto registry does not know is a warning, or an
 // error with [WithStrictKeys].
 func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
-	s := &Suite{o: defaultOptions()}
+	s := &Suite{o: defaultOptions(), targets: map[string]*targetState{}}
 	for _, o := range opts {
 		if o != nil {
 			o.apply(&s.o)
@@ -141,7 +140,7 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	s.headers = headerContexts(s.o.header)
 	s.reg.tab, s.reg.max, s.reg.hook = &s.tab, s.o.maxBreakers, s.recordingHook(s.o.stateChangeHook())
 	s.tab.Store(tab)
-	s.o.metrics.bind(s)
+	s.o.metrics.suite.Store(s)
 	return s, nil
 }
 
@@ -156,7 +155,7 @@ func joinErrors(errs []error) error {
 // resolve validates policies and builds a table. It returns every problem,
 // sorted by key, or a table.
 func (s *Suite) resolve(policies map[string]Policy) (*table, []error) {
-	tab := &table{exact: map[string]*policy{}, service: map[string]*policy{}}
+	tab := &table{exact: map[string]*policy{}, service: map[string]*policy{}, forced: map[string]bool{}}
 	var errs []error
 	for _, key := range slices.Sorted(maps.Keys(policies)) {
 		p := policies[key]
@@ -175,9 +174,6 @@ func (s *Suite) resolve(policies map[string]Policy) (*table, []error) {
 			continue
 		}
 		if forced {
-			if tab.forced == nil {
-				tab.forced = map[string]bool{}
-			}
 			tab.forced[key] = true
 		}
 		switch {
@@ -221,11 +217,9 @@ func targetName(cc *grpc.ClientConn) string {
 }
 
 // lookup returns the entry of method called on cc, or nil if no policy
-// covers the method (the caller then passes the call through untouched).
-// The common case, the same connection as the previous call and the
-// constant method string of a generated stub, is a fast-slot hit: a few
-// atomic loads and pointer comparisons (BenchmarkLookup compares it with the
-// sync.Map behind it).
+// covers the method (the call then passes through untouched). The same
+// connection as the previous call and a generated stub's constant method
+// string make a fast-slot hit: a few atomic loads and pointer comparisons.
 func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
 	tab := s.tab.Load()
 	c := s.last.Load()
@@ -260,10 +254,13 @@ func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 		}
 	}
 	for {
-		e := s.resolveEntry(tab, c, method)
-		if e == nil { // an Update ran: resolve under the new table
-			tab = s.tab.Load()
-			continue
+		e := &entry{s: s, method: method, tab: tab, budget: c.budget}
+		if e.pol = tab.match(method); e.pol != nil {
+			if e.rec = s.reg.get(s, tab, c.name, method, e.pol); e.rec == nil {
+				tab = s.tab.Load() // an Update ran: resolve under the new table
+				continue
+			}
+			e.brk = e.rec.brk
 		}
 		if _, loaded := c.methods.Swap(method, e); !loaded && c.n.Add(1) > maxCachedMethods {
 			c.methods.Clear()
@@ -272,20 +269,6 @@ func (s *Suite) entryOf(tab *table, c *conn, method string) *entry {
 		}
 		return e
 	}
-}
-
-// resolveEntry resolves method on c under tab. It returns nil if tab is no
-// longer the suite's table.
-func (s *Suite) resolveEntry(tab *table, c *conn, method string) *entry {
-	e := &entry{s: s, method: method, tab: tab, budget: c.budget}
-	if e.pol = tab.match(method); e.pol == nil {
-		return e
-	}
-	if e.rec = s.reg.get(s, tab, c.name, method, e.pol); e.rec == nil {
-		return nil
-	}
-	e.brk = e.rec.brk
-	return e
 }
 
 // Unary returns the unary client interceptor of the suite.
@@ -308,24 +291,21 @@ func (s *Suite) DialOptions() []grpc.DialOption {
 // latest. Creating one first drops the state of closed connections when
 // their number has doubled since the last time (amortized O(1)).
 func (s *Suite) conn(cc *grpc.ClientConn) *conn {
-	if v, ok := s.conns.Load(cc); ok {
-		c := v.(*conn)
-		s.last.Store(c)
-		return c
-	}
-	s.cmu.Lock()
 	v, ok := s.conns.Load(cc)
 	if !ok {
-		if s.nconns >= s.sweepAt {
-			s.sweepConns()
-			s.sweepAt = max(2*s.nconns, 16)
+		s.cmu.Lock()
+		if v, ok = s.conns.Load(cc); !ok {
+			if s.nconns >= s.sweepAt {
+				s.sweepConns()
+				s.sweepAt = max(2*s.nconns, 16)
+			}
+			name := targetName(cc)
+			v = &conn{cc: cc, name: name, budget: s.acquireTarget(name)}
+			s.conns.Store(cc, v)
+			s.nconns++
 		}
-		name := targetName(cc)
-		v = &conn{cc: cc, name: name, budget: s.acquireTarget(name)}
-		s.conns.Store(cc, v)
-		s.nconns++
+		s.cmu.Unlock()
 	}
-	s.cmu.Unlock()
 	c := v.(*conn)
 	s.last.Store(c)
 	return c
@@ -366,9 +346,6 @@ func (s *Suite) acquireTarget(name string) retry.Budget {
 	t := s.targets[name]
 	if t == nil {
 		t = &targetState{budget: s.o.newBudget()}
-		if s.targets == nil {
-			s.targets = map[string]*targetState{}
-		}
 		s.targets[name] = t
 	}
 	t.refs++

@@ -60,12 +60,6 @@ func newUnaryState(opts []grpc.CallOption, after int) *unaryState {
 	return st
 }
 
-// newAttempt forgets what the previous attempt received.
-func (st *unaryState) newAttempt() {
-	st.hdr, st.tlr = nil, nil
-	st.peer = peer.Peer{}
-}
-
 // finish applies the caller's after-call options once, for a call that
 // ended with err: the final attempt's header, trailer and peer, then
 // OnFinish.
@@ -219,7 +213,7 @@ func (u *unaryCall) retry(maxAttempts int, p breaker.Permit, err error, o breake
 		if p, final, open = e.nextAttempt(ctx, &c, &cs, err, d, delay); final != nil {
 			return final, open
 		}
-		u.st.newAttempt()
+		u.st.hdr, u.st.tlr, u.st.peer = nil, nil, peer.Peer{} // forget the previous attempt's
 		if o, now, err = u.attempt(e.s.retryContext(ctx, c.Attempts(), &spare), p); err == nil {
 			c.Done(nil, false)
 			e.callEnded(ctx, &cs, c.Attempts())
