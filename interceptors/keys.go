@@ -16,13 +16,7 @@ import (
 // generated code registers its services). Without it, New warns through the
 // logger (WithLogger) once per such key: a client whose stubs are not
 // generated Go code may well call services the registry does not know.
-func WithStrictKeys() Option { return strictKeys{} }
-
-// strictKeys is the option of WithStrictKeys; New finds it among its
-// options.
-type strictKeys struct{}
-
-func (strictKeys) apply(*options) {}
+func WithStrictKeys() Option { return optionFunc(func(o *options) { o.strictKeys = true }) }
 
 // checkKeyName returns the problem of a well-formed policy key beyond its
 // syntax: a Unicode space (an ASCII one is a syntax error already) or, if

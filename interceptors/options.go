@@ -37,6 +37,7 @@ type options struct {
 	header      string
 	breakerKey  func(target, method string) string
 	maxBreakers int
+	strictKeys  bool // WithStrictKeys
 
 	onRetry       func(RetryEvent)
 	onGiveUp      func(GiveUpEvent)

@@ -50,7 +50,6 @@ type Suite struct {
 	conns sync.Map             // *grpc.ClientConn -> *conn
 
 	nestedWarned, gmwWarned atomic.Bool // the warnings of layered, given once
-	strict                  bool        // WithStrictKeys
 
 	cmu     sync.Mutex              // guards targets, nconns, sweepAt (and adding to conns)
 	targets map[string]*targetState // by cc.Target()
@@ -124,8 +123,6 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	for _, o := range opts {
 		if o != nil {
 			o.apply(&s.o)
-			_, strict := o.(strictKeys)
-			s.strict = s.strict || strict
 		}
 	}
 	errs := s.o.validate()
@@ -133,7 +130,7 @@ func New(policies map[string]Policy, opts ...Option) (*Suite, error) {
 	if err := joinErrors(append(errs, perrs...)); err != nil {
 		return nil, err
 	}
-	if s.o.logger != nil && !s.strict {
+	if s.o.logger != nil && !s.o.strictKeys {
 		s.warnUnregistered(slices.Sorted(maps.Keys(policies)))
 	}
 	s.o.metrics = newMetrics(s.o.meterProvider, s.o.methodFilter)
@@ -164,7 +161,7 @@ func (s *Suite) resolve(policies map[string]Policy) (*table, []error) {
 			p.Breaker.Mode = breaker.Closed
 		}
 		if checkKey(key) == nil {
-			if err := checkKeyName(key, s.strict); err != nil {
+			if err := checkKeyName(key, s.o.strictKeys); err != nil {
 				errs = append(errs, err)
 			}
 		}
