@@ -260,7 +260,13 @@ func (r Report) Problems(slack time.Duration) []string {
 	pf := r.PartialFailure
 	check(pf.On.Success >= pf.Off.Success-0.02, "partial failure: %s succeeded, %s without a breaker", Pct(pf.On.Success), Pct(pf.Off.Success))
 	bo := r.Brownout
-	check(bo.On.Goodput >= 0.97*bo.Off.Goodput, "brownout: goodput %.0f/s, %.0f/s without a breaker", bo.On.Goodput, bo.Off.Goodput)
+	// 3% in simulated time; on a busy machine's real clock (slack > 0) two
+	// runs of the same client differ by more, so 10%.
+	tol := 0.97
+	if slack > 0 {
+		tol = 0.90
+	}
+	check(bo.On.Goodput >= tol*bo.Off.Goodput, "brownout: goodput %.0f/s, %.0f/s without a breaker", bo.On.Goodput, bo.Off.Goodput)
 	// Recovery is judged against the plain client: on a busy machine's real
 	// clock even it may never get back to 95% of its earlier goodput, and
 	// then the breaker cannot be blamed for the same.
