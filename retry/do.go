@@ -92,6 +92,12 @@ func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, class
 	err := op(actx)
 	cancel()
 	if err == nil {
+		if len(opts) == 1 {
+			if o, ok := opts[0].(ratioOption); ok { // the common case, without the interface call
+				o.b.Succeeded(false)
+				return nil
+			}
+		}
 		if len(opts) > 0 {
 			if b := collect(opts).budget; b != nil {
 				b.Succeeded(false)

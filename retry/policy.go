@@ -86,35 +86,38 @@ func (p Policy) Normalize() (Policy, error) {
 	return p, nil
 }
 
-// normalize applies the defaults to p in place and reports whether it is valid. (In place:
-// returning a copy measured several times the cost of the rest.)
+// normalize applies the defaults to p in place and reports whether it is valid. It checks
+// the fields as given first (a zero field is valid), then writes only the zero fields.
 func (p *Policy) normalize() bool {
-	attempts, initial, maxB, mult := p.MaxAttempts, p.InitialBackoff, p.MaxBackoff, p.Multiplier
-	if attempts == 0 {
-		attempts, p.MaxAttempts = DefaultMaxAttempts, DefaultMaxAttempts
+	// One sign test for the six integer fields: the OR of the values is negative iff one is.
+	if int64(p.MaxAttempts)|int64(p.InitialBackoff)|int64(p.MaxBackoff)|
+		int64(p.AttemptTimeout)|int64(p.MinAttemptTime)|int64(p.MaxPushback) < 0 ||
+		!(p.Multiplier == 0 || p.Multiplier >= 1 && p.Multiplier <= math.MaxFloat64) ||
+		!(p.JitterFactor >= 0 && p.JitterFactor <= 1) || p.Jitter > NoJitter {
+		return false
 	}
-	if initial == 0 {
-		initial, p.InitialBackoff = DefaultInitialBackoff, DefaultInitialBackoff
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = DefaultMaxAttempts
 	}
-	if maxB == 0 {
-		maxB, p.MaxBackoff = DefaultMaxBackoff, DefaultMaxBackoff
+	if p.InitialBackoff == 0 {
+		p.InitialBackoff = DefaultInitialBackoff
 	}
-	if mult == 0 {
-		mult, p.Multiplier = DefaultMultiplier, DefaultMultiplier
+	if p.MaxBackoff == 0 {
+		p.MaxBackoff = DefaultMaxBackoff
 	}
-	factor, minAttempt, pushback := p.JitterFactor, p.MinAttemptTime, p.MaxPushback
-	if factor == 0 {
-		factor, p.JitterFactor = DefaultJitterFactor, DefaultJitterFactor
+	if p.Multiplier == 0 {
+		p.Multiplier = DefaultMultiplier
 	}
-	if minAttempt == 0 {
-		minAttempt, p.MinAttemptTime = DefaultMinAttemptTime, DefaultMinAttemptTime
+	if p.JitterFactor == 0 {
+		p.JitterFactor = DefaultJitterFactor
 	}
-	if pushback == 0 {
-		pushback, p.MaxPushback = DefaultMaxPushback, DefaultMaxPushback
+	if p.MinAttemptTime == 0 {
+		p.MinAttemptTime = DefaultMinAttemptTime
 	}
-	return attempts >= 1 && initial > 0 && maxB >= initial && mult >= 1 && mult <= math.MaxFloat64 &&
-		p.Jitter <= NoJitter && factor >= 0 && factor <= 1 && p.AttemptTimeout >= 0 &&
-		minAttempt > 0 && pushback > 0
+	if p.MaxPushback == 0 {
+		p.MaxPushback = DefaultMaxPushback
+	}
+	return p.MaxBackoff >= p.InitialBackoff
 }
 
 // Validate reports the first invalid field, as Normalize does.
@@ -123,7 +126,7 @@ func (p Policy) Validate() error {
 	return err
 }
 
-// explain says why p, with its defaults applied, is invalid.
+// explain says why p, after normalize reported it invalid, is invalid.
 func (p *Policy) explain() error {
 	switch {
 	case p.MaxAttempts < 0:
@@ -132,7 +135,7 @@ func (p *Policy) explain() error {
 		return fieldError("InitialBackoff", "must not be negative, got %v", p.InitialBackoff)
 	case p.MaxBackoff < 0:
 		return fieldError("MaxBackoff", "must not be negative, got %v", p.MaxBackoff)
-	case math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0) || p.Multiplier < 1:
+	case math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0) || (p.Multiplier != 0 && p.Multiplier < 1):
 		return fieldError("Multiplier", "must be finite and at least 1, got %v", p.Multiplier)
 	case p.Jitter > NoJitter:
 		return fieldError("Jitter", "unknown mode %d", uint8(p.Jitter))
