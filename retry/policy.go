@@ -86,16 +86,24 @@ func (p Policy) Normalize() (Policy, error) {
 	return p, nil
 }
 
-// normalize applies the defaults to p in place and reports whether it is valid. It checks
-// the fields as given first (a zero field is valid), then writes only the zero fields.
+// normalize applies the defaults to p in place and reports whether it is valid. (Delay and
+// Do spell it out, so that the compiler inlines it and keeps their copy of p in registers.)
 func (p *Policy) normalize() bool {
+	return p.validAsGiven() && p.applyDefaults()
+}
+
+// validAsGiven reports whether each field is valid or zero, before the defaults.
+func (p *Policy) validAsGiven() bool {
 	// One sign test for the six integer fields: the OR of the values is negative iff one is.
-	if int64(p.MaxAttempts)|int64(p.InitialBackoff)|int64(p.MaxBackoff)|
-		int64(p.AttemptTimeout)|int64(p.MinAttemptTime)|int64(p.MaxPushback) < 0 ||
-		!(p.Multiplier == 0 || p.Multiplier >= 1 && p.Multiplier <= math.MaxFloat64) ||
-		!(p.JitterFactor >= 0 && p.JitterFactor <= 1) || p.Jitter > NoJitter {
-		return false
-	}
+	return int64(p.MaxAttempts)|int64(p.InitialBackoff)|int64(p.MaxBackoff)|
+		int64(p.AttemptTimeout)|int64(p.MinAttemptTime)|int64(p.MaxPushback) >= 0 &&
+		(p.Multiplier == 0 || p.Multiplier >= 1 && p.Multiplier <= math.MaxFloat64) &&
+		p.JitterFactor >= 0 && p.JitterFactor <= 1 && p.Jitter <= NoJitter
+}
+
+// applyDefaults replaces each zero field of p by its default and reports whether MaxBackoff
+// >= InitialBackoff then, the one check that needs the defaults.
+func (p *Policy) applyDefaults() bool {
 	if p.MaxAttempts == 0 {
 		p.MaxAttempts = DefaultMaxAttempts
 	}
@@ -126,7 +134,7 @@ func (p Policy) Validate() error {
 	return err
 }
 
-// explain says why p, after normalize reported it invalid, is invalid.
+// explain says why p, which normalize rejects, is invalid.
 func (p *Policy) explain() error {
 	switch {
 	case p.MaxAttempts < 0:
@@ -148,7 +156,9 @@ func (p *Policy) explain() error {
 	case p.MaxPushback < 0:
 		return fieldError("MaxPushback", "must not be negative, got %v", p.MaxPushback)
 	}
-	return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", p.InitialBackoff, p.MaxBackoff)
+	d := *p
+	d.applyDefaults()
+	return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", d.InitialBackoff, d.MaxBackoff)
 }
 
 func fieldError(field, format string, args ...any) error {
@@ -166,14 +176,9 @@ func fieldError(field, format string, args ...any) error {
 // The result is never negative and never above MaxBackoff, for any n; a negative n counts as
 // 0, and u outside [0, 1) (or NaN) is clamped into it. An invalid p gives 0.
 func (p Policy) Delay(n int, u float64) time.Duration {
-	if !p.normalize() {
+	if !(p.validAsGiven() && p.applyDefaults()) { // p.normalize()
 		return 0
 	}
-	return p.delay(n, u)
-}
-
-// delay is Delay for a normalized p.
-func (p *Policy) delay(n int, u float64) time.Duration {
 	fmax := float64(p.MaxBackoff)
 	// Multiplier^n may be +Inf: the min clamps it.
 	d := min(float64(p.InitialBackoff)*math.Pow(p.Multiplier, float64(max(n, 0))), fmax)
