@@ -81,6 +81,7 @@ type Policy struct {
 // A normalized Policy normalizes to itself. Normalize never panics.
 func (p Policy) Normalize() (Policy, error) {
 	if !p.normalize() {
+		p.applyDefaults() // an invalid p is returned with its defaults too
 		return p, p.explain()
 	}
 	return p, nil
