@@ -117,7 +117,7 @@ func (c *Call) Next(ctx context.Context, err error, d Decision, now time.Time) (
 		if c.p.Jitter != NoJitter {
 			u = rand.Float64()
 		}
-		delay = c.p.delay(c.n, u)
+		delay = c.p.Delay(c.n, u)
 	}
 	fits := true
 	if dl, ok := ctx.Deadline(); ok {

@@ -84,7 +84,7 @@ func collect(opts []Option) options {
 // already done (op sees ctx); retries never are. Do allocates nothing and reads no clock when op
 // succeeds at once and AttemptTimeout is 0 (an attempt timeout needs a context.WithTimeout).
 func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, classify func(error) Decision, opts ...Option) error {
-	if !p.normalize() {
+	if !(p.validAsGiven() && p.applyDefaults()) { // p.normalize()
 		return p.explain()
 	}
 	// The first attempt, without a Call: the common case stays cheap.
@@ -92,6 +92,12 @@ func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, class
 	err := op(actx)
 	cancel()
 	if err == nil {
+		if len(opts) == 1 {
+			if o, ok := opts[0].(ratioOption); ok { // the common case, without the interface call
+				o.b.Succeeded(false)
+				return nil
+			}
+		}
 		if len(opts) > 0 {
 			if b := collect(opts).budget; b != nil {
 				b.Succeeded(false)

@@ -81,40 +81,52 @@ type Policy struct {
 // A normalized Policy normalizes to itself. Normalize never panics.
 func (p Policy) Normalize() (Policy, error) {
 	if !p.normalize() {
+		p.applyDefaults() // an invalid p is returned with its defaults too
 		return p, p.explain()
 	}
 	return p, nil
 }
 
-// normalize applies the defaults to p in place and reports whether it is valid. (In place:
-// returning a copy measured several times the cost of the rest.)
+// normalize applies the defaults to p in place and reports whether it is valid. (Delay and
+// Do spell it out, so that the compiler inlines it and keeps their copy of p in registers.)
 func (p *Policy) normalize() bool {
-	attempts, initial, maxB, mult := p.MaxAttempts, p.InitialBackoff, p.MaxBackoff, p.Multiplier
-	if attempts == 0 {
-		attempts, p.MaxAttempts = DefaultMaxAttempts, DefaultMaxAttempts
+	return p.validAsGiven() && p.applyDefaults()
+}
+
+// validAsGiven reports whether each field is valid or zero, before the defaults.
+func (p *Policy) validAsGiven() bool {
+	// One sign test for the six integer fields: the OR of the values is negative iff one is.
+	return int64(p.MaxAttempts)|int64(p.InitialBackoff)|int64(p.MaxBackoff)|
+		int64(p.AttemptTimeout)|int64(p.MinAttemptTime)|int64(p.MaxPushback) >= 0 &&
+		(p.Multiplier == 0 || p.Multiplier >= 1 && p.Multiplier <= math.MaxFloat64) &&
+		p.JitterFactor >= 0 && p.JitterFactor <= 1 && p.Jitter <= NoJitter
+}
+
+// applyDefaults replaces each zero field of p by its default and reports whether MaxBackoff
+// >= InitialBackoff then, the one check that needs the defaults.
+func (p *Policy) applyDefaults() bool {
+	if p.MaxAttempts == 0 {
+		p.MaxAttempts = DefaultMaxAttempts
 	}
-	if initial == 0 {
-		initial, p.InitialBackoff = DefaultInitialBackoff, DefaultInitialBackoff
+	if p.InitialBackoff == 0 {
+		p.InitialBackoff = DefaultInitialBackoff
 	}
-	if maxB == 0 {
-		maxB, p.MaxBackoff = DefaultMaxBackoff, DefaultMaxBackoff
+	if p.MaxBackoff == 0 {
+		p.MaxBackoff = DefaultMaxBackoff
 	}
-	if mult == 0 {
-		mult, p.Multiplier = DefaultMultiplier, DefaultMultiplier
+	if p.Multiplier == 0 {
+		p.Multiplier = DefaultMultiplier
 	}
-	factor, minAttempt, pushback := p.JitterFactor, p.MinAttemptTime, p.MaxPushback
-	if factor == 0 {
-		factor, p.JitterFactor = DefaultJitterFactor, DefaultJitterFactor
+	if p.JitterFactor == 0 {
+		p.JitterFactor = DefaultJitterFactor
 	}
-	if minAttempt == 0 {
-		minAttempt, p.MinAttemptTime = DefaultMinAttemptTime, DefaultMinAttemptTime
+	if p.MinAttemptTime == 0 {
+		p.MinAttemptTime = DefaultMinAttemptTime
 	}
-	if pushback == 0 {
-		pushback, p.MaxPushback = DefaultMaxPushback, DefaultMaxPushback
+	if p.MaxPushback == 0 {
+		p.MaxPushback = DefaultMaxPushback
 	}
-	return attempts >= 1 && initial > 0 && maxB >= initial && mult >= 1 && mult <= math.MaxFloat64 &&
-		p.Jitter <= NoJitter && factor >= 0 && factor <= 1 && p.AttemptTimeout >= 0 &&
-		minAttempt > 0 && pushback > 0
+	return p.MaxBackoff >= p.InitialBackoff
 }
 
 // Validate reports the first invalid field, as Normalize does.
@@ -123,7 +135,7 @@ func (p Policy) Validate() error {
 	return err
 }
 
-// explain says why p, with its defaults applied, is invalid.
+// explain says why p, which normalize rejects, is invalid.
 func (p *Policy) explain() error {
 	switch {
 	case p.MaxAttempts < 0:
@@ -132,7 +144,7 @@ func (p *Policy) explain() error {
 		return fieldError("InitialBackoff", "must not be negative, got %v", p.InitialBackoff)
 	case p.MaxBackoff < 0:
 		return fieldError("MaxBackoff", "must not be negative, got %v", p.MaxBackoff)
-	case math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0) || p.Multiplier < 1:
+	case math.IsNaN(p.Multiplier) || math.IsInf(p.Multiplier, 0) || (p.Multiplier != 0 && p.Multiplier < 1):
 		return fieldError("Multiplier", "must be finite and at least 1, got %v", p.Multiplier)
 	case p.Jitter > NoJitter:
 		return fieldError("Jitter", "unknown mode %d", uint8(p.Jitter))
@@ -145,7 +157,9 @@ func (p *Policy) explain() error {
 	case p.MaxPushback < 0:
 		return fieldError("MaxPushback", "must not be negative, got %v", p.MaxPushback)
 	}
-	return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", p.InitialBackoff, p.MaxBackoff)
+	d := *p
+	d.applyDefaults()
+	return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", d.InitialBackoff, d.MaxBackoff)
 }
 
 func fieldError(field, format string, args ...any) error {
@@ -163,14 +177,9 @@ func fieldError(field, format string, args ...any) error {
 // The result is never negative and never above MaxBackoff, for any n; a negative n counts as
 // 0, and u outside [0, 1) (or NaN) is clamped into it. An invalid p gives 0.
 func (p Policy) Delay(n int, u float64) time.Duration {
-	if !p.normalize() {
+	if !(p.validAsGiven() && p.applyDefaults()) { // p.normalize()
 		return 0
 	}
-	return p.delay(n, u)
-}
-
-// delay is Delay for a normalized p.
-func (p *Policy) delay(n int, u float64) time.Duration {
 	fmax := float64(p.MaxBackoff)
 	// Multiplier^n may be +Inf: the min clamps it.
 	d := min(float64(p.InitialBackoff)*math.Pow(p.Multiplier, float64(max(n, 0))), fmax)

@@ -36,6 +36,19 @@ func TestPolicyDefaults(t *testing.T) {
 	assert.Equal(t, n, again, "a normalized Policy normalizes to itself")
 }
 
+// An invalid Policy comes back from Normalize with its zero fields defaulted all the same, and
+// Delay gives 0 for it.
+func TestPolicyNormalizeInvalid(t *testing.T) {
+	p := Policy{MaxAttempts: -1}
+	got, err := p.Normalize()
+	require.Error(t, err)
+	assert.Equal(t, Policy{MaxAttempts: -1, InitialBackoff: DefaultInitialBackoff, MaxBackoff: DefaultMaxBackoff,
+		Multiplier: DefaultMultiplier, JitterFactor: DefaultJitterFactor, MinAttemptTime: DefaultMinAttemptTime,
+		MaxPushback: DefaultMaxPushback}, got)
+	assert.Zero(t, p.Delay(0, 0.5))
+	assert.Zero(t, Policy{InitialBackoff: 6 * time.Second}.Delay(0, 0.5), "invalid only once the defaults apply")
+}
+
 func TestPolicyValidate(t *testing.T) {
 	for _, tc := range []struct {
 		name string
