@@ -49,7 +49,7 @@ type Call struct {
 // budget. p must be valid; NewCall does not report the error.
 func (p *Policy) NewCall(b Budget) Call {
 	c := Call{p: *p, budget: b}
-	c.p.normalize()
+	c.p.applyDefaults()
 	return c
 }
 

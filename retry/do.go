@@ -84,7 +84,7 @@ func collect(opts []Option) options {
 // already done (op sees ctx); retries never are. Do allocates nothing and reads no clock when op
 // succeeds at once and AttemptTimeout is 0 (an attempt timeout needs a context.WithTimeout).
 func Do(ctx context.Context, p Policy, op func(ctx context.Context) error, classify func(error) Decision, opts ...Option) error {
-	if !(p.validAsGiven() && p.applyDefaults()) { // p.normalize()
+	if !p.valid() { // NewCall applies the defaults, if a retry comes
 		return p.explain()
 	}
 	// The first attempt, without a Call: the common case stays cheap.

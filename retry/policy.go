@@ -80,17 +80,24 @@ type Policy struct {
 //
 // A normalized Policy normalizes to itself. Normalize never panics.
 func (p Policy) Normalize() (Policy, error) {
-	if !p.normalize() {
-		p.applyDefaults() // an invalid p is returned with its defaults too
+	ok := p.valid()
+	p.applyDefaults() // an invalid p is returned with its defaults too
+	if !ok {
 		return p, p.explain()
 	}
 	return p, nil
 }
 
-// normalize applies the defaults to p in place and reports whether it is valid. (Delay and
-// Do spell it out, so that the compiler inlines it and keeps their copy of p in registers.)
-func (p *Policy) normalize() bool {
-	return p.validAsGiven() && p.applyDefaults()
+// valid reports whether p normalizes without an error, without writing the defaults.
+func (p *Policy) valid() bool {
+	initial, maxB := p.InitialBackoff, p.MaxBackoff
+	if initial == 0 {
+		initial = DefaultInitialBackoff
+	}
+	if maxB == 0 {
+		maxB = DefaultMaxBackoff
+	}
+	return maxB >= initial && p.validAsGiven()
 }
 
 // validAsGiven reports whether each field is valid or zero, before the defaults.
@@ -102,12 +109,22 @@ func (p *Policy) validAsGiven() bool {
 		p.JitterFactor >= 0 && p.JitterFactor <= 1 && p.Jitter <= NoJitter
 }
 
-// applyDefaults replaces each zero field of p by its default and reports whether MaxBackoff
-// >= InitialBackoff then, the one check that needs the defaults.
-func (p *Policy) applyDefaults() bool {
+// applyDefaults replaces each zero field of p by its default.
+func (p *Policy) applyDefaults() {
 	if p.MaxAttempts == 0 {
 		p.MaxAttempts = DefaultMaxAttempts
 	}
+	if p.MinAttemptTime == 0 {
+		p.MinAttemptTime = DefaultMinAttemptTime
+	}
+	if p.MaxPushback == 0 {
+		p.MaxPushback = DefaultMaxPushback
+	}
+	p.applyDelayDefaults()
+}
+
+// applyDelayDefaults applies the defaults of the fields Delay reads.
+func (p *Policy) applyDelayDefaults() {
 	if p.InitialBackoff == 0 {
 		p.InitialBackoff = DefaultInitialBackoff
 	}
@@ -120,13 +137,6 @@ func (p *Policy) applyDefaults() bool {
 	if p.JitterFactor == 0 {
 		p.JitterFactor = DefaultJitterFactor
 	}
-	if p.MinAttemptTime == 0 {
-		p.MinAttemptTime = DefaultMinAttemptTime
-	}
-	if p.MaxPushback == 0 {
-		p.MaxPushback = DefaultMaxPushback
-	}
-	return p.MaxBackoff >= p.InitialBackoff
 }
 
 // Validate reports the first invalid field, as Normalize does.
@@ -177,12 +187,16 @@ func fieldError(field, format string, args ...any) error {
 // The result is never negative and never above MaxBackoff, for any n; a negative n counts as
 // 0, and u outside [0, 1) (or NaN) is clamped into it. An invalid p gives 0.
 func (p Policy) Delay(n int, u float64) time.Duration {
-	if !(p.validAsGiven() && p.applyDefaults()) { // p.normalize()
+	if !p.validAsGiven() {
+		return 0
+	}
+	p.applyDelayDefaults() // inlined, with the order check after it: valid is not
+	if p.MaxBackoff < p.InitialBackoff {
 		return 0
 	}
 	fmax := float64(p.MaxBackoff)
 	// Multiplier^n may be +Inf: the min clamps it.
-	d := min(float64(p.InitialBackoff)*math.Pow(p.Multiplier, float64(max(n, 0))), fmax)
+	d := min(float64(p.InitialBackoff)*pow(p.Multiplier, n), fmax)
 	if !(u >= 0) { // NaN or negative
 		u = 0
 	} else if u >= 1 {
@@ -198,10 +212,20 @@ func (p Policy) Delay(n int, u float64) time.Duration {
 	if d >= fmax { // float64(MaxBackoff) may round up past math.MaxInt64: return the exact cap
 		return p.MaxBackoff
 	}
-	if d <= 0 {
-		return 0
+	return time.Duration(d) // d >= 0: each factor is
+}
+
+// pow is math.Pow(x, n) for x >= 1, n counted as 0 when negative: the same value (math.Pow
+// squares the mantissa the same way; x >= 1 never underflows) in a fraction of its time.
+func pow(x float64, n int) float64 {
+	r := 1.0
+	for ; n > 0; n >>= 1 {
+		if n&1 == 1 {
+			r *= x
+		}
+		x *= x
 	}
-	return time.Duration(d)
+	return r
 }
 
 // noCancel is the CancelFunc returned when there is nothing to cancel.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"pgregory.net/rapid"
 )
 
 func TestPolicyDefaults(t *testing.T) {
@@ -273,5 +274,21 @@ func FuzzPolicyValidate(f *testing.F) {
 			d.JitterFactor < 0 || d.JitterFactor > 1 || d.MinAttemptTime <= 0 || d.MaxPushback <= 0 {
 			t.Fatalf("accepted policy has bad defaults: %+v", d)
 		}
+	})
+}
+
+func TestPowIsMathPow(t *testing.T) {
+	check := func(x float64, n int) {
+		want := math.Pow(x, float64(max(n, 0)))
+		require.Equal(t, math.Float64bits(want), math.Float64bits(pow(x, n)), "pow(%v, %d)", x, n)
+	}
+	for _, x := range []float64{1, math.Nextafter(1, 2), 1.1, 1.5, 1.6, 2, 3, 10, 1e10, 1e300, math.MaxFloat64} {
+		for n := -2; n <= 1100; n++ {
+			check(x, n)
+		}
+		check(x, math.MaxInt)
+	}
+	rapid.Check(t, func(t *rapid.T) {
+		check(rapid.Float64Range(1, 1e6).Draw(t, "x"), rapid.IntRange(-5, 1<<20).Draw(t, "n"))
 	})
 }
