@@ -83,7 +83,7 @@ func build(doc *resiliencev1.ServiceConfig, o options, p *problems) (*Config, er
 	for _, path := range c.Ignored {
 		if o.strict {
 			p.add(path, "not supported by this library (strict loading)")
-		} else if o.logger != nil && p.count() == 0 {
+		} else if o.logger != nil && len(p.list) == 0 {
 			o.logger.Log(context.Background(), logging.LevelWarn, "config: a field of the document has no effect", "config.field", path)
 		}
 	}

@@ -88,7 +88,30 @@ func (p *problems) addf(path, format string, args ...any) { p.add(path, fmt.Spri
 
 func (p *problems) at(l *loc, format string, args ...any) { p.addf(l.String(), format, args...) }
 
-func (p *problems) count() int { return len(p.list) }
+// addIf adds msg at the field of path if bad, building its path only then.
+// A run of checks at one path thus reports the first that fails.
+func (p *problems) addIf(bad bool, path, field, msg string) {
+	if bad {
+		p.add(join(path, field), msg)
+	}
+}
+
+// check is addIf for a message formatted with v, which is boxed only if bad.
+func check[T any](p *problems, bad bool, path, field, format string, v T) {
+	if bad {
+		p.addf(join(path, field), format, v)
+	}
+}
+
+// oneOf returns names[s], adding a problem at the field of path if s is
+// not one of them.
+func oneOf[T any](p *problems, path, field, s string, names map[string]T, want string) T {
+	v, ok := names[s]
+	if !ok {
+		p.addf(join(path, field), "must be %s, got %s", want, quote(s))
+	}
+	return v
+}
 
 // err returns the problems as an *Error, or nil.
 func (p *problems) err() error {
