@@ -41,15 +41,6 @@ func Load(data []byte, f Format, opts ...Option) (*Config, error) {
 	return load(data, f, o)
 }
 
-func load(data []byte, f Format, o options) (*Config, error) {
-	var p problems
-	doc, err := decode(data, f, o, &p)
-	if err != nil {
-		return nil, err
-	}
-	return build(doc, o, &p)
-}
-
 // LoadFile reads a document from a file: JSON for a ".json" name, YAML for
 // ".yaml" or ".yml", otherwise JSON if the content starts with "{" and YAML
 // if not. The file must be a regular file (or a link to one) of at most

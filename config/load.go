@@ -65,11 +65,14 @@ type Budget struct {
 	MaxTokens, TokenRatio float64
 }
 
-// decode reads data in format f into the schema message, within o,
-// adding to p each value that does not fit the schema.
-func decode(data []byte, f Format, o options, p *problems) (*resiliencev1.ServiceConfig, error) {
+// load reads data in format f within o.
+func load(data []byte, f Format, o options) (*Config, error) {
 	if f != JSON && f != YAML {
 		return nil, fmt.Errorf("config: unknown format %v", f)
+	}
+	b := &budget{lim: o, values: o.maxValues, bytes: o.maxBytes}
+	if f == YAML {
+		b.after = " after expanding YAML aliases"
 	}
 	var tree any
 	var fe *FieldError
@@ -79,16 +82,16 @@ func decode(data []byte, f Format, o options, p *problems) (*resiliencev1.Servic
 	case !utf8.Valid(data):
 		fe = &FieldError{Msg: "the document is not valid UTF-8"}
 	case f == JSON:
-		tree, fe = parseJSON(data, newBudget(o, f))
+		tree, fe = parseJSON(data, b)
 	default:
-		tree, fe = parseYAML(data, newBudget(o, f))
+		tree, fe = parseYAML(data, b)
 	}
 	if fe != nil {
 		return nil, &Error{Problems: []*FieldError{fe}}
 	}
-	doc := &resiliencev1.ServiceConfig{}
+	doc, p := &resiliencev1.ServiceConfig{}, &problems{}
 	fill(doc.ProtoReflect(), tree, nil, p)
-	return doc, nil
+	return build(doc, o, p)
 }
 
 // formatOf picks the format from a file name's extension, else JSON if

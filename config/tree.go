@@ -63,14 +63,9 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := 0
-	switch tok := tok.(type) {
-	case string:
-		n = len(tok)
-	case json.Number:
-		n = len(tok)
-	}
-	if fe := b.take(l, n, depth); fe != nil {
+	s, _ := tok.(string)
+	num, _ := tok.(json.Number) // one of s and num is empty
+	if fe := b.take(l, len(s)+len(num), depth); fe != nil {
 		return nil, fe
 	}
 	switch tok {
