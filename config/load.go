@@ -94,8 +94,7 @@ func load(data []byte, f Format, o options) (*Config, error) {
 	return build(doc, o, p)
 }
 
-// formatOf picks the format from a file name's extension, else JSON if
-// data starts with "{", else YAML.
+// formatOf picks the format of a file as [LoadFile] says.
 func formatOf(name string, data []byte) Format {
 	switch strings.ToLower(filepath.Ext(name)) {
 	case ".json":
@@ -109,9 +108,8 @@ func formatOf(name string, data []byte) Format {
 	return YAML
 }
 
-// readFile reads a document file and its format (see LoadFile). Opening a
-// FIFO could block and a device could be read forever, so the type is
-// checked before the file is opened, and again on the opened file.
+// readFile reads a document file and its format as [LoadFile] says,
+// checking the file's type before the open (see openFlags) and after.
 func readFile(name string, o options) ([]byte, Format, error) {
 	fail := func(err error) ([]byte, Format, error) { return nil, 0, fmt.Errorf("config: %w", err) }
 	// regular rejects what is not a regular file within the size limit.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
@@ -129,20 +130,16 @@ func convert(v any, fd protoreflect.FieldDescriptor, l *loc, zero protoreflect.V
 		}
 		return protoreflect.ValueOfFloat64(f), true
 	case protoreflect.Int32Kind, protoreflect.Int64Kind:
-		if !isNum {
+		i, err := strconv.ParseInt(string(num), 10, 64)
+		is32 := fd.Kind() == protoreflect.Int32Kind
+		switch {
+		case !isNum:
 			return bad("must be an integer, got %s", kindOf(v))
-		}
-		bits := 64
-		if fd.Kind() == protoreflect.Int32Kind {
-			bits = 32
-		}
-		i, err := strconv.ParseInt(string(num), 10, bits)
-		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+		case errors.Is(err, strconv.ErrRange) || is32 && int64(int32(i)) != i:
 			return bad("integer %s is out of range", number(string(num)))
-		} else if err != nil {
+		case err != nil:
 			return bad("must be an integer, got %s", number(string(num)))
-		}
-		if bits == 32 {
+		case is32:
 			return protoreflect.ValueOfInt32(int32(i)), true
 		}
 		return protoreflect.ValueOfInt64(i), true

@@ -175,9 +175,6 @@ func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, *FieldError) 
 		}
 		return obj, nil
 	}
-	bad := func(format string, args ...any) (any, *FieldError) {
-		return nil, problem(l, "line %d: "+format, append([]any{n.Line}, args...)...)
-	}
 	switch tag := n.ShortTag(); tag {
 	case "!!null":
 		return nil, nil
@@ -189,16 +186,16 @@ func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, *FieldError) 
 	case "!!bool":
 		var v bool
 		if n.Decode(&v) != nil {
-			return bad("invalid boolean %s", quote(n.Value))
+			return nil, problem(l, "line %d: invalid boolean %s", n.Line, quote(n.Value))
 		}
 		return v, nil
 	case "!!int", "!!float":
 		if num, ok := yamlNumber(n.Value); ok {
 			return num, nil
 		}
-		return bad("must be a finite decimal number such as 10 or 0.5, got %s", show(n.Value))
+		return nil, problem(l, "line %d: must be a finite decimal number such as 10 or 0.5, got %s", n.Line, show(n.Value))
 	default:
-		return bad("unsupported YAML tag %s", show(tag))
+		return nil, problem(l, "line %d: unsupported YAML tag %s", n.Line, show(tag))
 	}
 }
 
