@@ -49,7 +49,7 @@ func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, c *Config, p *pr
 				continue
 			}
 			if prev, dup := seen[key]; dup {
-				p.addf(npath, "duplicate name %s (also at %s); each name may appear once in the document", describeKey(key), prev)
+				p.addf(npath, "duplicate name %s (also at %s); each name may appear once in the document", describeKey(n.GetService(), n.GetMethod()), prev)
 				continue
 			}
 			seen[key] = npath
@@ -87,16 +87,15 @@ func policyKey(n *resiliencev1.MethodConfig_Name, path string, p *problems) (str
 	return "/" + svc + "/" + cmp.Or(m, "*"), ok
 }
 
-func describeKey(key string) string {
+// describeKey writes a name as the document does.
+func describeKey(svc, m string) string {
 	switch {
-	case key == "*":
+	case svc == "":
 		return "{} (the default)"
-	case strings.HasSuffix(key, "/*"):
-		return fmt.Sprintf("{service: %s}", quote(key[1:len(key)-2]))
-	default:
-		i := strings.LastIndexByte(key, '/')
-		return fmt.Sprintf("{service: %s, method: %s}", quote(key[1:i]), quote(key[i+1:]))
+	case m == "":
+		return fmt.Sprintf("{service: %s}", quote(svc))
 	}
+	return fmt.Sprintf("{service: %s, method: %s}", quote(svc), quote(m))
 }
 
 func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int, p *problems) (pol interceptors.Policy, timeout *time.Duration) {
@@ -301,34 +300,31 @@ func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code 
 // integer or an upper-case name ("CANCELLED"); OK is not a failure.
 func statusCode(v *structpb.Value, path string, p *problems) (codes.Code, bool) {
 	var c codes.Code
+	var msg string
 	switch k := v.GetKind().(type) {
 	case *structpb.Value_NumberValue:
 		if f := k.NumberValue; f != math.Trunc(f) || c.UnmarshalJSON(strconv.AppendFloat(nil, f, 'f', -1, 64)) != nil {
-			p.addf(path, "unknown status code %v: numbers go from 1 to 16", f)
-			return 0, false
+			msg = fmt.Sprintf("unknown status code %v: numbers go from 1 to 16", f)
 		}
 	case *structpb.Value_StringValue:
 		if b, _ := json.Marshal(k.StringValue); c.UnmarshalJSON(b) != nil {
-			p.addf(path, "unknown status code %s%s", quote(k.StringValue), codeHint(k.StringValue))
-			return 0, false
+			msg = "unknown status code " + quote(k.StringValue) + codeHint(k.StringValue)
 		}
 	default:
-		p.addf(path, `must be a status code name such as "UNAVAILABLE" or a number such as 14, got %s`, kindOf(v.AsInterface()))
-		return 0, false
+		msg = `must be a status code name such as "UNAVAILABLE" or a number such as 14, got ` + kindOf(v.AsInterface())
 	}
-	if c == codes.OK {
-		p.add(path, "OK is not a failure and cannot be listed")
-		return 0, false
+	if msg == "" && c == codes.OK {
+		msg = "OK is not a failure and cannot be listed"
 	}
-	return c, true
+	if msg != "" {
+		p.add(path, msg)
+	}
+	return c, msg == ""
 }
 
 // codeHint suggests the accepted spelling of a code name.
 func codeHint(s string) string {
-	u := strings.ToUpper(strings.TrimSpace(s))
-	if u == "CANCELED" {
-		u = "CANCELLED"
-	}
+	u := strings.Replace(strings.ToUpper(strings.TrimSpace(s)), "CANCELED", "CANCELLED", 1)
 	var c codes.Code
 	if b, _ := json.Marshal(u); c.UnmarshalJSON(b) == nil {
 		return fmt.Sprintf(" (names are upper case, as grpc spells them: %s)", quote(u))
@@ -336,9 +332,8 @@ func codeHint(s string) string {
 	return ""
 }
 
-// validateHedge checks a hedgingPolicy (gRFC A6: maxAttempts, capped at
-// maxAttempts as a retryPolicy's; hedgingDelay, default 0;
-// nonFatalStatusCodes, default none).
+// validateHedge checks a hedgingPolicy (gRFC A6: maxAttempts, capped as a
+// retryPolicy's; hedgingDelay, default 0; nonFatalStatusCodes, default none).
 func validateHedge(hp *structpb.Struct, path string, maxAttempts int, p *problems) interceptors.HedgePolicy {
 	var h interceptors.HedgePolicy
 	fields := hp.GetFields()
