@@ -104,6 +104,5 @@ func (b Budget) Option() interceptors.Option {
 // refuses any document whose budget differs from the suite's, this one
 // included.
 func (c *Config) NewSuite(opts ...interceptors.Option) (*interceptors.Suite, error) {
-	all := append([]interceptors.Option{c.Budget.Option()}, opts...)
-	return interceptors.New(c.Policies, all...)
+	return interceptors.New(c.Policies, append([]interceptors.Option{c.Budget.Option()}, opts...)...)
 }

@@ -133,20 +133,14 @@ func (p *problems) err() error {
 func comparePaths(a, b string) int {
 	digits := func(s string) int { return len(s) - len(strings.TrimLeft(s, "0123456789")) }
 	for a != "" && b != "" {
-		if na, nb := digits(a), digits(b); na > 0 && nb > 0 {
-			if c := cmp.Compare(na, nb); c != 0 {
-				return c
-			}
-			if c := strings.Compare(a[:na], b[:nb]); c != 0 {
-				return c
-			}
-			a, b = a[na:], b[nb:]
-			continue
+		na, nb := digits(a), digits(b)
+		if na == 0 || nb == 0 {
+			na, nb = 1, 1 // compare one byte
 		}
-		if a[0] != b[0] {
-			return cmp.Compare(int(a[0]), int(b[0]))
+		if c := cmp.Or(cmp.Compare(na, nb), strings.Compare(a[:na], b[:nb])); c != 0 {
+			return c
 		}
-		a, b = a[1:], b[1:]
+		a, b = a[na:], b[nb:]
 	}
 	return cmp.Compare(len(a), len(b))
 }
@@ -208,9 +202,8 @@ func bare(s, extra string) bool {
 // maxQuoted is how many bytes of a piece of the document a message shows.
 const maxQuoted = 64
 
-// quote returns s for a message: Go-quoted, so that a newline or an escape
-// sequence cannot forge a log line, and cut after maxQuoted bytes with its
-// length: "abc"... (1048576 bytes).
+// quote returns s for a message as [FieldError] says, with its length if
+// cut: "abc"... (1048576 bytes).
 func quote(s string) string {
 	short, more := truncate(s, maxQuoted)
 	return strconv.Quote(short) + more
