@@ -160,20 +160,19 @@ func index(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]
 // problem. The root is the nil *loc.
 type loc struct {
 	parent *loc
-	key    string // a member's key, when !elem
-	idx    int    // an element's index, when elem
-	elem   bool
+	key    string // a member's key
+	idx    int    // an element's index, or -1 for a member
 }
 
-func (l *loc) field(key string) *loc { return &loc{parent: l, key: key} }
-func (l *loc) index(i int) *loc      { return &loc{parent: l, idx: i, elem: true} }
+func (l *loc) field(key string) *loc { return &loc{parent: l, key: key, idx: -1} }
+func (l *loc) index(i int) *loc      { return &loc{parent: l, idx: i} }
 
 // String returns the path, each key that is not a plain name quoted.
 func (l *loc) String() string {
 	if l == nil {
 		return ""
 	}
-	if l.elem {
+	if l.idx >= 0 {
 		return index(l.parent.String(), l.idx)
 	}
 	key := l.key

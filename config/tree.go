@@ -101,9 +101,8 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 	return tok, nil // nil, bool, string or json.Number
 }
 
-// parseYAML reads a YAML document (one only) within b. Mapping keys must be
-// strings; merge keys (<<), non-finite numbers and custom tags are errors;
-// aliases are expanded, each expansion counted in b.
+// parseYAML reads a YAML document (one only) within b, by the YAML rules of
+// docs/config.md; each expansion of an alias counts in b.
 func parseYAML(data []byte, b *budget) (v any, fe *FieldError) {
 	defer func() {
 		// yaml.v3 panics and recovers internally; a second net, so that no
