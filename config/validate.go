@@ -153,15 +153,13 @@ func validateRetry(rp *resiliencev1.RetryPolicy, path string, maxAttempts int, p
 }
 
 // jitters and modes read retryPolicy.jitter and circuitBreaker.mode.
-// interceptors.New starts a ForcedOpen breaker forced open.
 var (
 	jitters = map[string]retry.Jitter{"": retry.ProportionalJitter, "proportional": retry.ProportionalJitter, "full": retry.FullJitter, "none": retry.NoJitter}
 	modes   = map[string]breaker.State{"": breaker.Closed, "closed": breaker.Closed, "disabled": breaker.Disabled, "metrics-only": breaker.MetricsOnly, "forced-open": breaker.ForcedOpen}
 )
 
-// validateBreaker converts a circuitBreaker by the rule of the package
-// doc's "Reading" (what can be off: consecutiveFailures, throttleK,
-// recoveryJitter, halfOpenMaxWait).
+// validateBreaker converts a circuitBreaker by the package doc's rule; what
+// can be off: consecutiveFailures, throttleK, recoveryJitter, halfOpenMaxWait.
 func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) (breaker.Config, []codes.Code) {
 	c := breaker.Config{
 		Mode:                oneOf(p, path, "mode", cb.GetMode(), modes, `"closed", "disabled", "metrics-only" or "forced-open"`),
