@@ -41,15 +41,6 @@ func Load(data []byte, f Format, opts ...Option) (*Config, error) {
 	return load(data, f, o)
 }
 
-func load(data []byte, f Format, o options) (*Config, error) {
-	var p problems
-	doc, err := decode(data, f, o, &p)
-	if err != nil {
-		return nil, err
-	}
-	return build(doc, o, &p)
-}
-
 // LoadFile reads a document from a file: JSON for a ".json" name, YAML for
 // ".yaml" or ".yml", otherwise JSON if the content starts with "{" and YAML
 // if not. The file must be a regular file (or a link to one) of at most
@@ -83,7 +74,7 @@ func build(doc *resiliencev1.ServiceConfig, o options, p *problems) (*Config, er
 	for _, path := range c.Ignored {
 		if o.strict {
 			p.add(path, "not supported by this library (strict loading)")
-		} else if o.logger != nil && p.count() == 0 {
+		} else if o.logger != nil && len(p.list) == 0 {
 			o.logger.Log(context.Background(), logging.LevelWarn, "config: a field of the document has no effect", "config.field", path)
 		}
 	}
@@ -113,6 +104,5 @@ func (b Budget) Option() interceptors.Option {
 // refuses any document whose budget differs from the suite's, this one
 // included.
 func (c *Config) NewSuite(opts ...interceptors.Option) (*interceptors.Suite, error) {
-	all := append([]interceptors.Option{c.Budget.Option()}, opts...)
-	return interceptors.New(c.Policies, all...)
+	return interceptors.New(c.Policies, append([]interceptors.Option{c.Budget.Option()}, opts...)...)
 }

@@ -22,28 +22,22 @@
 // codes are grpc's upper-case names ("CANCELLED") or integers; durations are
 // strings of seconds ("0.1s"). A field written twice, in any spelling, and
 // any unknown field are errors. A retryPolicy is checked as grpc-go checks
-// it, its maxAttempts capped at 5 ([WithMaxAttempts] changes the cap); a
-// hedgingPolicy (gRFC A6) becomes [interceptors.HedgePolicy], its
-// maxAttempts capped the same way. This
-// library's fields follow the rule of the Go API: zero or absent means the
-// default, a negative value turns off what can be off and is an error
-// elsewhere, an absent list means the default and an empty list none. The
-// grpc fields nothing here applies are listed in [Config.Ignored], logged
-// with [WithLogger] and errors with [WithStrict]. A YAML document is read
-// with the YAML 1.2 core schema; numbers are decimal.
+// it; a hedgingPolicy (gRFC A6) becomes [interceptors.HedgePolicy]; the
+// maxAttempts of both are capped at 5 ([WithMaxAttempts]). This library's
+// fields follow the rule of the Go API: zero or absent means the default, a
+// negative value turns off what can be off and is an error elsewhere, an
+// absent list means the default and an empty list none. The grpc fields
+// nothing here applies are listed in [Config.Ignored] ([WithLogger],
+// [WithStrict]). A YAML document is read with the YAML 1.2 core schema;
+// numbers are decimal.
 //
-// # Errors
+// # Errors and limits
 //
 // A rejected document returns an [*Error] listing its problems, each a
 // [*FieldError] naming its field. Load never panics and never returns a
-// Config that interceptors.New rejects.
-//
-// # Limits
-//
-// A document's bytes and values are limited ([WithMaxBytes],
-// [WithMaxValues]) and it nests at most 64 deep. [LoadFile] and [WatchFile]
-// read regular files only. Within these limits Load is linear in the
-// document's size.
+// Config that interceptors.New rejects. A document's bytes and values are
+// limited ([WithMaxBytes], [WithMaxValues]) and it nests at most 64 deep;
+// within these limits Load is linear in the document's size.
 //
 // # Reload
 //

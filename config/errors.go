@@ -88,7 +88,30 @@ func (p *problems) addf(path, format string, args ...any) { p.add(path, fmt.Spri
 
 func (p *problems) at(l *loc, format string, args ...any) { p.addf(l.String(), format, args...) }
 
-func (p *problems) count() int { return len(p.list) }
+// addIf adds msg at the field of path if bad, building its path only then.
+// A run of checks at one path thus reports the first that fails.
+func (p *problems) addIf(bad bool, path, field, msg string) {
+	if bad {
+		p.add(join(path, field), msg)
+	}
+}
+
+// check is addIf for a message formatted with v, which is boxed only if bad.
+func check[T any](p *problems, bad bool, path, field, format string, v T) {
+	if bad {
+		p.addf(join(path, field), format, v)
+	}
+}
+
+// oneOf returns names[s], adding a problem at the field of path if s is
+// not one of them.
+func oneOf[T any](p *problems, path, field, s string, names map[string]T, want string) T {
+	v, ok := names[s]
+	if !ok {
+		p.addf(join(path, field), "must be %s, got %s", want, quote(s))
+	}
+	return v
+}
 
 // err returns the problems as an *Error, or nil.
 func (p *problems) err() error {
@@ -110,20 +133,14 @@ func (p *problems) err() error {
 func comparePaths(a, b string) int {
 	digits := func(s string) int { return len(s) - len(strings.TrimLeft(s, "0123456789")) }
 	for a != "" && b != "" {
-		if na, nb := digits(a), digits(b); na > 0 && nb > 0 {
-			if c := cmp.Compare(na, nb); c != 0 {
-				return c
-			}
-			if c := strings.Compare(a[:na], b[:nb]); c != 0 {
-				return c
-			}
-			a, b = a[na:], b[nb:]
-			continue
+		na, nb := digits(a), digits(b)
+		if na == 0 || nb == 0 {
+			na, nb = 1, 1 // compare one byte
 		}
-		if a[0] != b[0] {
-			return cmp.Compare(int(a[0]), int(b[0]))
+		if c := cmp.Or(cmp.Compare(na, nb), strings.Compare(a[:na], b[:nb])); c != 0 {
+			return c
 		}
-		a, b = a[1:], b[1:]
+		a, b = a[na:], b[nb:]
 	}
 	return cmp.Compare(len(a), len(b))
 }
@@ -143,20 +160,19 @@ func index(path string, i int) string { return path + "[" + strconv.Itoa(i) + "]
 // problem. The root is the nil *loc.
 type loc struct {
 	parent *loc
-	key    string // a member's key, when !elem
-	idx    int    // an element's index, when elem
-	elem   bool
+	key    string // a member's key
+	idx    int    // an element's index, or -1 for a member
 }
 
-func (l *loc) field(key string) *loc { return &loc{parent: l, key: key} }
-func (l *loc) index(i int) *loc      { return &loc{parent: l, idx: i, elem: true} }
+func (l *loc) field(key string) *loc { return &loc{parent: l, key: key, idx: -1} }
+func (l *loc) index(i int) *loc      { return &loc{parent: l, idx: i} }
 
 // String returns the path, each key that is not a plain name quoted.
 func (l *loc) String() string {
 	if l == nil {
 		return ""
 	}
-	if l.elem {
+	if l.idx >= 0 {
 		return index(l.parent.String(), l.idx)
 	}
 	key := l.key
@@ -185,9 +201,8 @@ func bare(s, extra string) bool {
 // maxQuoted is how many bytes of a piece of the document a message shows.
 const maxQuoted = 64
 
-// quote returns s for a message: Go-quoted, so that a newline or an escape
-// sequence cannot forge a log line, and cut after maxQuoted bytes with its
-// length: "abc"... (1048576 bytes).
+// quote returns s for a message as [FieldError] says, with its length if
+// cut: "abc"... (1048576 bytes).
 func quote(s string) string {
 	short, more := truncate(s, maxQuoted)
 	return strconv.Quote(short) + more

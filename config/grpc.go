@@ -101,8 +101,7 @@ func grpcConfig(doc *resiliencev1.ServiceConfig) string {
 	}
 	for _, mc := range doc.GetMethodConfig() {
 		m := method{mc.GetName(), mc.WaitForReady, mc.MaxRequestMessageBytes, mc.MaxResponseMessageBytes}
-		set := m.WaitForReady != nil || m.MaxRequestMessageBytes != nil || m.MaxResponseMessageBytes != nil
-		if len(m.Name) > 0 && set {
+		if len(m.Name) > 0 && (m.WaitForReady != nil || m.MaxRequestMessageBytes != nil || m.MaxResponseMessageBytes != nil) {
 			sc.MethodConfig = append(sc.MethodConfig, m)
 		}
 	}

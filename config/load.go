@@ -65,11 +65,14 @@ type Budget struct {
 	MaxTokens, TokenRatio float64
 }
 
-// decode reads data in format f into the schema message, within o,
-// adding to p each value that does not fit the schema.
-func decode(data []byte, f Format, o options, p *problems) (*resiliencev1.ServiceConfig, error) {
+// load reads data in format f within o.
+func load(data []byte, f Format, o options) (*Config, error) {
 	if f != JSON && f != YAML {
 		return nil, fmt.Errorf("config: unknown format %v", f)
+	}
+	b := &budget{lim: o, values: o.maxValues, bytes: o.maxBytes}
+	if f == YAML {
+		b.after = " after expanding YAML aliases"
 	}
 	var tree any
 	var fe *FieldError
@@ -79,20 +82,19 @@ func decode(data []byte, f Format, o options, p *problems) (*resiliencev1.Servic
 	case !utf8.Valid(data):
 		fe = &FieldError{Msg: "the document is not valid UTF-8"}
 	case f == JSON:
-		tree, fe = parseJSON(data, newBudget(o, f))
+		tree, fe = parseJSON(data, b)
 	default:
-		tree, fe = parseYAML(data, newBudget(o, f))
+		tree, fe = parseYAML(data, b)
 	}
 	if fe != nil {
 		return nil, &Error{Problems: []*FieldError{fe}}
 	}
-	doc := &resiliencev1.ServiceConfig{}
+	doc, p := &resiliencev1.ServiceConfig{}, &problems{}
 	fill(doc.ProtoReflect(), tree, nil, p)
-	return doc, nil
+	return build(doc, o, p)
 }
 
-// formatOf picks the format from a file name's extension, else JSON if
-// data starts with "{", else YAML.
+// formatOf picks the format of a file as [LoadFile] says.
 func formatOf(name string, data []byte) Format {
 	switch strings.ToLower(filepath.Ext(name)) {
 	case ".json":
@@ -106,9 +108,8 @@ func formatOf(name string, data []byte) Format {
 	return YAML
 }
 
-// readFile reads a document file and its format (see LoadFile). Opening a
-// FIFO could block and a device could be read forever, so the type is
-// checked before the file is opened, and again on the opened file.
+// readFile reads a document file and its format as [LoadFile] says,
+// checking the file's type before the open (see openFlags) and after.
 func readFile(name string, o options) ([]byte, Format, error) {
 	fail := func(err error) ([]byte, Format, error) { return nil, 0, fmt.Errorf("config: %w", err) }
 	// regular rejects what is not a regular file within the size limit.

@@ -87,29 +87,21 @@ func (o options) checkSize(n int64) error {
 // walks the tree once.
 type budget struct {
 	lim           options
-	values, bytes int  // left
-	aliases       bool // YAML: say that aliases are expanded
-}
-
-func newBudget(lim options, f Format) *budget {
-	return &budget{lim: lim, values: lim.maxValues, bytes: lim.maxBytes, aliases: f == YAML}
+	values, bytes int    // left
+	after         string // for YAML: " after expanding YAML aliases"
 }
 
 // take counts one value of n bytes at l, depth levels deep.
 func (b *budget) take(l *loc, n, depth int) *FieldError {
 	b.values--
 	b.bytes -= n
-	after := ""
-	if b.aliases {
-		after = " after expanding YAML aliases"
-	}
 	switch {
 	case depth > maxDepth:
 		return problem(l, "nested more than %d levels deep", maxDepth)
 	case b.values < 0:
-		return problem(l, "the document holds more than %d values%s (the limit; see WithMaxValues)", b.lim.maxValues, after)
+		return problem(l, "the document holds more than %d values%s (the limit; see WithMaxValues)", b.lim.maxValues, b.after)
 	case b.bytes < 0:
-		return problem(l, "the document's keys and values hold more than %d bytes%s (the limit; see WithMaxBytes)", b.lim.maxBytes, after)
+		return problem(l, "the document's keys and values hold more than %d bytes%s (the limit; see WithMaxBytes)", b.lim.maxBytes, b.after)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
@@ -86,12 +87,14 @@ func convert(v any, fd protoreflect.FieldDescriptor, l *loc, zero protoreflect.V
 			s, ok := v.(string)
 			if !ok {
 				return bad(`must be a duration string such as "0.1s", got %s`, kindOf(v))
+			} else if !durationSyntax.MatchString(s) {
+				return bad(`invalid duration %s: want seconds with an "s" suffix, such as "0.1s" or "2s"`, quote(s))
 			}
-			d, err := parseDuration(s)
-			if err != "" {
-				return bad("%s", err)
+			d, err := time.ParseDuration(s) // exact for durationSyntax
+			if err != nil {
+				return bad("duration %s is out of range (at most about 292 years)", number(s))
 			}
-			return protoreflect.ValueOfMessage(d.ProtoReflect()), true
+			return protoreflect.ValueOfMessage(durationpb.New(d).ProtoReflect()), true
 		case "google.protobuf.Value":
 			return protoreflect.ValueOfMessage(structValue(v, l, p).ProtoReflect()), true
 		case "google.protobuf.Struct":
@@ -127,20 +130,16 @@ func convert(v any, fd protoreflect.FieldDescriptor, l *loc, zero protoreflect.V
 		}
 		return protoreflect.ValueOfFloat64(f), true
 	case protoreflect.Int32Kind, protoreflect.Int64Kind:
-		if !isNum {
+		i, err := strconv.ParseInt(string(num), 10, 64)
+		is32 := fd.Kind() == protoreflect.Int32Kind
+		switch {
+		case !isNum:
 			return bad("must be an integer, got %s", kindOf(v))
-		}
-		bits := 64
-		if fd.Kind() == protoreflect.Int32Kind {
-			bits = 32
-		}
-		i, err := strconv.ParseInt(string(num), 10, bits)
-		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange {
+		case errors.Is(err, strconv.ErrRange) || is32 && int64(int32(i)) != i:
 			return bad("integer %s is out of range", number(string(num)))
-		} else if err != nil {
+		case err != nil:
 			return bad("must be an integer, got %s", number(string(num)))
-		}
-		if bits == 32 {
+		case is32:
 			return protoreflect.ValueOfInt32(int32(i)), true
 		}
 		return protoreflect.ValueOfInt64(i), true
@@ -226,27 +225,14 @@ func isValue(fd protoreflect.FieldDescriptor) bool {
 // digits ("0.1s", "30s", ".5s", "1.s", "-1s").
 var durationSyntax = regexp.MustCompile(`^([-+]?(0|[1-9][0-9]*)(\.[0-9]{0,9})?|-?\.[0-9]{1,9})s$`)
 
-// parseDuration reads a duration, or says why it cannot; the validator
-// checks its range.
-func parseDuration(s string) (*durationpb.Duration, string) {
-	if !durationSyntax.MatchString(s) {
-		return nil, "invalid duration " + quote(s) + `: want seconds with an "s" suffix, such as "0.1s" or "2s"`
-	}
-	d, err := time.ParseDuration(s) // exact for the syntax above
-	if err != nil {
-		return nil, "duration " + number(s) + " is out of range (at most about 292 years)"
-	}
-	return durationpb.New(d), ""
-}
-
 // suggest returns ` (did you mean "x"?)` for a near miss of a field name:
 // the same name in another case or with underscores, or up to two letters
 // off (a Levenshtein distance, for keys of at most 64 bytes).
 func suggest(key string, fields protoreflect.FieldDescriptors) string {
-	if fd := fieldByName(fields, strings.ReplaceAll(key, "_", "")); fd != nil {
-		return fmt.Sprintf(" (did you mean %q?)", fd.JSONName())
-	}
 	best, bestDist, a := "", 3, strings.ToLower(key)
+	if fd := fieldByName(fields, strings.ReplaceAll(key, "_", "")); fd != nil {
+		best, bestDist = fd.JSONName(), 0 // skips the loop
+	}
 	for i := range fields.Len() {
 		name := fields.Get(i).JSONName()
 		b := strings.ToLower(name)
@@ -260,7 +246,7 @@ func suggest(key string, fields protoreflect.FieldDescriptors) string {
 		for i := 1; i <= len(a); i++ {
 			cur[0] = i
 			for j := 1; j <= len(b); j++ {
-				cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+boolInt(a[i-1] != b[j-1]))
+				cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+min(1, int(a[i-1]^b[j-1]))) // +1 unless equal
 			}
 			prev, cur = cur, prev
 		}
@@ -272,11 +258,4 @@ func suggest(key string, fields protoreflect.FieldDescriptors) string {
 		return ""
 	}
 	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

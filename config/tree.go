@@ -63,14 +63,9 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := 0
-	switch tok := tok.(type) {
-	case string:
-		n = len(tok)
-	case json.Number:
-		n = len(tok)
-	}
-	if fe := b.take(l, n, depth); fe != nil {
+	s, _ := tok.(string)
+	num, _ := tok.(json.Number) // one of s and num is empty
+	if fe := b.take(l, len(s)+len(num), depth); fe != nil {
 		return nil, fe
 	}
 	switch tok {
@@ -106,9 +101,8 @@ func readJSON(dec *json.Decoder, l *loc, depth int, b *budget) (any, error) {
 	return tok, nil // nil, bool, string or json.Number
 }
 
-// parseYAML reads a YAML document (one only) within b. Mapping keys must be
-// strings; merge keys (<<), non-finite numbers and custom tags are errors;
-// aliases are expanded, each expansion counted in b.
+// parseYAML reads a YAML document (one only) within b, by the YAML rules of
+// docs/config.md; each expansion of an alias counts in b.
 func parseYAML(data []byte, b *budget) (v any, fe *FieldError) {
 	defer func() {
 		// yaml.v3 panics and recovers internally; a second net, so that no
@@ -180,9 +174,6 @@ func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, *FieldError) 
 		}
 		return obj, nil
 	}
-	bad := func(format string, args ...any) (any, *FieldError) {
-		return nil, problem(l, "line %d: "+format, append([]any{n.Line}, args...)...)
-	}
 	switch tag := n.ShortTag(); tag {
 	case "!!null":
 		return nil, nil
@@ -194,16 +185,16 @@ func convertYAML(n *yaml.Node, l *loc, depth int, b *budget) (any, *FieldError) 
 	case "!!bool":
 		var v bool
 		if n.Decode(&v) != nil {
-			return bad("invalid boolean %s", quote(n.Value))
+			return nil, problem(l, "line %d: invalid boolean %s", n.Line, quote(n.Value))
 		}
 		return v, nil
 	case "!!int", "!!float":
 		if num, ok := yamlNumber(n.Value); ok {
 			return num, nil
 		}
-		return bad("must be a finite decimal number such as 10 or 0.5, got %s", show(n.Value))
+		return nil, problem(l, "line %d: must be a finite decimal number such as 10 or 0.5, got %s", n.Line, show(n.Value))
 	default:
-		return bad("unsupported YAML tag %s", show(tag))
+		return nil, problem(l, "line %d: unsupported YAML tag %s", n.Line, show(tag))
 	}
 }
 

@@ -49,7 +49,7 @@ func validate(doc *resiliencev1.ServiceConfig, maxAttempts int, c *Config, p *pr
 				continue
 			}
 			if prev, dup := seen[key]; dup {
-				p.addf(npath, "duplicate name %s (also at %s); each name may appear once in the document", describeKey(key), prev)
+				p.addf(npath, "duplicate name %s (also at %s); each name may appear once in the document", describeKey(n.GetService(), n.GetMethod()), prev)
 				continue
 			}
 			seen[key] = npath
@@ -87,16 +87,15 @@ func policyKey(n *resiliencev1.MethodConfig_Name, path string, p *problems) (str
 	return "/" + svc + "/" + cmp.Or(m, "*"), ok
 }
 
-func describeKey(key string) string {
+// describeKey writes a name as the document does.
+func describeKey(svc, m string) string {
 	switch {
-	case key == "*":
+	case svc == "":
 		return "{} (the default)"
-	case strings.HasSuffix(key, "/*"):
-		return fmt.Sprintf("{service: %s}", quote(key[1:len(key)-2]))
-	default:
-		i := strings.LastIndexByte(key, '/')
-		return fmt.Sprintf("{service: %s, method: %s}", quote(key[1:i]), quote(key[i+1:]))
+	case m == "":
+		return fmt.Sprintf("{service: %s}", quote(svc))
 	}
+	return fmt.Sprintf("{service: %s, method: %s}", quote(svc), quote(m))
 }
 
 func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int, p *problems) (pol interceptors.Policy, timeout *time.Duration) {
@@ -105,11 +104,8 @@ func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int,
 		pol.Retry, pol.RetryableCodes = validateRetry(rp, join(path, "retryPolicy"), maxAttempts, p)
 	}
 	if hp := mc.GetHedgingPolicy(); hp != nil {
-		hpath := join(path, "hedgingPolicy")
-		if mc.GetRetryPolicy() != nil {
-			p.add(hpath, "a methodConfig has a retryPolicy or a hedgingPolicy, not both (gRFC A6)")
-		}
-		pol.Hedge = validateHedge(hp, hpath, maxAttempts, p)
+		p.addIf(mc.GetRetryPolicy() != nil, path, "hedgingPolicy", "a methodConfig has a retryPolicy or a hedgingPolicy, not both (gRFC A6)")
+		pol.Hedge = validateHedge(hp, join(path, "hedgingPolicy"), maxAttempts, p)
 	}
 	if cb := mc.GetCircuitBreaker(); cb != nil {
 		pol.Breaker, pol.FailureCodes = validateBreaker(cb, join(path, "circuitBreaker"), p)
@@ -124,128 +120,83 @@ func validateMethod(mc *resiliencev1.MethodConfig, path string, maxAttempts int,
 // validateRetry checks a retryPolicy as grpc-go does, maxAttempts capped at
 // maxAttempts (A6).
 func validateRetry(rp *resiliencev1.RetryPolicy, path string, maxAttempts int, p *problems) (retry.Policy, []codes.Code) {
-	var r retry.Policy
-
-	switch {
-	case rp.MaxAttempts == nil:
-		p.add(join(path, "maxAttempts"), "required (at least 2)")
-	case rp.GetMaxAttempts() < 2:
-		p.addf(join(path, "maxAttempts"), "must be at least 2, got %d", rp.GetMaxAttempts())
-	default:
-		r.MaxAttempts = min(int(rp.GetMaxAttempts()), maxAttempts)
+	r := retry.Policy{
+		MaxAttempts:    min(int(rp.GetMaxAttempts()), maxAttempts),
+		InitialBackoff: requiredDuration(rp.GetInitialBackoff(), path, "initialBackoff", p),
+		MaxBackoff:     requiredDuration(rp.GetMaxBackoff(), path, "maxBackoff", p),
+		Multiplier:     rp.GetBackoffMultiplier(),
+		Jitter:         oneOf(p, path, "jitter", rp.GetJitter(), jitters, `"proportional", "full" or "none"`),
+		JitterFactor:   rp.GetJitterFactor(),
+		AttemptTimeout: ourDuration(rp.GetPerAttemptTimeout(), path, "perAttemptTimeout", false, p),
+		MinAttemptTime: ourDuration(rp.GetMinAttemptTime(), path, "minAttemptTime", false, p),
+		MaxPushback:    ourDuration(rp.GetMaxPushback(), path, "maxPushback", false, p),
 	}
-	r.InitialBackoff = requiredDuration(rp.GetInitialBackoff(), join(path, "initialBackoff"), p)
-	r.MaxBackoff = requiredDuration(rp.GetMaxBackoff(), join(path, "maxBackoff"), p)
+	p.addIf(rp.MaxAttempts == nil, path, "maxAttempts", "required (at least 2)")
+	check(p, rp.GetMaxAttempts() < 2, path, "maxAttempts", "must be at least 2, got %d", rp.GetMaxAttempts())
 	if r.InitialBackoff > 0 && r.MaxBackoff > 0 && r.MaxBackoff < r.InitialBackoff {
 		p.addf(join(path, "maxBackoff"), "must be at least initialBackoff (%v), got %v", r.InitialBackoff, r.MaxBackoff)
 	}
-	mult := join(path, "backoffMultiplier")
-	switch f := rp.GetBackoffMultiplier(); {
-	case rp.BackoffMultiplier == nil:
-		p.add(mult, "required (at least 1)")
-	case math.IsNaN(f) || math.IsInf(f, 0) || f <= 0:
-		p.addf(mult, "must be greater than zero, got %v", f)
-	case f < 1:
-		p.addf(mult, "must be at least 1, got %v (grpc accepts values in (0, 1), which shrink the delays; this library does not)", f)
-	default:
-		r.Multiplier = f
-	}
-	codesPath := join(path, "retryableStatusCodes")
+	f := r.Multiplier
+	p.addIf(rp.BackoffMultiplier == nil, path, "backoffMultiplier", "required (at least 1)")
+	check(p, math.IsNaN(f) || math.IsInf(f, 0) || f <= 0, path, "backoffMultiplier", "must be greater than zero, got %v", f)
+	check(p, f < 1, path, "backoffMultiplier", "must be at least 1, got %v (grpc accepts values in (0, 1), which shrink the delays; this library does not)", f)
 	list := rp.GetRetryableStatusCodes()
-	if len(list) == 0 {
-		p.add(codesPath, "required and must not be empty")
-	}
-	retryable := statusCodes(list, codesPath, p)
-
-	// Ours: zero or absent means the default, as in retry.Policy.
-	switch rp.GetJitter() {
-	case "", "proportional":
-		r.Jitter = retry.ProportionalJitter // A6
-	case "full":
-		r.Jitter = retry.FullJitter
-	case "none":
-		r.Jitter = retry.NoJitter
-	default:
-		p.addf(join(path, "jitter"), `must be "proportional", "full" or "none", got %s`, quote(rp.GetJitter()))
-	}
-	switch f := rp.GetJitterFactor(); {
-	case rp.JitterFactor != nil && r.Jitter != retry.ProportionalJitter:
+	p.addIf(len(list) == 0, path, "retryableStatusCodes", "required and must not be empty")
+	retryable := statusCodes(list, join(path, "retryableStatusCodes"), p)
+	if rp.JitterFactor != nil && r.Jitter != retry.ProportionalJitter {
 		p.addf(join(path, "jitterFactor"), "applies to proportional jitter only, not %s", quote(rp.GetJitter()))
-	case math.IsNaN(f) || f < 0 || f > 1:
-		p.addf(join(path, "jitterFactor"), `must be in [0, 1] (0 means the default 0.2; jitter: "none" for no jitter), got %v`, f)
-	default:
-		r.JitterFactor = f
 	}
-	r.AttemptTimeout = ourDuration(rp.GetPerAttemptTimeout(), join(path, "perAttemptTimeout"), false, p)
-	r.MinAttemptTime = ourDuration(rp.GetMinAttemptTime(), join(path, "minAttemptTime"), false, p)
-	r.MaxPushback = ourDuration(rp.GetMaxPushback(), join(path, "maxPushback"), false, p)
-
+	jf := r.JitterFactor
+	check(p, math.IsNaN(jf) || jf < 0 || jf > 1, path, "jitterFactor", `must be in [0, 1] (0 means the default 0.2; jitter: "none" for no jitter), got %v`, jf)
 	safetyNet(p, path, r.Validate)
 	return r, retryable
 }
 
-// validateBreaker converts a circuitBreaker by the rule of the package
-// doc's "Reading" (what can be off: consecutiveFailures, throttleK,
-// recoveryJitter, halfOpenMaxWait).
+// jitters and modes read retryPolicy.jitter and circuitBreaker.mode.
+var (
+	jitters = map[string]retry.Jitter{"": retry.ProportionalJitter, "proportional": retry.ProportionalJitter, "full": retry.FullJitter, "none": retry.NoJitter}
+	modes   = map[string]breaker.State{"": breaker.Closed, "closed": breaker.Closed, "disabled": breaker.Disabled, "metrics-only": breaker.MetricsOnly, "forced-open": breaker.ForcedOpen}
+)
+
+// validateBreaker converts a circuitBreaker by the package doc's rule; what
+// can be off: consecutiveFailures, throttleK, recoveryJitter, halfOpenMaxWait.
 func validateBreaker(cb *resiliencev1.CircuitBreaker, path string, p *problems) (breaker.Config, []codes.Code) {
-	at := func(field string) string { return join(path, field) }
 	c := breaker.Config{
+		Mode:                oneOf(p, path, "mode", cb.GetMode(), modes, `"closed", "disabled", "metrics-only" or "forced-open"`),
 		ConsecutiveFailures: int(cb.GetConsecutiveFailures()),
 		ThrottleK:           cb.GetThrottleK(),
 		FailureRate:         cb.GetFailureRate(),
 		MinimumCalls:        int(cb.GetMinimumCalls()),
 		RecoveryJitter:      cb.GetRecoveryJitter(),
 		HalfOpenMaxCalls:    int(cb.GetHalfOpenMaxCalls()),
-		Window:              ourDuration(cb.GetWindow(), at("window"), false, p),
-		RecoveryTime:        ourDuration(cb.GetRecoveryTime(), at("recoveryTime"), false, p),
-		MaxRecoveryTime:     ourDuration(cb.GetMaxRecoveryTime(), at("maxRecoveryTime"), false, p),
-		HalfOpenMaxWait:     ourDuration(cb.GetHalfOpenMaxWait(), at("halfOpenMaxWait"), true, p),
+		Window:              ourDuration(cb.GetWindow(), path, "window", false, p),
+		RecoveryTime:        ourDuration(cb.GetRecoveryTime(), path, "recoveryTime", false, p),
+		MaxRecoveryTime:     ourDuration(cb.GetMaxRecoveryTime(), path, "maxRecoveryTime", false, p),
+		HalfOpenMaxWait:     ourDuration(cb.GetHalfOpenMaxWait(), path, "halfOpenMaxWait", true, p),
 	}
-	switch cb.GetMode() {
-	case "", "closed":
-	case "disabled":
-		c.Mode = breaker.Disabled
-	case "metrics-only":
-		c.Mode = breaker.MetricsOnly
-	case "forced-open":
-		c.Mode = breaker.ForcedOpen // interceptors.New starts the breakers forced open
-	default:
-		p.addf(at("mode"), `must be "closed", "disabled", "metrics-only" or "forced-open", got %s`, quote(cb.GetMode()))
-	}
-	if k := c.ThrottleK; math.IsNaN(k) || math.IsInf(k, 1) || k > 0 && k < 1 {
-		p.addf(at("throttleK"), "must be at least 1 (0 means the default 2, a negative value turns the throttle off), got %v", k)
-	}
-	if f := c.FailureRate; math.IsNaN(f) || f < 0 || f > 1 {
-		p.addf(at("failureRate"), "must be in [0, 1] (0 turns the rule off), got %v", f)
-	}
-	if j := c.RecoveryJitter; math.IsNaN(j) || j >= 1 {
-		p.addf(at("recoveryJitter"), "must be less than 1 (a negative value means no jitter), got %v", j)
-	}
-	if c.MinimumCalls < 0 {
-		p.addf(at("minimumCalls"), "must not be negative (0 means the default 20), got %d", c.MinimumCalls)
-	}
-	if c.HalfOpenMaxCalls < 0 {
-		p.addf(at("halfOpenMaxCalls"), "must not be negative (0 means the default 1), got %d", c.HalfOpenMaxCalls)
-	}
-	if c.Window > 0 && c.Window < 10 {
-		p.addf(at("window"), "must be at least 10ns, got %v", c.Window)
-	}
+	k, f, j := c.ThrottleK, c.FailureRate, c.RecoveryJitter
+	check(p, math.IsNaN(k) || math.IsInf(k, 1) || k > 0 && k < 1, path, "throttleK", "must be at least 1 (0 means the default 2, a negative value turns the throttle off), got %v", k)
+	check(p, math.IsNaN(f) || f < 0 || f > 1, path, "failureRate", "must be in [0, 1] (0 turns the rule off), got %v", f)
+	check(p, math.IsNaN(j) || j >= 1, path, "recoveryJitter", "must be less than 1 (a negative value means no jitter), got %v", j)
+	check(p, c.MinimumCalls < 0, path, "minimumCalls", "must not be negative (0 means the default 20), got %d", c.MinimumCalls)
+	check(p, c.HalfOpenMaxCalls < 0, path, "halfOpenMaxCalls", "must not be negative (0 means the default 1), got %d", c.HalfOpenMaxCalls)
+	check(p, c.Window > 0 && c.Window < 10, path, "window", "must be at least 10ns, got %v", c.Window)
 	recovery := cmp.Or(c.RecoveryTime, breaker.DefaultRecoveryTime)
 	switch {
 	case c.MaxRecoveryTime == 0 && recovery > breaker.DefaultMaxRecoveryTime:
 		c.MaxRecoveryTime = recovery // the default cap is 60s, or recoveryTime if larger
 	case c.MaxRecoveryTime > 0 && c.MaxRecoveryTime < recovery:
-		p.addf(at("maxRecoveryTime"), "must be at least recoveryTime (%v), got %v", recovery, c.MaxRecoveryTime)
+		p.addf(join(path, "maxRecoveryTime"), "must be at least recoveryTime (%v), got %v", recovery, c.MaxRecoveryTime)
 	}
 	var failure []codes.Code
 	if l := cb.GetFailureStatusCodes(); l != nil {
-		failure = statusCodes(l.GetValues(), at("failureStatusCodes"), p)
+		failure = statusCodes(l.GetValues(), join(path, "failureStatusCodes"), p)
 	}
-	check := c
-	if check.Mode == breaker.ForcedOpen {
-		check.Mode = breaker.Closed // a starting state the breaker itself does not take as a Mode
+	v := c
+	if v.Mode == breaker.ForcedOpen {
+		v.Mode = breaker.Closed // a starting state the breaker itself does not take as a Mode
 	}
-	safetyNet(p, path, check.Validate)
+	safetyNet(p, path, v.Validate)
 	return c, failure
 }
 
@@ -256,50 +207,31 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 		return Budget{}
 	}
 	if rt != nil {
-		b := Budget{Mode: TokenBucket}
-		switch f := rt.GetMaxTokens(); {
-		case rt.MaxTokens == nil:
-			p.add("retryThrottling.maxTokens", "required, in (0, 1000]")
-		case math.IsNaN(f) || f <= 0 || f > 1000:
-			p.addf("retryThrottling.maxTokens", "must be in (0, 1000], got %v", f)
-		default:
-			b.MaxTokens = f
-		}
-		switch f := rt.GetTokenRatio(); {
-		case rt.TokenRatio == nil:
-			p.add("retryThrottling.tokenRatio", "required, greater than zero")
-		case math.IsNaN(f) || math.IsInf(f, 0) || f <= 0:
-			p.addf("retryThrottling.tokenRatio", "must be greater than zero, got %v", f)
-		case f < 0.001:
-			p.addf("retryThrottling.tokenRatio", "must be at least 0.001 (A6 keeps three decimals), got %v", f)
-		default:
-			b.TokenRatio = f
-		}
+		b := Budget{Mode: TokenBucket, MaxTokens: rt.GetMaxTokens(), TokenRatio: rt.GetTokenRatio()}
+		f, r := b.MaxTokens, b.TokenRatio
+		p.addIf(rt.MaxTokens == nil, "retryThrottling", "maxTokens", "required, in (0, 1000]")
+		check(p, math.IsNaN(f) || f <= 0 || f > 1000, "retryThrottling", "maxTokens", "must be in (0, 1000], got %v", f)
+		p.addIf(rt.TokenRatio == nil, "retryThrottling", "tokenRatio", "required, greater than zero")
+		check(p, math.IsNaN(r) || math.IsInf(r, 0) || r <= 0, "retryThrottling", "tokenRatio", "must be greater than zero, got %v", r)
+		check(p, r < 0.001, "retryThrottling", "tokenRatio", "must be at least 0.001 (A6 keeps three decimals), got %v", r)
 		return b
 	}
 	if rb == nil {
 		return Budget{}
 	}
 	if rb.GetDisabled() {
-		if rb.Ratio != nil || rb.MinRetriesPerSecond != nil || rb.GetWindow() != nil {
-			p.add("retryBudget.disabled", "no other retryBudget field may be set with it")
-		}
+		p.addIf(rb.Ratio != nil || rb.MinRetriesPerSecond != nil || rb.GetWindow() != nil, "retryBudget", "disabled", "no other retryBudget field may be set with it")
 		return Budget{Mode: NoBudget}
 	}
 	b := Budget{Mode: RatioBudget, Ratio: retry.BudgetConfig{
 		Ratio:               rb.GetRatio(),
 		MinRetriesPerSecond: rb.GetMinRetriesPerSecond(),
-		Window:              ourDuration(rb.GetWindow(), "retryBudget.window", false, p),
+		Window:              ourDuration(rb.GetWindow(), "retryBudget", "window", false, p),
 	}}
-	if f := b.Ratio.Ratio; math.IsNaN(f) || f < 0 || f > 1000 {
-		p.addf("retryBudget.ratio", "must be in [0, 1000] (0 means the default 0.2), got %v", f)
-	}
-	if f := b.Ratio.MinRetriesPerSecond; math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
-		p.addf("retryBudget.minRetriesPerSecond", "must not be negative (0 means the default 1), got %v", f)
-	}
-	if w := b.Ratio.Window; w > 0 && w < 10*time.Millisecond {
-		p.addf("retryBudget.window", "must be at least 10ms, got %v", w)
-	}
+	r, m, w := b.Ratio.Ratio, b.Ratio.MinRetriesPerSecond, b.Ratio.Window
+	check(p, math.IsNaN(r) || r < 0 || r > 1000, "retryBudget", "ratio", "must be in [0, 1000] (0 means the default 0.2), got %v", r)
+	check(p, math.IsNaN(m) || math.IsInf(m, 0) || m < 0, "retryBudget", "minRetriesPerSecond", "must not be negative (0 means the default 1), got %v", m)
+	check(p, w > 0 && w < 10*time.Millisecond, "retryBudget", "window", "must be at least 10ms, got %v", w)
 	safetyNet(p, "retryBudget", b.Ratio.Validate)
 	return b
 }
@@ -307,39 +239,31 @@ func validateBudget(doc *resiliencev1.ServiceConfig, p *problems) Budget {
 // safetyNet adds the error of validate at path if no problem was found: the
 // checks before it cover the rules of the Validate methods it is given.
 func safetyNet(p *problems, path string, validate func() error) {
-	if p.count() == 0 {
+	if len(p.list) == 0 {
 		if err := validate(); err != nil {
 			p.add(path, err.Error())
 		}
 	}
 }
 
-// requiredDuration checks an A6 duration: present and greater than zero.
-func requiredDuration(d *durationpb.Duration, path string, p *problems) time.Duration {
-	if d == nil {
-		p.add(path, "required, greater than zero")
-		return 0
-	}
-	v := duration(d, path, p)
-	if v <= 0 {
-		p.addf(path, "must be greater than zero, got %v", v) // dropped after a problem of duration
-		return 0
-	}
-	return v
+// requiredDuration checks an A6 duration at the field of path: present and
+// greater than zero.
+func requiredDuration(d *durationpb.Duration, path, field string, p *problems) time.Duration {
+	p.addIf(d == nil, path, field, "required, greater than zero")
+	v := duration(d, join(path, field), p)
+	check(p, v <= 0, path, field, "must be greater than zero, got %v", v)
+	return max(v, 0)
 }
 
 // ourDuration checks one of our durations: absent or zero means the default
 // (0); a negative value means off (-1) if off is true, else it is an error.
-func ourDuration(d *durationpb.Duration, path string, off bool, p *problems) time.Duration {
-	switch v := duration(d, path, p); {
-	case v >= 0:
-		return v
-	case off:
+func ourDuration(d *durationpb.Duration, path, field string, off bool, p *problems) time.Duration {
+	v := duration(d, join(path, field), p)
+	if v < 0 && off {
 		return -1
-	default:
-		p.addf(path, "must not be negative (0 means the default), got %v", v)
-		return 0
 	}
+	check(p, v < 0, path, field, "must not be negative (0 means the default), got %v", v)
+	return max(v, 0)
 }
 
 // duration converts d (absent: 0), which must be valid and fit a
@@ -374,34 +298,31 @@ func statusCodes(list []*structpb.Value, path string, p *problems) []codes.Code 
 // integer or an upper-case name ("CANCELLED"); OK is not a failure.
 func statusCode(v *structpb.Value, path string, p *problems) (codes.Code, bool) {
 	var c codes.Code
+	var msg string
 	switch k := v.GetKind().(type) {
 	case *structpb.Value_NumberValue:
 		if f := k.NumberValue; f != math.Trunc(f) || c.UnmarshalJSON(strconv.AppendFloat(nil, f, 'f', -1, 64)) != nil {
-			p.addf(path, "unknown status code %v: numbers go from 1 to 16", f)
-			return 0, false
+			msg = fmt.Sprintf("unknown status code %v: numbers go from 1 to 16", f)
 		}
 	case *structpb.Value_StringValue:
 		if b, _ := json.Marshal(k.StringValue); c.UnmarshalJSON(b) != nil {
-			p.addf(path, "unknown status code %s%s", quote(k.StringValue), codeHint(k.StringValue))
-			return 0, false
+			msg = "unknown status code " + quote(k.StringValue) + codeHint(k.StringValue)
 		}
 	default:
-		p.addf(path, `must be a status code name such as "UNAVAILABLE" or a number such as 14, got %s`, kindOf(v.AsInterface()))
-		return 0, false
+		msg = `must be a status code name such as "UNAVAILABLE" or a number such as 14, got ` + kindOf(v.AsInterface())
 	}
-	if c == codes.OK {
-		p.add(path, "OK is not a failure and cannot be listed")
-		return 0, false
+	if msg == "" && c == codes.OK {
+		msg = "OK is not a failure and cannot be listed"
 	}
-	return c, true
+	if msg != "" {
+		p.add(path, msg)
+	}
+	return c, msg == ""
 }
 
 // codeHint suggests the accepted spelling of a code name.
 func codeHint(s string) string {
-	u := strings.ToUpper(strings.TrimSpace(s))
-	if u == "CANCELED" {
-		u = "CANCELLED"
-	}
+	u := strings.Replace(strings.ToUpper(strings.TrimSpace(s)), "CANCELED", "CANCELLED", 1)
 	var c codes.Code
 	if b, _ := json.Marshal(u); c.UnmarshalJSON(b) == nil {
 		return fmt.Sprintf(" (names are upper case, as grpc spells them: %s)", quote(u))
@@ -409,9 +330,8 @@ func codeHint(s string) string {
 	return ""
 }
 
-// validateHedge checks a hedgingPolicy (gRFC A6: maxAttempts, capped at
-// maxAttempts as a retryPolicy's; hedgingDelay, default 0;
-// nonFatalStatusCodes, default none).
+// validateHedge checks a hedgingPolicy (gRFC A6: maxAttempts, capped as a
+// retryPolicy's; hedgingDelay, default 0; nonFatalStatusCodes, default none).
 func validateHedge(hp *structpb.Struct, path string, maxAttempts int, p *problems) interceptors.HedgePolicy {
 	var h interceptors.HedgePolicy
 	fields := hp.GetFields()
@@ -419,15 +339,13 @@ func validateHedge(hp *structpb.Struct, path string, maxAttempts int, p *problem
 		v, fpath := fields[k], join(path, k)
 		switch k {
 		case "maxAttempts":
-			f, ok := v.GetKind().(*structpb.Value_NumberValue)
-			switch {
-			case !ok || f.NumberValue != math.Trunc(f.NumberValue):
+			_, ok := v.GetKind().(*structpb.Value_NumberValue)
+			n := v.GetNumberValue()
+			if !ok || n != math.Trunc(n) {
 				p.addf(fpath, "must be an integer, got %s", protojson.Format(v))
-			case f.NumberValue < 2:
-				p.addf(fpath, "must be at least 2, got %v", f.NumberValue)
-			default:
-				h.MaxAttempts = int(min(f.NumberValue, float64(maxAttempts)))
 			}
+			check(p, n < 2, path, k, "must be at least 2, got %v", n)
+			h.MaxAttempts = int(min(n, float64(maxAttempts)))
 		case "hedgingDelay":
 			d := new(durationpb.Duration)
 			_, ok := v.GetKind().(*structpb.Value_StringValue)
@@ -436,9 +354,8 @@ func validateHedge(hp *structpb.Struct, path string, maxAttempts int, p *problem
 				p.addf(fpath, `must be a duration such as "0.1s", got %s`, protojson.Format(v))
 				continue
 			}
-			if h.Delay = duration(d, fpath, p); h.Delay < 0 {
-				p.addf(fpath, "must not be negative, got %v", h.Delay)
-			}
+			h.Delay = duration(d, fpath, p)
+			check(p, h.Delay < 0, path, k, "must not be negative, got %v", h.Delay)
 		case "nonFatalStatusCodes":
 			if l := v.GetListValue(); l != nil {
 				h.NonFatalCodes = statusCodes(l.GetValues(), fpath, p)
@@ -449,8 +366,7 @@ func validateHedge(hp *structpb.Struct, path string, maxAttempts int, p *problem
 			p.add(fpath, "unknown field")
 		}
 	}
-	if _, ok := fields["maxAttempts"]; !ok {
-		p.add(join(path, "maxAttempts"), "required (at least 2)")
-	}
+	_, ok := fields["maxAttempts"]
+	p.addIf(!ok, path, "maxAttempts", "required (at least 2)")
 	return h
 }
