@@ -128,14 +128,11 @@ func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.Clie
 	r.cur = &r.first
 	r.call.Begin()
 	r.watch()
-	start := func(a *attempt) error { // the first attempt's op (end opens the others)
-		if a.cs != nil {
-			return nil
+	if err := r.open(r.cur, 1); err != nil {
+		// settle hands the end to end, with the turn, which retries it
+		if _, err := r.settle(true, nil, nil, r.cur, err); err != nil {
+			return nil, err
 		}
-		return r.open(a, 1)
-	}
-	if _, err := r.withRetry(true, start, nil); err != nil {
-		return nil, err
 	}
 	return r, nil
 }
@@ -178,6 +175,12 @@ func (a *attempt) take() (breaker.Permit, bool) {
 
 // record records o for a, unless a was recorded already.
 func (a *attempt) record(o breaker.Outcome) {
+	if !a.taken.Load() {
+		a.recordOnce(o)
+	}
+}
+
+func (a *attempt) recordOnce(o breaker.Outcome) {
 	if p, ok := a.take(); ok {
 		p.Done(o)
 	}
@@ -208,10 +211,11 @@ const (
 )
 
 // replayOp is one operation kept for replay: a sent message (its type, and
-// its encoding raw[start:end]) or, with a nil typ, CloseSend.
+// its encoding, raw from the previous op's end to end) or, with a nil typ,
+// CloseSend.
 type replayOp struct {
-	typ        protoreflect.MessageType
-	start, end int
+	typ protoreflect.MessageType
+	end int
 }
 
 // retryStream is the grpc.ClientStream of a stream that has a policy.
@@ -258,20 +262,55 @@ type retryStream struct {
 // its status is RecvMsg's), op's localError, the stream's final error, or
 // the context's status if the caller's context ended while it waited.
 func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess func()) (*attempt, error) {
-	a := r.fixed.Load()
-	if a == nil || op == nil {
+	if a := r.fixed.Load(); a != nil && op != nil {
+		// Committed (grpc-go's fast path): nobody replaces a or reads its end.
+		if res := op(a); res != nil {
+			return r.committedEnd(recv, op, onSuccess, a, res)
+		}
+		return a, nil
+	}
+	return r.uncommitted(recv, op, onSuccess)
+}
+
+// committedEnd is withRetry's end on the committed path, for op's result
+// res on a.
+func (r *retryStream) committedEnd(recv bool, op func(*attempt) error, onSuccess func(), a *attempt, res error) (*attempt, error) {
+	if res == errOver {
+		return a, res
+	}
+	if _, local := res.(localError); local {
+		return r.settle(recv, op, onSuccess, a, res)
+	}
+	return a, r.end(a, res) // final
+}
+
+// uncommitted is withRetry until the stream commits. An op that needs no
+// turn (SendMsg, CloseSend, Header) runs at once unless a retry is under
+// way; settle handles the rest.
+func (r *retryStream) uncommitted(recv bool, op func(*attempt) error, onSuccess func()) (*attempt, error) {
+	if recv || op == nil {
 		return r.settle(recv, op, onSuccess, nil, nil)
 	}
-	// Committed (grpc-go's fast path): nobody replaces a or reads its end.
-	switch res := op(a); res {
-	case nil, errOver:
-		return a, res
-	default:
-		if _, local := res.(localError); local {
-			return r.settle(recv, op, onSuccess, a, res)
-		}
-		return a, r.end(a, res) // final
+	r.mu.Lock()
+	if r.phase == retrying || r.final != nil {
+		r.mu.Unlock()
+		return r.settle(recv, op, onSuccess, nil, nil)
 	}
+	a := r.cur
+	r.mu.Unlock()
+	res := op(a)
+	if res == nil {
+		r.mu.Lock()
+		if r.phase != retrying && r.final == nil && r.cur == a {
+			if onSuccess != nil {
+				onSuccess()
+			}
+			r.mu.Unlock()
+			return a, nil
+		}
+		r.mu.Unlock()
+	}
+	return r.settle(recv, op, onSuccess, a, res)
 }
 
 // settle is the funnel's general path: it runs op, or goes on from op's
@@ -340,12 +379,13 @@ func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(
 		}
 		r.mu.Unlock()
 
-		ended := res        // a's end, for end to resolve
-		if res == errOver { // we hold the turn: read a's status
+		ended := res // a's end, for end to resolve
+		switch {
+		case res == errOver: // we hold the turn: read a's status
 			if ended = r.readEnd(a); ended == errOver {
 				return a, errOver
 			}
-		} else {
+		case op != nil: // (nil: res is the end of the first attempt's opening)
 			res = op(a)
 			if _, local := res.(localError); res == nil || res == errOver || local {
 				continue // settle a under mu
@@ -520,13 +560,16 @@ func (r *retryStream) replay(b *attempt) error {
 	ops, raw := r.ops, r.raw // nobody keeps or commits while retrying
 	r.mu.Unlock()
 	committed := false
+	start := 0
 	for _, op := range ops {
+		enc := raw[start:op.end]
+		start = op.end
 		if op.typ == nil {
 			_ = b.cs.CloseSend()
 			continue
 		}
 		m := op.typ.New().Interface()
-		if err := proto.Unmarshal(raw[op.start:op.end], m); err != nil {
+		if err := proto.Unmarshal(enc, m); err != nil {
 			return localError{status.Errorf(codes.Internal, "interceptors: replaying a sent message: %v", err)}
 		}
 		if err := b.cs.SendMsg(m); err != io.EOF {
@@ -657,7 +700,7 @@ func (r *retryStream) CloseSend() error {
 		return nil
 	}, func() {
 		if !r.committed && !r.nobuf {
-			r.ops = append(r.ops, replayOp{})
+			r.ops = append(r.ops, replayOp{end: len(r.raw)})
 		}
 	})
 	return nil
@@ -750,14 +793,13 @@ func (r *retryStream) keepLocked(m any) {
 		r.commitLocked()
 		return
 	}
-	start := len(r.raw)
 	raw, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(r.raw, pm)
 	if err != nil {
 		r.commitLocked()
 		return
 	}
 	r.raw, r.size = raw, r.size+n
-	r.ops = append(r.ops, replayOp{typ: pm.ProtoReflect().Type(), start: start, end: len(raw)})
+	r.ops = append(r.ops, replayOp{typ: pm.ProtoReflect().Type(), end: len(raw)})
 }
 
 // dropBufferLocked drops the replay buffer.
