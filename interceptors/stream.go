@@ -3,19 +3,20 @@ package interceptors
 // How a retrying stream works (retryStream; docs/stream.md has the why).
 //
 // A stream with a policy wraps its current attempt, cur (one inner
-// grpc.ClientStream per attempt). Every method, and the first attempt's
-// start, runs an op through one funnel, withRetry(recv, op, onSuccess).
-// Once the stream has committed (no retry, no replay buffer; see
-// [Suite.Stream]), op runs on the committed attempt, fixed, without a lock.
-// Until then, settle waits for its turn, runs op on cur without the lock,
-// and settles op's result under mu:
-//   - success: onSuccess (SendMsg keeps the message for replay, RecvMsg and
-//     Header commit), unless a retry replaced cur meanwhile: then op runs
-//     again, on the new attempt;
+// grpc.ClientStream per attempt). Every method goes through one funnel by
+// one of two entries: send (SendMsg, CloseSend) or withRetry(recv, op,
+// onSuccess); both hand all but a success to settle. Once the stream has
+// committed (no retry, no replay buffer; see [Suite.Stream]), each runs its
+// op on the committed attempt, fixed, without a lock. Until then, send
+// keeps its op for replay under mu, then runs it on cur; withRetry's settle
+// waits for its turn, runs op on cur without the lock, and settles under mu:
+//   - success: onSuccess (RecvMsg and Header commit), unless a retry
+//     replaced cur meanwhile: then op runs again on the new attempt (a kept
+//     op does not: the replay sent it);
 //   - errOver (SendMsg's io.EOF, Header without headers): cur is over, its
 //     status unread: settle takes the turn and reads it (readEnd);
 //   - a localError (SendMsg's own): the stream ends, cur Ignored;
-//   - the attempt's end (RecvMsg's error, the streamer's): handed to end.
+//   - the attempt's end (RecvMsg's error, the first open's): handed to end.
 // Phase: the turn (reading) is held by the one goroutine that may call cur's
 // RecvMsg; retrying while it is in end, everyone else waiting in wait, which
 // honours the caller's context. end is the one path from an attempt's end
@@ -254,67 +255,76 @@ type retryStream struct {
 	unwatch   func() bool
 }
 
-// withRetry is the funnel. op (nil: nothing to run) runs without mu on the
-// current attempt and returns nil, errOver, a localError or, if recv (the
-// caller then holds the turn), the attempt's end. onSuccess (if not nil)
-// runs under mu once op succeeded on an attempt still current. It returns
-// the current attempt and nil, errOver (the attempt is over and committed:
-// its status is RecvMsg's), op's localError, the stream's final error, or
-// the context's status if the caller's context ended while it waited.
+// withRetry is the funnel's entry for every method but SendMsg and
+// CloseSend. op (nil: nothing to run) runs without mu on the current
+// attempt and returns nil, errOver or, if recv (the caller then holds the
+// turn), the attempt's end. onSuccess (if not nil) runs under mu once op
+// succeeded on an attempt still current. It returns the current attempt
+// and nil, errOver (the attempt is over and committed: its status is
+// RecvMsg's), the stream's final error, or the context's status if the
+// caller's context ended while it waited.
 func (r *retryStream) withRetry(recv bool, op func(*attempt) error, onSuccess func()) (*attempt, error) {
 	if a := r.fixed.Load(); a != nil && op != nil {
 		// Committed (grpc-go's fast path): nobody replaces a or reads its end.
-		if res := op(a); res != nil {
-			return r.committedEnd(recv, op, onSuccess, a, res)
+		switch res := op(a); res {
+		case nil, errOver:
+			return a, res
+		default:
+			return a, r.end(a, res) // final
 		}
-		return a, nil
 	}
-	return r.uncommitted(recv, op, onSuccess)
+	return r.settle(recv, op, onSuccess, nil, nil)
 }
 
-// committedEnd is withRetry's end on the committed path, for op's result
-// res on a.
-func (r *retryStream) committedEnd(recv bool, op func(*attempt) error, onSuccess func(), a *attempt, res error) (*attempt, error) {
-	if res == errOver {
-		return a, res
-	}
-	if _, local := res.(localError); local {
-		return r.settle(recv, op, onSuccess, a, res)
-	}
-	return a, r.end(a, res) // final
-}
-
-// uncommitted is withRetry until the stream commits. An op that needs no
-// turn (SendMsg, CloseSend, Header) runs at once unless a retry is under
-// way; settle handles the rest.
-func (r *retryStream) uncommitted(recv bool, op func(*attempt) error, onSuccess func()) (*attempt, error) {
-	if recv || op == nil {
-		return r.settle(recv, op, onSuccess, nil, nil)
-	}
-	r.mu.Lock()
-	if r.phase == retrying || r.final != nil {
-		r.mu.Unlock()
-		return r.settle(recv, op, onSuccess, nil, nil)
-	}
-	a := r.cur
-	r.mu.Unlock()
-	res := op(a)
-	if res == nil {
+// send is SendMsg's path (CloseSend's with closeSend) through the funnel:
+// keepLocked, run under mu as the current attempt is read, puts m (or
+// CloseSend) in the replay first, so that a retry replacing that attempt
+// replays it and it is never sent twice. It returns what withRetry does,
+// without the attempt.
+func (r *retryStream) send(m any, closeSend bool) error {
+	a := r.fixed.Load()
+	for a == nil {
 		r.mu.Lock()
-		if r.phase != retrying && r.final == nil && r.cur == a {
-			if onSuccess != nil {
-				onSuccess()
-			}
+		if r.phase != retrying && r.final == nil {
+			a = r.cur
+			r.keepLocked(m, closeSend)
 			r.mu.Unlock()
-			return a, nil
+			break
 		}
 		r.mu.Unlock()
+		if _, err := r.settle(false, nil, nil, nil, nil); err != nil { // waits out the retry
+			return err
+		}
+		a = r.fixed.Load()
 	}
-	return r.settle(recv, op, onSuccess, a, res)
+	if res := sendOn(a, m, closeSend); res != nil {
+		_, err := r.settle(false, nil, nil, a, res) // kept: settle never sends it again
+		return err
+	}
+	return nil
+}
+
+// sendOn sends m on a, or closes a's send direction: nil, errOver (io.EOF)
+// or a localError.
+func sendOn(a *attempt, m any, closeSend bool) error {
+	if closeSend {
+		_ = a.cs.CloseSend()
+		return nil
+	}
+	switch err := a.cs.SendMsg(m); err {
+	case nil:
+		return nil
+	case io.EOF:
+		return errOver
+	default:
+		return localError{err}
+	}
 }
 
 // settle is the funnel's general path: it runs op, or goes on from op's
-// result res on a (nil, errOver or a localError; nil a: op has not run).
+// result res on a (nil a: op has not run): nil, errOver, a localError or,
+// with a nil op, the end of the first attempt's opening. A nil op never
+// runs: once a retry replaced a, settle returns the new attempt.
 func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(), a *attempt, res error) (*attempt, error) {
 	turn := false // this goroutine holds the turn
 	defer func() {
@@ -673,16 +683,7 @@ func drain(cs grpc.ClientStream) (headers bool, err error) {
 // the new one. Otherwise, as grpc, it returns io.EOF and RecvMsg the
 // status; a stream that is not client-streaming returns nil instead.
 func (r *retryStream) SendMsg(m any) error {
-	_, err := r.withRetry(false, func(a *attempt) error {
-		switch err := a.cs.SendMsg(m); err {
-		case nil:
-			return nil
-		case io.EOF:
-			return errOver
-		default:
-			return localError{err}
-		}
-	}, func() { r.keepLocked(m) })
+	err := r.send(m, false)
 	if l, ok := err.(localError); ok {
 		return l.err
 	}
@@ -695,14 +696,7 @@ func (r *retryStream) SendMsg(m any) error {
 // CloseSend closes the send direction of the current attempt and, through
 // the replay, of every later one.
 func (r *retryStream) CloseSend() error {
-	r.withRetry(false, func(a *attempt) error {
-		_ = a.cs.CloseSend()
-		return nil
-	}, func() {
-		if !r.committed && !r.nobuf {
-			r.ops = append(r.ops, replayOp{end: len(r.raw)})
-		}
-	})
+	_ = r.send(nil, true)
 	return nil
 }
 
@@ -771,11 +765,15 @@ func (r *retryStream) commitLocked() {
 	r.changedLocked()
 }
 
-// keepLocked keeps m for replay, encoded as it is now, or commits the
-// stream if m is not a protobuf message or the replay buffer would exceed
-// its limit (a message counts its encoded size, at least 1).
-func (r *retryStream) keepLocked(m any) {
+// keepLocked keeps m (or CloseSend) for replay, m encoded as it is now, or
+// commits the stream if m is not a protobuf message or the replay buffer
+// would exceed its limit (a message counts its encoded size, at least 1).
+func (r *retryStream) keepLocked(m any, closeSend bool) {
 	if r.committed || r.nobuf {
+		return
+	}
+	if closeSend {
+		r.ops = append(r.ops, replayOp{end: len(r.raw)})
 		return
 	}
 	var pm proto.Message
