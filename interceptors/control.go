@@ -52,7 +52,7 @@ func (s *Suite) SetMode(name, target string, mode breaker.State) error {
 		if target != "" {
 			msg += " on target " + quote(target)
 		}
-		return &controlError{msg: msg, err: ErrUnknownBreaker}
+		return &suiteError{msg, ErrUnknownBreaker}
 	}
 	for _, b := range brks {
 		apply(b)
@@ -80,16 +80,6 @@ func (s *Suite) eachRecord(f func(*record)) {
 		f(rec)
 	}
 }
-
-// controlError is an error of SetMode or Ready: a message and the sentinel
-// it matches.
-type controlError struct {
-	msg string
-	err error
-}
-
-func (e *controlError) Error() string { return e.msg }
-func (e *controlError) Unwrap() error { return e.err }
 
 // Ready reports whether the breakers of methods admit calls, for readiness
 // probes: nil when none of them is open or forced open, otherwise an error
@@ -128,7 +118,7 @@ func (s *Suite) Ready(methods ...string) error {
 		}
 		msgs[i] = quote(b.name) + on + " is " + b.state
 	}
-	return &controlError{msg: "interceptors: not ready: " + strings.Join(msgs, "; "), err: ErrNotReady}
+	return &suiteError{"interceptors: not ready: " + strings.Join(msgs, "; "), ErrNotReady}
 }
 
 // StateChange is one state change of one of the suite's breakers.

@@ -98,8 +98,6 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 	if err != nil {
 		return err
 	}
-	hp := &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, nonFatal: nonFatal,
-		strict: h.RequireIdempotent}
 	if key != "*" && !strings.HasSuffix(key, "/*") {
 		switch k := methodKind(key); {
 		case k&kindClientStream != 0:
@@ -108,8 +106,8 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 			return policyError(key, "Hedge.RequireIdempotent: the method's proto descriptor does not declare idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS", nil)
 		}
 	}
-	pol.hedge, pol.maxAttempts = hp, 1
-	pol.retry.MaxAttempts = 1
+	pol.hedge = &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, nonFatal: nonFatal, strict: h.RequireIdempotent}
+	pol.maxAttempts, pol.retry.MaxAttempts = 1, 1
 	return nil
 }
 
@@ -185,11 +183,7 @@ type hedgeAttempt struct {
 	reply    proto.Message     // a unary call's own reply
 	cs       grpc.ClientStream // a server stream's
 	end      error             // a server stream that ended before headers: its end (io.EOF: OK)
-}
-
-type hedgeResult struct {
-	a   *hedgeAttempt
-	err error
+	err      error             // the attempt's result: nil if it committed
 }
 
 // hedger races the attempts of one hedged call.
@@ -202,14 +196,14 @@ type hedger struct {
 	cs    callStats         // cs.opts: every attempt's options
 	spare []retryCtx
 	atts  []*hedgeAttempt
-	res   chan hedgeResult
+	res   chan *hedgeAttempt // attempts that ended
 }
 
 // newHedger returns the hedger of a call with opts, of which after act after
 // the call.
 func newHedger(e *entry, ctx context.Context, n int, opts []grpc.CallOption, after int, target string) *hedger {
 	h := &hedger{e: e, ctx: ctx, n: n, cs: callStats{opts: opts, target: target, hedged: true},
-		res: make(chan hedgeResult, n)}
+		res: make(chan *hedgeAttempt, n)}
 	if after > 0 {
 		h.after, h.cs.opts = splitAfter(opts, after)
 	}
@@ -256,7 +250,7 @@ func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAtt
 		a.opts = append(a.opts, grpc.Peer(&a.peer))
 	}
 	h.atts = append(h.atts, a)
-	go func() { h.res <- hedgeResult{a, run(a)} }()
+	go func() { a.err = run(a); h.res <- a }()
 }
 
 // race runs the call's attempts, the first admitted with p, until one
@@ -271,9 +265,9 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 	inflight, hedging := 1, true
 	timer := time.NewTimer(pol.delay)
 	defer timer.Stop()
-	var last hedgeResult
+	var last *hedgeAttempt // the latest that failed
 	var reason retry.Reason
-	idleSince := time.Time{}
+	var idleSince time.Time
 	for win == nil {
 		hedging = hedging && len(h.atts) < h.n && ctx.Err() == nil
 		if inflight == 0 && !hedging {
@@ -308,25 +302,25 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 			h.start(hp, reply, run)
 			inflight++
 			timer.Reset(pol.delay)
-		case r := <-h.res:
+		case a := <-h.res:
 			inflight--
-			if r.err == nil {
-				win = r.a
-				r.a.permit.Done(breaker.Success)
+			if a.err == nil {
+				win = a
+				a.permit.Done(breaker.Success)
 				break
 			}
 			now := time.Now()
-			o := e.classify(ctx, r.err)
-			if !pol.nonFatal.has(codeOf(statusOf(r.err))) || ctx.Err() != nil {
-				win, last = r.a, r
-				r.a.permit.DoneAt(o, now)
+			o := e.classify(ctx, a.err)
+			if !pol.nonFatal.has(codeOf(statusOf(a.err))) || ctx.Err() != nil {
+				win, last = a, a
+				a.permit.DoneAt(o, now)
 				reason = retry.NotRetryable
 				break
 			}
 			// Non-fatal: the next hedge at once, or after the pushback.
-			last, reason = r, retry.Exhausted
+			last, reason = a, retry.Exhausted
 			delay := time.Duration(0)
-			if vals := r.a.tlr[pushbackKey]; len(vals) > 0 {
+			if vals := a.tlr[pushbackKey]; len(vals) > 0 {
 				ms, ok := pushback(vals)
 				if !ok {
 					hedging, reason = false, retry.NotRetryable
@@ -334,9 +328,9 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 				delay = msDuration(ms)
 			}
 			if inflight > 0 || hedging && len(h.atts) < h.n && ctx.Err() == nil {
-				r.a.permit.RetryAt(o, now)
+				a.permit.RetryAt(o, now)
 			} else {
-				r.a.permit.DoneAt(o, now) // the call's last attempt
+				a.permit.DoneAt(o, now) // the call's last attempt
 			}
 			if e.budget != nil {
 				e.budget.FailedAt(now)
@@ -354,14 +348,14 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		}
 	}
 	for ; inflight > 0; inflight-- {
-		r := <-h.res
-		r.a.permit.RetryAt(e.classify(ctx, r.err), time.Now())
-		if r.a.cs != nil && r.err == nil {
-			_, _ = drain(r.a.cs) // canceled: its end comes at once
+		a := <-h.res
+		a.permit.RetryAt(e.classify(ctx, a.err), time.Now())
+		if a.cs != nil && a.err == nil {
+			_, _ = drain(a.cs) // canceled: its end comes at once
 		}
 	}
 	attempts := len(h.atts)
-	if win != nil && last.a != win { // committed
+	if win != nil && last != win { // committed
 		if e.budget != nil {
 			e.budget.Succeeded(attempts > 1)
 		}
@@ -375,7 +369,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		reason = retry.Canceled
 	}
 	err = e.giveUp(ctx, &h.cs, &retry.Error{Err: last.err, Attempts: attempts, Reason: reason})
-	return last.a, err, e.classify(ctx, last.err) == breaker.Failure
+	return last, err, e.classify(ctx, last.err) == breaker.Failure
 }
 
 // hedgeUnary runs a hedged unary call, its first attempt admitted with p,
@@ -445,9 +439,8 @@ func (s *hedgeStream) run() {
 		s.mu.Lock()
 		req := s.req
 		s.mu.Unlock()
-		e := s.h.e
 		win, err, _ := s.h.race(s.p, nil, func(a *hedgeAttempt) error {
-			cs, err := s.streamer(a.ctx, s.desc, s.cc, e.method, a.opts...)
+			cs, err := s.streamer(a.ctx, s.desc, s.cc, s.h.e.method, a.opts...)
 			if err != nil {
 				return err
 			}
@@ -469,10 +462,8 @@ func (s *hedgeStream) run() {
 			return nil
 		})
 		s.mu.Lock()
-		s.win = win
-		if err != nil {
-			s.err = err
-		} else if win.end != nil {
+		s.win, s.err = win, err
+		if err == nil {
 			s.err = win.end
 		}
 		s.mu.Unlock()

@@ -59,7 +59,7 @@ func defaultOptions() options {
 func (o *options) validate() []error {
 	var errs []error
 	bad := func(option, msg string, err error) {
-		errs = append(errs, &configError{msg: "interceptors: " + option + ": " + msg, err: err})
+		errs = append(errs, &suiteError{"interceptors: " + option + ": " + msg, err})
 	}
 	var err error
 	switch o.budget {

@@ -88,21 +88,8 @@ type policy struct {
 	hedge       *hedgePolicy // nil: no hedging
 }
 
-// configError is a validation error of New: it names the policy key and the
-// field, and unwraps to the breaker or retry validation error if any.
-type configError struct {
-	msg string
-	err error
-}
-
-// Error names the policy key and the field.
-func (e *configError) Error() string { return e.msg }
-
-// Unwrap returns the breaker or retry validation error, if any.
-func (e *configError) Unwrap() error { return e.err }
-
 func policyError(key, field string, err error) error {
-	return &configError{msg: "interceptors: policy " + quote(key) + ": " + field, err: err}
+	return &suiteError{"interceptors: policy " + quote(key) + ": " + field, err}
 }
 
 // maxQuoted is how many bytes of a user's string an error message quotes.

@@ -46,11 +46,6 @@ type breakerSig struct {
 	calls, rejections, throttled, gen, tran uint64
 }
 
-func sigOf(c breaker.Counts) breakerSig {
-	calls := c.Successes + c.Failures + c.Ignored
-	return breakerSig{c.State, calls, c.Rejections, c.Throttled, c.Generation, c.Transitions}
-}
-
 // registry holds the breakers of a Suite, keyed by breaker key, across
 // Updates (see reconfigure): at most max, plus one overflow breaker per
 // policy; when it is full, a new key first evicts idle closed breakers.
@@ -166,7 +161,8 @@ func (r *registry) sweep(now time.Time) {
 	}
 	r.lastSweep = now
 	r.evicted += uint64(r.dropWhere(func(_ bkey, rec *record) bool {
-		sig := sigOf(rec.brk.Counts())
+		c := rec.brk.Counts()
+		sig := breakerSig{c.State, c.Successes + c.Failures + c.Ignored, c.Rejections, c.Throttled, c.Generation, c.Transitions}
 		idle := rec.swept && sig == rec.sig && sig.state == breaker.Closed
 		rec.sig, rec.swept = sig, true
 		return idle
