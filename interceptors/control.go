@@ -137,24 +137,7 @@ const RecentChanges = 50
 // (at most RecentChanges), oldest first, including those made by SetMode
 // and by an Update's change of Mode.
 func (s *Suite) StateChanges() []StateChange {
-	return s.changes.list()
-}
-
-// changeRing keeps the latest RecentChanges state changes.
-type changeRing struct {
-	mu  sync.Mutex
-	buf [RecentChanges]StateChange
-	n   int // changes ever added
-}
-
-func (r *changeRing) add(c StateChange) {
-	r.mu.Lock()
-	r.buf[r.n%RecentChanges] = c
-	r.n++
-	r.mu.Unlock()
-}
-
-func (r *changeRing) list() []StateChange {
+	r := &s.changes
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	k := min(r.n, RecentChanges)
@@ -165,6 +148,13 @@ func (r *changeRing) list() []StateChange {
 	return out
 }
 
+// changeRing keeps the latest RecentChanges state changes.
+type changeRing struct {
+	mu  sync.Mutex
+	buf [RecentChanges]StateChange
+	n   int // changes ever added
+}
+
 // recordingHook returns the hook every breaker's OnStateChange calls: it
 // keeps the change (StateChanges) and calls next (the options' hooks), if
 // any.
@@ -172,7 +162,11 @@ func (s *Suite) recordingHook(
 	next func(name, target string, from, to breaker.State),
 ) func(name, target string, from, to breaker.State) {
 	return func(name, target string, from, to breaker.State) {
-		s.changes.add(StateChange{time.Now(), name, target, from.String(), to.String()})
+		r := &s.changes
+		r.mu.Lock()
+		r.buf[r.n%RecentChanges] = StateChange{time.Now(), name, target, from.String(), to.String()}
+		r.n++
+		r.mu.Unlock()
 		if next != nil {
 			next(name, target, from, to)
 		}

@@ -77,7 +77,7 @@ type hedgePolicy struct {
 	delay       time.Duration
 	nonFatal    codeSet
 	strict      bool     // RequireIdempotent
-	kinds       sync.Map // method -> hedgeKind, from its descriptor (the first call warns)
+	idempotent  sync.Map // method -> methodInfo's idempotent (the first call warns)
 }
 
 // resolveHedge validates p.Hedge for pol (under key).
@@ -99,10 +99,10 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 		return err
 	}
 	if key != "*" && !strings.HasSuffix(key, "/*") {
-		switch k := methodKind(key); {
-		case k&kindClientStream != 0:
+		switch stream, idempotent := methodInfo(key); {
+		case stream:
 			return policyError(key, "Hedge: the method is client-streaming or bidi; only unary and server-streaming methods are hedged", nil)
-		case h.RequireIdempotent && k&kindIdempotent == 0:
+		case h.RequireIdempotent && !idempotent:
 			return policyError(key, "Hedge.RequireIdempotent: the method's proto descriptor does not declare idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS", nil)
 		}
 	}
@@ -111,62 +111,41 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 	return nil
 }
 
-// hedgeKind describes a method from its proto descriptor.
-type hedgeKind uint8
-
-const (
-	kindKnown        hedgeKind = 1 << iota // the descriptor was found
-	kindIdempotent                         // IDEMPOTENT or NO_SIDE_EFFECTS
-	kindClientStream                       // client-streaming or bidi
-)
-
-// methodKind looks method ("/pkg.Svc/Method") up in protoregistry.GlobalFiles.
-func methodKind(method string) hedgeKind {
+// methodInfo reports whether method ("/pkg.Svc/Method") is client-streaming
+// (or bidi) and whether it is declared idempotent (IDEMPOTENT or
+// NO_SIDE_EFFECTS), as its descriptor in protoregistry.GlobalFiles says.
+func methodInfo(method string) (stream, idempotent bool) {
 	name := strings.ReplaceAll(strings.TrimPrefix(method, "/"), "/", ".")
-	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
-	if err != nil {
-		return 0
-	}
+	d, _ := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
 	md, ok := d.(protoreflect.MethodDescriptor)
 	if !ok {
-		return 0
+		return false, false
 	}
-	k := kindKnown
-	if md.IsStreamingClient() {
-		k |= kindClientStream
-	}
-	if o, ok := md.Options().(*descriptorpb.MethodOptions); ok {
-		switch o.GetIdempotencyLevel() {
-		case descriptorpb.MethodOptions_IDEMPOTENT, descriptorpb.MethodOptions_NO_SIDE_EFFECTS:
-			k |= kindIdempotent
-		}
-	}
-	return k
+	o, _ := md.Options().(*descriptorpb.MethodOptions)
+	level := o.GetIdempotencyLevel()
+	return md.IsStreamingClient(), level == descriptorpb.MethodOptions_IDEMPOTENT || level == descriptorpb.MethodOptions_NO_SIDE_EFFECTS
 }
 
 // hedges returns the number of attempts a call of e may hedge with (0: a
-// single attempt): the policy's, or a MaxAttempts call option's. A method
-// not declared idempotent is hedged with one warning, or (RequireIdempotent)
-// not at all.
+// single attempt): the policy's, or a MaxAttempts call option's, unless
+// [HedgePolicy.RequireIdempotent] excludes the method.
 func (e *entry) hedges(ctx context.Context, ov overrides) int {
 	h := e.pol.hedge
 	n := ov.attempts(h.maxAttempts)
 	if n < 2 {
 		return 0
 	}
-	var k hedgeKind
-	if v, ok := h.kinds.Load(e.method); ok {
-		k = v.(hedgeKind)
-	} else {
-		k = methodKind(e.method)
-		if _, loaded := h.kinds.LoadOrStore(e.method, k); !loaded && k&kindIdempotent == 0 && !h.strict {
+	v, ok := h.idempotent.Load(e.method)
+	if !ok {
+		_, idempotent := methodInfo(e.method)
+		if v, ok = h.idempotent.LoadOrStore(e.method, idempotent); !ok && !idempotent && !h.strict {
 			if l := e.s.o.logger; l != nil {
 				l.Log(ctx, logging.LevelWarn, "hedging a method not declared idempotent",
 					"grpc.method", e.method, "policy", e.pol.key)
 			}
 		}
 	}
-	if h.strict && k&kindIdempotent == 0 {
+	if h.strict && !v.(bool) {
 		return 0
 	}
 	return n
@@ -283,8 +262,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		}
 		select {
 		case <-done:
-			reason = retry.Canceled
-			hedging = false
+			hedging, reason = false, retry.Canceled
 		case now := <-tc:
 			if !idleSince.IsZero() {
 				h.cs.waited += now.Sub(idleSince)
@@ -408,8 +386,7 @@ type hedgeStream struct {
 }
 
 func newHedgeStream(e *entry, ctx context.Context, p breaker.Permit, n int, desc *grpc.StreamDesc, cc *grpc.ClientConn, streamer grpc.Streamer, opts []grpc.CallOption, after int) *hedgeStream {
-	h := newHedger(e, ctx, n, opts, after, targetName(cc))
-	return &hedgeStream{h: h, p: p, desc: desc, cc: cc, streamer: streamer}
+	return &hedgeStream{h: newHedger(e, ctx, n, opts, after, targetName(cc)), p: p, desc: desc, cc: cc, streamer: streamer}
 }
 
 var errHedgeSend = errors.New("interceptors: a hedged server stream sends one message")

@@ -14,16 +14,14 @@ import (
 // WithMaxBreakers).
 const DefaultMaxBreakers = 10000
 
-// sweepInterval is the least time between two idle sweeps of the registry.
-// A breaker is idle when its counts did not change between two sweeps.
+// sweepInterval is the least time between two sweeps (registry.sweep).
 const sweepInterval = time.Second
 
 // bkey identifies a breaker in the registry: the target and the method by
 // default, or ("", key) with WithBreakerKey.
 type bkey struct{ target, name string }
 
-// record is one breaker of the registry and what Update needs to reconfigure
-// it: the method (and target) that created it, whose policy governs it.
+// record is one breaker of the registry and what Update needs to reconfigure it.
 type record struct {
 	brk    *breaker.Breaker
 	name   string // the breaker's name: the method, or the WithBreakerKey key
@@ -46,9 +44,8 @@ type breakerSig struct {
 	calls, rejections, throttled, gen, tran uint64
 }
 
-// registry holds the breakers of a Suite, keyed by breaker key, across
-// Updates (see reconfigure): at most max, plus one overflow breaker per
-// policy; when it is full, a new key first evicts idle closed breakers.
+// registry holds the breakers of a Suite across Updates (see reconfigure):
+// at most max, plus one overflow breaker per policy ([WithMaxBreakers]).
 type registry struct {
 	// tab is the suite's table. Dropping breakers replaces it with a copy,
 	// which makes every cached entry stale.
@@ -83,21 +80,21 @@ func (r *registry) breakerConfig(pol *policy, rec *record) breaker.Config {
 	return cfg
 }
 
-// newBreaker creates rec's breaker under pol; under a forced-open policy of
-// tab it starts forced open. The start is no state change: no hook is
-// called (r.mu is held).
-func (r *registry) newBreaker(tab *table, pol *policy, rec *record) {
-	cfg := r.breakerConfig(pol, rec)
-	if !tab.forced[pol.key] {
+// newBreaker creates rec's breaker under rec.pol and returns rec; under a
+// forced-open policy of tab it starts forced open. The start is no state
+// change: no hook is called (r.mu is held).
+func (r *registry) newBreaker(tab *table, rec *record) *record {
+	cfg := r.breakerConfig(rec.pol, rec)
+	if rec.forced = tab.forced[rec.pol.key]; !rec.forced {
 		rec.brk, _ = breaker.New(cfg) // pol.cfg was validated
-		return
+		return rec
 	}
 	quiet := cfg
 	quiet.OnStateChange = nil
 	rec.brk, _ = breaker.New(quiet)
 	rec.brk.ForceOpen()
 	_ = rec.brk.Reconfigure(cfg) // same Mode: keeps ForcedOpen
-	rec.forced = true
+	return rec
 }
 
 // get returns the record of the breaker of method called on target under
@@ -114,6 +111,9 @@ func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy)
 	if s.tab.Load() != tab {
 		return nil
 	}
+	if r.recs == nil {
+		r.recs, r.overflow = map[bkey]*record{}, map[string]*record{}
+	}
 	if rec := r.recs[k]; rec != nil {
 		return rec
 	}
@@ -127,11 +127,7 @@ func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy)
 			return r.overflowOf(tab, pol)
 		}
 	}
-	rec := &record{name: k.name, method: method, target: k.target, pol: pol}
-	r.newBreaker(tab, pol, rec)
-	if r.recs == nil {
-		r.recs = map[bkey]*record{}
-	}
+	rec := r.newBreaker(tab, &record{name: k.name, method: method, target: k.target, pol: pol})
 	r.recs[k] = rec
 	return rec
 }
@@ -142,19 +138,13 @@ func (r *registry) overflowOf(tab *table, pol *policy) *record {
 	if rec := r.overflow[pol.key]; rec != nil {
 		return rec
 	}
-	name := pol.key + " (overflow)"
-	rec := &record{name: name, pol: pol, overflow: true}
-	r.newBreaker(tab, pol, rec)
-	if r.overflow == nil {
-		r.overflow = map[string]*record{}
-	}
+	rec := r.newBreaker(tab, &record{name: pol.key + " (overflow)", pol: pol, overflow: true})
 	r.overflow[pol.key] = rec
 	return rec
 }
 
-// sweep evicts the breakers that are closed and whose counts did not change
-// since the previous sweep, at most once per sweepInterval (r.mu held). An
-// open, half-open or forced-open breaker, or one in use, is never evicted.
+// sweep evicts the closed breakers whose counts did not change since the
+// previous sweep, at most once per sweepInterval (r.mu held).
 func (r *registry) sweep(now time.Time) {
 	if !r.lastSweep.IsZero() && now.Sub(r.lastSweep) < sweepInterval {
 		return
@@ -170,8 +160,7 @@ func (r *registry) sweep(now time.Time) {
 }
 
 // dropTargets drops the closed breakers of the targets in gone, which have
-// no connection left; their open (or half-open, forced-open) breakers stay
-// for a later connection to the same target.
+// no connection left (see [Suite]).
 func (r *registry) dropTargets(gone map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -201,9 +190,8 @@ func (r *registry) dropWhere(drop func(bkey, *record) bool) int {
 // reconfigure points every breaker at its policy under tab (r.mu held) and
 // returns the breakers whose normalized configuration or forced-open state
 // changed, which the caller reconfigures after releasing r.mu (a change of
-// Mode may call OnStateChange, which may call the Suite). Each breaker
-// follows the new policy of the method that created it (an overflow breaker:
-// of its key); one whose policy is gone is retired.
+// Mode may call OnStateChange, which may call the Suite), as [Suite.Update]
+// says; a breaker whose policy is gone is retired.
 func (r *registry) reconfigure(tab *table) []reconf {
 	var out []reconf
 	// retired points rec at pol, or retires it if pol is nil.
