@@ -156,8 +156,7 @@ type changeRing struct {
 }
 
 // recordingHook returns the hook every breaker's OnStateChange calls: it
-// keeps the change (StateChanges) and calls next (the options' hooks), if
-// any.
+// keeps the change (StateChanges) and calls next (the options' hooks).
 func (s *Suite) recordingHook(
 	next func(name, target string, from, to breaker.State),
 ) func(name, target string, from, to breaker.State) {
@@ -167,8 +166,6 @@ func (s *Suite) recordingHook(
 		r.buf[r.n%RecentChanges] = StateChange{time.Now(), name, target, from.String(), to.String()}
 		r.n++
 		r.mu.Unlock()
-		if next != nil {
-			next(name, target, from, to)
-		}
+		next(name, target, from, to)
 	}
 }

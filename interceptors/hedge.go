@@ -29,9 +29,6 @@ import (
 // that commits. The zero value means no hedging.
 //
 // The rules:
-//   - a hedge starts Delay after the previous one, up to MaxAttempts
-//     attempts in all; an attempt that fails with a NonFatalCodes code
-//     starts the next hedge at once;
 //   - the first attempt that commits wins: for a unary call, a response or
 //     a status not in NonFatalCodes; for a server stream, headers, a message
 //     or its end. Every other attempt is then canceled; the call ends with
@@ -171,7 +168,6 @@ type hedger struct {
 	ctx   context.Context   // the caller's
 	n     int               // attempts allowed
 	after []grpc.CallOption // the caller's after-call options, applied once (end)
-	peer  bool              // the caller asked for the peer
 	cs    callStats         // cs.opts: every attempt's options
 	spare []retryCtx
 	atts  []*hedgeAttempt
@@ -186,7 +182,6 @@ func newHedger(e *entry, ctx context.Context, n int, opts []grpc.CallOption, aft
 	if after > 0 {
 		h.after, h.cs.opts = splitAfter(opts, after)
 	}
-	h.peer = wantsPeer(h.after)
 	return h
 }
 
@@ -225,7 +220,7 @@ func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAtt
 	actx, stop := context.WithCancel(actx)
 	a.ctx, a.cancel = actx, func() { stop(); cancel() }
 	a.opts = append(append(make([]grpc.CallOption, 0, len(h.cs.opts)+3), h.cs.opts...), grpc.Header(&a.hdr), grpc.Trailer(&a.tlr))
-	if h.peer {
+	if wantsPeer(h.after) {
 		a.opts = append(a.opts, grpc.Peer(&a.peer))
 	}
 	h.atts = append(h.atts, a)
@@ -238,8 +233,7 @@ func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAtt
 // result is the call's (nil if none is) and the caller's error; unhealthy
 // as for unaryCall.retry.
 func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAttempt) error) (win *hedgeAttempt, err error, unhealthy bool) {
-	e, ctx := h.e, h.ctx
-	pol := e.pol.hedge
+	e, ctx, pol := h.e, h.ctx, h.e.pol.hedge
 	h.start(p, reply, run)
 	inflight, hedging := 1, true
 	timer := time.NewTimer(pol.delay)

@@ -80,9 +80,7 @@ func (o *options) validate() []error {
 	}
 	// grpc fails a call whose outgoing metadata has a malformed key (with
 	// INTERNAL, a failure code): caught here, it cannot fail every retry.
-	if strings.IndexFunc(o.header, func(c rune) bool {
-		return !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.')
-	}) >= 0 {
+	if strings.Trim(o.header, "0123456789abcdefghijklmnopqrstuvwxyz-_.") != "" {
 		bad("WithAttemptHeader", quote(o.header)+" is not a metadata key (characters in [0-9a-z-_.])", nil)
 	}
 	return errs

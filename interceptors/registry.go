@@ -54,7 +54,7 @@ type registry struct {
 	recs     map[bkey]*record
 	overflow map[string]*record // policy key -> its overflow breaker
 	max      int
-	hook     func(name, target string, from, to breaker.State) // the suite's hooks, or nil
+	hook     func(name, target string, from, to breaker.State) // the suite's hooks (recordingHook)
 
 	lastSweep  time.Time
 	evicted    uint64
@@ -73,9 +73,7 @@ func (r *registry) breakerConfig(pol *policy, rec *record) breaker.Config {
 		if user != nil {
 			user(name, from, to)
 		}
-		if hook != nil {
-			hook(name, target, from, to)
-		}
+		hook(name, target, from, to)
 	}
 	return cfg
 }
