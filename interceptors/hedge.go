@@ -383,14 +383,12 @@ func newHedgeStream(e *entry, ctx context.Context, p breaker.Permit, n int, desc
 	return &hedgeStream{h: newHedger(e, ctx, n, opts, after, targetName(cc)), p: p, desc: desc, cc: cc, streamer: streamer}
 }
 
-var errHedgeSend = errors.New("interceptors: a hedged server stream sends one message")
-
 // SendMsg keeps the request (a copy of a proto.Message) for every attempt.
 func (s *hedgeStream) SendMsg(m any) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.req != nil || s.win != nil || s.err != nil {
-		return errHedgeSend
+		return errors.New("interceptors: a hedged server stream sends one message")
 	}
 	if pm, ok := m.(proto.Message); ok {
 		m = proto.Clone(pm)

@@ -28,7 +28,7 @@ type record struct {
 	method string // the method that created it; its policy configures it
 	target string // the target of the default key; "" with WithBreakerKey
 	pol    *policy
-	// overflow marks the overflow breaker of pol (registry.overflowOf);
+	// overflow marks the overflow breaker of pol (registry.get);
 	// forced, that pol was forced open when last applied (registry.mu).
 	overflow, forced bool
 	changed          atomic.Int64 // the latest state change (Unix ns), 0 if none
@@ -120,24 +120,18 @@ func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy)
 		if s.tab.Load() != tab {
 			return nil // breakers were dropped: resolve again
 		}
-		if len(r.recs) >= r.max {
+		if len(r.recs) >= r.max { // the policy's overflow breaker
 			r.overflowed.Add(1)
-			return r.overflowOf(tab, pol)
+			rec := r.overflow[pol.key]
+			if rec == nil {
+				rec = r.newBreaker(tab, &record{name: pol.key + " (overflow)", pol: pol, overflow: true})
+				r.overflow[pol.key] = rec
+			}
+			return rec
 		}
 	}
 	rec := r.newBreaker(tab, &record{name: k.name, method: method, target: k.target, pol: pol})
 	r.recs[k] = rec
-	return rec
-}
-
-// overflowOf returns the overflow breaker of pol, shared by the methods of
-// pol beyond the cap (r.mu held).
-func (r *registry) overflowOf(tab *table, pol *policy) *record {
-	if rec := r.overflow[pol.key]; rec != nil {
-		return rec
-	}
-	rec := r.newBreaker(tab, &record{name: pol.key + " (overflow)", pol: pol, overflow: true})
-	r.overflow[pol.key] = rec
 	return rec
 }
 
@@ -199,8 +193,7 @@ func (r *registry) reconfigure(tab *table) []reconf {
 			return true
 		}
 		forced := tab.forced[pol.key]
-		same := forced == rec.forced && reflect.DeepEqual(rec.pol.cfg, pol.cfg) // false if either has a hook
-		if !same {
+		if forced != rec.forced || !reflect.DeepEqual(rec.pol.cfg, pol.cfg) { // unequal if either has a hook
 			out = append(out, reconf{brk: rec.brk, cfg: r.breakerConfig(pol, rec),
 				isolate: forced && !rec.forced, release: !forced && rec.forced})
 		}

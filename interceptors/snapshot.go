@@ -303,14 +303,9 @@ func seconds(d time.Duration) string {
 func codeNames(set codeSet) []string {
 	out := []string{}
 	for c := codes.Code(0); c < 64; c++ {
-		if !set.has(c) {
-			continue
+		if set.has(c) {
+			out = append(out, cmp.Or(code.Code_name[int32(c)], strconv.Itoa(int(c))))
 		}
-		name, ok := code.Code_name[int32(c)]
-		if !ok {
-			name = strconv.Itoa(int(c))
-		}
-		out = append(out, name)
 	}
 	return out
 }
