@@ -70,11 +70,9 @@ type HedgePolicy struct {
 
 // hedgePolicy is a validated HedgePolicy.
 type hedgePolicy struct {
-	maxAttempts int
-	delay       time.Duration
-	nonFatal    codeSet
-	strict      bool     // RequireIdempotent
-	idempotent  sync.Map // method -> methodInfo's idempotent (the first call warns)
+	HedgePolicy
+	nonFatal   codeSet
+	idempotent sync.Map // method -> methodInfo's idempotent (the first call warns)
 }
 
 // resolveHedge validates p.Hedge for pol (under key).
@@ -103,7 +101,7 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 			return policyError(key, "Hedge.RequireIdempotent: the method's proto descriptor does not declare idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS", nil)
 		}
 	}
-	pol.hedge = &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, nonFatal: nonFatal, strict: h.RequireIdempotent}
+	pol.hedge = &hedgePolicy{HedgePolicy: h, nonFatal: nonFatal}
 	pol.maxAttempts, pol.retry.MaxAttempts = 1, 1
 	return nil
 }
@@ -128,21 +126,21 @@ func methodInfo(method string) (stream, idempotent bool) {
 // [HedgePolicy.RequireIdempotent] excludes the method.
 func (e *entry) hedges(ctx context.Context, ov overrides) int {
 	h := e.pol.hedge
-	n := ov.attempts(h.maxAttempts)
+	n := ov.attempts(h.MaxAttempts)
 	if n < 2 {
 		return 0
 	}
 	v, ok := h.idempotent.Load(e.method)
 	if !ok {
 		_, idempotent := methodInfo(e.method)
-		if v, ok = h.idempotent.LoadOrStore(e.method, idempotent); !ok && !idempotent && !h.strict {
+		if v, ok = h.idempotent.LoadOrStore(e.method, idempotent); !ok && !idempotent && !h.RequireIdempotent {
 			if l := e.s.o.logger; l != nil {
 				l.Log(ctx, logging.LevelWarn, "hedging a method not declared idempotent",
 					"grpc.method", e.method, "policy", e.pol.key)
 			}
 		}
 	}
-	if h.strict && !v.(bool) {
+	if h.RequireIdempotent && !v.(bool) {
 		return 0
 	}
 	return n
@@ -236,7 +234,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 	e, ctx, pol := h.e, h.ctx, h.e.pol.hedge
 	h.start(p, reply, run)
 	inflight, hedging := 1, true
-	timer := time.NewTimer(pol.delay)
+	timer := time.NewTimer(pol.Delay)
 	defer timer.Stop()
 	var last *hedgeAttempt // the latest that failed
 	var reason retry.Reason
@@ -273,7 +271,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 			}
 			h.start(hp, reply, run)
 			inflight++
-			timer.Reset(pol.delay)
+			timer.Reset(pol.Delay)
 		case a := <-h.res:
 			inflight--
 			if a.err == nil {
@@ -472,13 +470,12 @@ func (s *hedgeStream) RecvMsg(m any) error {
 // Header returns the winner's headers.
 func (s *hedgeStream) Header() (metadata.MD, error) {
 	cs, err := s.winner()
-	if err != nil {
-		if err == io.EOF {
-			return nil, nil
-		}
-		return nil, err
+	if err == nil {
+		return cs.Header()
+	} else if err == io.EOF {
+		err = nil // ended OK without headers
 	}
-	return cs.Header()
+	return nil, err
 }
 
 // Trailer returns the winner's trailer (after RecvMsg ended).

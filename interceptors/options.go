@@ -29,15 +29,14 @@ type optionFunc func(*options)
 func (f optionFunc) apply(o *options) { f(o) }
 
 type options struct {
-	budget      string             // "ratio", "token-bucket" or "none" (SnapshotBudget.Mode)
-	budgetCfg   retry.BudgetConfig // "ratio": normalized by validate
-	maxTokens   float64
-	tokenRatio  float64
-	replayBytes int
-	header      string
-	breakerKey  func(target, method string) string
-	maxBreakers int
-	strictKeys  bool // WithStrictKeys
+	budget                string             // "ratio", "token-bucket" or "none" (SnapshotBudget.Mode)
+	budgetCfg             retry.BudgetConfig // "ratio": normalized by validate
+	maxTokens, tokenRatio float64
+	replayBytes           int
+	header                string
+	breakerKey            func(target, method string) string
+	maxBreakers           int
+	strictKeys            bool // WithStrictKeys
 
 	onRetry       func(RetryEvent)
 	onGiveUp      func(GiveUpEvent)
@@ -48,7 +47,7 @@ type options struct {
 
 	meterProvider metric.MeterProvider // nil: otel.GetMeterProvider()
 	methodFilter  func(string) bool
-	metrics       *metrics // made by validate
+	metrics       *metrics // made by New
 }
 
 func defaultOptions() options {

@@ -82,14 +82,13 @@ var (
 
 // policy is a validated Policy, shared by every method it covers.
 type policy struct {
-	key         string         // the policy map key
-	retry       retry.Policy   // normalized
-	maxAttempts int            // retry.MaxAttempts
-	cfg         breaker.Config // normalized (Mode Closed for a forced-open policy)
-	retryable   codeSet
-	failure     codeSet
-	fallback    func(ctx context.Context, method string, req, reply any, err error) error
-	hedge       *hedgePolicy // nil: no hedging
+	key                string         // the policy map key
+	retry              retry.Policy   // normalized
+	maxAttempts        int            // retry.MaxAttempts
+	cfg                breaker.Config // normalized (Mode Closed for a forced-open policy)
+	retryable, failure codeSet
+	fallback           func(ctx context.Context, method string, req, reply any, err error) error
+	hedge              *hedgePolicy // nil: no hedging
 }
 
 func policyError(key, field string, err error) error {
