@@ -279,16 +279,15 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 				a.permit.Done(breaker.Success)
 				break
 			}
-			now := time.Now()
-			o := e.classify(ctx, a.err)
+			now, o := time.Now(), e.classify(ctx, a.err)
+			last = a
 			if !pol.nonFatal.has(codeOf(statusOf(a.err))) || ctx.Err() != nil {
-				win, last = a, a
+				win, reason = a, retry.NotRetryable
 				a.permit.DoneAt(o, now)
-				reason = retry.NotRetryable
 				break
 			}
 			// Non-fatal: the next hedge at once, or after the pushback.
-			last, reason = a, retry.Exhausted
+			reason = retry.Exhausted
 			delay := time.Duration(0)
 			if vals := a.tlr[pushbackKey]; len(vals) > 0 {
 				ms, ok := pushback(vals)
@@ -325,7 +324,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		}
 	}
 	attempts := len(h.atts)
-	if win != nil && last != win { // committed
+	if win != nil && win.err == nil { // committed
 		if e.budget != nil {
 			e.budget.Succeeded(attempts > 1)
 		}
@@ -360,8 +359,8 @@ func (e *entry) hedgeUnary(ctx context.Context, req any, reply proto.Message, cc
 }
 
 // hedgeStream is the grpc.ClientStream of a hedged server stream: SendMsg
-// keeps the request, CloseSend (or the first RecvMsg, Header or Trailer)
-// races the attempts, and every method then goes to the winner.
+// keeps the request, CloseSend (or the first RecvMsg or Header) races the
+// attempts, and every method then goes to the winner.
 type hedgeStream struct {
 	h        *hedger
 	p        breaker.Permit
@@ -395,13 +394,8 @@ func (s *hedgeStream) SendMsg(m any) error {
 	return nil
 }
 
-// CloseSend races the attempts until one commits.
+// CloseSend races the attempts until one commits (the first call only).
 func (s *hedgeStream) CloseSend() error {
-	s.run()
-	return nil
-}
-
-func (s *hedgeStream) run() {
 	s.once.Do(func() {
 		s.mu.Lock()
 		req := s.req
@@ -438,15 +432,16 @@ func (s *hedgeStream) run() {
 			s.finish(err)
 		}
 	})
+	return nil
 }
 
 // finish ends the call (hedger.end) once, with err.
 func (s *hedgeStream) finish(err error) { s.report.Do(func() { s.h.end(s.win, err) }) }
 
-// winner runs the race if needed and returns its winner's stream, or the
-// stream's end.
+// winner runs the race (CloseSend) if needed and returns its winner's
+// stream, or the stream's end.
 func (s *hedgeStream) winner() (grpc.ClientStream, error) {
-	s.run()
+	_ = s.CloseSend()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {

@@ -24,11 +24,10 @@ type Policy struct {
 	// Retry configures the retries of a call; the zero value means
 	// [retry.Policy]'s defaults, MaxAttempts 1 no retries.
 	Retry retry.Policy
-	// Breaker configures the breaker of each method the policy covers (one
-	// breaker per target and method, or per key of WithBreakerKey). The zero
-	// value means the breaker defaults; Mode breaker.Disabled turns the
-	// breaker off. Breaker.Name is ignored (each breaker is named after its
-	// method, or its WithBreakerKey key).
+	// Breaker configures the breakers of the methods the policy covers
+	// ([WithBreakerKey] says which and names them; Breaker.Name is ignored).
+	// The zero value means the breaker defaults; Mode breaker.Disabled turns
+	// the breakers off.
 	Breaker breaker.Config
 
 	// RetryableCodes are the codes retried with backoff. nil means
