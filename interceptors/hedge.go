@@ -377,7 +377,8 @@ type hedgeStream struct {
 }
 
 func newHedgeStream(e *entry, ctx context.Context, p breaker.Permit, n int, desc *grpc.StreamDesc, cc *grpc.ClientConn, streamer grpc.Streamer, opts []grpc.CallOption, after int) *hedgeStream {
-	return &hedgeStream{h: newHedger(e, ctx, n, opts, after, targetName(cc)), p: p, desc: desc, cc: cc, streamer: streamer}
+	h := newHedger(e, ctx, n, opts, after, targetName(cc))
+	return &hedgeStream{h: h, p: p, desc: desc, cc: cc, streamer: streamer}
 }
 
 // SendMsg keeps the request (a copy of a proto.Message) for every attempt.
@@ -465,12 +466,13 @@ func (s *hedgeStream) RecvMsg(m any) error {
 // Header returns the winner's headers.
 func (s *hedgeStream) Header() (metadata.MD, error) {
 	cs, err := s.winner()
-	if err == nil {
-		return cs.Header()
-	} else if err == io.EOF {
-		err = nil // ended OK without headers
+	if err != nil {
+		if err == io.EOF {
+			return nil, nil
+		}
+		return nil, err
 	}
-	return nil, err
+	return cs.Header()
 }
 
 // Trailer returns the winner's trailer (after RecvMsg ended).
