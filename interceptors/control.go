@@ -52,7 +52,7 @@ func (s *Suite) SetMode(name, target string, mode breaker.State) error {
 		if target != "" {
 			msg += " on target " + quote(target)
 		}
-		return &controlError{msg: msg, err: ErrUnknownBreaker}
+		return &suiteError{msg, ErrUnknownBreaker}
 	}
 	for _, b := range brks {
 		apply(b)
@@ -80,16 +80,6 @@ func (s *Suite) eachRecord(f func(*record)) {
 		f(rec)
 	}
 }
-
-// controlError is an error of SetMode or Ready: a message and the sentinel
-// it matches.
-type controlError struct {
-	msg string
-	err error
-}
-
-func (e *controlError) Error() string { return e.msg }
-func (e *controlError) Unwrap() error { return e.err }
 
 // Ready reports whether the breakers of methods admit calls, for readiness
 // probes: nil when none of them is open or forced open, otherwise an error
@@ -128,7 +118,7 @@ func (s *Suite) Ready(methods ...string) error {
 		}
 		msgs[i] = quote(b.name) + on + " is " + b.state
 	}
-	return &controlError{msg: "interceptors: not ready: " + strings.Join(msgs, "; "), err: ErrNotReady}
+	return &suiteError{"interceptors: not ready: " + strings.Join(msgs, "; "), ErrNotReady}
 }
 
 // StateChange is one state change of one of the suite's breakers.
@@ -147,24 +137,7 @@ const RecentChanges = 50
 // (at most RecentChanges), oldest first, including those made by SetMode
 // and by an Update's change of Mode.
 func (s *Suite) StateChanges() []StateChange {
-	return s.changes.list()
-}
-
-// changeRing keeps the latest RecentChanges state changes.
-type changeRing struct {
-	mu  sync.Mutex
-	buf [RecentChanges]StateChange
-	n   int // changes ever added
-}
-
-func (r *changeRing) add(c StateChange) {
-	r.mu.Lock()
-	r.buf[r.n%RecentChanges] = c
-	r.n++
-	r.mu.Unlock()
-}
-
-func (r *changeRing) list() []StateChange {
+	r := &s.changes
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	k := min(r.n, RecentChanges)
@@ -175,16 +148,24 @@ func (r *changeRing) list() []StateChange {
 	return out
 }
 
+// changeRing keeps the latest RecentChanges state changes.
+type changeRing struct {
+	mu  sync.Mutex
+	buf [RecentChanges]StateChange
+	n   int // changes ever added
+}
+
 // recordingHook returns the hook every breaker's OnStateChange calls: it
-// keeps the change (StateChanges) and calls next (the options' hooks), if
-// any.
+// keeps the change (StateChanges) and calls next (the options' hooks).
 func (s *Suite) recordingHook(
 	next func(name, target string, from, to breaker.State),
 ) func(name, target string, from, to breaker.State) {
 	return func(name, target string, from, to breaker.State) {
-		s.changes.add(StateChange{time.Now(), name, target, from.String(), to.String()})
-		if next != nil {
-			next(name, target, from, to)
-		}
+		r := &s.changes
+		r.mu.Lock()
+		r.buf[r.n%RecentChanges] = StateChange{time.Now(), name, target, from.String(), to.String()}
+		r.n++
+		r.mu.Unlock()
+		next(name, target, from, to)
 	}
 }

@@ -37,12 +37,21 @@ const (
 // BreakerOpen is the [retry.Reason] of a call whose retries an open breaker ended.
 const BreakerOpen retry.Reason = "breaker open"
 
-// rejectError is the error of a call the breaker rejected before any
-// attempt: UNAVAILABLE with an ErrorInfo (CIRCUIT_OPEN, or THROTTLED) and,
-// for an open breaker, a RetryInfo (the time left when it was built). It
-// unwraps to the breaker's *breaker.OpenError. One is built per OpenError
-// (per open period, and one for the throttle), so a rejection allocates
-// nothing.
+// suiteError is an error of New, Update, SetMode or Ready: its message and
+// the error it wraps, if any (a breaker or retry validation error, or
+// [ErrUnknownBreaker] or [ErrNotReady]).
+type suiteError struct {
+	msg string
+	err error
+}
+
+func (e *suiteError) Error() string { return e.msg }
+func (e *suiteError) Unwrap() error { return e.err }
+
+// rejectError is the error of a call the breaker rejected before any attempt
+// (see the package doc), its RetryInfo the time left when it was built. One
+// is built per *breaker.OpenError (per open period, and one for the
+// throttle), so a rejection allocates nothing.
 type rejectError struct {
 	oe  *breaker.OpenError
 	st  *status.Status

@@ -29,9 +29,6 @@ import (
 // that commits. The zero value means no hedging.
 //
 // The rules:
-//   - a hedge starts Delay after the previous one, up to MaxAttempts
-//     attempts in all; an attempt that fails with a NonFatalCodes code
-//     starts the next hedge at once;
 //   - the first attempt that commits wins: for a unary call, a response or
 //     a status not in NonFatalCodes; for a server stream, headers, a message
 //     or its end. Every other attempt is then canceled; the call ends with
@@ -73,11 +70,9 @@ type HedgePolicy struct {
 
 // hedgePolicy is a validated HedgePolicy.
 type hedgePolicy struct {
-	maxAttempts int
-	delay       time.Duration
-	nonFatal    codeSet
-	strict      bool     // RequireIdempotent
-	kinds       sync.Map // method -> hedgeKind, from its descriptor (the first call warns)
+	HedgePolicy
+	nonFatal   codeSet
+	idempotent sync.Map // method -> methodInfo's idempotent (the first call warns)
 }
 
 // resolveHedge validates p.Hedge for pol (under key).
@@ -98,77 +93,54 @@ func resolveHedge(key string, p Policy, pol *policy) error {
 	if err != nil {
 		return err
 	}
-	hp := &hedgePolicy{maxAttempts: h.MaxAttempts, delay: h.Delay, nonFatal: nonFatal,
-		strict: h.RequireIdempotent}
 	if key != "*" && !strings.HasSuffix(key, "/*") {
-		switch k := methodKind(key); {
-		case k&kindClientStream != 0:
+		switch stream, idempotent := methodInfo(key); {
+		case stream:
 			return policyError(key, "Hedge: the method is client-streaming or bidi; only unary and server-streaming methods are hedged", nil)
-		case h.RequireIdempotent && k&kindIdempotent == 0:
+		case h.RequireIdempotent && !idempotent:
 			return policyError(key, "Hedge.RequireIdempotent: the method's proto descriptor does not declare idempotency_level IDEMPOTENT or NO_SIDE_EFFECTS", nil)
 		}
 	}
-	pol.hedge, pol.maxAttempts = hp, 1
-	pol.retry.MaxAttempts = 1
+	pol.hedge = &hedgePolicy{HedgePolicy: h, nonFatal: nonFatal}
+	pol.maxAttempts, pol.retry.MaxAttempts = 1, 1
 	return nil
 }
 
-// hedgeKind describes a method from its proto descriptor.
-type hedgeKind uint8
-
-const (
-	kindKnown        hedgeKind = 1 << iota // the descriptor was found
-	kindIdempotent                         // IDEMPOTENT or NO_SIDE_EFFECTS
-	kindClientStream                       // client-streaming or bidi
-)
-
-// methodKind looks method ("/pkg.Svc/Method") up in protoregistry.GlobalFiles.
-func methodKind(method string) hedgeKind {
+// methodInfo reports whether method ("/pkg.Svc/Method") is client-streaming
+// (or bidi) and whether it is declared idempotent (IDEMPOTENT or
+// NO_SIDE_EFFECTS), as its descriptor in protoregistry.GlobalFiles says.
+func methodInfo(method string) (stream, idempotent bool) {
 	name := strings.ReplaceAll(strings.TrimPrefix(method, "/"), "/", ".")
-	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
-	if err != nil {
-		return 0
-	}
+	d, _ := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(name))
 	md, ok := d.(protoreflect.MethodDescriptor)
 	if !ok {
-		return 0
+		return false, false
 	}
-	k := kindKnown
-	if md.IsStreamingClient() {
-		k |= kindClientStream
-	}
-	if o, ok := md.Options().(*descriptorpb.MethodOptions); ok {
-		switch o.GetIdempotencyLevel() {
-		case descriptorpb.MethodOptions_IDEMPOTENT, descriptorpb.MethodOptions_NO_SIDE_EFFECTS:
-			k |= kindIdempotent
-		}
-	}
-	return k
+	o, _ := md.Options().(*descriptorpb.MethodOptions)
+	level := o.GetIdempotencyLevel()
+	return md.IsStreamingClient(), level == descriptorpb.MethodOptions_IDEMPOTENT || level == descriptorpb.MethodOptions_NO_SIDE_EFFECTS
 }
 
 // hedges returns the number of attempts a call of e may hedge with (0: a
-// single attempt): the policy's, or a MaxAttempts call option's. A method
-// not declared idempotent is hedged with one warning, or (RequireIdempotent)
-// not at all.
+// single attempt): the policy's, or a MaxAttempts call option's, unless
+// [HedgePolicy.RequireIdempotent] excludes the method.
 func (e *entry) hedges(ctx context.Context, ov overrides) int {
 	h := e.pol.hedge
-	n := ov.attempts(h.maxAttempts)
+	n := ov.attempts(h.MaxAttempts)
 	if n < 2 {
 		return 0
 	}
-	var k hedgeKind
-	if v, ok := h.kinds.Load(e.method); ok {
-		k = v.(hedgeKind)
-	} else {
-		k = methodKind(e.method)
-		if _, loaded := h.kinds.LoadOrStore(e.method, k); !loaded && k&kindIdempotent == 0 && !h.strict {
+	v, ok := h.idempotent.Load(e.method)
+	if !ok {
+		_, idempotent := methodInfo(e.method)
+		if v, ok = h.idempotent.LoadOrStore(e.method, idempotent); !ok && !idempotent && !h.RequireIdempotent {
 			if l := e.s.o.logger; l != nil {
 				l.Log(ctx, logging.LevelWarn, "hedging a method not declared idempotent",
 					"grpc.method", e.method, "policy", e.pol.key)
 			}
 		}
 	}
-	if h.strict && k&kindIdempotent == 0 {
+	if h.RequireIdempotent && !v.(bool) {
 		return 0
 	}
 	return n
@@ -185,11 +157,7 @@ type hedgeAttempt struct {
 	reply    proto.Message     // a unary call's own reply
 	cs       grpc.ClientStream // a server stream's
 	end      error             // a server stream that ended before headers: its end (io.EOF: OK)
-}
-
-type hedgeResult struct {
-	a   *hedgeAttempt
-	err error
+	err      error             // the attempt's result: nil if it committed
 }
 
 // hedger races the attempts of one hedged call.
@@ -198,22 +166,20 @@ type hedger struct {
 	ctx   context.Context   // the caller's
 	n     int               // attempts allowed
 	after []grpc.CallOption // the caller's after-call options, applied once (end)
-	peer  bool              // the caller asked for the peer
 	cs    callStats         // cs.opts: every attempt's options
 	spare []retryCtx
 	atts  []*hedgeAttempt
-	res   chan hedgeResult
+	res   chan *hedgeAttempt // attempts that ended
 }
 
 // newHedger returns the hedger of a call with opts, of which after act after
 // the call.
 func newHedger(e *entry, ctx context.Context, n int, opts []grpc.CallOption, after int, target string) *hedger {
 	h := &hedger{e: e, ctx: ctx, n: n, cs: callStats{opts: opts, target: target, hedged: true},
-		res: make(chan hedgeResult, n)}
+		res: make(chan *hedgeAttempt, n)}
 	if after > 0 {
 		h.after, h.cs.opts = splitAfter(opts, after)
 	}
-	h.peer = wantsPeer(h.after)
 	return h
 }
 
@@ -252,11 +218,11 @@ func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAtt
 	actx, stop := context.WithCancel(actx)
 	a.ctx, a.cancel = actx, func() { stop(); cancel() }
 	a.opts = append(append(make([]grpc.CallOption, 0, len(h.cs.opts)+3), h.cs.opts...), grpc.Header(&a.hdr), grpc.Trailer(&a.tlr))
-	if h.peer {
+	if wantsPeer(h.after) {
 		a.opts = append(a.opts, grpc.Peer(&a.peer))
 	}
 	h.atts = append(h.atts, a)
-	go func() { h.res <- hedgeResult{a, run(a)} }()
+	go func() { a.err = run(a); h.res <- a }()
 }
 
 // race runs the call's attempts, the first admitted with p, until one
@@ -265,15 +231,14 @@ func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAtt
 // result is the call's (nil if none is) and the caller's error; unhealthy
 // as for unaryCall.retry.
 func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAttempt) error) (win *hedgeAttempt, err error, unhealthy bool) {
-	e, ctx := h.e, h.ctx
-	pol := e.pol.hedge
+	e, ctx, pol := h.e, h.ctx, h.e.pol.hedge
 	h.start(p, reply, run)
 	inflight, hedging := 1, true
-	timer := time.NewTimer(pol.delay)
+	timer := time.NewTimer(pol.Delay)
 	defer timer.Stop()
-	var last hedgeResult
+	var last *hedgeAttempt // the latest that failed
 	var reason retry.Reason
-	idleSince := time.Time{}
+	var idleSince time.Time
 	for win == nil {
 		hedging = hedging && len(h.atts) < h.n && ctx.Err() == nil
 		if inflight == 0 && !hedging {
@@ -289,8 +254,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		}
 		select {
 		case <-done:
-			reason = retry.Canceled
-			hedging = false
+			hedging, reason = false, retry.Canceled
 		case now := <-tc:
 			if !idleSince.IsZero() {
 				h.cs.waited += now.Sub(idleSince)
@@ -307,26 +271,25 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 			}
 			h.start(hp, reply, run)
 			inflight++
-			timer.Reset(pol.delay)
-		case r := <-h.res:
+			timer.Reset(pol.Delay)
+		case a := <-h.res:
 			inflight--
-			if r.err == nil {
-				win = r.a
-				r.a.permit.Done(breaker.Success)
+			if a.err == nil {
+				win = a
+				a.permit.Done(breaker.Success)
 				break
 			}
-			now := time.Now()
-			o := e.classify(ctx, r.err)
-			if !pol.nonFatal.has(codeOf(statusOf(r.err))) || ctx.Err() != nil {
-				win, last = r.a, r
-				r.a.permit.DoneAt(o, now)
-				reason = retry.NotRetryable
+			now, o := time.Now(), e.classify(ctx, a.err)
+			last = a
+			if !pol.nonFatal.has(codeOf(statusOf(a.err))) || ctx.Err() != nil {
+				win, reason = a, retry.NotRetryable
+				a.permit.DoneAt(o, now)
 				break
 			}
 			// Non-fatal: the next hedge at once, or after the pushback.
-			last, reason = r, retry.Exhausted
+			reason = retry.Exhausted
 			delay := time.Duration(0)
-			if vals := r.a.tlr[pushbackKey]; len(vals) > 0 {
+			if vals := a.tlr[pushbackKey]; len(vals) > 0 {
 				ms, ok := pushback(vals)
 				if !ok {
 					hedging, reason = false, retry.NotRetryable
@@ -334,9 +297,9 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 				delay = msDuration(ms)
 			}
 			if inflight > 0 || hedging && len(h.atts) < h.n && ctx.Err() == nil {
-				r.a.permit.RetryAt(o, now)
+				a.permit.RetryAt(o, now)
 			} else {
-				r.a.permit.DoneAt(o, now) // the call's last attempt
+				a.permit.DoneAt(o, now) // the call's last attempt
 			}
 			if e.budget != nil {
 				e.budget.FailedAt(now)
@@ -354,14 +317,14 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		}
 	}
 	for ; inflight > 0; inflight-- {
-		r := <-h.res
-		r.a.permit.RetryAt(e.classify(ctx, r.err), time.Now())
-		if r.a.cs != nil && r.err == nil {
-			_, _ = drain(r.a.cs) // canceled: its end comes at once
+		a := <-h.res
+		a.permit.RetryAt(e.classify(ctx, a.err), time.Now())
+		if a.cs != nil && a.err == nil {
+			_, _ = drain(a.cs) // canceled: its end comes at once
 		}
 	}
 	attempts := len(h.atts)
-	if win != nil && last.a != win { // committed
+	if win != nil && win.err == nil { // committed
 		if e.budget != nil {
 			e.budget.Succeeded(attempts > 1)
 		}
@@ -375,7 +338,7 @@ func (h *hedger) race(p breaker.Permit, reply proto.Message, run func(*hedgeAtte
 		reason = retry.Canceled
 	}
 	err = e.giveUp(ctx, &h.cs, &retry.Error{Err: last.err, Attempts: attempts, Reason: reason})
-	return last.a, err, e.classify(ctx, last.err) == breaker.Failure
+	return last, err, e.classify(ctx, last.err) == breaker.Failure
 }
 
 // hedgeUnary runs a hedged unary call, its first attempt admitted with p,
@@ -396,8 +359,8 @@ func (e *entry) hedgeUnary(ctx context.Context, req any, reply proto.Message, cc
 }
 
 // hedgeStream is the grpc.ClientStream of a hedged server stream: SendMsg
-// keeps the request, CloseSend (or the first RecvMsg, Header or Trailer)
-// races the attempts, and every method then goes to the winner.
+// keeps the request, CloseSend (or the first RecvMsg or Header) races the
+// attempts, and every method then goes to the winner.
 type hedgeStream struct {
 	h        *hedger
 	p        breaker.Permit
@@ -418,14 +381,12 @@ func newHedgeStream(e *entry, ctx context.Context, p breaker.Permit, n int, desc
 	return &hedgeStream{h: h, p: p, desc: desc, cc: cc, streamer: streamer}
 }
 
-var errHedgeSend = errors.New("interceptors: a hedged server stream sends one message")
-
 // SendMsg keeps the request (a copy of a proto.Message) for every attempt.
 func (s *hedgeStream) SendMsg(m any) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.req != nil || s.win != nil || s.err != nil {
-		return errHedgeSend
+		return errors.New("interceptors: a hedged server stream sends one message")
 	}
 	if pm, ok := m.(proto.Message); ok {
 		m = proto.Clone(pm)
@@ -434,20 +395,14 @@ func (s *hedgeStream) SendMsg(m any) error {
 	return nil
 }
 
-// CloseSend races the attempts until one commits.
+// CloseSend races the attempts until one commits (the first call only).
 func (s *hedgeStream) CloseSend() error {
-	s.run()
-	return nil
-}
-
-func (s *hedgeStream) run() {
 	s.once.Do(func() {
 		s.mu.Lock()
 		req := s.req
 		s.mu.Unlock()
-		e := s.h.e
 		win, err, _ := s.h.race(s.p, nil, func(a *hedgeAttempt) error {
-			cs, err := s.streamer(a.ctx, s.desc, s.cc, e.method, a.opts...)
+			cs, err := s.streamer(a.ctx, s.desc, s.cc, s.h.e.method, a.opts...)
 			if err != nil {
 				return err
 			}
@@ -469,10 +424,8 @@ func (s *hedgeStream) run() {
 			return nil
 		})
 		s.mu.Lock()
-		s.win = win
-		if err != nil {
-			s.err = err
-		} else if win.end != nil {
+		s.win, s.err = win, err
+		if err == nil {
 			s.err = win.end
 		}
 		s.mu.Unlock()
@@ -480,15 +433,16 @@ func (s *hedgeStream) run() {
 			s.finish(err)
 		}
 	})
+	return nil
 }
 
 // finish ends the call (hedger.end) once, with err.
 func (s *hedgeStream) finish(err error) { s.report.Do(func() { s.h.end(s.win, err) }) }
 
-// winner runs the race if needed and returns its winner's stream, or the
-// stream's end.
+// winner runs the race (CloseSend) if needed and returns its winner's
+// stream, or the stream's end.
 func (s *hedgeStream) winner() (grpc.ClientStream, error) {
-	s.run()
+	_ = s.CloseSend()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {

@@ -29,15 +29,14 @@ type optionFunc func(*options)
 func (f optionFunc) apply(o *options) { f(o) }
 
 type options struct {
-	budget      string             // "ratio", "token-bucket" or "none" (SnapshotBudget.Mode)
-	budgetCfg   retry.BudgetConfig // "ratio": normalized by validate
-	maxTokens   float64
-	tokenRatio  float64
-	replayBytes int
-	header      string
-	breakerKey  func(target, method string) string
-	maxBreakers int
-	strictKeys  bool // WithStrictKeys
+	budget                string             // "ratio", "token-bucket" or "none" (SnapshotBudget.Mode)
+	budgetCfg             retry.BudgetConfig // "ratio": normalized by validate
+	maxTokens, tokenRatio float64
+	replayBytes           int
+	header                string
+	breakerKey            func(target, method string) string
+	maxBreakers           int
+	strictKeys            bool // WithStrictKeys
 
 	onRetry       func(RetryEvent)
 	onGiveUp      func(GiveUpEvent)
@@ -48,7 +47,7 @@ type options struct {
 
 	meterProvider metric.MeterProvider // nil: otel.GetMeterProvider()
 	methodFilter  func(string) bool
-	metrics       *metrics // made by validate
+	metrics       *metrics // made by New
 }
 
 func defaultOptions() options {
@@ -59,7 +58,7 @@ func defaultOptions() options {
 func (o *options) validate() []error {
 	var errs []error
 	bad := func(option, msg string, err error) {
-		errs = append(errs, &configError{msg: "interceptors: " + option + ": " + msg, err: err})
+		errs = append(errs, &suiteError{"interceptors: " + option + ": " + msg, err})
 	}
 	var err error
 	switch o.budget {
@@ -80,9 +79,7 @@ func (o *options) validate() []error {
 	}
 	// grpc fails a call whose outgoing metadata has a malformed key (with
 	// INTERNAL, a failure code): caught here, it cannot fail every retry.
-	if strings.IndexFunc(o.header, func(c rune) bool {
-		return !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.')
-	}) >= 0 {
+	if strings.Trim(o.header, "0123456789abcdefghijklmnopqrstuvwxyz-_.") != "" {
 		bad("WithAttemptHeader", quote(o.header)+" is not a metadata key (characters in [0-9a-z-_.])", nil)
 	}
 	return errs

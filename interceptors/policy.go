@@ -5,9 +5,13 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/retry"
@@ -20,11 +24,10 @@ type Policy struct {
 	// Retry configures the retries of a call; the zero value means
 	// [retry.Policy]'s defaults, MaxAttempts 1 no retries.
 	Retry retry.Policy
-	// Breaker configures the breaker of each method the policy covers (one
-	// breaker per target and method, or per key of WithBreakerKey). The zero
-	// value means the breaker defaults; Mode breaker.Disabled turns the
-	// breaker off. Breaker.Name is ignored (each breaker is named after its
-	// method, or its WithBreakerKey key).
+	// Breaker configures the breakers of the methods the policy covers
+	// ([WithBreakerKey] says which and names them; Breaker.Name is ignored).
+	// The zero value means the breaker defaults; Mode breaker.Disabled turns
+	// the breakers off.
 	Breaker breaker.Config
 
 	// RetryableCodes are the codes retried with backoff. nil means
@@ -78,31 +81,17 @@ var (
 
 // policy is a validated Policy, shared by every method it covers.
 type policy struct {
-	key         string         // the policy map key
-	retry       retry.Policy   // normalized
-	maxAttempts int            // retry.MaxAttempts
-	cfg         breaker.Config // normalized (Mode Closed for a forced-open policy)
-	retryable   codeSet
-	failure     codeSet
-	fallback    func(ctx context.Context, method string, req, reply any, err error) error
-	hedge       *hedgePolicy // nil: no hedging
+	key                string         // the policy map key
+	retry              retry.Policy   // normalized
+	maxAttempts        int            // retry.MaxAttempts
+	cfg                breaker.Config // normalized (Mode Closed for a forced-open policy)
+	retryable, failure codeSet
+	fallback           func(ctx context.Context, method string, req, reply any, err error) error
+	hedge              *hedgePolicy // nil: no hedging
 }
-
-// configError is a validation error of New: it names the policy key and the
-// field, and unwraps to the breaker or retry validation error if any.
-type configError struct {
-	msg string
-	err error
-}
-
-// Error names the policy key and the field.
-func (e *configError) Error() string { return e.msg }
-
-// Unwrap returns the breaker or retry validation error, if any.
-func (e *configError) Unwrap() error { return e.err }
 
 func policyError(key, field string, err error) error {
-	return &configError{msg: "interceptors: policy " + quote(key) + ": " + field, err: err}
+	return &suiteError{"interceptors: policy " + quote(key) + ": " + field, err}
 }
 
 // maxQuoted is how many bytes of a user's string an error message quotes.
@@ -140,6 +129,57 @@ func checkKey(key string) error {
 		return policyError(key, `key must name one method or "*"`, nil)
 	}
 	return nil
+}
+
+// WithStrictKeys makes New and Update reject a policy key whose service, or
+// method, is not in the proto registry (protoregistry.GlobalFiles, where
+// generated code registers its services). Without it, New warns through the
+// logger (WithLogger) once per such key: a client whose stubs are not
+// generated Go code may well call services the registry does not know.
+func WithStrictKeys() Option { return optionFunc(func(o *options) { o.strictKeys = true }) }
+
+// checkKeyName returns the problem of a well-formed policy key beyond its
+// syntax: a Unicode space (an ASCII one is a syntax error already) or, if
+// registry, a service or method the proto registry does not know.
+func checkKeyName(key string, registry bool) error {
+	if i := strings.IndexFunc(key, unicode.IsSpace); i >= 0 {
+		return policyError(key, fmt.Sprintf("key has a space or control character at byte %d", i), nil)
+	}
+	if registry {
+		if problem := unregistered(key); problem != "" {
+			return policyError(key, problem, nil)
+		}
+	}
+	return nil
+}
+
+// unregistered says what of a well-formed key the proto registry lacks: ""
+// if nothing (or the key is "*").
+func unregistered(key string) string {
+	if key == "*" {
+		return ""
+	}
+	svc, m, _ := strings.Cut(key[1:], "/")
+	d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(svc))
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	switch {
+	case err != nil || !ok:
+		return "service " + quote(svc) + " is not in the proto registry"
+	case m != "*" && sd.Methods().ByName(protoreflect.Name(m)) == nil:
+		return "method " + quote(m) + " is not in service " + quote(svc) + " of the proto registry"
+	}
+	return ""
+}
+
+// warnUnregistered warns once per key of keys that the proto registry does
+// not know (see WithStrictKeys).
+func (s *Suite) warnUnregistered(keys []string) {
+	for _, key := range keys {
+		if problem := unregistered(key); problem != "" {
+			s.o.logger.Log(context.Background(), logging.LevelWarn, "policy key not in the proto registry",
+				logging.ComponentFieldKey, "client", "policy.key", key, "problem", problem)
+		}
+	}
 }
 
 // resolvePolicy validates p (under key) and returns it resolved.

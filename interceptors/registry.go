@@ -3,6 +3,7 @@ package interceptors
 import (
 	"maps"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,23 +15,21 @@ import (
 // WithMaxBreakers).
 const DefaultMaxBreakers = 10000
 
-// sweepInterval is the least time between two idle sweeps of the registry.
-// A breaker is idle when its counts did not change between two sweeps.
+// sweepInterval is the least time between two sweeps (registry.sweep).
 const sweepInterval = time.Second
 
 // bkey identifies a breaker in the registry: the target and the method by
 // default, or ("", key) with WithBreakerKey.
 type bkey struct{ target, name string }
 
-// record is one breaker of the registry and what Update needs to reconfigure
-// it: the method (and target) that created it, whose policy governs it.
+// record is one breaker of the registry and what Update needs to reconfigure it.
 type record struct {
 	brk    *breaker.Breaker
 	name   string // the breaker's name: the method, or the WithBreakerKey key
 	method string // the method that created it; its policy configures it
 	target string // the target of the default key; "" with WithBreakerKey
 	pol    *policy
-	// overflow marks the overflow breaker of pol (registry.overflowOf);
+	// overflow marks the overflow breaker of pol (registry.get);
 	// forced, that pol was forced open when last applied (registry.mu).
 	overflow, forced bool
 	changed          atomic.Int64 // the latest state change (Unix ns), 0 if none
@@ -46,14 +45,8 @@ type breakerSig struct {
 	calls, rejections, throttled, gen, tran uint64
 }
 
-func sigOf(c breaker.Counts) breakerSig {
-	calls := c.Successes + c.Failures + c.Ignored
-	return breakerSig{c.State, calls, c.Rejections, c.Throttled, c.Generation, c.Transitions}
-}
-
-// registry holds the breakers of a Suite, keyed by breaker key, across
-// Updates (see reconfigure): at most max, plus one overflow breaker per
-// policy; when it is full, a new key first evicts idle closed breakers.
+// registry holds the breakers of a Suite across Updates (see reconfigure):
+// at most max, plus one overflow breaker per policy ([WithMaxBreakers]).
 type registry struct {
 	// tab is the suite's table. Dropping breakers replaces it with a copy,
 	// which makes every cached entry stale.
@@ -62,7 +55,7 @@ type registry struct {
 	recs     map[bkey]*record
 	overflow map[string]*record // policy key -> its overflow breaker
 	max      int
-	hook     func(name, target string, from, to breaker.State) // the suite's hooks, or nil
+	hook     func(name, target string, from, to breaker.State) // the suite's hooks (recordingHook)
 
 	lastSweep  time.Time
 	evicted    uint64
@@ -81,28 +74,26 @@ func (r *registry) breakerConfig(pol *policy, rec *record) breaker.Config {
 		if user != nil {
 			user(name, from, to)
 		}
-		if hook != nil {
-			hook(name, target, from, to)
-		}
+		hook(name, target, from, to)
 	}
 	return cfg
 }
 
-// newBreaker creates rec's breaker under pol; under a forced-open policy of
-// tab it starts forced open. The start is no state change: no hook is
-// called (r.mu is held).
-func (r *registry) newBreaker(tab *table, pol *policy, rec *record) {
-	cfg := r.breakerConfig(pol, rec)
-	if !tab.forced[pol.key] {
+// newBreaker creates rec's breaker under rec.pol and returns rec; under a
+// forced-open policy of tab it starts forced open. The start is no state
+// change: no hook is called (r.mu is held).
+func (r *registry) newBreaker(tab *table, rec *record) *record {
+	cfg := r.breakerConfig(rec.pol, rec)
+	if rec.forced = tab.forced[rec.pol.key]; !rec.forced {
 		rec.brk, _ = breaker.New(cfg) // pol.cfg was validated
-		return
+		return rec
 	}
 	quiet := cfg
 	quiet.OnStateChange = nil
 	rec.brk, _ = breaker.New(quiet)
 	rec.brk.ForceOpen()
 	_ = rec.brk.Reconfigure(cfg) // same Mode: keeps ForcedOpen
-	rec.forced = true
+	return rec
 }
 
 // get returns the record of the breaker of method called on target under
@@ -119,6 +110,9 @@ func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy)
 	if s.tab.Load() != tab {
 		return nil
 	}
+	if r.recs == nil {
+		r.recs, r.overflow = map[bkey]*record{}, map[string]*record{}
+	}
 	if rec := r.recs[k]; rec != nil {
 		return rec
 	}
@@ -127,46 +121,31 @@ func (r *registry) get(s *Suite, tab *table, target, method string, pol *policy)
 		if s.tab.Load() != tab {
 			return nil // breakers were dropped: resolve again
 		}
-		if len(r.recs) >= r.max {
+		if len(r.recs) >= r.max { // the policy's overflow breaker
 			r.overflowed.Add(1)
-			return r.overflowOf(tab, pol)
+			rec := r.overflow[pol.key]
+			if rec == nil {
+				rec = r.newBreaker(tab, &record{name: pol.key + " (overflow)", pol: pol, overflow: true})
+				r.overflow[pol.key] = rec
+			}
+			return rec
 		}
 	}
-	rec := &record{name: k.name, method: method, target: k.target, pol: pol}
-	r.newBreaker(tab, pol, rec)
-	if r.recs == nil {
-		r.recs = map[bkey]*record{}
-	}
+	rec := r.newBreaker(tab, &record{name: k.name, method: method, target: k.target, pol: pol})
 	r.recs[k] = rec
 	return rec
 }
 
-// overflowOf returns the overflow breaker of pol, shared by the methods of
-// pol beyond the cap (r.mu held).
-func (r *registry) overflowOf(tab *table, pol *policy) *record {
-	if rec := r.overflow[pol.key]; rec != nil {
-		return rec
-	}
-	name := pol.key + " (overflow)"
-	rec := &record{name: name, pol: pol, overflow: true}
-	r.newBreaker(tab, pol, rec)
-	if r.overflow == nil {
-		r.overflow = map[string]*record{}
-	}
-	r.overflow[pol.key] = rec
-	return rec
-}
-
-// sweep evicts the breakers that are closed and whose counts did not change
-// since the previous sweep, at most once per sweepInterval (r.mu held). An
-// open, half-open or forced-open breaker, or one in use, is never evicted.
+// sweep evicts the closed breakers whose counts did not change since the
+// previous sweep, at most once per sweepInterval (r.mu held).
 func (r *registry) sweep(now time.Time) {
 	if !r.lastSweep.IsZero() && now.Sub(r.lastSweep) < sweepInterval {
 		return
 	}
 	r.lastSweep = now
 	r.evicted += uint64(r.dropWhere(func(_ bkey, rec *record) bool {
-		sig := sigOf(rec.brk.Counts())
+		c := rec.brk.Counts()
+		sig := breakerSig{c.State, c.Successes + c.Failures + c.Ignored, c.Rejections, c.Throttled, c.Generation, c.Transitions}
 		idle := rec.swept && sig == rec.sig && sig.state == breaker.Closed
 		rec.sig, rec.swept = sig, true
 		return idle
@@ -174,8 +153,7 @@ func (r *registry) sweep(now time.Time) {
 }
 
 // dropTargets drops the closed breakers of the targets in gone, which have
-// no connection left; their open (or half-open, forced-open) breakers stay
-// for a later connection to the same target.
+// no connection left (see [Suite]).
 func (r *registry) dropTargets(gone map[string]bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -202,12 +180,56 @@ func (r *registry) dropWhere(drop func(bkey, *record) bool) int {
 	return n
 }
 
+// Update replaces the suite's policies, validated as by New; on error
+// nothing changes. The swap is atomic: a call started before it finishes
+// under its policy (its breaker takes the new settings at once), a call
+// started after it uses the new one, and no call fails because of it.
+//
+// Each breaker follows the new policy of its method (with WithBreakerKey: of
+// the method that first used its key) and keeps its state and counts; it is
+// reconfigured ([breaker.Breaker.Reconfigure]) only if its normalized
+// settings changed. A policy that becomes forced open forces its breakers
+// open; one that stops being so returns its breakers still forced open to
+// its Mode. A breaker whose method no policy covers is dropped: it calls no
+// hook again, and calls in flight finish with it. Retry budgets are fixed at
+// New and outlive every Update.
+//
+// Updates are applied one at a time, concurrently with calls. A hook must
+// not call Update: a change of Mode calls the hooks during the Update.
+func (s *Suite) Update(policies map[string]Policy) error {
+	tab, errs := s.resolve(policies)
+	if errs != nil {
+		return joinErrors(errs)
+	}
+	s.umu.Lock()
+	defer s.umu.Unlock()
+	s.reg.mu.Lock()
+	s.tab.Store(tab)
+	todo := s.reg.reconfigure(tab)
+	s.reg.mu.Unlock()
+	for _, r := range todo {
+		r.apply()
+	}
+	return nil
+}
+
+// policy returns the policy stored under key, or nil.
+func (t *table) policy(key string) *policy {
+	switch {
+	case key == "*":
+		return t.star
+	case strings.HasSuffix(key, "/*"):
+		return t.service[key[:len(key)-1]]
+	default:
+		return t.exact[key]
+	}
+}
+
 // reconfigure points every breaker at its policy under tab (r.mu held) and
 // returns the breakers whose normalized configuration or forced-open state
 // changed, which the caller reconfigures after releasing r.mu (a change of
-// Mode may call OnStateChange, which may call the Suite). Each breaker
-// follows the new policy of the method that created it (an overflow breaker:
-// of its key); one whose policy is gone is retired.
+// Mode may call OnStateChange, which may call the Suite), as [Suite.Update]
+// says; a breaker whose policy is gone is retired.
 func (r *registry) reconfigure(tab *table) []reconf {
 	var out []reconf
 	// retired points rec at pol, or retires it if pol is nil.
@@ -217,8 +239,7 @@ func (r *registry) reconfigure(tab *table) []reconf {
 			return true
 		}
 		forced := tab.forced[pol.key]
-		same := forced == rec.forced && reflect.DeepEqual(rec.pol.cfg, pol.cfg) // false if either has a hook
-		if !same {
+		if forced != rec.forced || !reflect.DeepEqual(rec.pol.cfg, pol.cfg) { // unequal if either has a hook
 			out = append(out, reconf{brk: rec.brk, cfg: r.breakerConfig(pol, rec),
 				isolate: forced && !rec.forced, release: !forced && rec.forced})
 		}

@@ -2,7 +2,6 @@ package interceptors
 
 import (
 	"cmp"
-	"fmt"
 	"maps"
 	"slices"
 	"strconv"
@@ -11,6 +10,8 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/khive/grpc-resilience/breaker"
 	"github.com/khive/grpc-resilience/retry"
@@ -290,18 +291,11 @@ func (s *Suite) budgetView() SnapshotBudget {
 	return v
 }
 
-// seconds formats d as the config document (and protojson) write durations:
+// seconds formats d as the config document writes durations: as protojson,
 // seconds with 0, 3, 6 or 9 decimals and an "s" ("5s", "0.100s").
 func seconds(d time.Duration) string {
-	sign, u := "", uint64(d)
-	if d < 0 {
-		sign, u = "-", -u
-	}
-	s := fmt.Sprintf("%s%d.%09d", sign, u/1e9, u%1e9)
-	for strings.HasSuffix(s, "000") {
-		s = s[:len(s)-3]
-	}
-	return strings.TrimSuffix(s, ".") + "s"
+	b, _ := protojson.Marshal(durationpb.New(d)) // every Duration is valid
+	return strings.Trim(string(b), `"`)
 }
 
 // codeNames lists the codes of set, in code order, by the upper-case names
@@ -309,14 +303,9 @@ func seconds(d time.Duration) string {
 func codeNames(set codeSet) []string {
 	out := []string{}
 	for c := codes.Code(0); c < 64; c++ {
-		if !set.has(c) {
-			continue
+		if set.has(c) {
+			out = append(out, cmp.Or(code.Code_name[int32(c)], strconv.Itoa(int(c))))
 		}
-		name, ok := code.Code_name[int32(c)]
-		if !ok {
-			name = strconv.Itoa(int(c))
-		}
-		out = append(out, name)
 	}
 	return out
 }
