@@ -1,8 +1,7 @@
 // Package interceptors adapts the [breaker] and [retry] state machines to gRPC:
 // client interceptors that give every method its own circuit breaker and
 // retries with backoff, decided on gRPC status codes and configured by a
-// per-method policy map. It is the only package of the module that imports
-// grpc.
+// per-method policy map. The state machines themselves never import grpc.
 //
 //	suite, err := interceptors.New(map[string]interceptors.Policy{
 //		"/pkg.Payments/*": {Retry: retry.Policy{MaxAttempts: 3}},
