@@ -71,10 +71,8 @@ func splitCallOptions(opts []grpc.CallOption) (overrides, []grpc.CallOption) {
 			ours++
 		case grpc.MaxRetryRPCBufferSizeCallOption:
 			ov.replayBuffer = max(o.MaxRetryRPCBufferSize, 0)
-		default:
-			if isAfterOption(o) {
-				ov.after++
-			}
+		case grpc.HeaderCallOption, grpc.TrailerCallOption, grpc.PeerCallOption, grpc.OnFinishCallOption:
+			ov.after++ // isAfterOption's types, in this switch: one type switch, not two
 		}
 	}
 	if ours == 0 {

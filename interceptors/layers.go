@@ -34,6 +34,22 @@ type layer struct{ outer *Suite }
 // outermost is the layer of a suite that is the first of its chain.
 var outermost = &layer{}
 
+// outermostOf reports the common case, in which a caller of layered need
+// not call it: s is known to be the outermost suite of chain i of cc, and
+// has no logger to warn through.
+func (s *Suite) outermostOf(cc *grpc.ClientConn, i int) bool {
+	c := s.last.Load()
+	return c != nil && c.cc == cc && s.o.logger == nil && c.layers[i].Load() == outermost
+}
+
+// chainOf is the index in conn.layers of the unary (0) or stream (1) chain.
+func chainOf(stream bool) int {
+	if stream {
+		return 1
+	}
+	return 0
+}
+
 // layered reports whether the call of method on cc (a stream if stream)
 // passes through untouched, because a suite earlier in the same chain has a
 // policy for method. It warns once per suite about that, and checks for
@@ -49,10 +65,7 @@ func (s *Suite) layered(ctx context.Context, cc *grpc.ClientConn, method string,
 	if c == nil || c.cc != cc {
 		c = s.conn(cc)
 	}
-	i := 0
-	if stream {
-		i = 1
-	}
+	i := chainOf(stream)
 	l := c.layers[i].Load()
 	if l == nil {
 		l = s.resolveLayer(c, i)

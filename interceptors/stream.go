@@ -94,7 +94,7 @@ func (s *Suite) Stream() grpc.StreamClientInterceptor { return s.stream }
 
 // stream is the stream client interceptor (Suite.Stream).
 func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	if s.layered(ctx, cc, method, true) {
+	if !s.outermostOf(cc, 1) && s.layered(ctx, cc, method, true) {
 		return streamer(ctx, desc, cc, method, opts...)
 	}
 	e := s.lookup(cc, method)
@@ -244,14 +244,14 @@ type retryStream struct {
 
 	mu        sync.Mutex // guards what follows; never held over the inner stream or user code
 	phase     phase
+	committed bool
+	reported  bool          // the after-call options were applied
 	changed   chan struct{} // closed at the next change of phase or final, or nil
 	cur       *attempt      // the current attempt (once the stream is over: the last one)
-	committed bool
-	ops       []replayOp // to replay, while uncommitted
-	raw       []byte     // the encodings of ops' messages
-	size      int        // the replay buffer's use
-	final     error      // once set, the stream is over (io.EOF: success)
-	reported  bool       // the after-call options were applied
+	ops       []replayOp    // to replay, while uncommitted
+	raw       []byte        // the encodings of ops' messages
+	size      int           // the replay buffer's use
+	final     error         // once set, the stream is over (io.EOF: success)
 	unwatch   func() bool
 }
 

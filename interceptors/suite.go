@@ -297,7 +297,12 @@ func (s *Suite) conn(cc *grpc.ClientConn) *conn {
 				s.sweepAt = max(2*s.nconns, 16)
 			}
 			name := targetName(cc)
-			v = &conn{cc: cc, name: name, budget: s.acquireTarget(name)}
+			c := &conn{cc: cc, name: name, budget: s.acquireTarget(name)}
+			if cc == nil { // no chain to be nested in (layered)
+				c.layers[0].Store(outermost)
+				c.layers[1].Store(outermost)
+			}
+			v = c
 			s.conns.Store(cc, v)
 			s.nconns++
 		}
