@@ -22,6 +22,11 @@ const pushbackKey = "grpc-retry-pushback-ms"
 // (CANCELED, DEADLINE_EXCEEDED), so that an inner interceptor's ctx.Err() is
 // never the server's failure; UNKNOWN for any other error.
 func statusOf(err error) *status.Status {
+	if gs, ok := err.(interface{ GRPCStatus() *status.Status }); ok { // grpc's own: no errors.As
+		if st := gs.GRPCStatus(); st != nil {
+			return st
+		}
+	}
 	if st, ok := status.FromError(err); ok {
 		return st
 	}
