@@ -69,19 +69,19 @@ func headerContexts(header string) []*mdHolder {
 	return out
 }
 
-// retryContext returns the parent of the context of attempt (1-based) of a
-// call whose caller's context is ctx: ctx itself for attempt 1; for a retry,
-// a context derived from ctx that carries Attempt and sets the attempt
-// header (WithAttemptHeader) to attempt-1 in the outgoing metadata, one
-// value replacing any. It is taken from *spare, which the call keeps across
-// its retries: one allocation per four retries, plus a copy of the caller's
-// outgoing metadata per retry if it has any.
-func (s *Suite) retryContext(ctx context.Context, attempt int, spare *[]retryCtx) context.Context {
+// retryContext returns the parent of the context of attempt (1-based, of at
+// most maxAttempts) of a call whose caller's context is ctx: ctx itself for
+// attempt 1; for a retry, a context derived from ctx that carries Attempt
+// and sets the attempt header (WithAttemptHeader) to attempt-1 in the
+// outgoing metadata, one value replacing any. It is taken from *spare, which
+// the call keeps across its retries: one allocation per four retries, plus a
+// copy of the caller's outgoing metadata per retry if it has any.
+func (s *Suite) retryContext(ctx context.Context, attempt, maxAttempts int, spare *[]retryCtx) context.Context {
 	if attempt <= 1 {
 		return ctx
 	}
 	if len(*spare) == 0 {
-		*spare = make([]retryCtx, 4)
+		*spare = make([]retryCtx, min(4, max(maxAttempts-attempt+1, 1)))
 	}
 	rc := &(*spare)[0]
 	*spare = (*spare)[1:]

@@ -210,7 +210,7 @@ func (h *hedger) end(win *hedgeAttempt, err error) {
 // start starts attempt len(h.atts)+1, admitted with p, running run.
 func (h *hedger) start(p breaker.Permit, reply proto.Message, run func(*hedgeAttempt) error) {
 	a := &hedgeAttempt{permit: p}
-	actx, cancel := h.e.s.retryContext(h.ctx, len(h.atts)+1, &h.spare), context.CancelFunc(func() {})
+	actx, cancel := h.e.s.retryContext(h.ctx, len(h.atts)+1, h.n, &h.spare), context.CancelFunc(func() {})
 	if reply != nil { // a unary call's: its own reply, and AttemptTimeout (a stream's winner lives on)
 		a.reply = reply.ProtoReflect().New().Interface()
 		actx, cancel = h.e.pol.retry.AttemptContext(actx)

@@ -462,7 +462,7 @@ func (r *retryStream) ctxErr() error {
 func (r *retryStream) open(a *attempt, n int) error {
 	ctx := r.ctx
 	if n > 1 {
-		ctx = r.e.s.retryContext(r.ctx, n, &r.spare)
+		ctx = r.e.s.retryContext(r.ctx, n, r.call.Policy().MaxAttempts, &r.spare)
 	}
 	if t := r.e.pol.retry.AttemptTimeout; t > 0 {
 		if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > t {

@@ -215,7 +215,7 @@ func (u *unaryCall) retry(maxAttempts int, p breaker.Permit, err error, o breake
 			return final, open
 		}
 		u.st.hdr, u.st.tlr, u.st.peer = nil, nil, peer.Peer{} // forget the previous attempt's
-		rctx := e.s.retryContext(ctx, c.Attempts(), &spare)
+		rctx := e.s.retryContext(ctx, c.Attempts(), maxAttempts, &spare)
 		if o, now, err = e.attempt(ctx, rctx, p, u.req, u.reply, u.cc, u.invoker, u.st.opts); err == nil {
 			c.Done(nil, false)
 			e.callEnded(ctx, &cs, c.Attempts())
