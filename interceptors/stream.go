@@ -297,28 +297,21 @@ func (r *retryStream) send(m any, closeSend bool) error {
 		}
 		a = r.fixed.Load()
 	}
-	if res := sendOn(a, m, closeSend); res != nil {
-		_, err := r.settle(false, nil, nil, a, res) // kept: settle never sends it again
-		return err
-	}
-	return nil
-}
-
-// sendOn sends m on a, or closes a's send direction: nil, errOver (io.EOF)
-// or a localError.
-func sendOn(a *attempt, m any, closeSend bool) error {
 	if closeSend {
 		_ = a.cs.CloseSend()
 		return nil
 	}
-	switch err := a.cs.SendMsg(m); err {
+	res := a.cs.SendMsg(m)
+	switch res {
 	case nil:
 		return nil
-	case io.EOF:
-		return errOver
+	case io.EOF: // a is over, its status unread
+		res = errOver
 	default:
-		return localError{err}
+		res = localError{res}
 	}
+	_, err := r.settle(false, nil, nil, a, res) // kept: settle never sends it again
+	return err
 }
 
 // settle is the funnel's general path: it runs op, or goes on from op's
@@ -684,10 +677,13 @@ func drain(cs grpc.ClientStream) (headers bool, err error) {
 // status; a stream that is not client-streaming returns nil instead.
 func (r *retryStream) SendMsg(m any) error {
 	err := r.send(m, false)
+	if err == nil {
+		return nil
+	}
 	if l, ok := err.(localError); ok {
 		return l.err
 	}
-	if err == nil || !r.desc.ClientStreams {
+	if !r.desc.ClientStreams {
 		return nil
 	}
 	return io.EOF
