@@ -34,43 +34,22 @@ type layer struct{ outer *Suite }
 // outermost is the layer of a suite that is the first of its chain.
 var outermost = &layer{}
 
-// outermostOf reports the common case, in which a caller of layered need
-// not call it: s is known to be the outermost suite of chain i of cc, and
-// has no logger to warn through.
-func (s *Suite) outermostOf(cc *grpc.ClientConn, i int) bool {
-	c := s.last.Load()
-	return c != nil && c.cc == cc && s.o.logger == nil && c.layers[i].Load() == outermost
-}
-
-// chainOf is the index in conn.layers of the unary (0) or stream (1) chain.
-func chainOf(stream bool) int {
-	if stream {
-		return 1
-	}
-	return 0
-}
-
-// layered reports whether the call of method on cc (a stream if stream)
-// passes through untouched, because a suite earlier in the same chain has a
-// policy for method. It warns once per suite about that, and checks for
-// go-grpc-middleware's retries (checkGMW).
-func (s *Suite) layered(ctx context.Context, cc *grpc.ClientConn, method string, stream bool) bool {
+// layered reports whether the call of method on c through its chain i (0
+// unary, 1 stream) passes through untouched, because a suite earlier in the
+// same chain has a policy for method. It warns once per suite about that,
+// and checks for go-grpc-middleware's retries (checkGMW).
+func (s *Suite) layered(ctx context.Context, c *conn, method string, i int) bool {
 	if s.o.logger != nil && !s.gmwWarned.Load() {
-		s.checkGMW(ctx, cc, method)
+		s.checkGMW(ctx, c.cc, method)
 	}
-	if cc == nil {
+	if c.cc == nil {
 		return false
 	}
-	c := s.last.Load()
-	if c == nil || c.cc != cc {
-		c = s.conn(cc)
-	}
-	i := chainOf(stream)
 	l := c.layers[i].Load()
 	if l == nil {
 		l = s.resolveLayer(c, i)
 	}
-	if l.outer == nil || l.outer.lookup(cc, method) == nil {
+	if l.outer == nil || l.outer.lookup(c.cc, method) == nil {
 		return false
 	}
 	if s.o.logger != nil && s.nestedWarned.CompareAndSwap(false, true) {

@@ -94,10 +94,7 @@ func (s *Suite) Stream() grpc.StreamClientInterceptor { return s.stream }
 
 // stream is the stream client interceptor (Suite.Stream).
 func (s *Suite) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	if !s.outermostOf(cc, 1) && s.layered(ctx, cc, method, true) {
-		return streamer(ctx, desc, cc, method, opts...)
-	}
-	e := s.lookup(cc, method)
+	e := s.route(ctx, cc, method, 1)
 	if e == nil {
 		return streamer(ctx, desc, cc, method, opts...)
 	}

@@ -1,6 +1,7 @@
 package interceptors
 
 import (
+	"context"
 	"errors"
 	"maps"
 	"slices"
@@ -214,20 +215,45 @@ func targetName(cc *grpc.ClientConn) string {
 }
 
 // lookup returns the entry of method called on cc, or nil if no policy
-// covers the method (the call then passes through untouched). The same
-// connection as the previous call and a generated stub's constant method
-// string make a fast-slot hit: a few atomic loads and pointer comparisons.
+// covers the method (the call then passes through untouched).
 func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
+	return s.route(nil, cc, method, -1)
+}
+
+// route is lookup for a call through chain i of cc (0: unary, 1: stream;
+// -1: none), which also passes through when layered says so. The same
+// connection as the previous call, a generated stub's constant method string
+// and a chain known to be outermost make a fast-slot hit: a few atomic loads
+// and pointer comparisons.
+func (s *Suite) route(ctx context.Context, cc *grpc.ClientConn, method string, i int) *entry {
 	tab := s.tab.Load()
 	c := s.last.Load()
 	if c == nil || c.cc != cc {
 		c = s.conn(cc)
 	}
-	slot := &c.fast[fastSlot(method)]
-	e := slot.Load()
+	e := c.fast[fastSlot(method)].Load()
 	if e == nil || !sameString(e.method, method) || e.tab != tab {
+		return s.routeSlow(ctx, tab, c, method, i, nil)
+	}
+	if i >= 0 && (c.layers[i].Load() != outermost || s.o.logger != nil) {
+		return s.routeSlow(ctx, tab, c, method, i, e)
+	}
+	if e.pol == nil {
+		return nil
+	}
+	return e
+}
+
+// routeSlow is route beyond a fast-slot hit on a chain known outermost: it
+// asks layered first, then takes e, the slot's entry, or resolves and
+// caches one.
+func (s *Suite) routeSlow(ctx context.Context, tab *table, c *conn, method string, i int, e *entry) *entry {
+	if i >= 0 && s.layered(ctx, c, method, i) {
+		return nil
+	}
+	if e == nil {
 		e = s.entryOf(tab, c, method)
-		slot.Store(e)
+		c.fast[fastSlot(method)].Store(e)
 	}
 	if e.pol == nil {
 		return nil

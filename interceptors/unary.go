@@ -110,10 +110,7 @@ func (st *unaryState) trailer() metadata.MD {
 // made here and a failure goes on in unaryCall.retry, so the success path
 // does only what it needs: lookup, admit, invoke, record, deposit.
 func (s *Suite) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	if !s.outermostOf(cc, 0) && s.layered(ctx, cc, method, false) {
-		return invoker(ctx, method, req, reply, cc, opts...)
-	}
-	e := s.lookup(cc, method)
+	e := s.route(ctx, cc, method, 0)
 	if e == nil {
 		return invoker(ctx, method, req, reply, cc, opts...)
 	}
