@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -523,4 +524,14 @@ func TestBudgetInFlightCredit(t *testing.T) {
 	assert.Zero(t, b2.inflight.Load())
 	assert.Equal(t, int64(1), b2.rsum.Load())
 	assert.InDelta(t, 10.2, b2.Snapshot().Balance, 1e-9)
+}
+
+// TestRatioBudgetLayout: withdrawals write total, wsum and a wslots entry. total is the
+// first field of an allocation whose size class (640 bytes) is a multiple of 64, so it starts
+// a cache line that the first slots' wslots share (BenchmarkBudgetAllow/allowed/parallel).
+func TestRatioBudgetLayout(t *testing.T) {
+	var b RatioBudget
+	assert.Zero(t, unsafe.Offsetof(b.total))
+	assert.Greater(t, unsafe.Sizeof(b), uintptr(576), "the 640-byte size class")
+	assert.LessOrEqual(t, unsafe.Sizeof(b), uintptr(640), "the 640-byte size class")
 }
