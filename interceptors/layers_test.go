@@ -57,7 +57,8 @@ func newLayeredClient(t *testing.T, srv *echoserver.Server, unary []grpc.UnaryCl
 // every method 4 times. Without the rule a failing call made 16 attempts;
 // the inner suite now passes the outer suite's methods through (4
 // attempts, one warning for any number of calls), unary and streaming, and
-// still handles a method the outer suite has no policy for.
+// still handles a method the outer suite has no policy for, until the outer
+// suite covers it too.
 func TestNestedSuitePassesThrough(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var outerLog, innerLog warnings
@@ -91,6 +92,15 @@ func TestNestedSuitePassesThrough(t *testing.T) {
 		_, err = cs.CloseAndRecv()
 		require.Equal(t, codes.Unavailable, status.Code(err))
 		assert.Equal(t, 4, srv.Attempts("c"), "a method only the inner suite covers")
+
+		// Once the outer suite covers it too, the inner one passes it through.
+		require.NoError(t, outer.Update(map[string]interceptors.Policy{echoService: {}}))
+		cs, err = client.ClientStream(t.Context())
+		require.NoError(t, err)
+		require.NoError(t, cs.Send(&echov1.ClientStreamRequest{Message: "m", Fault: failFirst("c2", 100, codes.Unavailable)}))
+		_, err = cs.CloseAndRecv()
+		require.Equal(t, codes.Unavailable, status.Code(err))
+		assert.Equal(t, 4, srv.Attempts("c2"), "the outer suite's attempts only, after its Update")
 
 		assert.Empty(t, outerLog.list())
 		require.Len(t, innerLog.list(), 1)

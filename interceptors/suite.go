@@ -81,10 +81,10 @@ type conn struct {
 	cc     *grpc.ClientConn
 	name   string       // cc.Target()
 	budget retry.Budget // nil: no budget
-	// fast is a direct-mapped cache indexed by the address of the method
-	// string's bytes (generated stubs pass the same constant string); a
-	// slot's entry keeps those bytes alive.
-	fast    [fastSlots]atomic.Pointer[entry]
+	// fast holds, per chain (unary, stream), a direct-mapped cache indexed by
+	// the address of the method string's bytes (generated stubs pass the same
+	// constant string); a slot's entry keeps those bytes alive. See route.
+	fast    [2][fastSlots]atomic.Pointer[entry]
 	methods sync.Map                 // method -> *entry, at most maxCachedMethods
 	n       atomic.Int64             // methods stored in methods
 	layers  [2]atomic.Pointer[layer] // of the unary and the stream chain (see layered)
@@ -217,26 +217,32 @@ func targetName(cc *grpc.ClientConn) string {
 // lookup returns the entry of method called on cc, or nil if no policy
 // covers the method (the call then passes through untouched).
 func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
-	return s.route(nil, cc, method, -1)
+	c := s.last.Load()
+	if c == nil || c.cc != cc {
+		c = s.conn(cc)
+	}
+	if e := s.entryOf(s.tab.Load(), c, method); e.pol != nil {
+		return e
+	}
+	return nil
 }
 
-// route is lookup for a call through chain i of cc (0: unary, 1: stream;
-// -1: none), which also passes through when layered says so. The same
-// connection as the previous call, a generated stub's constant method string
-// and a chain known to be outermost make a fast-slot hit: a few atomic loads
-// and pointer comparisons.
+// route is lookup for a call through chain i of cc (0: unary, 1: stream),
+// which also passes through when layered says so. The same connection as
+// the previous call and a generated stub's constant method string make a
+// fast-slot hit: a few atomic loads and pointer comparisons.
 func (s *Suite) route(ctx context.Context, cc *grpc.ClientConn, method string, i int) *entry {
 	tab := s.tab.Load()
 	c := s.last.Load()
 	if c == nil || c.cc != cc {
 		c = s.conn(cc)
 	}
-	e := c.fast[fastSlot(method)].Load()
+	e := c.fast[i][fastSlot(method)].Load()
 	if e == nil || !sameString(e.method, method) || e.tab != tab {
-		return s.routeSlow(ctx, tab, c, method, i, nil)
+		return s.routeSlow(ctx, tab, c, method, i)
 	}
-	if i >= 0 && (c.layers[i].Load() != outermost || s.o.logger != nil) {
-		return s.routeSlow(ctx, tab, c, method, i, e)
+	if s.o.logger != nil {
+		return s.routeLogged(ctx, c, method, e)
 	}
 	if e.pol == nil {
 		return nil
@@ -244,16 +250,28 @@ func (s *Suite) route(ctx context.Context, cc *grpc.ClientConn, method string, i
 	return e
 }
 
-// routeSlow is route beyond a fast-slot hit on a chain known outermost: it
-// asks layered first, then takes e, the slot's entry, or resolves and
-// caches one.
-func (s *Suite) routeSlow(ctx context.Context, tab *table, c *conn, method string, i int, e *entry) *entry {
-	if i >= 0 && s.layered(ctx, c, method, i) {
+// routeSlow is route on a fast-slot miss: it asks layered, then resolves
+// the entry. It caches it in chain i's fast slots only if s is the chain's
+// outermost suite, which never changes once known: a hit needs no layered.
+func (s *Suite) routeSlow(ctx context.Context, tab *table, c *conn, method string, i int) *entry {
+	if s.layered(ctx, c, method, i) {
 		return nil
 	}
-	if e == nil {
-		e = s.entryOf(tab, c, method)
-		c.fast[fastSlot(method)].Store(e)
+	e := s.entryOf(tab, c, method)
+	if c.layers[i].Load() == outermost {
+		c.fast[i][fastSlot(method)].Store(e)
+	}
+	if e.pol == nil {
+		return nil
+	}
+	return e
+}
+
+// routeLogged is route's fast-slot hit for a suite with a logger, which
+// checks for go-grpc-middleware's retries (checkGMW) on every call.
+func (s *Suite) routeLogged(ctx context.Context, c *conn, method string, e *entry) *entry {
+	if !s.gmwWarned.Load() {
+		s.checkGMW(ctx, c.cc, method)
 	}
 	if e.pol == nil {
 		return nil
