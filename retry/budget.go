@@ -145,18 +145,6 @@ type Budget interface {
 // balance is short at AllowAt, and at Snapshot; the balance is exact at rest. Under
 // concurrency, a count that races a slot rotation may land in the neighbouring slot.
 type RatioBudget struct {
-	// Written by every withdrawal. First, at the start of a cache line (the allocation's size
-	// class is a multiple of 64 bytes): total and wsum share it with the first slots' wslots.
-	total    atomic.Int64              // reserve + sum(slots) - withdraw × sum(wslots), in units
-	inflight atomic.Int64              // retries granted by Call.Next whose attempt has not ended
-	wsum     atomic.Int64              // sum(wslots)
-	rsum     atomic.Int64              // sum(rslots)
-	wslots   [budgetSlots]atomic.Int64 // retries allowed (withdrawals) per slot
-	rslots   [budgetSlots]atomic.Int64 // retries that succeeded (refunds) per slot
-	_        pad
-	slots    [budgetSlots]atomic.Int64 // deposits and refunds per slot, in units
-	_        pad
-
 	// Read-mostly: configuration, and the rotation state (written once per slot).
 	withdraw int64 // units per retry
 	reserve  int64
@@ -167,6 +155,18 @@ type RatioBudget struct {
 	mask     uint32           // len(stripes) - 1
 	epoch    atomic.Int64     // slot epoch the slots were last rotated to
 	next     atomic.Int64     // offset from origin (ns) where the epoch after it begins
+	// total starts a cache line, which the first slots' wslots share: the 640-byte
+	// allocation is line-aligned, and TestRatioBudgetLayout checks the offset.
+	_ [88]byte
+
+	total    atomic.Int64              // reserve + sum(slots) - withdraw × sum(wslots), in units
+	inflight atomic.Int64              // retries granted by Call.Next whose attempt has not ended
+	wsum     atomic.Int64              // sum(wslots)
+	rsum     atomic.Int64              // sum(rslots)
+	wslots   [budgetSlots]atomic.Int64 // retries allowed (withdrawals) per slot
+	rslots   [budgetSlots]atomic.Int64 // retries that succeeded (refunds) per slot
+	_        pad
+	slots    [budgetSlots]atomic.Int64 // deposits and refunds per slot, in units
 	_        pad
 
 	refused atomic.Uint64

@@ -9,8 +9,10 @@ import (
 // TokenBucket is gRFC A6 retryThrottling, as in grpc-go. It has no clock: the At forms
 // ignore now.
 type TokenBucket struct {
-	maxTokens, tokenRatio int64        // thousandths
+	maxTokens, tokenRatio int64 // thousandths
+	_                     pad
 	tokens                atomic.Int64 // thousandths of a token
+	_                     pad          // every AllowAt writes a counter: not on the lines it reads
 	allowed, refused      atomic.Uint64
 }
 
