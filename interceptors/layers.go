@@ -39,9 +39,7 @@ var outermost = &layer{}
 // same chain has a policy for method. It warns once per suite about that,
 // and checks for go-grpc-middleware's retries (checkGMW).
 func (s *Suite) layered(ctx context.Context, c *conn, method string, i int) bool {
-	if s.o.logger != nil && !s.gmwWarned.Load() {
-		s.checkGMW(ctx, c.cc, method)
-	}
+	s.checkGMW(ctx, c.cc, method)
 	if c.cc == nil {
 		return false
 	}
@@ -76,10 +74,13 @@ func (s *Suite) resolveLayer(c *conn, i int) *layer {
 	return l
 }
 
-// checkGMW warns once if ctx carries go-grpc-middleware's retry attempt
-// metadata on a method s handles: each of its retries makes all the suite's
-// attempts again.
+// checkGMW warns once, if s has a logger, when ctx carries
+// go-grpc-middleware's retry attempt metadata on a method s handles: each of
+// its retries makes all the suite's attempts again.
 func (s *Suite) checkGMW(ctx context.Context, cc *grpc.ClientConn, method string) {
+	if s.o.logger == nil || s.gmwWarned.Load() {
+		return
+	}
 	v := metadata.ValueFromOutgoingContext(ctx, gmwAttemptKey)
 	if len(v) == 0 || s.lookup(cc, method) == nil || !s.gmwWarned.CompareAndSwap(false, true) {
 		return

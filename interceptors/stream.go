@@ -386,8 +386,7 @@ func (r *retryStream) settle(recv bool, op func(*attempt) error, onSuccess func(
 				return a, errOver
 			}
 		case op != nil: // (nil: res is the end of the first attempt's opening)
-			res = op(a)
-			if _, local := res.(localError); res == nil || res == errOver || local {
+			if res = op(a); res == nil || res == errOver {
 				continue // settle a under mu
 			}
 			ended, res = res, nil

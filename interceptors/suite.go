@@ -217,11 +217,7 @@ func targetName(cc *grpc.ClientConn) string {
 // lookup returns the entry of method called on cc, or nil if no policy
 // covers the method (the call then passes through untouched).
 func (s *Suite) lookup(cc *grpc.ClientConn, method string) *entry {
-	c := s.last.Load()
-	if c == nil || c.cc != cc {
-		c = s.conn(cc)
-	}
-	if e := s.entryOf(s.tab.Load(), c, method); e.pol != nil {
+	if e := s.entryOf(s.tab.Load(), s.conn(cc), method); e.pol != nil {
 		return e
 	}
 	return nil
@@ -242,7 +238,7 @@ func (s *Suite) route(ctx context.Context, cc *grpc.ClientConn, method string, i
 		return s.routeSlow(ctx, tab, c, method, i)
 	}
 	if s.o.logger != nil {
-		return s.routeLogged(ctx, c, method, e)
+		s.checkGMW(ctx, cc, method)
 	}
 	if e.pol == nil {
 		return nil
@@ -260,18 +256,6 @@ func (s *Suite) routeSlow(ctx context.Context, tab *table, c *conn, method strin
 	e := s.entryOf(tab, c, method)
 	if c.layers[i].Load() == outermost {
 		c.fast[i][fastSlot(method)].Store(e)
-	}
-	if e.pol == nil {
-		return nil
-	}
-	return e
-}
-
-// routeLogged is route's fast-slot hit for a suite with a logger, which
-// checks for go-grpc-middleware's retries (checkGMW) on every call.
-func (s *Suite) routeLogged(ctx context.Context, c *conn, method string, e *entry) *entry {
-	if !s.gmwWarned.Load() {
-		s.checkGMW(ctx, c.cc, method)
 	}
 	if e.pol == nil {
 		return nil

@@ -178,9 +178,9 @@ type unaryCall struct {
 // context), admitted with p, under parent (ctx, or a retry's context) and
 // the attempt timeout. A success is recorded here (the call's final
 // outcome); a failure is classified (o), reads the clock once (now, for the
-// breaker and the retry decision), and is recorded by afterFailure. (The
-// first attempt takes its arguments directly: building a unaryCall costs
-// the success path a tenth of its time.)
+// breaker and the retry decision), and is recorded by afterFailure. The
+// first attempt takes its arguments directly, so that the success path
+// builds no unaryCall.
 func (e *entry) attempt(ctx, parent context.Context, p breaker.Permit, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts []grpc.CallOption) (o breaker.Outcome, now time.Time, err error) {
 	actx, cancel := e.pol.retry.AttemptContext(parent)
 	err = invoker(actx, e.method, req, reply, cc, opts...)
