@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
+
+	"github.com/khive/grpc-resilience/retry"
 )
 
 // PushbackTrailer is the trailer key of gRFC A6's server delay hint.
@@ -363,17 +365,14 @@ func (s *faultStream) fail() error {
 	return s.err
 }
 
-// sleep waits d or until ctx ends, whichever is first.
+// sleep waits d or until ctx ends, whichever is first; then it returns the
+// context's status.
 func sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return status.FromContextError(ctx.Err()).Err()
+	if err := retry.Wait(ctx, d); err != nil {
+		return status.FromContextError(err).Err()
 	}
+	return nil
 }

@@ -26,6 +26,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/khive/grpc-resilience/retry"
 )
 
 // Method names as the server counts them.
@@ -129,20 +131,17 @@ func (s *Server) record(key string, msgs []string) {
 
 var errDown = status.Error(codes.Unavailable, "echoserver: down")
 
-// wait sleeps for the fault's delay, or until ctx ends.
+// wait sleeps for the fault's delay, or until ctx ends: then it returns
+// the context's status.
 func wait(ctx context.Context, f *echov1.Fault) error {
 	d := time.Duration(f.GetDelayMs()) * time.Millisecond
 	if d <= 0 {
 		return nil
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return status.FromContextError(ctx.Err()).Err()
+	if err := retry.Wait(ctx, d); err != nil {
+		return status.FromContextError(err).Err()
 	}
+	return nil
 }
 
 // failure builds the fault's status error and sets its trailers and headers.
