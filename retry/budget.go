@@ -155,9 +155,10 @@ type RatioBudget struct {
 	mask     uint32           // len(stripes) - 1
 	epoch    atomic.Int64     // slot epoch the slots were last rotated to
 	next     atomic.Int64     // offset from origin (ns) where the epoch after it begins
-	// total starts a cache line, which the first slots' wslots share: the 640-byte
-	// allocation is line-aligned, and TestRatioBudgetLayout checks the offset.
-	_ [88]byte
+	// total starts a cache line, which the first slots' wslots share: the allocation
+	// (640 bytes, line-aligned) begins with the runtime's 8-byte header, so the struct
+	// starts 8 bytes into a line. TestRatioBudgetLayout checks the address.
+	_ [80]byte
 
 	total    atomic.Int64              // reserve + sum(slots) - withdraw × sum(wslots), in units
 	inflight atomic.Int64              // retries granted by Call.Next whose attempt has not ended

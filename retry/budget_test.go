@@ -526,12 +526,16 @@ func TestBudgetInFlightCredit(t *testing.T) {
 	assert.InDelta(t, 10.2, b2.Snapshot().Balance, 1e-9)
 }
 
-// TestRatioBudgetLayout: withdrawals write total, wsum and a wslots entry. total starts a
-// cache line (the allocation's size class, 640 bytes, is a multiple of 64, so it is
-// line-aligned), which the first slots' wslots share (BenchmarkBudgetAllow/allowed/parallel).
+// TestRatioBudgetLayout: withdrawals write total, wsum and a wslots entry. In a
+// RatioBudget from NewBudget, total starts a cache line, which the first slots' wslots
+// share (BenchmarkBudgetAllow/allowed/parallel): the allocation, in the 640-byte size
+// class, is line-aligned and begins with the runtime's 8-byte header.
 func TestRatioBudgetLayout(t *testing.T) {
-	var b RatioBudget
-	assert.Zero(t, unsafe.Offsetof(b.total)%64)
-	assert.Greater(t, unsafe.Sizeof(b), uintptr(576), "the 640-byte size class")
-	assert.LessOrEqual(t, unsafe.Sizeof(b), uintptr(640), "the 640-byte size class")
+	for range 4 {
+		b, err := NewBudget(BudgetConfig{})
+		require.NoError(t, err)
+		assert.Zero(t, uintptr(unsafe.Pointer(&b.total))%64, "total's address")
+		assert.Greater(t, unsafe.Sizeof(*b)+8, uintptr(576), "the 640-byte size class")
+		assert.LessOrEqual(t, unsafe.Sizeof(*b)+8, uintptr(640), "the 640-byte size class")
+	}
 }
