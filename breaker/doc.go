@@ -78,7 +78,7 @@
 // The first open period is RecoveryTime; a re-open from HalfOpen lasts a
 // third of the time since the breaker opened if that is longer, at most
 // MaxRecoveryTime. Each period is multiplied by U(1-RecoveryJitter,
-// 1+RecoveryJitter).
+// 1+RecoveryJitter) when RecoveryJitter is positive.
 //
 // # Cost
 //

@@ -36,11 +36,15 @@ func (o onRetryOption) apply(opts *options) { opts.onRetry = o.f }
 func WithBudget(b Budget) Option {
 	switch b := b.(type) {
 	case *RatioBudget:
-		return ratioOption{b}
+		if b != nil {
+			return ratioOption{b}
+		}
 	case *TokenBucket:
-		return tokenOption{b}
+		if b != nil {
+			return tokenOption{b}
+		}
 	}
-	return noBudgetOpt{}
+	return noBudgetOpt{} // a nil b, typed or not
 }
 
 // WithOnRetry calls f before each wait: attempt is the number of the attempt that just failed

@@ -145,7 +145,7 @@ func (p Policy) Validate() error {
 	return err
 }
 
-// explain says why p, which normalize rejects, is invalid.
+// explain says why p is invalid, naming the first invalid field, or returns nil.
 func (p *Policy) explain() error {
 	switch {
 	case p.MaxAttempts < 0:
@@ -169,7 +169,10 @@ func (p *Policy) explain() error {
 	}
 	d := *p
 	d.applyDefaults()
-	return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", d.InitialBackoff, d.MaxBackoff)
+	if d.MaxBackoff < d.InitialBackoff {
+		return fieldError("MaxBackoff", "must be >= InitialBackoff (%v), got %v", d.InitialBackoff, d.MaxBackoff)
+	}
+	return nil
 }
 
 func fieldError(field, format string, args ...any) error {
@@ -177,7 +180,7 @@ func fieldError(field, format string, args ...any) error {
 }
 
 // Delay is the pure delay before retry n (n = 0 for the first retry), given a uniform
-// sample u in [0, 1), after Normalize:
+// sample u in [0, 1). Zero fields take their defaults (Normalize):
 //
 //	d = min(MaxBackoff, InitialBackoff × Multiplier^n)
 //	FullJitter:         d × u

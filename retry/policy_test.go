@@ -225,8 +225,8 @@ func FuzzBackoff(f *testing.F) {
 		}
 		d := p.Delay(n, u) // must not panic, even when p is invalid
 		if p.Validate() != nil {
-			if d < 0 {
-				t.Fatalf("invalid policy %+v: Backoff(%d, %v) = %v < 0", p, n, u, d)
+			if d != 0 {
+				t.Fatalf("invalid policy %+v: Delay(%d, %v) = %v, want 0", p, n, u, d)
 			}
 			return
 		}
@@ -259,6 +259,9 @@ func FuzzPolicyValidate(f *testing.F) {
 			AttemptTimeout: time.Duration(timeout),
 			MinAttemptTime: time.Duration(minAttempt),
 			MaxPushback:    time.Duration(pushback),
+		}
+		if p.valid() != (p.explain() == nil) {
+			t.Fatalf("valid() = %v but explain() = %v for %+v", p.valid(), p.explain(), p)
 		}
 		d, err := p.Normalize()
 		if err != nil {
