@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -418,10 +419,18 @@ func TestOutageSwitchUnderLoad(t *testing.T) {
 			}
 		})
 	}
-	for i := range 200 {
-		inj.SetOutage(i%2 == 0)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for i := 0; ; i++ { // the switch flips for as long as the calls go on
+		select {
+		case <-done:
+		default:
+			inj.SetOutage(i%2 == 0)
+			runtime.Gosched()
+			continue
+		}
+		break
 	}
-	wg.Wait()
 	close(errs)
 	failed := 0
 	for err := range errs {
@@ -432,6 +441,8 @@ func TestOutageSwitchUnderLoad(t *testing.T) {
 	}
 	assert.Equal(t, 400, inj.Calls(unary))
 	assert.Equal(t, failed, inj.Injected(unary))
+	assert.Positive(t, failed, "some calls met the outage")
+	assert.Less(t, failed, 400, "some calls did not")
 }
 
 func TestStreamHandlerSeesTheFault(t *testing.T) {
