@@ -72,14 +72,13 @@ type optionFunc func(*options)
 func (f optionFunc) apply(o *options) { f(o) }
 
 type options struct {
-	seed   uint64
-	seeded bool
+	seed uint64
 }
 
 // WithSeed seeds the generator that decides probabilistic faults. Calls
 // arriving in the same order then meet the same faults.
 func WithSeed(seed uint64) Option {
-	return optionFunc(func(o *options) { o.seed, o.seeded = seed, true })
+	return optionFunc(func(o *options) { o.seed = seed })
 }
 
 // Injector holds a list of faults and injects them into the calls its
@@ -118,12 +117,9 @@ var outage = &fault{st: status.New(codes.Unavailable, "resiliencetest: outage")}
 // New returns an Injector for faults. It reports the first invalid field,
 // as Faults[i].Field, and never panics.
 func New(faults []Fault, opts ...Option) (*Injector, error) {
-	var o options
+	o := options{seed: rand.Uint64()} // unless WithSeed
 	for _, opt := range opts {
 		opt.apply(&o)
-	}
-	if !o.seeded {
-		o.seed = rand.Uint64()
 	}
 	in := &Injector{
 		faults:   make([]fault, len(faults)),
@@ -279,19 +275,14 @@ func (in *Injector) Unary() grpc.UnaryServerInterceptor {
 		if f == nil {
 			return handler(ctx, req)
 		}
-		if err := sleep(ctx, f.delay); err != nil {
-			return nil, err
-		}
 		if f.st == nil {
+			if err := sleep(ctx, f.delay); err != nil {
+				return nil, err
+			}
 			return handler(ctx, req)
 		}
-		if len(f.header) > 0 {
-			_ = grpc.SendHeader(ctx, f.header.Copy())
-		}
-		if len(f.trailer) > 0 {
-			_ = grpc.SetTrailer(ctx, f.trailer.Copy())
-		}
-		return nil, f.st.Err()
+		return nil, f.fail(ctx, func(md metadata.MD) error { return grpc.SendHeader(ctx, md) },
+			func(md metadata.MD) { _ = grpc.SetTrailer(ctx, md) })
 	}
 }
 
@@ -308,7 +299,7 @@ func (in *Injector) Stream() grpc.StreamServerInterceptor {
 			}
 			return handler(srv, ss)
 		case f.after == 0:
-			return f.fail(ss)
+			return f.fail(ss.Context(), ss.SendHeader, ss.SetTrailer)
 		}
 		fs := &faultStream{ServerStream: ss, f: f}
 		_ = handler(srv, fs)
@@ -316,17 +307,18 @@ func (in *Injector) Stream() grpc.StreamServerInterceptor {
 	}
 }
 
-// fail waits the fault's delay, sends its header and trailer on ss and
-// returns its status.
-func (f *fault) fail(ss grpc.ServerStream) error {
-	if err := sleep(ss.Context(), f.delay); err != nil {
+// fail waits the fault's delay (or until ctx ends), sends its header and
+// sets its trailer with the call's sendHeader and setTrailer, and returns its
+// status.
+func (f *fault) fail(ctx context.Context, sendHeader func(metadata.MD) error, setTrailer func(metadata.MD)) error {
+	if err := sleep(ctx, f.delay); err != nil {
 		return err
 	}
 	if len(f.header) > 0 {
-		_ = ss.SendHeader(f.header.Copy())
+		_ = sendHeader(f.header.Copy())
 	}
 	if len(f.trailer) > 0 {
-		ss.SetTrailer(f.trailer.Copy())
+		setTrailer(f.trailer.Copy())
 	}
 	return f.st.Err()
 }
@@ -359,7 +351,7 @@ func (s *faultStream) RecvMsg(m any) error {
 // same error.
 func (s *faultStream) fail() error {
 	s.once.Do(func() {
-		s.err = s.f.fail(s.ServerStream)
+		s.err = s.f.fail(s.Context(), s.ServerStream.SendHeader, s.ServerStream.SetTrailer)
 		s.struck.Store(true)
 	})
 	return s.err
